@@ -1,0 +1,280 @@
+//! Types that cross the kernel/user boundary.
+//!
+//! Every type is `#[repr(C)]`, laid out without implicit padding (explicit `_pad` fields
+//! instead), and pinned by a compile-time size assertion, because the kernel programs and
+//! the agent are built by different compilers for different targets and must agree
+//! byte-for-byte.
+#![no_std]
+
+/// Bytes of a read/write buffer the kernel copies into one event. A power of two so the
+/// kernel program can bound a variable length with a mask the verifier understands.
+pub const DATA_CAP: usize = 1024;
+
+/// Default number of leading bytes copied per captured buffer (the agent may lower it).
+pub const DEFAULT_CAPTURE_LEN: u32 = DATA_CAP as u32;
+
+/// Discriminant in [`EventHeader::kind`].
+pub mod event_kind {
+    /// A [`super::DataEvent`]: a buffer that starts an HTTP/1.x message.
+    pub const DATA: u32 = 1;
+    /// A [`super::CloseEvent`]: a tracked connection's fd was closed.
+    pub const CLOSE: u32 = 2;
+    /// An [`super::UpstreamEvent`]: an outgoing TCP connection failed.
+    pub const UPSTREAM: u32 = 3;
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Process id (thread-group id) that owns the socket.
+    pub tgid: u32,
+    pub tid: u32,
+    /// Index of the program that produced the record (see [`program`]).
+    pub program: u32,
+    /// cgroup v2 id of the owning process.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+
+/// Which syscall direction produced a [`DataEvent`].
+pub mod direction {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+}
+
+/// A prefix of a buffer passed through read/write/recvfrom/sendto that starts an HTTP/1.x
+/// request or response.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// [`direction::READ`] or [`direction::WRITE`].
+    pub direction: u32,
+    /// Bytes transferred by the syscall (its return value).
+    pub total_len: u64,
+    /// Valid bytes at the start of `data` (`min(total_len, capture_len)`).
+    pub captured_len: u32,
+    pub _pad: u32,
+    pub data: [u8; DATA_CAP],
+}
+
+/// Flags in [`ConnState::flags`] and [`CloseEvent::flags`].
+pub mod conn_flags {
+    /// The connection answered or received `101 Switching Protocols`: its bytes are
+    /// WebSocket frames now and are no longer copied.
+    pub const UPGRADED: u32 = 1;
+}
+
+/// Emitted when a process closes an fd that carried captured HTTP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    pub flags: u32,
+}
+
+/// Why an outgoing TCP connection failed. Values of [`UpstreamEvent::reason`].
+pub mod upstream_reason {
+    /// RST in answer to our SYN (ECONNREFUSED).
+    pub const REFUSED: u32 = 1;
+    /// SYN never answered: the kernel gave up (ETIMEDOUT) or the application closed the
+    /// socket while it was still connecting.
+    pub const TIMEOUT: u32 = 2;
+    /// ICMP unreachable while connecting (EHOSTUNREACH, ENETUNREACH).
+    pub const UNREACHABLE: u32 = 3;
+    /// RST on an established outgoing connection (ECONNRESET).
+    pub const RESET: u32 = 4;
+}
+
+/// A failure of a TCP connection that a watched process initiated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamEvent {
+    /// `tgid` and `cgroup_id` are those of the process that called connect(), even when
+    /// the failure is seen in softirq context.
+    pub header: EventHeader,
+    pub reason: u32,
+    /// The socket error the kernel reported (0 when the socket just went away).
+    pub errno: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub dport: u16,
+    pub _pad: u32,
+    /// Destination address: 4 bytes for IPv4, 16 for IPv6.
+    pub daddr: [u8; 16],
+}
+
+/// Value of the kernel's per-connection map, keyed by [`ConnKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Indexes into the per-CPU [`ProgramCounters`] array: one slot per kernel program.
+pub mod program {
+    pub const SYS_ENTER_READ: u32 = 0;
+    pub const SYS_EXIT_READ: u32 = 1;
+    pub const SYS_ENTER_WRITE: u32 = 2;
+    pub const SYS_EXIT_WRITE: u32 = 3;
+    pub const SYS_ENTER_RECVFROM: u32 = 4;
+    pub const SYS_EXIT_RECVFROM: u32 = 5;
+    pub const SYS_ENTER_SENDTO: u32 = 6;
+    pub const SYS_EXIT_SENDTO: u32 = 7;
+    pub const SYS_ENTER_CLOSE: u32 = 8;
+    pub const INET_SOCK_SET_STATE: u32 = 9;
+    pub const INET_SK_ERROR_REPORT: u32 = 10;
+    pub const TCP_RECEIVE_RESET: u32 = 11;
+    /// Number of slots; size of the counters array.
+    pub const COUNT: u32 = 12;
+
+    /// Stable names, used as the `program` metric label.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "sys_enter_read",
+        "sys_exit_read",
+        "sys_enter_write",
+        "sys_exit_write",
+        "sys_enter_recvfrom",
+        "sys_exit_recvfrom",
+        "sys_enter_sendto",
+        "sys_exit_sendto",
+        "sys_enter_close",
+        "inet_sock_set_state",
+        "inet_sk_error_report",
+        "tcp_receive_reset",
+    ];
+}
+
+/// Per-program, per-CPU counters (summed over CPUs by the agent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramCounters {
+    /// Records submitted to the ring buffer.
+    pub emitted: u64,
+    /// Records dropped because the ring buffer was full.
+    pub lost: u64,
+    /// `bpf_probe_read_user` failures (page not present, bad pointer).
+    pub read_failures: u64,
+    /// State maps that were full when an insert was attempted.
+    pub map_full: u64,
+}
+
+/// Load-time configuration, written into the `CONFIG` global of the kernel object before
+/// load. Tracepoint record offsets come from tracefs `format` files on the running kernel
+/// (they are not stable across kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Bytes to copy per buffer; at most [`DATA_CAP`].
+    pub capture_len: u32,
+    /// `syscalls/sys_enter_{read,write,recvfrom,sendto,close}`: offset of the fd argument.
+    pub sys_enter_fd_off: u32,
+    /// `syscalls/sys_enter_{read,write,recvfrom,sendto}`: offset of the buffer pointer.
+    pub sys_enter_buf_off: u32,
+    /// `syscalls/sys_exit_*`: offset of `ret`.
+    pub sys_exit_ret_off: u32,
+    /// `sock/inet_sock_set_state` field offsets.
+    pub sss_skaddr_off: u32,
+    pub sss_oldstate_off: u32,
+    pub sss_newstate_off: u32,
+    pub sss_dport_off: u32,
+    pub sss_family_off: u32,
+    pub sss_protocol_off: u32,
+    pub sss_daddr_off: u32,
+    pub sss_daddr_v6_off: u32,
+    /// `sock/inet_sk_error_report` field offsets.
+    pub ser_skaddr_off: u32,
+    pub ser_error_off: u32,
+    /// `tcp/tcp_receive_reset` field offset.
+    pub trr_skaddr_off: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    /// Offsets of the syscall and sock tracepoints on x86-64 kernels of the 5.x/6.x era.
+    /// Only a placeholder for the object's `.rodata`: the agent always overwrites it with
+    /// offsets parsed from the running kernel's tracefs.
+    pub const DEFAULT: Config = Config {
+        capture_len: DEFAULT_CAPTURE_LEN,
+        sys_enter_fd_off: 16,
+        sys_enter_buf_off: 24,
+        sys_exit_ret_off: 16,
+        sss_skaddr_off: 8,
+        sss_oldstate_off: 16,
+        sss_newstate_off: 20,
+        sss_dport_off: 26,
+        sss_family_off: 28,
+        sss_protocol_off: 30,
+        sss_daddr_off: 36,
+        sss_daddr_v6_off: 56,
+        ser_skaddr_off: 8,
+        ser_error_off: 12,
+        trr_skaddr_off: 8,
+        _pad: 0,
+    };
+}
+
+/// State the kernel keeps for an outgoing TCP socket of a watched process, keyed by the
+/// `struct sock` address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSock {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    /// Last TCP state seen (TCP_SYN_SENT = 2, TCP_ESTABLISHED = 1, ...).
+    pub state: u32,
+    /// Set once a failure was emitted, so the final CLOSE does not report it twice.
+    pub reported: u32,
+    pub family: u16,
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+
+/// Value of the per-thread map that carries a syscall's arguments from enter to exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingIo {
+    pub buf: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 32);
+    assert!(core::mem::size_of::<DataEvent>() == 32 + 24 + DATA_CAP);
+    assert!(core::mem::size_of::<CloseEvent>() == 40);
+    assert!(core::mem::size_of::<UpstreamEvent>() == 32 + 16 + 16);
+    assert!(core::mem::size_of::<ConnState>() == 8);
+    assert!(core::mem::size_of::<ConnKey>() == 8);
+    assert!(core::mem::size_of::<ProgramCounters>() == 32);
+    assert!(core::mem::size_of::<Config>() == 64);
+    assert!(core::mem::size_of::<TcpSock>() == 40);
+    assert!(core::mem::size_of::<PendingIo>() == 16);
+    assert!(DATA_CAP.is_power_of_two());
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is #[repr(C)], Copy, has no padding (size assertions above) and
+    // is valid for any bit pattern.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ProgramCounters {}
+    unsafe impl aya::Pod for super::TcpSock {}
+    unsafe impl aya::Pod for super::PendingIo {}
+}

@@ -1,0 +1,95 @@
+//! The one event type every stage after the sensor consumes.
+//!
+//! The sensor decodes kernel records into [`Event`]s; tests build them by hand. Nothing in
+//! here knows about aya.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// Which process (and cgroup) an event belongs to. Discovery maps it to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub tgid: u32,
+    pub cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Bytes the process read from a socket.
+    Read,
+    /// Bytes the process wrote to a socket.
+    Write,
+}
+
+/// Why an outgoing (Traefik → backend) TCP connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UpstreamFailureReason {
+    Refused,
+    Timeout,
+    Unreachable,
+    Reset,
+}
+
+impl UpstreamFailureReason {
+    pub const ALL: [UpstreamFailureReason; 4] =
+        [Self::Refused, Self::Timeout, Self::Unreachable, Self::Reset];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The leading bytes of one read/write on a socket fd, starting an HTTP/1.x message.
+    Data {
+        fd: u32,
+        direction: Direction,
+        /// Bytes the syscall transferred; `bytes` may be a shorter prefix.
+        total_len: u64,
+        bytes: Bytes,
+    },
+    /// A connection that carried captured HTTP was closed by the process.
+    Closed {
+        fd: u32,
+        /// The kernel had marked it as upgraded (101 seen).
+        upgraded: bool,
+    },
+    /// An outgoing TCP connection of the process failed.
+    UpstreamFailure {
+        reason: UpstreamFailureReason,
+        errno: i32,
+        peer: Option<SocketAddr>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds (the kernel's `bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    pub origin: Origin,
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// Convenience for tests and the prober: a data event.
+    pub fn data(ts_ns: u64, origin: Origin, fd: u32, direction: Direction, bytes: &[u8]) -> Self {
+        Event {
+            ts_ns,
+            origin,
+            kind: EventKind::Data {
+                fd,
+                direction,
+                total_len: bytes.len() as u64,
+                bytes: Bytes::copy_from_slice(bytes),
+            },
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `cargo xtask <task>`: everything that needs more than plain cargo.
+//!
+//! Every task installs what it needs when it is missing (root on Debian/Ubuntu) and says
+//! what it is doing, so the README's two commands work on a fresh machine.
+
+mod ebpf;
+mod prereqs;
+mod run;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "routeskew build, test, demo and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every prerequisite (eBPF toolchain, bpf-linker, Traefik, Prometheus, Go, wrk).
+    Setup,
+    /// Build the kernel programs (installs the eBPF toolchain when missing).
+    BuildEbpf(ebpf::BuildOptions),
+    /// Build the kernel programs and the agent (release).
+    Build,
+    /// Build everything and run every test tier: unit, kernel, end-to-end.
+    Test {
+        /// Only the unprivileged unit tests.
+        #[arg(long)]
+        unit_only: bool,
+        /// Extra arguments for the privileged test run (a test name filter, ...).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+    /// Three real Traefik replicas, one missing a router, and the agent finding it.
+    Demo {
+        /// Keep /metrics up this many seconds instead of until Ctrl-C (0 = until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+    },
+    /// Throughput and latency of real Traefik under wrk with and without the agent.
+    Bench {
+        /// Rounds of (without, with) measurements.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        duration: u32,
+    },
+    /// cargo fmt --check and clippy -D warnings on the workspace.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => {
+            ebpf::ensure_toolchain()?;
+            prereqs::ensure_all()?;
+            Ok(())
+        }
+        Task::BuildEbpf(opts) => ebpf::build(&opts).map(|_| ()),
+        Task::Build => run::build_all().map(|_| ()),
+        Task::Test { unit_only, filter } => run::test(unit_only, &filter),
+        Task::Demo { seconds } => run::demo(seconds),
+        Task::Bench { rounds, duration } => run::bench(rounds, duration),
+        Task::Lint => run::lint(),
+    }
+}
