@@ -1,1 +1,1 @@
-//! (being written)
+//! (being written: the run loop, integrated once the sensor and pipeline land)

@@ -1,1 +1,182 @@
-//! (being written)
+//! Command line and environment configuration. Every flag has an environment twin so the
+//! DaemonSet can be configured from its manifest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "routeskew",
+    version,
+    about = "Finds the Traefik replica that answers with its own 'no router' 404 or fails WebSocket upgrades"
+)]
+pub struct Cli {
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "ROUTESKEW_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log line format.
+    #[arg(long, env = "ROUTESKEW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: discover local Traefik replicas, watch them from the kernel, serve /metrics.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiscoveryMode {
+    /// `kubernetes` inside a cluster (KUBERNETES_SERVICE_HOST is set), `local` otherwise.
+    Auto,
+    /// Processes on this machine, by name, pid or cgroup.
+    Local,
+    /// Traefik pods on this node, from the Kubernetes API.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Where replicas come from.
+    #[arg(long, env = "ROUTESKEW_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
+    pub discovery: DiscoveryMode,
+
+    /// Local discovery: process name (comm or executable file name) of replicas.
+    #[arg(long, env = "ROUTESKEW_PROCESS_NAME", default_value = "traefik")]
+    pub process_name: String,
+
+    /// Local discovery: also watch these process ids (each one a replica).
+    #[arg(long = "pid", env = "ROUTESKEW_PIDS", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Local discovery: watch every process in these cgroup v2 directories (absolute, or
+    /// relative to the cgroup v2 mount); each directory is a replica.
+    #[arg(long = "cgroup", env = "ROUTESKEW_CGROUPS", value_delimiter = ',')]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Local discovery: only the processes given with --pid/--cgroup, no name matching.
+    #[arg(long, env = "ROUTESKEW_NO_NAME_MATCH")]
+    pub no_name_match: bool,
+
+    /// `namespace` label of local replicas.
+    #[arg(long, env = "ROUTESKEW_NAMESPACE", default_value = "local")]
+    pub namespace: String,
+
+    /// How often local discovery re-scans processes (restarts, new replicas).
+    #[arg(long, env = "ROUTESKEW_RESCAN_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub rescan_interval: Duration,
+
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "ROUTESKEW_LISTEN", default_value = "0.0.0.0:9477")]
+    pub listen: SocketAddr,
+
+    /// A host the `host` label may take (repeatable); every other Host is `other`.
+    #[arg(long = "host", env = "ROUTESKEW_HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+
+    /// Kernel object to load instead of the one built into the binary.
+    #[arg(long, env = "ROUTESKEW_EBPF_OBJECT")]
+    pub ebpf_object: Option<PathBuf>,
+
+    /// Leading bytes of each read/write the kernel copies (1-1024).
+    #[arg(long, env = "ROUTESKEW_CAPTURE_BYTES", default_value_t = routeskew_common::DEFAULT_CAPTURE_LEN,
+          value_parser = clap::value_parser!(u32).range(64..=routeskew_common::DATA_CAP as i64))]
+    pub capture_bytes: u32,
+
+    /// Kernel ring buffer size in bytes (a power of two, at least one page).
+    #[arg(long, env = "ROUTESKEW_RING_BUFFER_BYTES", default_value_t = 8 << 20)]
+    pub ring_buffer_bytes: u32,
+
+    /// An upgraded WebSocket connection closed sooner than this counts as an early close.
+    #[arg(long, env = "ROUTESKEW_WS_EARLY_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ws_early_close: Duration,
+
+    /// Series of a replica that vanished are removed after this long.
+    #[arg(long, env = "ROUTESKEW_SERIES_GRACE", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub series_grace: Duration,
+
+    /// Name of this node (Kubernetes downward API); used in logs.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl RunArgs {
+    /// Validates combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
+            return Err(format!(
+                "--ring-buffer-bytes must be a power of two of at least 4096, got {}",
+                self.ring_buffer_bytes
+            ));
+        }
+        if self.no_name_match && self.pids.is_empty() && self.cgroups.is_empty() {
+            return Err("--no-name-match needs at least one --pid or --cgroup".into());
+        }
+        Ok(())
+    }
+
+    /// The discovery mode after resolving `auto`.
+    pub fn effective_discovery(&self) -> DiscoveryMode {
+        match self.discovery {
+            DiscoveryMode::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                DiscoveryMode::Kubernetes
+            }
+            DiscoveryMode::Auto => DiscoveryMode::Local,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("routeskew").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Run(r) => Ok(r),
+        }
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let r = parse(&["run"]).expect("defaults parse");
+        assert_eq!(r.process_name, "traefik");
+        assert_eq!(r.listen.port(), 9477);
+        assert_eq!(r.rescan_interval, Duration::from_secs(2));
+        assert_eq!(r.capture_bytes, 1024);
+        assert!(r.validate().is_ok());
+    }
+
+    #[test]
+    fn repeatable_and_delimited_flags() {
+        let r = parse(&[
+            "run", "--host", "a.test", "--host", "b.test,c.test", "--pid", "12", "--cgroup", "x/y",
+        ])
+        .expect("parse");
+        assert_eq!(r.hosts, vec!["a.test", "b.test", "c.test"]);
+        assert_eq!(r.pids, vec![12]);
+        assert_eq!(r.cgroups, vec![PathBuf::from("x/y")]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["run", "--capture-bytes", "4096"]).is_err());
+        assert!(parse(&["run", "--rescan-interval", "soon"]).is_err());
+        let r = parse(&["run", "--ring-buffer-bytes", "5000"]).expect("parse");
+        assert!(r.validate().is_err());
+        let r = parse(&["run", "--no-name-match"]).expect("parse");
+        assert!(r.validate().is_err());
+    }
+}

@@ -1,7 +1,162 @@
-//! (being written)
-use anyhow::Result;
-pub fn build_all() -> Result<()> { anyhow::bail!("todo") }
-pub fn test(_u: bool, _f: &[String]) -> Result<()> { anyhow::bail!("todo") }
-pub fn demo(_s: u64) -> Result<()> { anyhow::bail!("todo") }
-pub fn bench(_r: u32, _d: u32) -> Result<()> { anyhow::bail!("todo") }
-pub fn lint() -> Result<()> { anyhow::bail!("todo") }
+//! The composite tasks: build, test, demo, bench, lint.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{ebpf, prereqs};
+
+/// Paths the privileged programs are pointed at.
+struct Built {
+    object: PathBuf,
+    agent: PathBuf,
+    traefik: PathBuf,
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(prereqs::workspace_root());
+    cmd
+}
+
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    step(what);
+    let status = cmd.status().with_context(|| format!("starting: {what}"))?;
+    if !status.success() {
+        bail!("failed ({status}): {what}");
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| prereqs::workspace_root().join("target"))
+}
+
+fn require_root(task: &str) -> Result<()> {
+    if !prereqs::is_root() {
+        bail!(
+            "`cargo xtask {task}` loads eBPF programs and creates cgroups: run it as root \
+             (the unprivileged unit tests alone: `cargo xtask test --unit-only`)"
+        );
+    }
+    Ok(())
+}
+
+/// Kernel object + agent (+ Traefik when `with_traefik`), in the given cargo profile.
+fn build(release: bool, with_traefik: bool) -> Result<Built> {
+    let object = ebpf::build(&ebpf::BuildOptions::default())?;
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "routeskew", "--bin", "routeskew"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(cmd, "cargo build -p routeskew (agent, with the kernel object embedded)")?;
+    let agent = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("routeskew");
+    let traefik = if with_traefik {
+        prereqs::ensure_all()?
+    } else {
+        PathBuf::new()
+    };
+    Ok(Built {
+        object,
+        agent,
+        traefik,
+    })
+}
+
+fn with_env(cmd: &mut Command, built: &Built) {
+    cmd.env("ROUTESKEW_AGENT", &built.agent)
+        .env("ROUTESKEW_EBPF_OBJECT", &built.object)
+        .env("ROUTESKEW_TRAEFIK", &built.traefik);
+}
+
+pub fn build_all() -> Result<()> {
+    let built = build(true, false)?;
+    eprintln!("agent: {}\nkernel object: {}", built.agent.display(), built.object.display());
+    Ok(())
+}
+
+pub fn lint() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt, "cargo fmt --check")?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "routeskew-probes",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(clippy, "cargo clippy -D warnings (all host crates)")
+}
+
+pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
+    lint()?;
+    let mut unit = cargo();
+    unit.arg("test");
+    run(unit, "unit tests (unprivileged): cargo test")?;
+    if unit_only {
+        return Ok(());
+    }
+    require_root("test")?;
+    let built = build(false, true)?;
+    let mut privileged = cargo();
+    privileged.args(["test", "-p", "routeskew-testbed", "--"]);
+    // Every privileged test starts real Traefik replicas and loads the sensor: on a small
+    // machine they are more reliable one at a time.
+    privileged.arg("--test-threads=1");
+    privileged.args(filter);
+    with_env(&mut privileged, &built);
+    run(
+        privileged,
+        "kernel and end-to-end tests (root, real Traefik): cargo test -p routeskew-testbed",
+    )
+}
+
+pub fn demo(seconds: u64) -> Result<()> {
+    require_root("demo")?;
+    let built = build(false, true)?;
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "routeskew-testbed", "--bin", "demo", "--"]);
+    if seconds > 0 {
+        cmd.args(["--seconds", &seconds.to_string()]);
+    }
+    with_env(&mut cmd, &built);
+    run(cmd, "demo: three Traefik replicas, one missing a router, and the agent")
+}
+
+pub fn bench(rounds: u32, duration: u32) -> Result<()> {
+    require_root("bench")?;
+    let built = build(true, true)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "routeskew-testbed",
+        "--bin",
+        "bench",
+        "--",
+        "--rounds",
+        &rounds.to_string(),
+        "--duration",
+        &duration.to_string(),
+    ]);
+    with_env(&mut cmd, &built);
+    run(cmd, "bench: Traefik under wrk, without and with the agent")
+}
+
