@@ -1,1 +1,216 @@
-//! (being written: the run loop, integrated once the sensor and pipeline land)
+//! The agent's run loop: discovery feeds the sensor's cgroup filter and the pipeline's
+//! target table; sensor events flow through the pipeline; /metrics serves the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{DiscoveryMode, RunArgs};
+use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan};
+use crate::discovery::TargetSet;
+use crate::event::Event;
+use crate::metrics::{self, BuildInfo, Metrics, SensorTotals};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::sensor::{Sensor, SensorConfig, SensorError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("kubernetes discovery is not part of this build yet; run with --discovery local")]
+    KubernetesUnavailable,
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::local::DiscoveryError),
+    #[error("kernel sensor: {0}")]
+    Sensor(#[from] SensorError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Events buffered between the ring-buffer reader and the pipeline. When full, the reader
+/// waits and the kernel ring buffer absorbs the burst (and counts what it drops).
+const EVENT_QUEUE: usize = 16 * 1024;
+/// Events handled per wake-up before housekeeping gets a turn.
+const BATCH: usize = 1024;
+
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    args.validate().map_err(AgentError::Config)?;
+    if args.effective_discovery() == DiscoveryMode::Kubernetes {
+        return Err(AgentError::KubernetesUnavailable);
+    }
+
+    let metrics = Arc::new(Metrics::new(BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: kernel_release(),
+    }));
+    metrics.set_ready(false, "starting");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let server_metrics = metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, server_metrics).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
+
+    let discovery = LocalDiscovery::new(LocalConfig {
+        process_name: (!args.no_name_match).then(|| args.process_name.clone()),
+        pids: args.pids.clone(),
+        cgroups: args.cgroups.clone(),
+        namespace: args.namespace.clone(),
+        proc_root: "/proc".into(),
+    })?;
+    tracing::info!(cgroup2 = %discovery.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
+
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let mut sensor = Sensor::start(
+        &SensorConfig {
+            object: args.ebpf_object.clone(),
+            capture_len: args.capture_bytes,
+            ring_buffer_bytes: args.ring_buffer_bytes,
+        },
+        tx,
+    )?;
+    for hook in sensor.hooks() {
+        match &hook.error {
+            None => tracing::info!(hook = %hook.name, "hook attached"),
+            Some(e) => {
+                tracing::warn!(hook = %hook.name, error = %e, "hook unavailable, continuing without it")
+            }
+        }
+    }
+
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            known_hosts: args.hosts.clone(),
+            ws_early_close: args.ws_early_close,
+            series_grace: args.series_grace,
+            ..PipelineConfig::default()
+        },
+        metrics.clone(),
+    );
+
+    let mut current = TargetSet::default();
+    apply_scan(
+        discovery.scan(),
+        &mut current,
+        &mut sensor,
+        &mut pipeline,
+        &metrics,
+    );
+    metrics.set_ready(true, "sensor attached, discovery ran");
+
+    let mut rescan = tokio::time::interval(args.rescan_interval);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Signal)?;
+    let mut batch = Vec::with_capacity(BATCH);
+
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    tracing::error!("sensor reader stopped; exiting");
+                    break;
+                }
+                for ev in batch.drain(..) {
+                    pipeline.handle(&ev);
+                }
+            }
+            _ = rescan.tick() => {
+                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics);
+            }
+            _ = housekeeping.tick() => {
+                pipeline.tick(monotonic_ns());
+                match sensor.totals() {
+                    Ok(totals) => {
+                        for t in totals {
+                            metrics.set_sensor_totals(t.program, SensorTotals {
+                                emitted: t.emitted,
+                                lost: t.lost,
+                                read_failures: t.read_failures,
+                                map_full: t.map_full,
+                            });
+                        }
+                        metrics.set_decode_errors(sensor.decode_errors());
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; detaching"); break; }
+            _ = sigterm.recv() => { tracing::info!("terminated; detaching"); break; }
+        }
+    }
+    metrics.set_ready(false, "shutting down");
+    drop(sensor);
+    Ok(())
+}
+
+/// Pushes a discovery result to the kernel filter, the pipeline and the target gauges;
+/// logs only what changed.
+fn apply_scan(
+    scan: Scan,
+    current: &mut TargetSet,
+    sensor: &mut Sensor,
+    pipeline: &mut Pipeline,
+    metrics: &Metrics,
+) {
+    for f in &scan.failures {
+        tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
+    }
+    let failed = scan.failures.len() as i64;
+    if scan.targets == *current {
+        metrics.set_targets(current.targets().len() as i64, failed);
+        return;
+    }
+    for t in scan.targets.targets() {
+        if !current.targets().contains(t) {
+            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, cgroup_id = t.cgroup_id, pids = ?t.pids, "watching replica");
+        }
+    }
+    for t in current.targets() {
+        if !scan.targets.targets().contains(t) {
+            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, "replica gone");
+        }
+    }
+    match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
+        Ok(()) => metrics.set_targets(scan.targets.targets().len() as i64, failed),
+        Err(e) => {
+            tracing::error!(error = %e, "updating the kernel cgroup filter failed");
+            metrics.set_targets(0, failed + scan.targets.targets().len() as i64);
+        }
+    }
+    pipeline.set_targets(scan.targets.clone());
+    *current = scan.targets;
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

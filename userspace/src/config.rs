@@ -162,7 +162,15 @@ mod tests {
     #[test]
     fn repeatable_and_delimited_flags() {
         let r = parse(&[
-            "run", "--host", "a.test", "--host", "b.test,c.test", "--pid", "12", "--cgroup", "x/y",
+            "run",
+            "--host",
+            "a.test",
+            "--host",
+            "b.test,c.test",
+            "--pid",
+            "12",
+            "--cgroup",
+            "x/y",
         ])
         .expect("parse");
         assert_eq!(r.hosts, vec!["a.test", "b.test", "c.test"]);

@@ -1,1 +1,1177 @@
-//! (being written)
+//! Per-connection state: pairs the responses a Traefik process writes with the requests it
+//! read, follows WebSocket upgrades to their close, and remembers which requests Traefik
+//! forwarded upstream so that a router-miss 404 can be corroborated.
+//!
+//! A connection is keyed by `(tgid, fd)`. Its role is inferred from content and direction:
+//!
+//! | direction | message  | leg                                   |
+//! |-----------|----------|---------------------------------------|
+//! | Read      | request  | a client's request to Traefik         |
+//! | Write     | response | Traefik's answer to that client       |
+//! | Write     | request  | Traefik's request to an upstream      |
+//! | Read      | response | the upstream's answer                 |
+//!
+//! Memory is bounded: at most `max_connections` connections (the least recently active one
+//! is evicted), `max_pending_per_conn` requests in flight per connection, and a bounded log
+//! of upstream requests per process. Everything dropped on the way is counted in
+//! [`FlowStats`].
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use crate::http::{self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail};
+
+/// Upstream requests remembered per process for corroboration.
+const MAX_UPSTREAM_LOG: usize = 4096;
+/// Processes with an upstream log; more would mean we watch far more than Traefik replicas.
+const MAX_UPSTREAM_PROCESSES: usize = 1024;
+/// Largest head kept across syscalls (the sensor captures about 1 KiB per syscall).
+const MAX_STASH: usize = 4096;
+/// All stashed heads together; slow clients on many connections must not grow memory.
+const MAX_STASH_TOTAL: usize = 8 << 20;
+
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    pub ws_early_close: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_pending_per_conn: usize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            ws_early_close: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 65_536,
+            max_pending_per_conn: 64,
+        }
+    }
+}
+
+/// What is kept of a client request while it waits for its response. No path, no headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub ts_ns: u64,
+    pub method: Method,
+    pub host: Host,
+    pub target: u64,
+    pub websocket: bool,
+    pub probe: bool,
+}
+
+impl ClientRequest {
+    fn from_head(ts_ns: u64, r: &RequestHead) -> Self {
+        ClientRequest {
+            ts_ns,
+            method: r.method,
+            host: r.host.clone(),
+            target: r.target,
+            websocket: r.websocket,
+            probe: r.probe,
+        }
+    }
+}
+
+/// Output of the flow tracker, input of the classifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowEvent {
+    /// Traefik answered a client request.
+    Exchange {
+        origin: Origin,
+        request: ClientRequest,
+        response: ResponseHead,
+        response_ts_ns: u64,
+        /// Traefik wrote an upstream request with the same host and method+path between
+        /// the client request and this response. Only computed for 404s, the one status
+        /// where it matters.
+        upstream_seen: bool,
+    },
+    /// A WebSocket upgrade request whose connection closed before any response.
+    WsReset {
+        origin: Origin,
+        request: ClientRequest,
+        ts_ns: u64,
+    },
+    /// An upgraded connection that closed within the early-close window.
+    WsEarlyClose {
+        origin: Origin,
+        request: ClientRequest,
+        open_ns: u64,
+    },
+    UpstreamFailure {
+        origin: Origin,
+        reason: UpstreamFailureReason,
+        ts_ns: u64,
+    },
+}
+
+/// Counters of everything the tracker saw, dropped or could not make sense of. Monotonic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub data_events: u64,
+    pub closed_events: u64,
+    pub upstream_failure_events: u64,
+    pub parse_errors: [u64; ParseError::ALL.len()],
+    pub truncated_heads: u64,
+    pub client_requests: u64,
+    pub client_responses: u64,
+    pub upstream_requests: u64,
+    pub upstream_responses: u64,
+    pub unmatched_client_responses: u64,
+    pub unmatched_upstream_responses: u64,
+    pub unanswered_client_requests: u64,
+    pub unanswered_upstream_requests: u64,
+    /// Requests dropped because a connection had `max_pending_per_conn` in flight.
+    pub pending_overflow: u64,
+    pub evicted_connections: u64,
+    pub expired_connections: u64,
+    /// Data on an upgraded connection (WebSocket frames), ignored.
+    pub ignored_after_upgrade: u64,
+    /// Data continuing a body or head of an earlier syscall.
+    pub continuations: u64,
+    /// A new HTTP message on an upgraded connection without a Close in between: the fd was
+    /// reused and the Close was lost.
+    pub reused_without_close: u64,
+    pub interim_responses: u64,
+    /// Close of a connection the tracker did not know (never carried a parsed message,
+    /// evicted or expired).
+    pub untracked_closes: u64,
+    /// The kernel reported an upgraded connection whose 101 the tracker never saw.
+    pub unseen_upgrades: u64,
+    /// Client requests with a Host that is present but invalid.
+    pub invalid_hosts: u64,
+    /// Upstream requests not logged because too many processes already have a log.
+    pub upstream_log_full: u64,
+}
+
+impl FlowStats {
+    pub fn parse_errors_of(&self, e: ParseError) -> u64 {
+        ParseError::ALL
+            .iter()
+            .position(|k| *k == e)
+            .map_or(0, |i| self.parse_errors[i])
+    }
+
+    fn count_parse_error(&mut self, e: ParseError) {
+        if let Some(i) = ParseError::ALL.iter().position(|k| *k == e) {
+            self.parse_errors[i] += 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// The next data starts a message.
+    Message,
+    /// This many bytes of body first.
+    Body(u64),
+    /// Data that does not look like a message start continues the previous one.
+    Continuation,
+}
+
+impl From<Tail> for Expect {
+    fn from(t: Tail) -> Self {
+        match t {
+            Tail::Complete => Expect::Message,
+            Tail::Body(n) => Expect::Body(n),
+            Tail::Chunked | Tail::UntilClose | Tail::HeadIncomplete | Tail::Unknown => {
+                Expect::Continuation
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Upgraded {
+    at_ns: u64,
+    /// The client request that was upgraded; `None` on an upstream connection.
+    request: Option<ClientRequest>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    origin: Origin,
+    last_seen: u64,
+    /// Client requests waiting for Traefik's response, oldest first.
+    pending: VecDeque<ClientRequest>,
+    /// Upstream requests waiting for the upstream's response: whether each was a HEAD.
+    upstream_pending: VecDeque<bool>,
+    upgraded: Option<Upgraded>,
+    /// Indexed by direction: 0 = Read, 1 = Write.
+    expect: [Expect; 2],
+    /// A head the last syscall in that direction ended in the middle of.
+    stash: [Option<Vec<u8>>; 2],
+}
+
+impl Conn {
+    fn stash_len(&self) -> usize {
+        self.stash.iter().flatten().map(Vec::len).sum()
+    }
+
+    fn new(origin: Origin, ts: u64) -> Self {
+        Conn {
+            origin,
+            last_seen: ts,
+            pending: VecDeque::new(),
+            upstream_pending: VecDeque::new(),
+            upgraded: None,
+            expect: [Expect::Message; 2],
+            stash: [None, None],
+        }
+    }
+}
+
+type ConnKey = (u32, u32);
+
+#[derive(Debug, Clone, Copy)]
+struct UpstreamEntry {
+    ts_ns: u64,
+    target: u64,
+    host: u64,
+    forwarded_host: u64,
+}
+
+pub struct Flows {
+    cfg: FlowConfig,
+    conns: HashMap<ConnKey, Conn>,
+    /// `(last_seen, key)` of every connection: the first entry is the least recently active.
+    by_age: BTreeSet<(u64, ConnKey)>,
+    upstream_log: HashMap<u32, VecDeque<UpstreamEntry>>,
+    stash_bytes: usize,
+    stats: FlowStats,
+}
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Read => 0,
+        Direction::Write => 1,
+    }
+}
+
+impl Flows {
+    pub fn new(cfg: FlowConfig) -> Self {
+        Flows {
+            cfg,
+            conns: HashMap::new(),
+            by_age: BTreeSet::new(),
+            upstream_log: HashMap::new(),
+            stash_bytes: 0,
+            stats: FlowStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &FlowStats {
+        &self.stats
+    }
+
+    /// Connections currently tracked.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn handle(&mut self, ev: &Event, out: &mut Vec<FlowEvent>) {
+        match &ev.kind {
+            EventKind::Data {
+                fd,
+                direction,
+                total_len,
+                bytes,
+            } => {
+                self.stats.data_events += 1;
+                self.on_data(ev.ts_ns, ev.origin, *fd, *direction, *total_len, bytes, out);
+            }
+            EventKind::Closed { fd, upgraded } => {
+                self.stats.closed_events += 1;
+                self.on_close(ev.ts_ns, ev.origin, *fd, *upgraded, out);
+            }
+            EventKind::UpstreamFailure { reason, .. } => {
+                self.stats.upstream_failure_events += 1;
+                out.push(FlowEvent::UpstreamFailure {
+                    origin: ev.origin,
+                    reason: *reason,
+                    ts_ns: ev.ts_ns,
+                });
+            }
+        }
+    }
+
+    /// Expire idle connections and old upstream-log entries. `now_ns` is CLOCK_MONOTONIC,
+    /// like event timestamps.
+    pub fn tick(&mut self, now_ns: u64) {
+        let idle = u64::try_from(self.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let horizon = now_ns.saturating_sub(idle);
+        while let Some(&(seen, key)) = self.by_age.first() {
+            if seen >= horizon {
+                break;
+            }
+            self.by_age.pop_first();
+            if let Some(c) = self.conns.remove(&key) {
+                self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
+                self.stats.expired_connections += 1;
+                tracing::debug!(tgid = key.0, fd = key.1, "idle connection expired");
+            }
+        }
+        self.upstream_log.retain(|_, log| {
+            while log.front().is_some_and(|e| e.ts_ns < horizon) {
+                log.pop_front();
+            }
+            !log.is_empty()
+        });
+    }
+
+    fn touch(&mut self, key: ConnKey, ts: u64) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if ts > c.last_seen {
+                self.by_age.remove(&(c.last_seen, key));
+                c.last_seen = ts;
+                self.by_age.insert((ts, key));
+            }
+        }
+    }
+
+    fn insert_conn(&mut self, key: ConnKey, origin: Origin, ts: u64) {
+        while self.conns.len() >= self.cfg.max_connections.max(1) {
+            let Some((_, old)) = self.by_age.pop_first() else {
+                break;
+            };
+            if let Some(c) = self.conns.remove(&old) {
+                self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
+                self.stats.evicted_connections += 1;
+                tracing::debug!(tgid = old.0, fd = old.1, "connection evicted at capacity");
+            }
+        }
+        self.conns.insert(key, Conn::new(origin, ts));
+        self.by_age.insert((ts, key));
+    }
+
+    fn remove_conn(&mut self, key: ConnKey) -> Option<Conn> {
+        let c = self.conns.remove(&key)?;
+        self.by_age.remove(&(c.last_seen, key));
+        self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
+        Some(c)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_data(
+        &mut self,
+        ts: u64,
+        origin: Origin,
+        fd: u32,
+        dir: Direction,
+        total_len: u64,
+        bytes: &[u8],
+        out: &mut Vec<FlowEvent>,
+    ) {
+        let key = (origin.tgid, fd);
+        let d = dir_index(dir);
+        if let Some(c) = self.conns.get(&key) {
+            if c.upgraded.is_some() {
+                if http::looks_like_message_start(bytes) {
+                    // Frames never look like this; the fd must have been closed and reused
+                    // without us seeing the Close.
+                    self.stats.reused_without_close += 1;
+                    self.remove_conn(key);
+                } else {
+                    self.stats.ignored_after_upgrade += 1;
+                    self.touch(key, ts);
+                    return;
+                }
+            }
+        }
+
+        // A head that an earlier syscall left incomplete continues here: the next bytes
+        // read (or written) on a stream are its continuation, whatever they look like.
+        let joined;
+        let taken = self.conns.get_mut(&key).and_then(|c| c.stash[d].take());
+        self.stash_bytes = self
+            .stash_bytes
+            .saturating_sub(taken.as_ref().map_or(0, Vec::len));
+        let (bytes, total_len) = match taken {
+            Some(mut head) if head.len() + bytes.len() <= MAX_STASH => {
+                let total = head.len() as u64 + total_len;
+                head.extend_from_slice(bytes);
+                self.stats.continuations += 1;
+                joined = head;
+                (&joined[..], total)
+            }
+            Some(head) => {
+                self.flush_stash(key, dir, ts, head, out);
+                if self.conns.get(&key).is_some_and(|c| c.upgraded.is_some()) {
+                    self.stats.ignored_after_upgrade += 1;
+                    return;
+                }
+                (bytes, total_len)
+            }
+            None => (bytes, total_len),
+        };
+
+        // Work out where, if anywhere, a new message starts in this syscall.
+        let mut skip = 0u64;
+        if let Some(c) = self.conns.get_mut(&key) {
+            match c.expect[d] {
+                Expect::Message => {}
+                Expect::Body(n) if n >= total_len => {
+                    c.expect[d] = if n == total_len {
+                        Expect::Message
+                    } else {
+                        Expect::Body(n - total_len)
+                    };
+                    self.stats.continuations += 1;
+                    self.touch(key, ts);
+                    return;
+                }
+                Expect::Body(n) => {
+                    skip = n;
+                    c.expect[d] = Expect::Message;
+                }
+                Expect::Continuation => {
+                    if !http::looks_like_message_start(bytes) {
+                        self.stats.continuations += 1;
+                        self.touch(key, ts);
+                        return;
+                    }
+                }
+            }
+        }
+        let Ok(skip_usize) = usize::try_from(skip) else {
+            return;
+        };
+        if skip_usize >= bytes.len() {
+            // The next message starts beyond what was captured.
+            self.stats.continuations += 1;
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.expect[d] = Expect::Continuation;
+            }
+            self.touch(key, ts);
+            return;
+        }
+        let rest = &bytes[skip_usize..];
+        let mut parsed = match http::parse(rest, total_len - skip) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.count_parse_error(e);
+                // Do not keep state for connections that never carried HTTP.
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.expect[d] = Expect::Continuation;
+                    self.touch(key, ts);
+                }
+                return;
+            }
+        };
+        if let Some(e) = parsed.error {
+            self.stats.count_parse_error(e);
+        }
+        if !self.conns.contains_key(&key) {
+            self.insert_conn(key, origin, ts);
+        }
+        self.touch(key, ts);
+
+        // Keep an incomplete last head aside until the next syscall completes it.
+        let mut stashed = None;
+        if let (Tail::HeadIncomplete, Some(at)) = (parsed.tail, parsed.incomplete_at) {
+            let len = rest.len() - at;
+            if len <= MAX_STASH / 2 && self.stash_bytes + len <= MAX_STASH_TOTAL {
+                if parsed.incomplete_parsed {
+                    parsed.messages.pop();
+                }
+                stashed = Some(rest[at..].to_vec());
+            }
+        }
+        let tail = parsed.tail;
+        let (upgraded, head_response) = self.process(key, dir, ts, parsed.messages, out);
+        if let Some(c) = self.conns.get_mut(&key) {
+            if !upgraded {
+                c.expect[d] = match (tail, head_response) {
+                    // A response to HEAD announces a length but sends no body.
+                    (Tail::Body(_), true) => Expect::Message,
+                    (t, _) => t.into(),
+                };
+                if let Some(head) = stashed {
+                    self.stash_bytes += head.len();
+                    c.expect[d] = Expect::Message;
+                    c.stash[d] = Some(head);
+                }
+            }
+        }
+    }
+
+    /// Give up waiting for the rest of a stashed head and use what it has.
+    fn flush_stash(
+        &mut self,
+        key: ConnKey,
+        dir: Direction,
+        ts: u64,
+        head: Vec<u8>,
+        out: &mut Vec<FlowEvent>,
+    ) {
+        if let Ok(p) = http::parse(&head, head.len() as u64) {
+            self.process(key, dir, ts, p.messages, out);
+        }
+    }
+
+    /// Apply parsed messages to the connection. Returns whether the connection is now
+    /// upgraded and whether the last message was a response to a HEAD request.
+    fn process(
+        &mut self,
+        key: ConnKey,
+        dir: Direction,
+        ts: u64,
+        messages: Vec<Message>,
+        out: &mut Vec<FlowEvent>,
+    ) -> (bool, bool) {
+        let mut head_response = false;
+        for msg in messages {
+            let upgraded;
+            (upgraded, head_response) = match (dir, msg) {
+                (Direction::Read, Message::Request(r)) => {
+                    self.on_client_request(key, ts, &r);
+                    (false, false)
+                }
+                (Direction::Write, Message::Response(r)) => {
+                    self.on_client_response(key, ts, r, out)
+                }
+                (Direction::Write, Message::Request(r)) => {
+                    self.on_upstream_request(key, ts, &r);
+                    (false, false)
+                }
+                (Direction::Read, Message::Response(r)) => self.on_upstream_response(key, ts, &r),
+            };
+            if upgraded {
+                // Whatever follows the 101 in this syscall is WebSocket frames.
+                return (true, false);
+            }
+        }
+        (false, head_response)
+    }
+
+    fn on_client_request(&mut self, key: ConnKey, ts: u64, r: &RequestHead) {
+        self.stats.client_requests += 1;
+        if r.truncated {
+            self.stats.truncated_heads += 1;
+        }
+        if r.host == Host::Invalid {
+            self.stats.invalid_hosts += 1;
+        }
+        let max = self.cfg.max_pending_per_conn.max(1);
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.pending.len() >= max {
+            // Dropping the newest keeps the older requests paired with the right responses.
+            self.stats.pending_overflow += 1;
+            return;
+        }
+        c.pending.push_back(ClientRequest::from_head(ts, r));
+    }
+
+    /// Returns (connection upgraded, response to a HEAD request).
+    fn on_client_response(
+        &mut self,
+        key: ConnKey,
+        ts: u64,
+        r: ResponseHead,
+        out: &mut Vec<FlowEvent>,
+    ) -> (bool, bool) {
+        if r.truncated {
+            self.stats.truncated_heads += 1;
+        }
+        if r.is_interim() {
+            self.stats.interim_responses += 1;
+            return (false, false);
+        }
+        self.stats.client_responses += 1;
+        let Some(c) = self.conns.get_mut(&key) else {
+            return (false, false);
+        };
+        let origin = c.origin;
+        let Some(request) = c.pending.pop_front() else {
+            self.stats.unmatched_client_responses += 1;
+            return (false, false);
+        };
+        let upgraded = r.status == 101;
+        if upgraded {
+            c.upgraded = Some(Upgraded {
+                at_ns: ts,
+                // Early closes are a WebSocket notion; an h2c upgrade is only followed.
+                request: request.websocket.then(|| request.clone()),
+            });
+            // Requests pipelined behind an upgrade are never answered over HTTP.
+            self.stats.unanswered_client_requests += c.pending.len() as u64;
+            c.pending.clear();
+        }
+        let head = request.method == Method::Head;
+        let upstream_seen = r.status == 404 && self.upstream_seen(key.0, &request, ts);
+        out.push(FlowEvent::Exchange {
+            origin,
+            request,
+            response: r,
+            response_ts_ns: ts,
+            upstream_seen,
+        });
+        (upgraded, head)
+    }
+
+    fn on_upstream_request(&mut self, key: ConnKey, ts: u64, r: &RequestHead) {
+        self.stats.upstream_requests += 1;
+        if r.truncated {
+            self.stats.truncated_heads += 1;
+        }
+        let max = self.cfg.max_pending_per_conn.max(1);
+        if let Some(c) = self.conns.get_mut(&key) {
+            if c.upstream_pending.len() >= max {
+                self.stats.pending_overflow += 1;
+            } else {
+                c.upstream_pending.push_back(r.method == Method::Head);
+            }
+        }
+        if !self.upstream_log.contains_key(&key.0)
+            && self.upstream_log.len() >= MAX_UPSTREAM_PROCESSES
+        {
+            self.stats.upstream_log_full += 1;
+            return;
+        }
+        let log = self.upstream_log.entry(key.0).or_default();
+        if log.len() >= MAX_UPSTREAM_LOG {
+            log.pop_front();
+        }
+        log.push_back(UpstreamEntry {
+            ts_ns: ts,
+            target: r.target,
+            host: http::host_hash(&r.host),
+            forwarded_host: http::host_hash(&r.forwarded_host),
+        });
+    }
+
+    /// Returns (connection upgraded, response to a HEAD request).
+    fn on_upstream_response(&mut self, key: ConnKey, ts: u64, r: &ResponseHead) -> (bool, bool) {
+        if r.truncated {
+            self.stats.truncated_heads += 1;
+        }
+        if r.is_interim() {
+            self.stats.interim_responses += 1;
+            return (false, false);
+        }
+        self.stats.upstream_responses += 1;
+        let Some(c) = self.conns.get_mut(&key) else {
+            return (false, false);
+        };
+        let Some(head) = c.upstream_pending.pop_front() else {
+            self.stats.unmatched_upstream_responses += 1;
+            return (false, false);
+        };
+        if r.status == 101 {
+            c.upgraded = Some(Upgraded {
+                at_ns: ts,
+                request: None,
+            });
+            return (true, false);
+        }
+        (false, head)
+    }
+
+    /// Did this process write an upstream request for `req` between the request and `now`?
+    fn upstream_seen(&self, tgid: u32, req: &ClientRequest, now: u64) -> bool {
+        let Some(log) = self.upstream_log.get(&tgid) else {
+            return false;
+        };
+        let host = http::host_hash(&req.host);
+        log.iter()
+            .rev()
+            .take_while(|e| e.ts_ns >= req.ts_ns)
+            .any(|e| {
+                e.ts_ns <= now
+                    && e.target == req.target
+                    && (e.host == host || e.forwarded_host == host)
+            })
+    }
+
+    fn on_close(
+        &mut self,
+        ts: u64,
+        origin: Origin,
+        fd: u32,
+        kernel_upgraded: bool,
+        out: &mut Vec<FlowEvent>,
+    ) {
+        let key = (origin.tgid, fd);
+        // Heads still waiting for their rest are all there will be.
+        for dir in [Direction::Read, Direction::Write] {
+            let stash = self
+                .conns
+                .get_mut(&key)
+                .and_then(|c| c.stash[dir_index(dir)].take());
+            if let Some(head) = stash {
+                self.stash_bytes = self.stash_bytes.saturating_sub(head.len());
+                self.flush_stash(key, dir, ts, head, out);
+            }
+        }
+        let Some(c) = self.remove_conn(key) else {
+            self.stats.untracked_closes += 1;
+            if kernel_upgraded {
+                self.stats.unseen_upgrades += 1;
+            }
+            return;
+        };
+        match c.upgraded {
+            Some(Upgraded {
+                at_ns,
+                request: Some(request),
+            }) => {
+                let open_ns = ts.saturating_sub(at_ns);
+                if u128::from(open_ns) < self.cfg.ws_early_close.as_nanos() {
+                    out.push(FlowEvent::WsEarlyClose {
+                        origin: c.origin,
+                        request,
+                        open_ns,
+                    });
+                }
+            }
+            Some(Upgraded { request: None, .. }) => {}
+            None if kernel_upgraded => self.stats.unseen_upgrades += 1,
+            None => {}
+        }
+        for request in c.pending {
+            if request.websocket {
+                out.push(FlowEvent::WsReset {
+                    origin: c.origin,
+                    request,
+                    ts_ns: ts,
+                });
+            } else {
+                self.stats.unanswered_client_requests += 1;
+            }
+        }
+        self.stats.unanswered_upstream_requests += c.upstream_pending.len() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const O: Origin = Origin {
+        tgid: 100,
+        cgroup_id: 7,
+    };
+    const S: u64 = 1_000_000_000;
+
+    fn data(ts: u64, fd: u32, dir: Direction, b: &[u8]) -> Event {
+        Event::data(ts, O, fd, dir, b)
+    }
+
+    fn close(ts: u64, fd: u32, upgraded: bool) -> Event {
+        Event {
+            ts_ns: ts,
+            origin: O,
+            kind: EventKind::Closed { fd, upgraded },
+        }
+    }
+
+    fn run(flows: &mut Flows, evs: &[Event]) -> Vec<FlowEvent> {
+        let mut out = Vec::new();
+        for e in evs {
+            flows.handle(e, &mut out);
+        }
+        out
+    }
+
+    fn statuses(out: &[FlowEvent]) -> Vec<(String, u16)> {
+        out.iter()
+            .filter_map(|e| match e {
+                FlowEvent::Exchange {
+                    request, response, ..
+                } => Some((
+                    request.host.name().unwrap_or("-").to_string(),
+                    response.status,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const MISS: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: Sun, 22 Nov 2026 14:41:08 GMT\r\nContent-Length: 19\r\n\r\n404 page not found\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    fn req(host: &str, path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn pairs_pipelined_requests_fifo() {
+        let mut f = Flows::new(FlowConfig::default());
+        let mut both = req("a.test", "/1");
+        both.extend(req("b.test", "/2"));
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &both),
+                data(2 * S, 5, Direction::Write, MISS),
+                data(3 * S, 5, Direction::Write, OK),
+                data(4 * S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [("a.test".into(), 404), ("b.test".into(), 200)]
+        );
+        assert_eq!(f.stats().unmatched_client_responses, 1);
+        assert_eq!(f.stats().client_requests, 2);
+    }
+
+    #[test]
+    fn corroborates_with_upstream_requests_of_the_same_process() {
+        let mut f = Flows::new(FlowConfig::default());
+        let upstream =
+            b"GET /x HTTP/1.1\r\nHost: 10.0.0.5:8080\r\nX-Forwarded-Host: a.test\r\n\r\n";
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &req("a.test", "/x")),
+                data(S + 1, 9, Direction::Write, upstream),
+                data(S + 2, 9, Direction::Read, MISS),
+                data(S + 3, 5, Direction::Write, MISS),
+                // Same host, other path: not corroborated.
+                data(2 * S, 5, Direction::Read, &req("a.test", "/y")),
+                data(2 * S + 1, 5, Direction::Write, MISS),
+                // Upstream request written before the client request: not for it.
+                data(3 * S, 5, Direction::Read, &req("a.test", "/x")),
+                data(3 * S + 1, 5, Direction::Write, MISS),
+            ],
+        );
+        let seen: Vec<bool> = out
+            .iter()
+            .map(|e| match e {
+                FlowEvent::Exchange { upstream_seen, .. } => *upstream_seen,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(seen, [true, false, false]);
+        assert_eq!(f.stats().upstream_requests, 1);
+        assert_eq!(f.stats().upstream_responses, 1);
+        // Another process's upstream request does not corroborate.
+        let other = Origin {
+            tgid: 200,
+            cgroup_id: 7,
+        };
+        let out = run(
+            &mut f,
+            &[
+                data(4 * S, 5, Direction::Read, &req("a.test", "/x")),
+                Event::data(4 * S + 1, other, 9, Direction::Write, upstream),
+                data(4 * S + 2, 5, Direction::Write, MISS),
+            ],
+        );
+        assert!(matches!(
+            out[0],
+            FlowEvent::Exchange {
+                upstream_seen: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn websocket_lifecycle() {
+        let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let r101 = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x02hi";
+        let mut f = Flows::new(FlowConfig::default());
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, ws),
+                data(2 * S, 5, Direction::Write, r101),
+                data(3 * S, 5, Direction::Read, b"\x81\x82abcdxy"),
+                data(3 * S, 5, Direction::Write, b"\x81\x02hi"),
+                close(4 * S, 5, true),
+                // Upgraded and open for longer than the window: no early close.
+                data(5 * S, 6, Direction::Read, ws),
+                data(5 * S, 6, Direction::Write, r101),
+                close(20 * S, 6, true),
+                // No response at all: reset.
+                data(21 * S, 7, Direction::Read, ws),
+                close(22 * S, 7, false),
+                // A plain request left unanswered is only counted.
+                data(23 * S, 8, Direction::Read, &req("a.test", "/")),
+                close(24 * S, 8, false),
+            ],
+        );
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert!(matches!(&out[0], FlowEvent::Exchange { response, .. } if response.status == 101));
+        assert!(matches!(&out[1], FlowEvent::WsEarlyClose { open_ns, .. } if *open_ns == 2 * S));
+        assert!(matches!(&out[2], FlowEvent::Exchange { response, .. } if response.status == 101));
+        assert!(matches!(&out[3], FlowEvent::WsReset { request, .. } if request.websocket));
+        assert_eq!(f.stats().ignored_after_upgrade, 2);
+        assert_eq!(f.stats().parse_errors, [0; ParseError::ALL.len()]);
+        assert_eq!(f.stats().unanswered_client_requests, 1);
+        assert_eq!(f.connections(), 0);
+    }
+
+    #[test]
+    fn fd_reuse() {
+        let mut f = Flows::new(FlowConfig::default());
+        let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &req("a.test", "/")),
+                close(2 * S, 5, false),
+                // Same fd, new connection: the old request must not pair with this response.
+                data(3 * S, 5, Direction::Write, OK),
+                data(4 * S, 5, Direction::Read, ws),
+                data(
+                    5 * S,
+                    5,
+                    Direction::Write,
+                    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                ),
+                // Close lost; the fd now carries a new HTTP connection.
+                data(6 * S, 5, Direction::Read, &req("b.test", "/")),
+                data(7 * S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [("a.test".into(), 101), ("b.test".into(), 200)]
+        );
+        assert_eq!(f.stats().unmatched_client_responses, 1);
+        assert_eq!(f.stats().unanswered_client_requests, 1);
+        assert_eq!(f.stats().reused_without_close, 1);
+    }
+
+    #[test]
+    fn eviction_and_expiry_bound_memory() {
+        let cfg = FlowConfig {
+            max_connections: 3,
+            idle_timeout: Duration::from_secs(60),
+            ..FlowConfig::default()
+        };
+        let mut f = Flows::new(cfg);
+        for fd in 0..10u32 {
+            run(
+                &mut f,
+                &[data(
+                    u64::from(fd) * S,
+                    fd,
+                    Direction::Read,
+                    &req("a.test", "/"),
+                )],
+            );
+            assert!(f.connections() <= 3);
+        }
+        assert_eq!(f.stats().evicted_connections, 7);
+        // The survivors are the three most recent: fd 7's request still pairs.
+        let out = run(&mut f, &[data(11 * S, 7, Direction::Write, OK)]);
+        assert_eq!(out.len(), 1);
+        let out = run(&mut f, &[data(11 * S, 2, Direction::Write, OK)]);
+        assert!(out.is_empty());
+        f.tick(11 * S + 60 * S);
+        // fd 9 was last active at 9s, fds 7 and 2 at 11s.
+        assert_eq!(f.stats().expired_connections, 1);
+        assert_eq!(f.connections(), 2);
+        f.tick(100 * S);
+        assert_eq!(f.connections(), 0);
+    }
+
+    #[test]
+    fn pending_is_bounded() {
+        let cfg = FlowConfig {
+            max_pending_per_conn: 2,
+            ..FlowConfig::default()
+        };
+        let mut f = Flows::new(cfg);
+        let mut three = req("a.test", "/1");
+        three.extend(req("b.test", "/2"));
+        three.extend(req("c.test", "/3"));
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &three),
+                data(2 * S, 5, Direction::Write, OK),
+                data(2 * S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [("a.test".into(), 200), ("b.test".into(), 200)]
+        );
+        assert_eq!(f.stats().pending_overflow, 1);
+    }
+
+    #[test]
+    fn bodies_and_continuations_are_skipped() {
+        let mut f = Flows::new(FlowConfig::default());
+        let post = b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n0123";
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, post),
+                // The rest of the body, then the next request in the same read.
+                data(
+                    2 * S,
+                    5,
+                    Direction::Read,
+                    b"456789GET /b HTTP/1.1\r\nHost: b.test\r\n\r\n",
+                ),
+                data(3 * S, 5, Direction::Write, chunked),
+                data(3 * S, 5, Direction::Write, b"0\r\n\r\n"),
+                data(4 * S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [("a.test".into(), 200), ("b.test".into(), 200)]
+        );
+        assert_eq!(f.stats().continuations, 1);
+        assert_eq!(f.stats().parse_errors.iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn heads_split_over_syscalls_are_joined() {
+        let mut f = Flows::new(FlowConfig::default());
+        let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &ws[..20]),
+                data(S + 1, 5, Direction::Read, &ws[20..40]),
+                data(S + 2, 5, Direction::Read, &ws[40..]),
+                data(
+                    2 * S,
+                    5,
+                    Direction::Write,
+                    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                ),
+                // Never completed: used as it is when the connection closes.
+                data(3 * S, 6, Direction::Read, &ws[..ws.len() - 2]),
+                close(4 * S, 6, false),
+            ],
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        let FlowEvent::Exchange { request, .. } = &out[0] else {
+            panic!()
+        };
+        assert!(request.websocket);
+        assert_eq!(request.host.name(), Some("a.test"));
+        let FlowEvent::WsReset { request, .. } = &out[1] else {
+            panic!()
+        };
+        assert!(request.websocket);
+        assert_eq!(f.stats().continuations, 2);
+        assert_eq!(f.stats().truncated_heads, 1);
+        assert_eq!(f.stash_bytes, 0);
+    }
+
+    #[test]
+    fn pipelined_request_split_in_its_first_bytes() {
+        let mut f = Flows::new(FlowConfig::default());
+        let mut first = req("a.test", "/1");
+        let second = req("b.test", "/2");
+        first.extend_from_slice(&second[..2]);
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &first),
+                data(S + 1, 5, Direction::Read, &second[2..]),
+                data(2 * S, 5, Direction::Write, OK),
+                data(2 * S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [("a.test".into(), 200), ("b.test".into(), 200)]
+        );
+        let FlowEvent::Exchange { request, .. } = &out[1] else {
+            panic!()
+        };
+        assert_eq!(request.method, Method::Get);
+        assert_eq!(request.target, http::target_hash(b"GET", b"/2"));
+        assert_eq!(f.stats().parse_errors, [0; ParseError::ALL.len()]);
+    }
+
+    #[test]
+    fn responses_to_head_have_no_body() {
+        let mut f = Flows::new(FlowConfig::default());
+        let out = run(
+            &mut f,
+            &[
+                data(
+                    S,
+                    5,
+                    Direction::Read,
+                    b"HEAD / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                ),
+                data(
+                    S,
+                    5,
+                    Direction::Write,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n",
+                ),
+                data(S, 5, Direction::Read, &req("b.test", "/")),
+                data(S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(
+            statuses(&out),
+            [("a.test".into(), 200), ("b.test".into(), 200)]
+        );
+        assert_eq!(f.stats().continuations, 0);
+    }
+
+    #[test]
+    fn garbage_is_counted_and_not_tracked() {
+        let mut f = Flows::new(FlowConfig::default());
+        run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, b"\x16\x03\x01\x00\xa5\x01"),
+                data(S, 6, Direction::Write, b"HTTP/1.1 2"),
+            ],
+        );
+        assert_eq!(f.stats().parse_errors_of(ParseError::NotHttp), 1);
+        assert_eq!(f.stats().parse_errors_of(ParseError::TooShort), 1);
+        assert_eq!(f.connections(), 0);
+    }
+
+    #[test]
+    fn interim_responses_do_not_consume_requests() {
+        let mut f = Flows::new(FlowConfig::default());
+        let out = run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &req("a.test", "/")),
+                data(2 * S, 5, Direction::Write, b"HTTP/1.1 100 Continue\r\n\r\n"),
+                data(3 * S, 5, Direction::Write, OK),
+            ],
+        );
+        assert_eq!(statuses(&out), [("a.test".into(), 200)]);
+        assert_eq!(f.stats().interim_responses, 1);
+    }
+
+    #[test]
+    fn upstream_failures_pass_through() {
+        let mut f = Flows::new(FlowConfig::default());
+        let out = run(
+            &mut f,
+            &[Event {
+                ts_ns: S,
+                origin: O,
+                kind: EventKind::UpstreamFailure {
+                    reason: UpstreamFailureReason::Refused,
+                    errno: 111,
+                    peer: None,
+                },
+            }],
+        );
+        assert!(matches!(
+            out[0],
+            FlowEvent::UpstreamFailure {
+                reason: UpstreamFailureReason::Refused,
+                ..
+            }
+        ));
+    }
+}

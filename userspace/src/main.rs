@@ -1,1 +1,30 @@
-fn main() {}
+//! `routeskew` binary: parses flags, sets up logging, runs the agent.
+
+use anyhow::Context;
+use clap::Parser;
+use routeskew::config::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    match cli.command {
+        Command::Run(args) => {
+            // One thread: the agent shares the node with the replicas it watches, and the
+            // reader and pipeline are cheap enough to take turns.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(routeskew::agent::run(args))?;
+        }
+    }
+    Ok(())
+}

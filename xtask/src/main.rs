@@ -11,7 +11,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "routeskew build, test, demo and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "routeskew build, test, demo and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

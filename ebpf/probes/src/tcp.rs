@@ -1,0 +1,346 @@
+//! Outgoing TCP connection failures of watched processes: `sock/inet_sock_set_state`,
+//! `tcp/tcp_receive_reset`, `sock/inet_sk_error_report`.
+//!
+//! Only `CLOSE -> SYN_SENT` runs in the connecting process's context, so that is where
+//! the cgroup filter applies; the other two fire in softirq context and are filtered by
+//! membership in `TCP_SOCKS`, and their events carry the owner recorded there.
+//!
+//! `inet_sk_error_report` has no socket address, so a still-connecting socket that closes
+//! without a reset is matched to its error report by address tuple, through per-CPU
+//! slots (the two happen back to back on one CPU). Order seen on 6.18: refused = reset,
+//! CLOSE, report(111); ICMP unreachable = report(0), CLOSE, report(113); SYN timeout =
+//! CLOSE, report(110); the application giving up = CLOSE inside its close(2), no report.
+//! Kernels before 6.10 report ICMP errors before the CLOSE; `SK_ERR_SLOT` covers that.
+
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
+};
+use routeskew_common::{event_kind, program, upstream_reason, EventHeader, TcpSock, UpstreamEvent};
+
+use crate::{
+    filter::{pid_tgid, watched_cgroup},
+    maps::{
+        cfg, count, Counter, SockErr, SynClose, Tuple, CONFIG, EVENTS, PENDING_IO, SK_ERR_SLOT,
+        SYN_CLOSE_SLOT, TCP_SOCKS,
+    },
+};
+
+const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_CLOSE: u32 = 7;
+
+const ENETUNREACH: i32 = 101;
+const ECONNRESET: i32 = 104;
+const ETIMEDOUT: i32 = 110;
+const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn rs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    on_set_state(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn rs_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    on_receive_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sk_error_report")]
+pub fn rs_inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    on_error_report(&ctx);
+    0
+}
+
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, off: &u32) -> Option<T> {
+    unsafe { ctx.read_at::<T>(cfg(off) as usize) }.ok()
+}
+
+#[inline(always)]
+fn read_daddr(ctx: &TracePointContext, family: u16, v4_off: &u32, v6_off: &u32) -> [u8; 16] {
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        if let Some(a) = read::<[u8; 4]>(ctx, v4_off) {
+            daddr[0] = a[0];
+            daddr[1] = a[1];
+            daddr[2] = a[2];
+            daddr[3] = a[3];
+        }
+    } else if let Some(a) = read::<[u8; 16]>(ctx, v6_off) {
+        daddr = a;
+    }
+    daddr
+}
+
+#[inline(always)]
+fn tuple(family: u16, sport: u16, dport: u16, daddr: &[u8; 16]) -> Tuple {
+    Tuple {
+        family,
+        sport,
+        dport,
+        _pad: 0,
+        daddr: *daddr,
+    }
+}
+
+// Word-wise so the comparison compiles to plain loads instead of a memcmp call.
+#[inline(always)]
+fn same_tuple(a: &Tuple, b: &Tuple) -> bool {
+    let wa = unsafe { core::ptr::read_unaligned((a as *const Tuple).cast::<[u64; 3]>()) };
+    let wb = unsafe { core::ptr::read_unaligned((b as *const Tuple).cast::<[u64; 3]>()) };
+    wa[0] == wb[0] && wa[1] == wb[1] && wa[2] == wb[2]
+}
+
+#[inline(always)]
+fn reason_for(error: i32) -> u32 {
+    match error {
+        ECONNREFUSED => upstream_reason::REFUSED,
+        EHOSTUNREACH | ENETUNREACH => upstream_reason::UNREACHABLE,
+        ECONNRESET => upstream_reason::RESET,
+        ETIMEDOUT => upstream_reason::TIMEOUT,
+        // Errors that only say the connect was abandoned (ECONNABORTED
+        // from a socket kill, ...): the errno field keeps the detail.
+        _ => upstream_reason::TIMEOUT,
+    }
+}
+
+#[inline(always)]
+fn emit_upstream(prog: u32, sock: &TcpSock, reason: u32, errno: i32, ts_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<UpstreamEvent>(0) else {
+        count(prog, Counter::Lost);
+        return;
+    };
+    entry.write(UpstreamEvent {
+        header: EventHeader {
+            kind: event_kind::UPSTREAM,
+            tgid: sock.tgid,
+            tid: 0,
+            program: prog,
+            cgroup_id: sock.cgroup_id,
+            ts_ns,
+        },
+        reason,
+        errno: errno as u32,
+        family: sock.family,
+        dport: sock.dport,
+        _pad: 0,
+        daddr: sock.daddr,
+    });
+    entry.submit(0);
+    count(prog, Counter::Emitted);
+}
+
+/// Emits a parked still-connecting close that no error report claimed: the application
+/// (or the kernel, without an error) abandoned the connect.
+#[inline(always)]
+fn flush_syn_close(prog: u32) {
+    if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {
+        unsafe {
+            if (*slot).valid != 0 {
+                (*slot).valid = 0;
+                let sock = (*slot).sock;
+                emit_upstream(prog, &sock, upstream_reason::TIMEOUT, 0, (*slot).ts_ns);
+            }
+        }
+    }
+}
+
+/// Whether the current thread is inside close(2) of the socket owner: the application
+/// gave up on its connect, no error report will follow.
+#[inline(always)]
+fn owner_is_closing(tgid: u32) -> bool {
+    let id = pid_tgid();
+    if (id >> 32) as u32 != tgid {
+        return false;
+    }
+    match PENDING_IO.get_ptr(id) {
+        Some(p) => unsafe { (*p).buf == 0 },
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn on_set_state(ctx: &TracePointContext) {
+    let prog = program::INET_SOCK_SET_STATE;
+    let c = &CONFIG;
+    let Some(protocol) = read::<u16>(ctx, &c.sss_protocol_off) else {
+        return;
+    };
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    flush_syn_close(prog);
+    let Some(skaddr) = read::<u64>(ctx, &c.sss_skaddr_off) else {
+        return;
+    };
+    let Some(old) = read::<i32>(ctx, &c.sss_oldstate_off) else {
+        return;
+    };
+    let Some(new) = read::<i32>(ctx, &c.sss_newstate_off) else {
+        return;
+    };
+    let (old, new) = (old as u32, new as u32);
+
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        track_connect(ctx, skaddr);
+        return;
+    }
+    let Some(s) = TCP_SOCKS.get_ptr_mut(skaddr) else {
+        return;
+    };
+    if new != TCP_CLOSE {
+        unsafe { (*s).state = new };
+        return;
+    }
+    let sock = unsafe { *s };
+    let _ = TCP_SOCKS.remove(skaddr);
+    if sock.state != TCP_SYN_SENT || sock.reported != 0 {
+        return;
+    }
+    // The source port is only chosen after the SYN_SENT transition, so it is read now.
+    let Some(sport) = read::<u16>(ctx, &c.sss_sport_off) else {
+        return;
+    };
+    let t = tuple(sock.family, sport, sock.dport, &sock.daddr);
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if let Some(slot) = SK_ERR_SLOT.get_ptr_mut(0) {
+        unsafe {
+            if (*slot).valid != 0 {
+                (*slot).valid = 0;
+                if same_tuple(&(*slot).tuple, &t) {
+                    let error = (*slot).error as i32;
+                    emit_upstream(prog, &sock, reason_for(error), error, now);
+                    return;
+                }
+            }
+        }
+    }
+    if owner_is_closing(sock.tgid) {
+        emit_upstream(prog, &sock, upstream_reason::TIMEOUT, 0, now);
+        return;
+    }
+    if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {
+        unsafe {
+            slot.write(SynClose {
+                valid: 1,
+                _pad: 0,
+                ts_ns: now,
+                tuple: t,
+                sock,
+            });
+        }
+    }
+}
+
+#[inline(always)]
+fn track_connect(ctx: &TracePointContext, skaddr: u64) {
+    let Some(cgroup_id) = watched_cgroup() else {
+        return;
+    };
+    let c = &CONFIG;
+    let Some(family) = read::<u16>(ctx, &c.sss_family_off) else {
+        return;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    let Some(dport) = read::<u16>(ctx, &c.sss_dport_off) else {
+        return;
+    };
+    let daddr = read_daddr(ctx, family, &c.sss_daddr_off, &c.sss_daddr_v6_off);
+    let sock = TcpSock {
+        cgroup_id,
+        tgid: (pid_tgid() >> 32) as u32,
+        state: TCP_SYN_SENT,
+        reported: 0,
+        family,
+        dport,
+        daddr,
+    };
+    if TCP_SOCKS.insert(skaddr, sock, u64::from(BPF_ANY)).is_err() {
+        count(program::INET_SOCK_SET_STATE, Counter::MapFull);
+    }
+}
+
+#[inline(always)]
+fn on_receive_reset(ctx: &TracePointContext) {
+    let Some(skaddr) = read::<u64>(ctx, &CONFIG.trr_skaddr_off) else {
+        return;
+    };
+    let Some(s) = TCP_SOCKS.get_ptr_mut(skaddr) else {
+        return;
+    };
+    let sock = unsafe { *s };
+    if sock.reported != 0 {
+        return;
+    }
+    let (reason, errno) = match sock.state {
+        TCP_SYN_SENT => (upstream_reason::REFUSED, ECONNREFUSED),
+        TCP_ESTABLISHED => (upstream_reason::RESET, ECONNRESET),
+        _ => return,
+    };
+    unsafe { (*s).reported = 1 };
+    emit_upstream(program::TCP_RECEIVE_RESET, &sock, reason, errno, unsafe {
+        bpf_ktime_get_ns()
+    });
+}
+
+#[inline(always)]
+fn on_error_report(ctx: &TracePointContext) {
+    let prog = program::INET_SK_ERROR_REPORT;
+    let c = &CONFIG;
+    let Some(protocol) = read::<u16>(ctx, &c.ser_protocol_off) else {
+        return;
+    };
+    if protocol != IPPROTO_TCP {
+        return;
+    }
+    let Some(error) = read::<i32>(ctx, &c.ser_error_off) else {
+        return;
+    };
+    let Some(family) = read::<u16>(ctx, &c.ser_family_off) else {
+        return;
+    };
+    let Some(sport) = read::<u16>(ctx, &c.ser_sport_off) else {
+        return;
+    };
+    let Some(dport) = read::<u16>(ctx, &c.ser_dport_off) else {
+        return;
+    };
+    let daddr = read_daddr(ctx, family, &c.ser_daddr_off, &c.ser_daddr_v6_off);
+    let t = tuple(family, sport, dport, &daddr);
+
+    if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {
+        unsafe {
+            if (*slot).valid != 0 {
+                (*slot).valid = 0;
+                let sock = (*slot).sock;
+                if same_tuple(&(*slot).tuple, &t) {
+                    let now = bpf_ktime_get_ns();
+                    emit_upstream(prog, &sock, reason_for(error), error, now);
+                    return;
+                }
+                emit_upstream(prog, &sock, upstream_reason::TIMEOUT, 0, (*slot).ts_ns);
+            }
+        }
+    }
+    // Kernels before 6.10 report ICMP errors before closing the socket: park the error
+    // for the CLOSE transition that follows on this CPU.
+    if error > 0 {
+        if let Some(slot) = SK_ERR_SLOT.get_ptr_mut(0) {
+            unsafe {
+                slot.write(SockErr {
+                    valid: 1,
+                    error: error as u32,
+                    tuple: t,
+                });
+            }
+        }
+    }
+}

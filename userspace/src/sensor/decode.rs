@@ -1,0 +1,376 @@
+//! Ring-buffer records → [`Event`]. Pure: no aya, no kernel.
+//!
+//! Records are parsed field by field at `offset_of!` positions of the shared `#[repr(C)]`
+//! types instead of being cast, so a short or corrupt record is an error, never UB.
+
+use std::{
+    mem::{offset_of, size_of},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use bytes::Bytes;
+use routeskew_common::{
+    conn_flags, direction, event_kind, upstream_reason, CloseEvent, DataEvent, EventHeader,
+    UpstreamEvent, DATA_CAP,
+};
+
+use crate::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than a {what} ({needed} bytes)")]
+    Short {
+        what: &'static str,
+        len: usize,
+        needed: usize,
+    },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown data direction {0}")]
+    UnknownDirection(u32),
+    #[error("captured length {captured} exceeds the buffer ({cap}) or the transfer ({total})")]
+    CapturedLen {
+        captured: u32,
+        total: u64,
+        cap: usize,
+    },
+    #[error("unknown upstream failure reason {0}")]
+    UnknownReason(u32),
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_ne_bytes([b[off], b[off + 1]])
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_ne_bytes(a)
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(a)
+}
+
+fn need(what: &'static str, rec: &[u8], needed: usize) -> Result<(), DecodeError> {
+    if rec.len() < needed {
+        return Err(DecodeError::Short {
+            what,
+            len: rec.len(),
+            needed,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(rec: &[u8]) -> Result<Event, DecodeError> {
+    need("header", rec, size_of::<EventHeader>())?;
+    let kind = u32_at(rec, offset_of!(EventHeader, kind));
+    let origin = Origin {
+        tgid: u32_at(rec, offset_of!(EventHeader, tgid)),
+        cgroup_id: u64_at(rec, offset_of!(EventHeader, cgroup_id)),
+    };
+    let ts_ns = u64_at(rec, offset_of!(EventHeader, ts_ns));
+    let kind = match kind {
+        event_kind::DATA => decode_data(rec)?,
+        event_kind::CLOSE => decode_close(rec)?,
+        event_kind::UPSTREAM => decode_upstream(rec)?,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event {
+        ts_ns,
+        origin,
+        kind,
+    })
+}
+
+fn decode_data(rec: &[u8]) -> Result<EventKind, DecodeError> {
+    need("data record", rec, size_of::<DataEvent>())?;
+    let direction = match u32_at(rec, offset_of!(DataEvent, direction)) {
+        direction::READ => Direction::Read,
+        direction::WRITE => Direction::Write,
+        other => return Err(DecodeError::UnknownDirection(other)),
+    };
+    let total_len = u64_at(rec, offset_of!(DataEvent, total_len));
+    let captured = u32_at(rec, offset_of!(DataEvent, captured_len));
+    if captured as usize > DATA_CAP || u64::from(captured) > total_len {
+        return Err(DecodeError::CapturedLen {
+            captured,
+            total: total_len,
+            cap: DATA_CAP,
+        });
+    }
+    let data = offset_of!(DataEvent, data);
+    Ok(EventKind::Data {
+        fd: u32_at(rec, offset_of!(DataEvent, fd)),
+        direction,
+        total_len,
+        bytes: Bytes::copy_from_slice(&rec[data..data + captured as usize]),
+    })
+}
+
+fn decode_close(rec: &[u8]) -> Result<EventKind, DecodeError> {
+    need("close record", rec, size_of::<CloseEvent>())?;
+    Ok(EventKind::Closed {
+        fd: u32_at(rec, offset_of!(CloseEvent, fd)),
+        upgraded: u32_at(rec, offset_of!(CloseEvent, flags)) & conn_flags::UPGRADED != 0,
+    })
+}
+
+fn decode_upstream(rec: &[u8]) -> Result<EventKind, DecodeError> {
+    need("upstream record", rec, size_of::<UpstreamEvent>())?;
+    let reason = match u32_at(rec, offset_of!(UpstreamEvent, reason)) {
+        upstream_reason::REFUSED => UpstreamFailureReason::Refused,
+        upstream_reason::TIMEOUT => UpstreamFailureReason::Timeout,
+        upstream_reason::UNREACHABLE => UpstreamFailureReason::Unreachable,
+        upstream_reason::RESET => UpstreamFailureReason::Reset,
+        other => return Err(DecodeError::UnknownReason(other)),
+    };
+    let family = u16_at(rec, offset_of!(UpstreamEvent, family));
+    let port = u16_at(rec, offset_of!(UpstreamEvent, dport));
+    let a = offset_of!(UpstreamEvent, daddr);
+    let mut daddr = [0u8; 16];
+    daddr.copy_from_slice(&rec[a..a + 16]);
+    let ip = match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            daddr[0], daddr[1], daddr[2], daddr[3],
+        ))),
+        // A dual-stack socket connecting to an IPv4 peer reports it v4-mapped.
+        AF_INET6 => {
+            let v6 = Ipv6Addr::from(daddr);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        _ => None,
+    };
+    Ok(EventKind::UpstreamFailure {
+        reason,
+        errno: u32_at(rec, offset_of!(UpstreamEvent, errno)) as i32,
+        peer: ip.map(|ip| SocketAddr::new(ip, port)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: only used with the shared #[repr(C)] record types, which have no padding
+        // (pinned by the size assertions in routeskew-common), so every byte is initialised.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn header(kind: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            tgid: 4242,
+            tid: 4243,
+            program: 3,
+            cgroup_id: 77,
+            ts_ns: 123_456,
+        }
+    }
+
+    fn data_event(captured: u32, total: u64, dir: u32) -> DataEvent {
+        let mut data = [0xAAu8; DATA_CAP];
+        let msg = b"HTTP/1.1 404 Not Found\r\n";
+        data[..msg.len()].copy_from_slice(msg);
+        DataEvent {
+            header: header(event_kind::DATA),
+            fd: 9,
+            direction: dir,
+            total_len: total,
+            captured_len: captured,
+            _pad: 0,
+            data,
+        }
+    }
+
+    #[test]
+    fn data_record() {
+        let ev = decode(&bytes_of(&data_event(24, 300, direction::WRITE))).expect("decode");
+        assert_eq!(ev.ts_ns, 123_456);
+        assert_eq!(
+            ev.origin,
+            Origin {
+                tgid: 4242,
+                cgroup_id: 77
+            }
+        );
+        assert_eq!(
+            ev.kind,
+            EventKind::Data {
+                fd: 9,
+                direction: Direction::Write,
+                total_len: 300,
+                bytes: Bytes::from_static(b"HTTP/1.1 404 Not Found\r\n"),
+            }
+        );
+        let ev = decode(&bytes_of(&data_event(4, 4, direction::READ))).expect("decode");
+        assert!(matches!(
+            ev.kind,
+            EventKind::Data { direction: Direction::Read, ref bytes, .. } if bytes.as_ref() == b"HTTP"
+        ));
+    }
+
+    #[test]
+    fn full_capture_is_accepted() {
+        let ev = decode(&bytes_of(&data_event(
+            DATA_CAP as u32,
+            5000,
+            direction::READ,
+        )))
+        .expect("decode");
+        assert!(matches!(ev.kind, EventKind::Data { ref bytes, .. } if bytes.len() == DATA_CAP));
+    }
+
+    #[test]
+    fn bad_data_records() {
+        let over = data_event(DATA_CAP as u32 + 1, 5000, direction::READ);
+        assert!(matches!(
+            decode(&bytes_of(&over)),
+            Err(DecodeError::CapturedLen { .. })
+        ));
+        let beyond_total = data_event(30, 20, direction::READ);
+        assert!(matches!(
+            decode(&bytes_of(&beyond_total)),
+            Err(DecodeError::CapturedLen { .. })
+        ));
+        assert_eq!(
+            decode(&bytes_of(&data_event(10, 10, 7))),
+            Err(DecodeError::UnknownDirection(7))
+        );
+        let full = bytes_of(&data_event(10, 10, direction::READ));
+        assert!(matches!(
+            decode(&full[..full.len() - 1]),
+            Err(DecodeError::Short {
+                what: "data record",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn close_record() {
+        let rec = CloseEvent {
+            header: header(event_kind::CLOSE),
+            fd: 12,
+            flags: conn_flags::UPGRADED,
+        };
+        let ev = decode(&bytes_of(&rec)).expect("decode");
+        assert_eq!(
+            ev.kind,
+            EventKind::Closed {
+                fd: 12,
+                upgraded: true
+            }
+        );
+        let rec = CloseEvent { flags: 0, ..rec };
+        assert_eq!(
+            decode(&bytes_of(&rec)).expect("decode").kind,
+            EventKind::Closed {
+                fd: 12,
+                upgraded: false
+            }
+        );
+    }
+
+    fn upstream(reason: u32, family: u16, daddr: [u8; 16]) -> UpstreamEvent {
+        UpstreamEvent {
+            header: header(event_kind::UPSTREAM),
+            reason,
+            errno: 111,
+            family,
+            dport: 8081,
+            _pad: 0,
+            daddr,
+        }
+    }
+
+    #[test]
+    fn upstream_records() {
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let ev =
+            decode(&bytes_of(&upstream(upstream_reason::REFUSED, AF_INET, v4))).expect("decode");
+        assert_eq!(
+            ev.kind,
+            EventKind::UpstreamFailure {
+                reason: UpstreamFailureReason::Refused,
+                errno: 111,
+                peer: Some("10.1.2.3:8081".parse().expect("addr")),
+            }
+        );
+        let v6: Ipv6Addr = "fd00::7".parse().expect("addr");
+        let ev = decode(&bytes_of(&upstream(
+            upstream_reason::UNREACHABLE,
+            AF_INET6,
+            v6.octets(),
+        )))
+        .expect("decode");
+        assert!(matches!(
+            ev.kind,
+            EventKind::UpstreamFailure { reason: UpstreamFailureReason::Unreachable, peer: Some(p), .. }
+                if p == "[fd00::7]:8081".parse().expect("addr")
+        ));
+        let mapped: Ipv6Addr = "::ffff:127.0.0.1".parse().expect("addr");
+        let ev = decode(&bytes_of(&upstream(
+            upstream_reason::TIMEOUT,
+            AF_INET6,
+            mapped.octets(),
+        )))
+        .expect("decode");
+        assert!(matches!(
+            ev.kind,
+            EventKind::UpstreamFailure { reason: UpstreamFailureReason::Timeout, peer: Some(p), .. }
+                if p == "127.0.0.1:8081".parse().expect("addr")
+        ));
+        let ev = decode(&bytes_of(&upstream(upstream_reason::RESET, 0, v4))).expect("decode");
+        assert!(matches!(
+            ev.kind,
+            EventKind::UpstreamFailure {
+                reason: UpstreamFailureReason::Reset,
+                peer: None,
+                ..
+            }
+        ));
+        assert_eq!(
+            decode(&bytes_of(&upstream(9, AF_INET, v4))),
+            Err(DecodeError::UnknownReason(9))
+        );
+    }
+
+    #[test]
+    fn garbage() {
+        assert!(matches!(
+            decode(&[]),
+            Err(DecodeError::Short { what: "header", .. })
+        ));
+        assert!(matches!(
+            decode(&[1u8; 31]),
+            Err(DecodeError::Short { what: "header", .. })
+        ));
+        let mut rec = bytes_of(&header(99));
+        rec.resize(2048, 0);
+        assert_eq!(decode(&rec), Err(DecodeError::UnknownKind(99)));
+        // A header claiming a data record with no body.
+        let rec = bytes_of(&header(event_kind::DATA));
+        assert!(matches!(
+            decode(&rec),
+            Err(DecodeError::Short {
+                what: "data record",
+                ..
+            })
+        ));
+        let rec = bytes_of(&header(event_kind::UPSTREAM));
+        assert!(matches!(decode(&rec), Err(DecodeError::Short { .. })));
+    }
+}

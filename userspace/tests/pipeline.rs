@@ -1,0 +1,836 @@
+//! The post-sensor pipeline driven by canned events, asserting exact exported values.
+//!
+//! Responses come from `fixtures/`, bytes captured from a real Traefik 3.7.15 and a Go
+//! backend (see `fixtures/README.md`); event sequences follow the syscalls Traefik makes
+//! (checked with strace): read the client request, write the upstream request, read the
+//! upstream response, write the client response, close.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
+use routeskew::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use routeskew::metrics::{BuildInfo, Metrics};
+use routeskew::pipeline::{Pipeline, PipelineConfig};
+
+const S: u64 = 1_000_000_000;
+const MS: u64 = 1_000_000;
+const APP: &str = "app.example.test";
+const TERM: &str = "terminal.example.test";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn origin(i: u32) -> Origin {
+    Origin {
+        tgid: 100 + i,
+        cgroup_id: 10 + u64::from(i),
+    }
+}
+
+fn target(i: u32) -> Target {
+    Target {
+        replica: Replica {
+            name: format!("traefik-{i}"),
+            namespace: "traefik".into(),
+        },
+        cgroup_id: 10 + u64::from(i),
+        pids: vec![100 + i],
+        attribution: Attribution::Cgroup,
+    }
+}
+
+struct Harness {
+    p: Pipeline,
+    m: Arc<Metrics>,
+    ts: u64,
+}
+
+impl Harness {
+    fn new(cfg: PipelineConfig, replicas: u32) -> Self {
+        let m = Arc::new(Metrics::new(BuildInfo {
+            version: "test".into(),
+            kernel: "6.18".into(),
+        }));
+        let mut p = Pipeline::new(cfg, m.clone());
+        p.set_targets(TargetSet::new((1..=replicas).map(target).collect()));
+        Harness { p, m, ts: S }
+    }
+
+    fn with_hosts(replicas: u32) -> Self {
+        Self::new(
+            PipelineConfig {
+                known_hosts: vec![APP.into(), TERM.into()],
+                ..PipelineConfig::default()
+            },
+            replicas,
+        )
+    }
+
+    fn step(&mut self) -> u64 {
+        self.ts += MS;
+        self.ts
+    }
+
+    fn data(&mut self, o: Origin, fd: u32, dir: Direction, b: &[u8]) {
+        let ts = self.step();
+        self.p.handle(&Event::data(ts, o, fd, dir, b));
+    }
+
+    /// A capture that holds only the first `captured` bytes of a larger syscall.
+    fn data_cut(&mut self, o: Origin, fd: u32, dir: Direction, b: &[u8], captured: usize) {
+        let ts = self.step();
+        self.p.handle(&Event {
+            ts_ns: ts,
+            origin: o,
+            kind: EventKind::Data {
+                fd,
+                direction: dir,
+                total_len: b.len() as u64,
+                bytes: Bytes::copy_from_slice(&b[..captured]),
+            },
+        });
+    }
+
+    fn close(&mut self, o: Origin, fd: u32, upgraded: bool) {
+        let ts = self.step();
+        self.p.handle(&Event {
+            ts_ns: ts,
+            origin: o,
+            kind: EventKind::Closed { fd, upgraded },
+        });
+    }
+
+    fn upstream_failure(&mut self, o: Origin, reason: UpstreamFailureReason) {
+        let ts = self.step();
+        self.p.handle(&Event {
+            ts_ns: ts,
+            origin: o,
+            kind: EventKind::UpstreamFailure {
+                reason,
+                errno: 111,
+                peer: Some("127.0.0.1:18099".parse().unwrap()),
+            },
+        });
+    }
+
+    /// A request Traefik routed: client request, upstream request and response, relayed
+    /// response.
+    fn routed(
+        &mut self,
+        o: Origin,
+        client_fd: u32,
+        host: &str,
+        path: &str,
+        upstream: &[u8],
+        relayed: &[u8],
+    ) {
+        self.data(
+            o,
+            client_fd,
+            Direction::Read,
+            &client_request(host, path, "curl/8"),
+        );
+        self.data(o, 900, Direction::Write, &upstream_request(host, path));
+        self.data(o, 900, Direction::Read, upstream);
+        self.data(o, client_fd, Direction::Write, relayed);
+    }
+
+    /// A request no router matched: Traefik answers itself.
+    fn missed(&mut self, o: Origin, client_fd: u32, host: &str, path: &str) {
+        self.data(
+            o,
+            client_fd,
+            Direction::Read,
+            &client_request(host, path, "curl/8"),
+        );
+        self.data(
+            o,
+            client_fd,
+            Direction::Write,
+            &fixture("traefik_router_miss_404_keepalive.bin"),
+        );
+    }
+
+    fn text(&self) -> String {
+        self.m.encode()
+    }
+
+    /// The value of one exact series, labels in exposition order; `None` when absent.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let head = if labels.is_empty() {
+            format!("{name} ")
+        } else {
+            format!("{name}{{{}}} ", labels.join(","))
+        };
+        let text = self.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(head.as_str()))
+            .map(|v| v.parse().unwrap())
+    }
+
+    fn http(&self, replica: &str, host: &str, class: &str, source: &str) -> Option<f64> {
+        self.value(
+            "routeskew_http_responses_total",
+            &[
+                ("replica", replica),
+                ("namespace", "traefik"),
+                ("host", host),
+                ("class", class),
+                ("source", source),
+            ],
+        )
+    }
+
+    fn ws(&self, replica: &str, host: &str, outcome: &str, source: &str) -> Option<f64> {
+        self.value(
+            "routeskew_ws_upgrades_total",
+            &[
+                ("replica", replica),
+                ("namespace", "traefik"),
+                ("host", host),
+                ("outcome", outcome),
+                ("source", source),
+            ],
+        )
+    }
+
+    fn pipeline(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(&format!("routeskew_pipeline_{name}_total"), labels)
+            .unwrap_or_else(|| {
+                panic!(
+                    "routeskew_pipeline_{name}_total{labels:?} missing:\n{}",
+                    self.text()
+                )
+            })
+    }
+}
+
+fn client_request(host: &str, path: &str, ua: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nAccept: */*\r\n\r\n")
+        .into_bytes()
+}
+
+/// The request Traefik writes upstream, laid out as in `fixtures/traefik_upstream_request.bin`.
+fn upstream_request(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Host: {host}\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Server: traefik-1\r\nX-Real-Ip: 10.0.0.9\r\nAccept-Encoding: gzip\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn ws_request(host: &str, ua: &str) -> Vec<u8> {
+    format!("GET /ws HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn three_replicas_one_missing_a_router() {
+    let mut h = Harness::with_hosts(3);
+    // What the upstream answered does not change the class of the relayed response.
+    let ok_up = fixture("go_backend_direct_chunked_200.bin");
+    let ok = fixture("traefik_relayed_200.bin");
+    for round in 0..5u32 {
+        for i in 1..=3 {
+            let fd = 10 + round;
+            h.routed(origin(i), fd, APP, "/", &ok_up, &ok);
+            if i == 2 {
+                h.missed(origin(i), fd, TERM, "/token");
+            } else {
+                h.routed(origin(i), fd, TERM, "/token", &ok_up, &ok);
+            }
+        }
+    }
+    for i in [1, 3] {
+        let r = format!("traefik-{i}");
+        assert_eq!(h.http(&r, TERM, "ok", "passive"), Some(5.0));
+        assert_eq!(
+            h.http(&r, TERM, "router_miss", "passive"),
+            Some(0.0),
+            "series exists at zero"
+        );
+        assert_eq!(h.http(&r, APP, "ok", "passive"), Some(5.0));
+    }
+    assert_eq!(
+        h.http("traefik-2", TERM, "router_miss", "passive"),
+        Some(5.0)
+    );
+    assert_eq!(h.http("traefik-2", TERM, "ok", "passive"), None);
+    assert_eq!(h.http("traefik-2", APP, "ok", "passive"), Some(5.0));
+    assert_eq!(
+        h.http("traefik-2", APP, "router_miss", "passive"),
+        Some(0.0)
+    );
+    assert_eq!(h.pipeline("unmatched_responses", &[("leg", "client")]), 0.0);
+    assert_eq!(
+        h.pipeline("unmatched_responses", &[("leg", "upstream")]),
+        0.0
+    );
+    assert_eq!(h.pipeline("signature_with_upstream", &[]), 0.0);
+    assert_eq!(
+        h.pipeline("events", &[("kind", "data")]),
+        5.0 * (3.0 * 4.0 + 2.0 * 4.0 + 2.0)
+    );
+}
+
+#[test]
+fn backend_404s_are_never_router_misses() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    // Relayed by Traefik: sorted headers.
+    h.routed(
+        o,
+        5,
+        APP,
+        "/missing",
+        &fixture("traefik_relayed_backend_404.bin"),
+        &fixture("traefik_relayed_backend_404.bin"),
+    );
+    h.routed(
+        o,
+        5,
+        APP,
+        "/gonotfound",
+        &fixture("go_backend_direct_notfound_404.bin"),
+        &fixture("traefik_relayed_go_notfound_404.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "client_error", "passive"),
+        Some(2.0)
+    );
+    assert_eq!(h.pipeline("signature_with_upstream", &[]), 0.0);
+    // Exactly the router-miss bytes reach the client (a backend whose 404 went through
+    // unchanged), but Traefik wrote an upstream request for it: not a router miss.
+    h.routed(
+        o,
+        5,
+        APP,
+        "/passthrough",
+        &fixture("go_backend_direct_notfound_404.bin"),
+        &fixture("go_backend_direct_notfound_404.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "client_error", "passive"),
+        Some(3.0)
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "router_miss", "passive"),
+        Some(0.0)
+    );
+    assert_eq!(h.pipeline("signature_with_upstream", &[]), 1.0);
+    // An upstream request for another path does not corroborate.
+    h.data(o, 6, Direction::Read, &client_request(APP, "/a", "curl/8"));
+    h.data(o, 900, Direction::Write, &upstream_request(APP, "/b"));
+    h.data(
+        o,
+        6,
+        Direction::Write,
+        &fixture("traefik_router_miss_404.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "router_miss", "passive"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn real_upstream_request_corroborates_its_client_request() {
+    let mut h = Harness::new(
+        PipelineConfig {
+            known_hosts: vec!["rec.example.test".into()],
+            ..PipelineConfig::default()
+        },
+        1,
+    );
+    let o = origin(1);
+    h.data(o, 5, Direction::Read, &fixture("traefik_rec_200.req.bin"));
+    h.data(
+        o,
+        9,
+        Direction::Write,
+        &fixture("traefik_upstream_request.bin"),
+    );
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("go_backend_direct_notfound_404.bin"),
+    );
+    // The client request carried the probe marker.
+    assert_eq!(
+        h.http("traefik-1", "rec.example.test", "client_error", "probe"),
+        Some(1.0)
+    );
+    assert_eq!(h.pipeline("signature_with_upstream", &[]), 1.0);
+}
+
+#[test]
+fn websocket_outcomes() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    let probe_ua = "routeskew-probe/0.1";
+    // Upgraded, frames flow, closed after 30 s: not an early close.
+    h.data(
+        o,
+        5,
+        Direction::Read,
+        &fixture("traefik_ws_upgrade_101.req.bin"),
+    );
+    h.data(
+        o,
+        9,
+        Direction::Write,
+        &fixture("traefik_upstream_ws_request.bin"),
+    );
+    h.data(o, 9, Direction::Read, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi");
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("traefik_ws_upgrade_101.bin"),
+    );
+    h.data(o, 5, Direction::Read, b"\x81\x85\x01\x02\x03\x04ifmmp");
+    h.data(o, 9, Direction::Write, b"\x81\x85\x01\x02\x03\x04ifmmp");
+    h.ts += 30 * S;
+    h.close(o, 5, true);
+    h.close(o, 9, true);
+    // Upgraded by a probe, closed after 2 s: early close.
+    h.data(o, 6, Direction::Read, &ws_request(APP, probe_ua));
+    h.data(
+        o,
+        6,
+        Direction::Write,
+        &fixture("traefik_ws_upgrade_101.bin"),
+    );
+    h.ts += 2 * S;
+    h.close(o, 6, true);
+    // Router miss, backend refused (502), no server (503), reset before any answer.
+    h.data(o, 7, Direction::Read, &ws_request(TERM, "browser"));
+    h.data(
+        o,
+        7,
+        Direction::Write,
+        &fixture("traefik_ws_router_miss.bin"),
+    );
+    h.data(o, 8, Direction::Read, &ws_request(APP, "browser"));
+    h.data(
+        o,
+        8,
+        Direction::Write,
+        &fixture("traefik_ws_502_refused.bin"),
+    );
+    h.data(o, 8, Direction::Read, &ws_request(APP, "browser"));
+    h.data(
+        o,
+        8,
+        Direction::Write,
+        &fixture("traefik_ws_503_no_server.bin"),
+    );
+    h.data(o, 11, Direction::Read, &ws_request(TERM, probe_ua));
+    h.close(o, 11, false);
+    // Rejected by the backend (403).
+    h.data(o, 12, Direction::Read, &ws_request(APP, "browser"));
+    h.data(
+        o,
+        12,
+        Direction::Write,
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+    );
+
+    assert_eq!(h.ws("traefik-1", APP, "upgraded", "passive"), Some(1.0));
+    assert_eq!(h.ws("traefik-1", APP, "upgraded", "probe"), Some(1.0));
+    assert_eq!(h.ws("traefik-1", TERM, "router_miss", "passive"), Some(1.0));
+    assert_eq!(h.ws("traefik-1", APP, "router_miss", "passive"), Some(0.0));
+    assert_eq!(h.ws("traefik-1", APP, "failed", "passive"), Some(2.0));
+    assert_eq!(h.ws("traefik-1", TERM, "reset", "probe"), Some(1.0));
+    assert_eq!(h.ws("traefik-1", APP, "rejected", "passive"), Some(1.0));
+    assert_eq!(
+        h.value(
+            "routeskew_ws_early_closes_total",
+            &[
+                ("replica", "traefik-1"),
+                ("namespace", "traefik"),
+                ("host", APP)
+            ]
+        ),
+        Some(1.0)
+    );
+    // The HTTP side of the same exchanges.
+    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(1.0));
+    assert_eq!(h.http("traefik-1", APP, "ok", "probe"), Some(1.0));
+    assert_eq!(
+        h.http("traefik-1", TERM, "router_miss", "passive"),
+        Some(1.0)
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "server_error", "passive"),
+        Some(2.0)
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "client_error", "passive"),
+        Some(1.0)
+    );
+    // Frames after the upgrade were skipped, not parsed.
+    assert_eq!(
+        h.pipeline("skipped_data", &[("reason", "after_upgrade")]),
+        2.0
+    );
+    assert_eq!(h.pipeline("parse_errors", &[("kind", "not_http")]), 0.0);
+    assert_eq!(
+        h.pipeline("parse_errors", &[("kind", "trailing_garbage")]),
+        0.0
+    );
+}
+
+#[test]
+fn refused_upstream_is_a_server_error_and_a_connect_failure() {
+    let mut h = Harness::with_hosts(2);
+    let o = origin(2);
+    h.data(o, 5, Direction::Read, &client_request(APP, "/x", "curl/8"));
+    h.upstream_failure(o, UpstreamFailureReason::Refused);
+    h.data(o, 5, Direction::Write, &fixture("traefik_502_refused.bin"));
+    h.data(
+        o,
+        5,
+        Direction::Read,
+        &client_request(APP, "/slow", "curl/8"),
+    );
+    h.data(o, 900, Direction::Write, &upstream_request(APP, "/slow"));
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("traefik_504_header_timeout.bin"),
+    );
+    h.close(o, 900, false);
+    h.data(o, 6, Direction::Read, &client_request(APP, "/x", "curl/8"));
+    h.data(
+        o,
+        6,
+        Direction::Write,
+        &fixture("traefik_503_no_server.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-2", APP, "server_error", "passive"),
+        Some(3.0)
+    );
+    let failures = |h: &Harness, replica: &str, reason: &str| {
+        h.value(
+            "routeskew_upstream_connect_failures_total",
+            &[
+                ("replica", replica),
+                ("namespace", "traefik"),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(failures(&h, "traefik-2", "refused"), Some(1.0));
+    assert_eq!(failures(&h, "traefik-2", "timeout"), Some(0.0));
+    assert_eq!(failures(&h, "traefik-1", "refused"), Some(0.0));
+    // The upstream connection of the 504 closed with its request unanswered.
+    assert_eq!(
+        h.pipeline("unanswered_requests", &[("leg", "upstream")]),
+        1.0
+    );
+}
+
+#[test]
+fn fd_reuse_starts_a_new_connection() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    h.data(o, 5, Direction::Read, &client_request(APP, "/", "curl/8"));
+    h.close(o, 5, false);
+    // New connection on the same fd: the old request must not take this response.
+    h.data(o, 5, Direction::Read, &client_request(TERM, "/", "curl/8"));
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("traefik_router_miss_404.bin"),
+    );
+    h.close(o, 5, false);
+    // An upgraded connection whose Close was lost, fd reused for plain HTTP.
+    h.data(o, 5, Direction::Read, &ws_request(APP, "b"));
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("traefik_ws_upgrade_101.bin"),
+    );
+    h.data(
+        o,
+        5,
+        Direction::Read,
+        &client_request(APP, "/after", "curl/8"),
+    );
+    h.data(o, 5, Direction::Write, &fixture("traefik_relayed_200.bin"));
+    assert_eq!(
+        h.http("traefik-1", TERM, "router_miss", "passive"),
+        Some(1.0)
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "router_miss", "passive"),
+        Some(0.0)
+    );
+    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(2.0));
+    assert_eq!(h.pipeline("unanswered_requests", &[("leg", "client")]), 1.0);
+    assert_eq!(
+        h.pipeline("connection_anomalies", &[("kind", "reused_without_close")]),
+        1.0
+    );
+}
+
+#[test]
+fn memory_stays_bounded() {
+    let mut h = Harness::new(
+        PipelineConfig {
+            max_connections: 4,
+            max_pending_per_conn: 2,
+            idle_timeout: Duration::from_secs(60),
+            ..PipelineConfig::default()
+        },
+        1,
+    );
+    let o = origin(1);
+    for fd in 0..10 {
+        h.data(o, fd, Direction::Read, &client_request(APP, "/", "curl/8"));
+    }
+    assert_eq!(h.value("routeskew_pipeline_connections", &[]), Some(4.0));
+    assert_eq!(
+        h.pipeline("evicted_connections", &[("reason", "capacity")]),
+        6.0
+    );
+    // Pipelined beyond the pending bound.
+    let mut burst = Vec::new();
+    for _ in 0..5 {
+        burst.extend(client_request(APP, "/", "curl/8"));
+    }
+    h.data(o, 9, Direction::Read, &burst);
+    assert_eq!(h.pipeline("pending_overflow", &[]), 4.0);
+    // A response on an evicted connection has nothing to pair with.
+    h.data(o, 0, Direction::Write, &fixture("traefik_relayed_200.bin"));
+    assert_eq!(h.pipeline("unmatched_responses", &[("leg", "client")]), 1.0);
+    // Tracking that response's connection evicted one more.
+    assert_eq!(
+        h.pipeline("evicted_connections", &[("reason", "capacity")]),
+        7.0
+    );
+    h.p.tick(h.ts + 61 * S);
+    assert_eq!(h.value("routeskew_pipeline_connections", &[]), Some(0.0));
+    assert_eq!(
+        h.pipeline("evicted_connections", &[("reason", "idle")]),
+        4.0
+    );
+}
+
+#[test]
+fn unknown_origins_are_counted_not_labelled() {
+    let mut h = Harness::with_hosts(1);
+    let stranger = Origin {
+        tgid: 4242,
+        cgroup_id: 99,
+    };
+    h.missed(stranger, 5, APP, "/");
+    h.upstream_failure(stranger, UpstreamFailureReason::Reset);
+    assert_eq!(h.pipeline("unknown_origin_events", &[]), 3.0);
+    assert_eq!(
+        h.pipeline("dropped_observations", &[("reason", "unknown_origin")]),
+        2.0
+    );
+    assert!(!h.text().contains("4242"));
+    assert_eq!(
+        h.http("traefik-1", APP, "router_miss", "passive"),
+        Some(0.0)
+    );
+    // A request read before discovery knew the replica is still counted once it is known.
+    let late = origin(7);
+    h.data(
+        late,
+        5,
+        Direction::Read,
+        &client_request(APP, "/", "curl/8"),
+    );
+    h.p.set_targets(TargetSet::new(vec![target(1), target(7)]));
+    h.data(
+        late,
+        5,
+        Direction::Write,
+        &fixture("traefik_router_miss_404.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-7", APP, "router_miss", "passive"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn hostile_and_broken_input() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    let miss = fixture("traefik_router_miss_404.bin");
+    let long_host = format!("{}.example.test", "a".repeat(2000));
+    for req in [
+        format!("GET / HTTP/1.1\r\nHost: {long_host}\r\n\r\n").into_bytes(),
+        b"GET / HTTP/1.1\r\nHost: app.example.test\x07\r\n\r\n".to_vec(),
+        "GET / HTTP/1.1\r\nHost: \u{430}pp.example.test\r\n\r\n"
+            .as_bytes()
+            .to_vec(),
+        b"GET / HTTP/1.1\r\nHost: app.example.test/../x\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n".to_vec(),
+    ] {
+        // Cut like the sensor does (1 KiB).
+        let cap = req.len().min(1024);
+        h.data_cut(o, 5, Direction::Read, &req, cap);
+        h.data(o, 5, Direction::Write, &miss);
+    }
+    assert_eq!(
+        h.http("traefik-1", "other", "router_miss", "passive"),
+        Some(6.0)
+    );
+    assert_eq!(
+        h.http("traefik-1", APP, "router_miss", "passive"),
+        Some(0.0)
+    );
+    // The over-long Host is cut by the 1 KiB capture, so it is missing rather than invalid
+    // (the label is `other` either way).
+    assert_eq!(h.pipeline("invalid_hosts", &[]), 3.0);
+    assert_eq!(h.pipeline("truncated_heads", &[]), 1.0);
+    assert!(!h.text().contains("evil"));
+    // Binary junk and TLS on a plaintext hook are counted, not tracked.
+    h.data(
+        o,
+        20,
+        Direction::Read,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    );
+    h.data(o, 21, Direction::Read, &[0u8; 64]);
+    h.data(o, 22, Direction::Write, b"HTTP/1.1 99");
+    h.data(
+        o,
+        23,
+        Direction::Read,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r",
+    );
+    assert_eq!(h.pipeline("parse_errors", &[("kind", "not_http")]), 2.0);
+    assert_eq!(h.pipeline("parse_errors", &[("kind", "too_short")]), 1.0);
+    // fd 5, and fd 23 whose request line was fine.
+    assert_eq!(h.value("routeskew_pipeline_connections", &[]), Some(2.0));
+}
+
+#[test]
+fn truncated_captures_and_split_syscalls() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    let miss = fixture("traefik_router_miss_404.bin");
+    // The capture stopped inside the body: decided on headers, counted.
+    h.data(o, 5, Direction::Read, &client_request(TERM, "/a", "curl/8"));
+    h.data_cut(o, 5, Direction::Write, &miss, miss.len() - 10);
+    // A HEAD request: Traefik sends the head only.
+    h.data(
+        o,
+        5,
+        Direction::Read,
+        format!("HEAD /a HTTP/1.1\r\nHost: {TERM}\r\n\r\n").as_bytes(),
+    );
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("traefik_router_miss_404_head.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-1", TERM, "router_miss", "passive"),
+        Some(2.0)
+    );
+    assert_eq!(h.pipeline("signature_without_body", &[]), 2.0);
+    // A request head split over two reads: the second read continues it.
+    let req = client_request(APP, "/split", "curl/8");
+    h.data(o, 6, Direction::Read, &req[..30]);
+    h.data(o, 6, Direction::Read, &req[30..]);
+    // A chunked response written in pieces, then the next exchange on the connection.
+    h.data(
+        o,
+        6,
+        Direction::Write,
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    h.data(o, 6, Direction::Write, b"7\r\npart 0\r\n");
+    h.data(o, 6, Direction::Write, b"0\r\n\r\n");
+    h.data(
+        o,
+        6,
+        Direction::Read,
+        &client_request(APP, "/next", "curl/8"),
+    );
+    h.data(
+        o,
+        6,
+        Direction::Write,
+        &fixture("traefik_relayed_chunked_200.bin"),
+    );
+    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(2.0));
+    assert_eq!(
+        h.pipeline("skipped_data", &[("reason", "continuation")]),
+        3.0
+    );
+    // The split head was joined, so nothing was truncated.
+    assert_eq!(h.pipeline("truncated_heads", &[]), 0.0);
+    assert_eq!(h.pipeline("unmatched_responses", &[("leg", "client")]), 0.0);
+}
+
+#[test]
+fn pipelined_requests_pair_in_order() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    // What the pipelined capture's client sent, in one read; Traefik's answers in one write.
+    let mut reqs = client_request(TERM, "/a", "curl/8");
+    reqs.extend(client_request(APP, "/ok", "curl/8"));
+    h.data(o, 5, Direction::Read, &reqs);
+    h.data(o, 9, Direction::Write, &upstream_request(APP, "/ok"));
+    h.data(
+        o,
+        5,
+        Direction::Write,
+        &fixture("traefik_pipelined_miss_then_ok.bin"),
+    );
+    assert_eq!(
+        h.http("traefik-1", TERM, "router_miss", "passive"),
+        Some(1.0)
+    );
+    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(1.0));
+}
+
+#[test]
+fn departed_replicas_lose_their_series_after_grace() {
+    let mut h = Harness::new(
+        PipelineConfig {
+            known_hosts: vec![APP.into()],
+            series_grace: Duration::from_secs(120),
+            ..PipelineConfig::default()
+        },
+        2,
+    );
+    h.missed(origin(1), 5, APP, "/");
+    h.missed(origin(2), 5, APP, "/");
+    h.p.set_targets(TargetSet::new(vec![target(2)]));
+    let t0 = h.ts;
+    h.p.tick(t0);
+    h.p.tick(t0 + 119 * S);
+    assert_eq!(
+        h.http("traefik-1", APP, "router_miss", "passive"),
+        Some(1.0)
+    );
+    h.p.tick(t0 + 120 * S);
+    assert_eq!(h.http("traefik-1", APP, "router_miss", "passive"), None);
+    assert!(!h.text().contains("traefik-1"));
+    assert_eq!(
+        h.http("traefik-2", APP, "router_miss", "passive"),
+        Some(1.0)
+    );
+}
