@@ -1,0 +1,433 @@
+//! `cargo xtask bench --rounds R --duration D`: what the agent costs a real Traefik.
+//!
+//! One Traefik replica in its own cgroup in front of the Go backend; wrk (keep-alive,
+//! fixed threads and connections) against it for D seconds, without and with the agent
+//! attached, R rounds after a warm-up. The order within a round alternates (without/with,
+//! then with/without) so slow drift of the machine does not favour one side. Reports per
+//! round, the median of the per-round throughput ratios and p99 latencies, as a markdown
+//! block for BENCHMARKS.md.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use routeskew_testbed::{paths, Agent, AgentConfig, Testbed, TestbedConfig};
+
+struct Args {
+    rounds: u32,
+    duration: u32,
+    warmup: u32,
+    threads: u32,
+    connections: u32,
+    no_agent: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        rounds: 5,
+        duration: 10,
+        warmup: 3,
+        threads: 2,
+        connections: 32,
+        no_agent: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--no-agent" {
+            a.no_agent = true;
+            continue;
+        }
+        if flag == "-h" || flag == "--help" {
+            println!("usage: bench [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent]");
+            std::process::exit(0);
+        }
+        let v: u32 = it
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?
+            .parse()
+            .with_context(|| format!("{flag} takes a number"))?;
+        match flag.as_str() {
+            "--rounds" => a.rounds = v,
+            "--duration" => a.duration = v,
+            "--warmup" => a.warmup = v,
+            "--threads" => a.threads = v,
+            "--connections" => a.connections = v,
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if a.rounds == 0 || a.duration == 0 || a.threads == 0 || a.connections < a.threads {
+        bail!("rounds, duration and threads must be positive and connections >= threads");
+    }
+    Ok(a)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WrkResult {
+    rps: f64,
+    p99_ms: f64,
+    requests: u64,
+    /// Non-2xx/3xx answers plus socket errors: a run with any is not comparable.
+    errors: u64,
+}
+
+/// wrk prints durations as `812.00us`, `1.23ms`, `2.01s`, `1.5m`.
+fn parse_duration_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        "h" => v * 3_600_000.0,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(out: &str) -> Result<WrkResult> {
+    let mut rps = None;
+    let mut p99 = None;
+    let mut requests = None;
+    let mut errors = 0u64;
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = t.strip_prefix("99%") {
+            p99 = parse_duration_ms(v);
+        } else if t.contains("requests in") {
+            requests = t.split_whitespace().next().and_then(|n| n.parse().ok());
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            errors += v
+                .split(',')
+                .filter_map(|kv| kv.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    Ok(WrkResult {
+        rps: rps.context("wrk output has no Requests/sec")?,
+        p99_ms: p99.context("wrk output has no 99% latency (was --latency given?)")?,
+        requests: requests.context("wrk output has no request count")?,
+        errors,
+    })
+}
+
+fn run_wrk(a: &Args, url: &str, host: &str, seconds: u32) -> Result<WrkResult> {
+    let wrk =
+        paths::which("wrk").context("wrk not found (apt-get install wrk, or cargo xtask setup)")?;
+    let out = Command::new(wrk)
+        .args([
+            format!("-t{}", a.threads),
+            format!("-c{}", a.connections),
+            format!("-d{seconds}s"),
+            "--latency".into(),
+            "-H".into(),
+            format!("Host: {host}"),
+            url.into(),
+        ])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text).with_context(|| format!("parsing wrk output:\n{text}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+struct Round {
+    without: WrkResult,
+    with: Option<WrkResult>,
+    /// The agent's own account of its run.
+    agent: Option<AgentView>,
+}
+
+/// What the agent reported about one run.
+#[derive(Debug, Clone, Copy)]
+struct AgentView {
+    /// Responses it counted for the benchmark host.
+    counted: f64,
+    /// Events the kernel could not hand over (ring buffer full).
+    lost: f64,
+}
+
+fn agent_totals(m: &routeskew_testbed::Metrics, host: &str) -> AgentView {
+    AgentView {
+        counted: m.sum("routeskew_http_responses_total", &[("host", host)]),
+        lost: m.sum("routeskew_sensor_lost_events_total", &[]),
+    }
+}
+
+async fn measure_with_agent(
+    a: &Args,
+    bed: &Testbed,
+    url: &str,
+    host: &str,
+) -> Result<(WrkResult, AgentView)> {
+    let mut agent = Agent::start(AgentConfig::for_testbed(bed)).await?;
+    let before = agent_totals(&agent.scrape().await?, host);
+    let result = run_wrk(a, url, host, a.duration);
+    // The agent may still be draining its ring buffer: read once the count stops moving.
+    let mut after = agent_totals(&agent.scrape().await?, host);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = agent_totals(&agent.scrape().await?, host);
+        let settled = now.counted == after.counted;
+        after = now;
+        if settled {
+            break;
+        }
+    }
+    if !agent.running() {
+        bail!("the agent exited during the run:\n{}", agent.log_tail());
+    }
+    agent.stop();
+    let view = AgentView {
+        counted: after.counted - before.counted,
+        lost: after.lost - before.lost,
+    };
+    Ok((result?, view))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let a = parse_args()?;
+    paths::require_root()?;
+    let traefik = paths::traefik_binary()?;
+    let agent_bin = if a.no_agent {
+        None
+    } else {
+        Some(paths::agent_binary()?)
+    };
+
+    let bed = Testbed::start(TestbedConfig {
+        replicas: 1,
+        broken_replica: None,
+        // wrk's requests would fill the disk with access-log lines and cost Traefik time
+        // that is not the agent's.
+        access_log: false,
+        traefik_log_level: "ERROR".into(),
+        ..TestbedConfig::default()
+    })
+    .await?;
+    let replica = &bed.replicas()[0];
+    let host = bed.scenario().app_host.clone();
+    let url = format!("http://{}/", replica.web_addr);
+    eprintln!(
+        "bench: {} (pid {}, cgroup {}) at {url}, Host: {host}; agent: {}",
+        replica.name,
+        replica.pid,
+        replica.cgroup_path.display(),
+        agent_bin
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (--no-agent)".into())
+    );
+
+    eprintln!("warm-up {} s ...", a.warmup);
+    if a.warmup > 0 {
+        run_wrk(&a, &url, &host, a.warmup)?;
+    }
+    let mut rounds = Vec::new();
+    for i in 0..a.rounds {
+        let agent_first = !a.no_agent && i % 2 == 1;
+        let mut with = None;
+        let mut counted = None;
+        if agent_first {
+            let (w, c) = measure_with_agent(&a, &bed, &url, &host).await?;
+            with = Some(w);
+            counted = Some(c);
+        }
+        let without = run_wrk(&a, &url, &host, a.duration)?;
+        if !a.no_agent && !agent_first {
+            let (w, c) = measure_with_agent(&a, &bed, &url, &host).await?;
+            with = Some(w);
+            counted = Some(c);
+        }
+        eprintln!(
+            "round {}: without {:.0} req/s p99 {:.2} ms{}",
+            i + 1,
+            without.rps,
+            without.p99_ms,
+            with.map(|w| format!("; with {:.0} req/s p99 {:.2} ms", w.rps, w.p99_ms))
+                .unwrap_or_default()
+        );
+        rounds.push(Round {
+            without,
+            with,
+            agent: counted,
+        });
+    }
+
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let traefik_version = command_output(traefik.to_str().unwrap_or("traefik"), &["version"])
+        .lines()
+        .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let wrk_version = Command::new("wrk")
+        .arg("-v")
+        .output()
+        .ok()
+        .map(|o| {
+            let t = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            t.lines()
+                .next()
+                .unwrap_or("")
+                .split(" Copyright")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "unknown".into());
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "### routeskew overhead on Traefik {traefik_version} ({date})\n\n"
+    ));
+    md.push_str(&format!(
+        "Command: `cargo xtask bench --rounds {} --duration {}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
+        a.rounds, a.duration, a.threads, a.connections, a.duration, a.warmup
+    ));
+    md.push_str(&format!(
+        "Machine: {nproc} CPUs ({}), kernel {kernel}; {wrk_version}; load generator, Traefik, backend and agent share the machine.\n\n",
+        cpu_model()
+    ));
+    md.push_str("| round | without: req/s | without: p99 ms | with: req/s | with: p99 ms | ratio (with/without) | agent counted / wrk requests | lost events |\n");
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let mut ratios = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        let (wr, wp, ratio, cov, lost) = match r.with {
+            Some(w) => {
+                let ratio = w.rps / r.without.rps;
+                ratios.push(ratio);
+                let (cov, lost) = r
+                    .agent
+                    .map(|v| {
+                        (
+                            format!("{:.0} / {}", v.counted, w.requests),
+                            format!("{:.0}", v.lost),
+                        )
+                    })
+                    .unwrap_or_default();
+                (
+                    format!("{:.0}", w.rps),
+                    format!("{:.2}", w.p99_ms),
+                    format!("{ratio:.3}"),
+                    cov,
+                    lost,
+                )
+            }
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {wr} | {wp} | {ratio} | {cov} | {lost} |\n",
+            i + 1,
+            r.without.rps,
+            r.without.p99_ms,
+        ));
+    }
+    let med_without_p99 = median(rounds.iter().map(|r| r.without.p99_ms).collect());
+    let with_p99: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r.with.map(|w| w.p99_ms))
+        .collect();
+    md.push_str("\nwrk counts the requests answered within its run; those in flight at its end are still served and seen by the agent, so the agent's count can exceed wrk's slightly.\n\n");
+    if ratios.is_empty() {
+        md.push_str(&format!(
+            "Median p99 without the agent: {med_without_p99:.2} ms (no agent runs).\n"
+        ));
+    } else {
+        md.push_str(&format!(
+            "Median throughput ratio with/without: **{:.3}** ({:+.1} %). Median p99: {med_without_p99:.2} ms without, {:.2} ms with.\n",
+            median(ratios.clone()),
+            (median(ratios) - 1.0) * 100.0,
+            median(with_p99)
+        ));
+    }
+    let errors: u64 = rounds
+        .iter()
+        .map(|r| r.without.errors + r.with.map(|w| w.errors).unwrap_or(0))
+        .sum();
+    if errors > 0 {
+        md.push_str(&format!(
+            "\n**Warning:** {errors} failed requests (non-2xx/3xx or socket errors) across runs.\n"
+        ));
+    }
+    println!("{md}");
+    drop(bed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:8080/\n  2 threads and 32 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     1.10ms  612.31us  20.57ms   88.15%\n    Req/Sec    14.91k     1.13k   17.35k    71.00%\n  Latency Distribution\n     50%    0.98ms\n     75%    1.30ms\n     90%    1.75ms\n     99%    3.21ms\n  296708 requests in 10.00s, 42.16MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:  29666.09\nTransfer/sec:      4.22MB\n";
+        let r = parse_wrk(out).expect("parse");
+        assert!((r.rps - 29666.09).abs() < 1e-6);
+        assert!((r.p99_ms - 3.21).abs() < 1e-9);
+        assert_eq!(r.requests, 296_708);
+        assert_eq!(r.errors, 7);
+        assert_eq!(parse_duration_ms("812.00us"), Some(0.812));
+        assert_eq!(parse_duration_ms("2.00s"), Some(2000.0));
+        assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,462 @@
+//! End to end, plaintext: three real Traefik replicas, the second missing the router of
+//! one host (its HTTP and WebSocket traffic alike, as in the incident), the agent watching
+//! them from the kernel, and exact numbers of requests per replica and host. The agent's
+//! counters must match what the client saw and what each replica's own access log says.
+//!
+//! Run as root after building the agent:
+//! `cargo test -p routeskew-testbed --test e2e_plaintext` (ROUTESKEW_AGENT, ROUTESKEW_TRAEFIK
+//! and ROUTESKEW_EBPF_OBJECT locate the pieces; see `routeskew_testbed::paths`).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use routeskew_testbed::metrics::Metrics;
+use routeskew_testbed::path;
+use routeskew_testbed::{
+    expect, paths, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
+};
+
+/// A host no replica routes: Traefik's 404 everywhere, labelled `other` by the agent.
+const UNROUTED_HOST: &str = "nobody.test";
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Http(ConnMode),
+    Ws,
+}
+
+/// `n` requests of one kind to one replica, and what each must produce.
+#[derive(Debug, Clone)]
+struct Step {
+    replica: usize,
+    host: String,
+    path: &'static str,
+    kind: Kind,
+    n: usize,
+    status: u16,
+    class: &'static str,
+}
+
+type Table = BTreeMap<(String, String, String), u64>;
+
+fn add(t: &mut Table, a: &str, b: &str, c: &str, n: u64) {
+    if n > 0 {
+        *t.entry((a.into(), b.into(), c.into())).or_default() += n;
+    }
+}
+
+/// Non-zero samples of `name` for the given replicas, keyed by (replica, `label2`,
+/// `label3`), restricted to passive traffic where the metric has a source.
+fn table(m: &Metrics, name: &str, replicas: &[String], label2: &str, label3: &str) -> Table {
+    let mut t = Table::new();
+    for s in m.select(name, &[]) {
+        let Some(replica) = s.labels.get("replica") else {
+            continue;
+        };
+        if !replicas.contains(replica) || s.labels.get("source").is_some_and(|v| v != "passive") {
+            continue;
+        }
+        let get = |k: &str| {
+            s.labels
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| format!("<no {k}>"))
+        };
+        add(&mut t, replica, &get(label2), &get(label3), s.value as u64);
+    }
+    t
+}
+
+fn host_label(scenario_hosts: &[String], host: &str) -> String {
+    if scenario_hosts.iter().any(|h| h == host) {
+        host.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+fn class_of_status(status: u16, router_miss: bool) -> &'static str {
+    match status {
+        404 if router_miss => "router_miss",
+        421 => "misdirected",
+        100..=399 => "ok",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
+fn plan(bed: &Testbed) -> Vec<Step> {
+    let sc = bed.scenario();
+    let mut steps = Vec::new();
+    let mut step = |replica: usize, host: &str, path, kind, n, status, class| {
+        steps.push(Step {
+            replica,
+            host: host.to_string(),
+            path,
+            kind,
+            n,
+            status,
+            class,
+        })
+    };
+    // Different counts per replica, so traffic attributed to the wrong replica shows.
+    let missing_http = [2, 7, 3];
+    let missing_ws = [2, 3, 4];
+    let ws_ok = [1, 2, 1];
+    for r in bed.replicas() {
+        let i = r.index;
+        step(
+            i,
+            &sc.app_host,
+            path::ROOT,
+            Kind::Http(ConnMode::KeepAlive),
+            3 + i,
+            200,
+            "ok",
+        );
+        step(
+            i,
+            &sc.app_host,
+            path::ROOT,
+            Kind::Http(ConnMode::NewConnection),
+            2,
+            200,
+            "ok",
+        );
+        let (status, class) = if r.routes(&sc.missing_host) {
+            (200, "ok")
+        } else {
+            (404, "router_miss")
+        };
+        step(
+            i,
+            &sc.missing_host,
+            path::ROOT,
+            Kind::Http(ConnMode::KeepAlive),
+            missing_http[i],
+            status,
+            class,
+        );
+        let (status, class) = if r.routes(&sc.missing_host) {
+            (101, "ok")
+        } else {
+            (404, "router_miss")
+        };
+        step(
+            i,
+            &sc.missing_host,
+            path::WS,
+            Kind::Ws,
+            missing_ws[i],
+            status,
+            class,
+        );
+        step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
+        step(
+            i,
+            &sc.notfound_host,
+            path::NOTFOUND,
+            Kind::Http(ConnMode::NewConnection),
+            2,
+            404,
+            "client_error",
+        );
+        step(
+            i,
+            &sc.notfound_host,
+            path::MISSING,
+            Kind::Http(ConnMode::KeepAlive),
+            2,
+            404,
+            "client_error",
+        );
+        step(
+            i,
+            UNROUTED_HOST,
+            path::ROOT,
+            Kind::Http(ConnMode::NewConnection),
+            1,
+            404,
+            "router_miss",
+        );
+    }
+    step(
+        0,
+        &sc.app_host,
+        path::CHUNKED,
+        Kind::Http(ConnMode::KeepAlive),
+        1,
+        200,
+        "ok",
+    );
+    step(
+        0,
+        &sc.unavailable_host,
+        path::ROOT,
+        Kind::Http(ConnMode::KeepAlive),
+        2,
+        503,
+        "server_error",
+    );
+    step(
+        1,
+        &sc.slow_host,
+        path::SLOW,
+        Kind::Http(ConnMode::NewConnection),
+        1,
+        504,
+        "server_error",
+    );
+    step(
+        2,
+        &sc.refused_host,
+        path::ROOT,
+        Kind::Http(ConnMode::NewConnection),
+        3,
+        502,
+        "server_error",
+    );
+    steps
+}
+
+fn diff(want: &Table, got: &Table) -> String {
+    let mut out = String::new();
+    let keys: std::collections::BTreeSet<_> = want.keys().chain(got.keys()).collect();
+    for k in keys {
+        let (w, g) = (
+            want.get(k).copied().unwrap_or(0),
+            got.get(k).copied().unwrap_or(0),
+        );
+        let mark = if w == g { "  " } else { "!!" };
+        out.push_str(&format!(
+            "{mark} {:<10} {:<18} {:<13} want {w:>3} got {g:>3}\n",
+            k.0, k.1, k.2
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pins_router_misses_on_the_broken_replica() {
+    paths::require_root().expect("precondition");
+    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
+    paths::traefik_binary().expect("precondition: Traefik");
+
+    let mut bed = Testbed::start(TestbedConfig::default())
+        .await
+        .expect("starting the test bed");
+    let sc = bed.scenario().clone();
+    let hosts = sc.hosts();
+    let names: Vec<String> = bed.replicas().iter().map(|r| r.name.clone()).collect();
+    let broken = bed.broken().unwrap().name.clone();
+
+    let mut agent = Agent::start(AgentConfig {
+        binary: Some(agent_bin),
+        ..AgentConfig::for_testbed(&bed)
+    })
+    .await
+    .expect("starting the agent");
+    eprintln!("agent: {}", agent.command);
+
+    // Before any traffic: nothing counted for our replicas.
+    let before = agent.scrape().await.unwrap();
+    let idle = table(
+        &before,
+        "routeskew_http_responses_total",
+        &names,
+        "host",
+        "class",
+    );
+    assert!(
+        idle.is_empty(),
+        "responses counted before any traffic:\n{}",
+        diff(&Table::new(), &idle)
+    );
+
+    // Traffic, checked on the client side first so a test-bed fault is not blamed on the agent.
+    let steps = plan(&bed);
+    let mut want_http = Table::new();
+    let mut want_ws = Table::new();
+    let mut want_early = Table::new();
+    let mut want_upstream = Table::new();
+    for s in &steps {
+        let r = &bed.replicas()[s.replica];
+        let ctx = format!("{} × {}{} via {}", s.n, s.host, s.path, r.name);
+        match s.kind {
+            Kind::Http(mode) => {
+                let rs = traffic::send_http(r.web_addr, &s.host, s.path, s.n, mode)
+                    .await
+                    .expect(&ctx);
+                for resp in &rs {
+                    assert_eq!(resp.status, s.status, "{ctx}");
+                    assert_eq!(
+                        expect::is_traefik_router_miss(resp),
+                        s.class == "router_miss",
+                        "{ctx}"
+                    );
+                }
+            }
+            Kind::Ws => {
+                for o in traffic::send_ws(r.web_addr, &s.host, s.path, s.n)
+                    .await
+                    .expect(&ctx)
+                {
+                    assert_eq!(o.status, s.status, "{ctx}");
+                    assert!(o.status != 101 || o.echoed, "{ctx}: no echo");
+                }
+                let outcome = match s.status {
+                    101 => "upgraded",
+                    _ if s.class == "router_miss" => "router_miss",
+                    500..=599 => "failed",
+                    _ => "rejected",
+                };
+                add(&mut want_ws, &r.name, &s.host, outcome, s.n as u64);
+                // Our clients close right after one echo: well inside the early-close window.
+                if s.status == 101 {
+                    add(&mut want_early, &r.name, &s.host, "-", s.n as u64);
+                }
+            }
+        }
+        // Upgrade requests are HTTP exchanges too (101 counts as ok).
+        add(
+            &mut want_http,
+            &r.name,
+            &host_label(&hosts, &s.host),
+            s.class,
+            s.n as u64,
+        );
+        if s.host == sc.refused_host {
+            add(&mut want_upstream, &r.name, "refused", "-", s.n as u64);
+        }
+    }
+
+    let done = |m: &Metrics| {
+        table(m, "routeskew_http_responses_total", &names, "host", "class") == want_http
+            && table(m, "routeskew_ws_upgrades_total", &names, "host", "outcome") == want_ws
+            && table(
+                m,
+                "routeskew_upstream_connect_failures_total",
+                &names,
+                "reason",
+                "<none>",
+            )
+            .len()
+                == want_upstream.len()
+    };
+    // Ground truth from Traefik itself, before judging the agent: each replica's access
+    // log, classified the same way (no router name = Traefik's own 404), matches the plan.
+    let mut logged = Table::new();
+    for r in bed.replicas() {
+        for e in r.access_log_entries().unwrap() {
+            let class = class_of_status(e.client_status(), e.router_miss() && e.status == 404);
+            add(&mut logged, &r.name, &host_label(&hosts, &e.host), class, 1);
+        }
+    }
+    assert!(
+        logged == want_http,
+        "test bed fault: Traefik's access logs disagree with the plan:\n{}",
+        diff(&want_http, &logged)
+    );
+
+    let m = agent
+        .scrape_until(Duration::from_secs(15), done)
+        .await
+        .unwrap();
+    let log = agent.log_tail();
+    let got_http = table(
+        &m,
+        "routeskew_http_responses_total",
+        &names,
+        "host",
+        "class",
+    );
+    assert!(
+        got_http == want_http,
+        "routeskew_http_responses_total (passive) vs the plan and the access logs:\n{}\nagent log:\n{log}",
+        diff(&want_http, &got_http)
+    );
+    let got_ws = table(&m, "routeskew_ws_upgrades_total", &names, "host", "outcome");
+    assert!(
+        got_ws == want_ws,
+        "routeskew_ws_upgrades_total:\n{}\nagent log:\n{log}",
+        diff(&want_ws, &got_ws)
+    );
+
+    // The decisive signal: router misses for a configured host only on the broken replica.
+    for r in &names {
+        let misses = m.sum(
+            "routeskew_http_responses_total",
+            &[
+                ("replica", r),
+                ("host", &sc.missing_host),
+                ("class", "router_miss"),
+            ],
+        );
+        assert_eq!(
+            misses > 0.0,
+            *r == broken,
+            "router misses of {} on {r}: {misses}",
+            sc.missing_host
+        );
+    }
+
+    let two_labels = |name: &str, label: &str| -> Table {
+        table(&m, name, &names, label, "<none>")
+            .into_iter()
+            .map(|((r, l, _), v)| ((r, l, "-".to_string()), v))
+            .collect()
+    };
+    let got_upstream = two_labels("routeskew_upstream_connect_failures_total", "reason");
+    assert!(
+        got_upstream == want_upstream,
+        "routeskew_upstream_connect_failures_total:\n{}",
+        diff(&want_upstream, &got_upstream)
+    );
+    let got_early = two_labels("routeskew_ws_early_closes_total", "host");
+    assert!(
+        got_early == want_early,
+        "routeskew_ws_early_closes_total:\n{}",
+        diff(&want_early, &got_early)
+    );
+
+    // No prober is configured: nothing may be counted as probe traffic. (Alerting series
+    // exist at zero from the start, for probes too, so only non-zero ones are wrong.)
+    let probes: Vec<String> = m
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("source").is_some_and(|v| v == "probe") && s.value != 0.0)
+        .map(|s| s.to_string())
+        .collect();
+    assert!(
+        probes.is_empty(),
+        "probe series without a prober: {probes:?}"
+    );
+
+    // The sensor saw the traffic and lost none of it.
+    let events = m.sum("routeskew_sensor_events_total", &[]);
+    assert!(events > 0.0, "routeskew_sensor_events_total is {events}");
+    let lost = m.sum("routeskew_sensor_lost_events_total", &[]);
+    assert_eq!(lost, 0.0, "routeskew_sensor_lost_events_total");
+    assert_eq!(
+        m.get("routeskew_targets", &[("state", "attached")])
+            .unwrap(),
+        Some(names.len() as f64)
+    );
+    assert!(m.saw_eof, "an OpenMetrics exposition ends with # EOF");
+
+    eprintln!(
+        "agent's counts (all matched):\n{}{}{}{}",
+        diff(&want_http, &got_http),
+        diff(&want_ws, &got_ws),
+        diff(&want_upstream, &got_upstream),
+        diff(&want_early, &got_early)
+    );
+    assert!(
+        agent.running(),
+        "the agent died during the test:\n{}",
+        agent.log_tail()
+    );
+    agent.stop();
+    bed.stop().unwrap();
+}

@@ -1,0 +1,881 @@
+//! Kernel tests: the real eBPF object loaded into the running kernel, real syscalls from a
+//! process in a temporary cgroup v2 directory, and the exact events the sensor reports.
+//!
+//! Needs root and the object built by `cargo xtask build-ebpf` (or `ROUTESKEW_EBPF_OBJECT`).
+//! Run with `cargo test -p routeskew-testbed --test kernel`.
+//!
+//! The traffic comes from this same test binary re-executed in a helper mode (see
+//! [`helper_process`]): the child moves itself into the cgroup before exec, so every
+//! syscall of the helper is inside it and the test knows its pid and fds.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::MetadataExt, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use routeskew::{
+    event::{Direction, Event, EventKind, Origin, UpstreamFailureReason},
+    sensor::{Sensor, SensorConfig},
+};
+use tokio::sync::mpsc;
+
+/// The sensor is global kernel state and the machine has two cores: one test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const HELPER_ENV: &str = "ROUTESKEW_KERNEL_HELPER";
+const HELPER_TEST: &str = "helper_process";
+
+const REQUEST: &[u8] = b"GET /kernel-test HTTP/1.1\r\nHost: kernel.test\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 19\r\n\r\n404 page not found\n";
+const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: kernel.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const UPGRADE_RESPONSE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+/// Sent after the 101: starts like HTTP, so only the in-kernel upgrade mark keeps it out.
+const FRAME_LIKE_REQUEST: &[u8] = b"GET /after-upgrade HTTP/1.1\r\nHost: kernel.test\r\n\r\n";
+const FRAME_LIKE_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+const NOT_HTTP: [&[u8]; 5] = [
+    b"hello, this is not http at all\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls client hello",
+    b"GETX / HTTP/1.1\r\nHost: kernel.test\r\n\r\n",
+    b"get / HTTP/1.1\r\nHost: kernel.test\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\n\r\n",
+];
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+fn object_path() -> PathBuf {
+    match std::env::var_os("ROUTESKEW_EBPF_OBJECT") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target/ebpf/routeskew-probes.o"),
+    }
+}
+
+/// `RUST_LOG=routeskew=info` shows the sensor's log (hooks, verified instruction counts).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn preflight() -> Result<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kernel tests need root (they load eBPF programs and create cgroups); run them with sudo");
+    }
+    let object = object_path();
+    ensure!(
+        object.is_file(),
+        "eBPF object {} not found: run `cargo xtask build-ebpf` or set ROUTESKEW_EBPF_OBJECT",
+        object.display()
+    );
+    Ok(object)
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo (`/sys/fs/cgroup` on pure v2
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones).
+fn cgroup2_root() -> Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mount_point) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mount_point));
+            }
+        }
+    }
+    bail!("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// A temporary cgroup v2 directory, removed (after killing anything left in it) on drop.
+struct TestCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "routeskew-kt-{}-{}-{tag}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = cgroup2_root()?.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("mkdir {}", path.display()))?;
+        // The cgroup id bpf_get_current_cgroup_id() returns is the directory's inode.
+        let id = std::fs::metadata(&path)?.ino();
+        Ok(TestCgroup { path, id })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("could not remove test cgroup {}", self.path.display());
+    }
+}
+
+/// Kills and reaps a child however the test ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    InCgroup,
+    Outside,
+}
+
+/// What a helper run reported.
+struct HelperRun {
+    pid: u32,
+    results: HashMap<String, String>,
+}
+
+impl HelperRun {
+    fn get<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        self.results
+            .get(key)
+            .ok_or_else(|| anyhow!("helper did not report {key}: {:?}", self.results))?
+            .parse()
+            .map_err(|_| anyhow!("helper reported an unparsable {key}"))
+    }
+}
+
+/// The sensor watching one fresh cgroup. Field order is drop order: the sensor (and its
+/// hooks) go first, the cgroup last.
+struct Bench {
+    sensor: Sensor,
+    rx: mpsc::Receiver<Event>,
+    cgroup: TestCgroup,
+}
+
+impl Bench {
+    async fn new(tag: &str) -> Result<Self> {
+        init_tracing();
+        let object = preflight()?;
+        let cgroup = TestCgroup::new(tag)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let cfg = SensorConfig {
+            object: Some(object),
+            ..SensorConfig::default()
+        };
+        let mut sensor = Sensor::start(&cfg, tx).context("starting the sensor")?;
+        let failed: Vec<_> = sensor.hooks().iter().filter(|h| !h.attached).collect();
+        ensure!(
+            failed.is_empty(),
+            "hooks not attached on this kernel: {failed:#?}"
+        );
+        sensor.set_watched_cgroups(&[cgroup.id])?;
+        Ok(Bench { sensor, rx, cgroup })
+    }
+
+    fn origin(&self, pid: u32) -> Origin {
+        Origin {
+            tgid: pid,
+            cgroup_id: self.cgroup.id,
+        }
+    }
+
+    /// Runs this test binary in helper mode for `scenario` and waits for it.
+    fn run_helper(
+        &self,
+        scenario: &str,
+        placement: Placement,
+        own_netns: bool,
+    ) -> Result<HelperRun> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            HELPER_TEST,
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(HELPER_ENV, scenario)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let procs = CString::new(
+            self.cgroup
+                .path
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )?;
+        let join_cgroup = placement == Placement::InCgroup;
+        // SAFETY: the closure runs between fork and exec and only makes raw syscalls on
+        // memory prepared before the fork (no allocation, no locks).
+        unsafe {
+            cmd.pre_exec(move || {
+                if join_cgroup {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0" moves the writing process itself.
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                }
+                if own_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = ChildGuard(cmd.spawn().context("spawning the helper")?);
+        let pid = child.0.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.0.try_wait()?.is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "helper {scenario} did not finish in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        if let Some(mut s) = child.0.stdout.take() {
+            s.read_to_string(&mut stdout)?;
+        }
+        if let Some(mut s) = child.0.stderr.take() {
+            s.read_to_string(&mut stderr)?;
+        }
+        let status = child.0.wait()?;
+        ensure!(
+            status.success() && stdout.contains("RESULT ok=1"),
+            "helper {scenario} failed ({status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        let mut results = HashMap::new();
+        for line in stdout.lines().filter_map(|l| l.strip_prefix("RESULT ")) {
+            for kv in line.split_whitespace() {
+                if let Some((k, v)) = kv.split_once('=') {
+                    results.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        Ok(HelperRun { pid, results })
+    }
+
+    /// Everything the sensor delivers until it has been quiet for a while.
+    async fn drain(&mut self) -> Vec<(Origin, EventKind)> {
+        let mut out = Vec::new();
+        let hard_stop = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < hard_stop {
+            match tokio::time::timeout(Duration::from_millis(500), self.rx.recv()).await {
+                Ok(Some(ev)) => out.push((ev.origin, ev.kind)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+fn data(fd: u32, direction: Direction, bytes: &[u8]) -> EventKind {
+    EventKind::Data {
+        fd,
+        direction,
+        total_len: bytes.len() as u64,
+        bytes: bytes::Bytes::copy_from_slice(bytes),
+    }
+}
+
+fn closed(fd: u32, upgraded: bool) -> EventKind {
+    EventKind::Closed { fd, upgraded }
+}
+
+fn show(events: &[(Origin, EventKind)]) -> String {
+    events
+        .iter()
+        .map(|(o, k)| match k {
+            EventKind::Data {
+                fd,
+                direction,
+                total_len,
+                bytes,
+            } => format!(
+                "  {o:?} Data fd={fd} {direction:?} total={total_len} {:?}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+            ),
+            other => format!("  {o:?} {other:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_events(got: &[(Origin, EventKind)], want: &[(Origin, EventKind)]) {
+    assert!(
+        got == want,
+        "events differ\n got:\n{}\nwant:\n{}",
+        show(got),
+        show(want)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_request_response_and_close() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("http").await?;
+    let run = bench.run_helper("http", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    // Client side uses read(2)/write(2), server side std's recvfrom/sendto.
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, data(c, Direction::Read, RESPONSE)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+
+    let totals = bench.sensor.totals()?;
+    let emitted = |name: &str| {
+        totals
+            .iter()
+            .find(|t| t.program == name)
+            .map_or(0, |t| t.emitted)
+    };
+    assert_eq!(emitted("sys_exit_write"), 1);
+    assert_eq!(emitted("sys_exit_read"), 1);
+    assert_eq!(emitted("sys_exit_recvfrom"), 1);
+    assert_eq!(emitted("sys_exit_sendto"), 1);
+    assert_eq!(emitted("sys_enter_close"), 2);
+    assert!(
+        totals.iter().all(|t| t.lost == 0 && t.map_full == 0),
+        "{totals:?}"
+    );
+    assert_eq!(bench.sensor.decode_errors(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_len_limits_the_copied_prefix() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let object = preflight()?;
+    let cgroup = TestCgroup::new("caplen")?;
+    let (tx, rx) = mpsc::channel(64);
+    let cfg = SensorConfig {
+        object: Some(object),
+        capture_len: 16,
+        ring_buffer_bytes: 1 << 16,
+    };
+    let mut sensor = Sensor::start(&cfg, tx)?;
+    sensor.set_watched_cgroups(&[cgroup.id])?;
+    let mut bench = Bench { sensor, rx, cgroup };
+    let run = bench.run_helper("http", Placement::InCgroup, false)?;
+    let c: u32 = run.get("client_fd")?;
+    let got = bench.drain().await;
+    let first = got.first().map(|(_, k)| k.clone());
+    assert_eq!(
+        first,
+        Some(EventKind::Data {
+            fd: c,
+            direction: Direction::Write,
+            total_len: REQUEST.len() as u64,
+            bytes: bytes::Bytes::copy_from_slice(&REQUEST[..16]),
+        }),
+        "{}",
+        show(&got)
+    );
+    assert_eq!(got.len(), 6, "{}", show(&got));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connection_frames_are_not_copied() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("upgrade").await?;
+    let run = bench.run_helper("upgrade", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    // The frame-like request and response after the 101 are absent.
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, UPGRADE_REQUEST)),
+            (o, data(s, Direction::Read, UPGRADE_REQUEST)),
+            (o, data(s, Direction::Write, UPGRADE_RESPONSE)),
+            (o, data(c, Direction::Read, UPGRADE_RESPONSE)),
+            (o, closed(c, true)),
+            (o, closed(s, true)),
+        ],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connect_is_reported_for_the_connecting_process() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("refused").await?;
+    let run = bench.run_helper("refused", Placement::InCgroup, false)?;
+    let port: u16 = run.get("port")?;
+    let got = bench.drain().await;
+    assert_events(
+        &got,
+        &[(
+            bench.origin(run.pid),
+            EventKind::UpstreamFailure {
+                reason: UpstreamFailureReason::Refused,
+                errno: libc::ECONNREFUSED,
+                peer: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            },
+        )],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_outside_the_cgroup_produces_nothing() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("outside").await?;
+    bench.run_helper("http", Placement::Outside, false)?;
+    bench.run_helper("refused", Placement::Outside, false)?;
+    let got = bench.drain().await;
+    assert_events(&got, &[]);
+    // Control: the same traffic from inside the cgroup is seen, so the silence above is
+    // the filter's doing.
+    bench.run_helper("http", Placement::InCgroup, false)?;
+    let got = bench.drain().await;
+    assert_eq!(got.len(), 6, "{}", show(&got));
+    // Unwatching stops it again.
+    bench.sensor.set_watched_cgroups(&[])?;
+    bench.run_helper("http", Placement::InCgroup, false)?;
+    let got = bench.drain().await;
+    assert_events(&got, &[]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_http_bytes_produce_nothing() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("nonhttp").await?;
+    let run = bench.run_helper("non_http", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    // Only the HTTP exchange on the second connection (the control) is reported.
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, data(c, Direction::Read, RESPONSE)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_of_an_established_connection_is_reported() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("reset").await?;
+    let run = bench.run_helper("reset", Placement::InCgroup, false)?;
+    let port: u16 = run.get("port")?;
+    let got = bench.drain().await;
+    // Only the connecting side is tracked: the accepted socket that sent the RST is not.
+    assert_events(
+        &got,
+        &[(
+            bench.origin(run.pid),
+            EventKind::UpstreamFailure {
+                reason: UpstreamFailureReason::Reset,
+                errno: libc::ECONNRESET,
+                peer: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            },
+        )],
+    );
+    Ok(())
+}
+
+/// `cargo xtask build-ebpf` ran before this crate was built, so build.rs embedded the
+/// object and the sensor needs no path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_from_the_embedded_object() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    preflight()?;
+    let (tx, _rx) = mpsc::channel(16);
+    let sensor = Sensor::start(&SensorConfig::default(), tx).context(
+        "no embedded object: rebuild after `cargo xtask build-ebpf` (userspace/build.rs embeds target/ebpf/routeskew-probes.o)",
+    )?;
+    assert!(
+        sensor.hooks().iter().all(|h| h.attached),
+        "{:#?}",
+        sensor.hooks()
+    );
+    Ok(())
+}
+
+/// Connects that never get an answer, inside the helper's own network namespace: a veth
+/// whose far end answers nothing swallows the SYNs, and a missing neighbour makes the
+/// kernel send itself ICMP host unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeouts_and_unreachable_are_classified() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("noanswer").await?;
+    let run = bench.run_helper("no_answer", Placement::InCgroup, true)?;
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    let upstream = |reason, errno, ip: [u8; 4]| {
+        (
+            o,
+            EventKind::UpstreamFailure {
+                reason,
+                errno,
+                peer: Some(SocketAddr::from((ip, 80))),
+            },
+        )
+    };
+    assert_events(
+        &got,
+        &[
+            // The application gave up (closed the connecting socket).
+            upstream(UpstreamFailureReason::Timeout, 0, [203, 0, 113, 3]),
+            // The kernel gave up after its SYN retries.
+            upstream(
+                UpstreamFailureReason::Timeout,
+                libc::ETIMEDOUT,
+                [203, 0, 113, 4],
+            ),
+            // Neighbour resolution failed: ICMP host unreachable.
+            upstream(
+                UpstreamFailureReason::Unreachable,
+                libc::EHOSTUNREACH,
+                [203, 0, 113, 2],
+            ),
+        ],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_sensor_releases_every_kernel_object() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let before = kernel_fds()?;
+    let bench = Bench::new("drop").await?;
+    let during = kernel_fds()?;
+    assert!(
+        during.progs >= before.progs + 12,
+        "{before:?} -> {during:?}"
+    );
+    assert!(
+        during.links >= before.links + 12,
+        "{before:?} -> {during:?}"
+    );
+    assert!(during.maps > before.maps, "{before:?} -> {during:?}");
+    drop(bench);
+    // The ring buffer goes with the reader task, which the runtime drops after abort.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = kernel_fds()?;
+        if now == before {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kernel objects still held after drop: {before:?} -> {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// BPF programs, maps and perf-event links (tracepoint attachments) this process holds.
+#[derive(Debug, PartialEq, Eq)]
+struct KernelFds {
+    progs: usize,
+    maps: usize,
+    links: usize,
+}
+
+fn kernel_fds() -> Result<KernelFds> {
+    let mut fds = KernelFds {
+        progs: 0,
+        maps: 0,
+        links: 0,
+    };
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        match target.to_string_lossy().as_ref() {
+            "anon_inode:bpf-prog" => fds.progs += 1,
+            "anon_inode:bpf-map" => fds.maps += 1,
+            "anon_inode:bpf_link" | "anon_inode:[perf_event]" => fds.links += 1,
+            _ => {}
+        }
+    }
+    Ok(fds)
+}
+
+// ---------------------------------------------------------------------------------------
+// Helper process
+// ---------------------------------------------------------------------------------------
+
+/// Not a test: the entry point of the helper process the tests spawn (it does nothing
+/// unless `ROUTESKEW_KERNEL_HELPER` is set).
+#[test]
+fn helper_process() {
+    let Ok(scenario) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let outcome = match scenario.as_str() {
+        "http" => scenario_http(false),
+        "upgrade" => scenario_http(true),
+        "refused" => scenario_refused(),
+        "reset" => scenario_reset(),
+        "non_http" => scenario_non_http(),
+        "no_answer" => scenario_no_answer(),
+        other => Err(anyhow!("unknown helper scenario {other}")),
+    };
+    match outcome {
+        Ok(()) => {
+            println!("RESULT ok=1");
+            let _ = std::io::stdout().flush();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("helper {scenario}: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn raw_write(fd: i32, buf: &[u8]) -> Result<()> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    ensure!(
+        n == buf.len() as isize,
+        "write returned {n}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+fn raw_read_exact(fd: i32, want: &[u8]) -> Result<()> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: buf is valid for buf.len() bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    ensure!(
+        n == want.len() as isize && &buf[..want.len()] == want,
+        "read returned {n} bytes, expected the {}-byte message in one read",
+        want.len()
+    );
+    Ok(())
+}
+
+fn std_read_exact(stream: &mut TcpStream, want: &[u8]) -> Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf)?;
+    ensure!(
+        n == want.len() && &buf[..n] == want,
+        "recv returned {n} bytes, expected the {}-byte message in one read",
+        want.len()
+    );
+    Ok(())
+}
+
+fn connected_pair() -> Result<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    Ok((client, server))
+}
+
+/// One request/response: the client with read(2)/write(2), the server with std's
+/// recv/send (recvfrom/sendto syscalls). With `upgrade`, a 101 handshake and then
+/// HTTP-looking bytes both ways.
+fn scenario_http(upgrade: bool) -> Result<()> {
+    let (client, mut server) = connected_pair()?;
+    let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
+    let (req, resp) = if upgrade {
+        (UPGRADE_REQUEST, UPGRADE_RESPONSE)
+    } else {
+        (REQUEST, RESPONSE)
+    };
+    raw_write(cfd, req)?;
+    std_read_exact(&mut server, req)?;
+    server.write_all(resp)?;
+    raw_read_exact(cfd, resp)?;
+    if upgrade {
+        raw_write(cfd, FRAME_LIKE_REQUEST)?;
+        std_read_exact(&mut server, FRAME_LIKE_REQUEST)?;
+        server.write_all(FRAME_LIKE_RESPONSE)?;
+        raw_read_exact(cfd, FRAME_LIKE_RESPONSE)?;
+    }
+    drop(client);
+    drop(server);
+    println!("RESULT client_fd={cfd} server_fd={sfd}");
+    Ok(())
+}
+
+fn scenario_refused() -> Result<()> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    match TcpStream::connect(("127.0.0.1", port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!("connect to closed port {port}: expected refusal, got {other:?}"),
+    }
+    println!("RESULT port={port}");
+    Ok(())
+}
+
+/// The server aborts an established connection (SO_LINGER 0 then close sends RST).
+fn scenario_reset() -> Result<()> {
+    let (mut client, server) = connected_pair()?;
+    let port = server.local_addr()?.port();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid fd with a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            server.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    ensure!(rc == 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(server);
+    let mut buf = [0u8; 16];
+    match client.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => bail!("read after the peer's abort: expected a reset, got {other:?}"),
+    }
+    println!("RESULT port={port}");
+    Ok(())
+}
+
+/// Non-HTTP traffic both ways on one connection, then a real exchange on a second one.
+fn scenario_non_http() -> Result<()> {
+    {
+        let (client, mut server) = connected_pair()?;
+        for msg in NOT_HTTP {
+            raw_write(client.as_raw_fd(), msg)?;
+            std_read_exact(&mut server, msg)?;
+            server.write_all(msg)?;
+            raw_read_exact(client.as_raw_fd(), msg)?;
+        }
+    }
+    scenario_http(false)
+}
+
+fn ip(args: &str) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .status()
+        .context("running ip(8)")?;
+    ensure!(status.success(), "ip {args}: {status}");
+    Ok(())
+}
+
+fn scenario_no_answer() -> Result<()> {
+    // Runs in a fresh network namespace (unshared before exec).
+    // Nothing answers on the far side of the veth: .3 and .4 have (fake) neighbour
+    // entries so their SYNs leave and are dropped, .2 has none so ARP fails.
+    ip("link set lo up")?;
+    ip("link add rsk-a type veth peer name rsk-b")?;
+    ip("addr add 203.0.113.1/24 dev rsk-a")?;
+    ip("link set rsk-a up")?;
+    ip("link set rsk-b up")?;
+    ip("neigh add 203.0.113.3 lladdr 02:00:00:00:00:03 dev rsk-a nud permanent")?;
+    ip("neigh add 203.0.113.4 lladdr 02:00:00:00:00:04 dev rsk-a nud permanent")?;
+
+    // 1. The application gives up: connect_timeout closes the socket while SYN_SENT.
+    let addr = SocketAddr::from(([203, 0, 113, 3], 80));
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => bail!("connect to {addr}: expected our timeout, got {other:?}"),
+    }
+
+    // 2. The kernel gives up: one SYN retry, about 3 s.
+    // SAFETY: plain socket syscalls on an fd this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let syncnt: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&syncnt as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 80u16.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([203, 0, 113, 4]),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        ensure!(
+            rc != 0 && err.raw_os_error() == Some(libc::ETIMEDOUT),
+            "connect with TCP_SYNCNT=1: expected ETIMEDOUT, got rc={rc} {err}"
+        );
+    }
+
+    // 3. No neighbour answers ARP: the kernel reports host unreachable (about 3 s).
+    let addr = SocketAddr::from(([203, 0, 113, 2], 80));
+    match TcpStream::connect(addr) {
+        Err(e) if e.raw_os_error() == Some(libc::EHOSTUNREACH) => {}
+        other => bail!("connect to {addr}: expected EHOSTUNREACH, got {other:?}"),
+    }
+    Ok(())
+}
