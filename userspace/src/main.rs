@@ -1,5 +1,7 @@
 //! `routeskew` binary: parses flags, sets up logging, runs the agent.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use routeskew::config::{Cli, Command, LogFormat};
@@ -10,6 +12,7 @@ fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&cli.log).context("invalid --log filter")?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.init(),

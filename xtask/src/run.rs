@@ -33,6 +33,59 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Passed/failed/ignored totals over every `cargo test` run of a task.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    /// Reads a libtest summary: `test result: ok. 70 passed; 0 failed; 0 ignored; ...`.
+    fn add_summary(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test`, echoing its output while adding its summaries to `tally`.
+fn run_tests(mut cmd: Command, what: &str, tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    step(what);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting: {what}"))?;
+    let stdout = child.stdout.take().context("test stdout")?;
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        tally.add_summary(&line);
+        writeln!(out, "{line}")?;
+    }
+    drop(out);
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("failed ({status}): {what}");
+    }
+    Ok(())
+}
+
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -111,10 +164,22 @@ pub fn lint() -> Result<()> {
 }
 
 pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
+    let mut tally = Tally::default();
+    let result = test_tiers(unit_only, filter, &mut tally);
+    // One closing line over every tier, so a reader (or CI) does not take the last
+    // runner's summary (often an empty doc-test run) for the whole.
+    println!(
+        "routeskew: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    result
+}
+
+fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<()> {
     lint()?;
     let mut unit = cargo();
     unit.arg("test");
-    run(unit, "unit tests (unprivileged): cargo test")?;
+    run_tests(unit, "unit tests (unprivileged): cargo test", tally)?;
     if unit_only {
         return Ok(());
     }
@@ -127,9 +192,10 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     privileged.arg("--test-threads=1");
     privileged.args(filter);
     with_env(&mut privileged, &built);
-    run(
+    run_tests(
         privileged,
         "kernel and end-to-end tests (root, real Traefik): cargo test -p routeskew-testbed",
+        tally,
     )
 }
 
@@ -176,4 +242,21 @@ pub fn bench(rounds: u32, duration: u32) -> Result<()> {
     ]);
     with_env(&mut cmd, &built);
     run(cmd, "bench: Traefik under wrk, without and with the agent")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_reads_libtest_summaries() {
+        let mut t = Tally::default();
+        t.add_summary("test result: ok. 70 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.02s");
+        t.add_summary(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_summary("running 4 tests");
+        t.add_summary("test foo ... ok");
+        assert_eq!((t.passed, t.failed, t.ignored), (73, 1, 2));
+    }
 }
