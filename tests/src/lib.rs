@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod net;
 pub mod paths;
 pub mod process;
+pub mod prometheus;
 pub mod scenario;
 pub mod traefik;
 pub mod traffic;

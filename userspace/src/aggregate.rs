@@ -4,10 +4,19 @@
 //! come from the target set. A replica that leaves the target set keeps its series for a
 //! grace period (so that a scrape still sees the final values and a quick restart does not
 //! reset them) and then has them removed.
+//!
+//! Counting is on the per-event path, so it works on cached handles: an event's origin is
+//! resolved to a replica slot through a small cache (cleared whenever the target set
+//! changes or a slot goes away), and each slot keeps the counter of every (host, class,
+//! source) it has counted, created once through `Family::get_or_create` with a freshly built
+//! label set and then incremented directly. A slot and its handles are dropped together with
+//! the replica's series, so a handle never outlives the series it counts into.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 
 use crate::classify::{HttpClass, Observation, Source, WsOutcome};
 use crate::discovery::{Replica, TargetSet};
@@ -18,6 +27,33 @@ use crate::metrics::{HostLabels, HttpLabels, Metrics, UpstreamLabels, WsLabels};
 /// The `host` label of anything not configured.
 pub const OTHER_HOST: &str = "other";
 
+/// Origins remembered by the resolution cache; past this it starts over (many short-lived
+/// processes in a watched cgroup).
+const MAX_CACHED_ORIGINS: usize = 4096;
+
+const CLASSES: usize = HttpClass::ALL.len();
+const OUTCOMES: usize = WsOutcome::ALL.len();
+const SOURCES: usize = Source::ALL.len();
+const REASONS: usize = UpstreamFailureReason::ALL.len();
+
+/// Index of a value in its `ALL` array. The enums are fieldless and `ALL` lists them in
+/// declaration order (checked by a test), so this is the discriminant.
+fn class_index(c: HttpClass) -> usize {
+    c as usize
+}
+
+fn outcome_index(o: WsOutcome) -> usize {
+    o as usize
+}
+
+fn source_index(s: Source) -> usize {
+    s as usize
+}
+
+fn reason_index(r: UpstreamFailureReason) -> usize {
+    r as usize
+}
+
 /// Every label set created for one replica, so that all of them can be removed.
 #[derive(Debug, Default)]
 struct ReplicaSeries {
@@ -27,11 +63,64 @@ struct ReplicaSeries {
     upstream: HashSet<UpstreamLabels>,
 }
 
+/// One replica's series and the counter handles of those it has counted into.
+struct Slot {
+    replica: Replica,
+    series: ReplicaSeries,
+    /// Indexed by [`Aggregator::http_index`].
+    http: Vec<Option<Counter>>,
+    /// Indexed by [`Aggregator::ws_index`].
+    ws: Vec<Option<Counter>>,
+    /// Indexed by host label.
+    early: Vec<Option<Counter>>,
+    upstream: [Option<Counter>; REASONS],
+}
+
+impl Slot {
+    fn new(replica: Replica, hosts: usize) -> Self {
+        Slot {
+            replica,
+            series: ReplicaSeries::default(),
+            http: vec![None; hosts * CLASSES * SOURCES],
+            ws: vec![None; hosts * OUTCOMES * SOURCES],
+            early: vec![None; hosts],
+            upstream: Default::default(),
+        }
+    }
+}
+
+/// The counter at `cell`, created (and its labels recorded for removal) on first use.
+fn counter<'c, L>(
+    cell: &'c mut Option<Counter>,
+    family: &prometheus_client::metrics::family::Family<L, Counter>,
+    series: &mut HashSet<L>,
+    labels: impl FnOnce() -> L,
+) -> &'c Counter
+where
+    L: Clone + Eq + std::hash::Hash,
+{
+    cell.get_or_insert_with(|| {
+        let l = labels();
+        let c = Counter::clone(&family.get_or_create(&l));
+        series.insert(l);
+        c
+    })
+}
+
 pub struct Aggregator {
     metrics: Arc<Metrics>,
-    known_hosts: HashSet<String>,
+    /// Configured host (its bytes, so that a request's host is looked up without a UTF-8
+    /// check) → its index in `host_labels`.
+    known_hosts: foldhash::HashMap<Vec<u8>, usize>,
+    /// `host` label values by index; the last one is [`OTHER_HOST`].
+    host_labels: Vec<String>,
     targets: TargetSet,
-    series: HashMap<Replica, ReplicaSeries>,
+    /// Replica slots; `None` where a departed replica's slot was freed.
+    slots: Vec<Option<Slot>>,
+    by_replica: HashMap<Replica, usize>,
+    free: Vec<usize>,
+    /// Origin → slot index (`None`: not a replica). Cleared when targets or slots change.
+    origins: foldhash::HashMap<Origin, Option<usize>>,
     /// Replicas gone from the target set; the value is the time the grace period started
     /// (set at the first tick after they left).
     leaving: HashMap<Replica, Option<u64>>,
@@ -41,21 +130,32 @@ pub struct Aggregator {
 impl Aggregator {
     /// `known_hosts` are normalised like request Hosts; invalid entries are ignored.
     pub fn new(known_hosts: &[String], series_grace: Duration, metrics: Arc<Metrics>) -> Self {
-        let known_hosts = known_hosts
-            .iter()
-            .filter_map(|h| match http::normalize_host(h.as_bytes()) {
-                Host::Name(n) => Some(n),
-                _ => {
-                    tracing::warn!(host = %h, "ignoring invalid known host");
-                    None
+        let mut host_labels: Vec<String> = Vec::new();
+        for h in known_hosts {
+            match http::normalize_host(h.as_bytes()) {
+                Host::Name(n) => {
+                    if !host_labels.iter().any(|l| l == n.as_str()) {
+                        host_labels.push(n.as_str().to_string());
+                    }
                 }
-            })
+                _ => tracing::warn!(host = %h, "ignoring invalid known host"),
+            }
+        }
+        let known_hosts = host_labels
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.as_bytes().to_vec(), i))
             .collect();
+        host_labels.push(OTHER_HOST.to_string());
         Aggregator {
             metrics,
             known_hosts,
+            host_labels,
             targets: TargetSet::default(),
-            series: HashMap::new(),
+            slots: Vec::new(),
+            by_replica: HashMap::new(),
+            free: Vec::new(),
+            origins: foldhash::HashMap::default(),
             leaving: HashMap::new(),
             grace_ns: u64::try_from(series_grace.as_nanos()).unwrap_or(u64::MAX),
         }
@@ -69,17 +169,77 @@ impl Aggregator {
         self.targets.resolve(origin)
     }
 
+    /// Whether `origin` belongs to a known replica, through the resolution cache.
+    pub fn is_known(&mut self, origin: Origin) -> bool {
+        self.slot_of(origin).is_some()
+    }
+
     /// The `host` label value for a request's Host.
     pub fn host_label<'a>(&'a self, host: &'a Host) -> &'a str {
+        &self.host_labels[self.host_index(host)]
+    }
+
+    fn host_index(&self, host: &Host) -> usize {
         match host {
-            Host::Name(n) if self.known_hosts.contains(n) => n,
-            _ => OTHER_HOST,
+            Host::Name(n) => self
+                .known_hosts
+                .get(n.as_bytes())
+                .copied()
+                .unwrap_or(self.host_labels.len() - 1),
+            _ => self.host_labels.len() - 1,
         }
+    }
+
+    fn http_index(host: usize, class: HttpClass, source: Source) -> usize {
+        (host * CLASSES + class_index(class)) * SOURCES + source_index(source)
+    }
+
+    fn ws_index(host: usize, outcome: WsOutcome, source: Source) -> usize {
+        (host * OUTCOMES + outcome_index(outcome)) * SOURCES + source_index(source)
+    }
+
+    /// The slot of the replica `origin` belongs to, resolved through the cache.
+    fn slot_of(&mut self, origin: Origin) -> Option<usize> {
+        if let Some(&s) = self.origins.get(&origin) {
+            return s;
+        }
+        let slot = match self.targets.resolve(origin) {
+            Some(r) => {
+                let r = r.clone();
+                Some(self.slot_for(r))
+            }
+            None => None,
+        };
+        if self.origins.len() >= MAX_CACHED_ORIGINS {
+            self.origins.clear();
+        }
+        self.origins.insert(origin, slot);
+        slot
+    }
+
+    /// The slot of `r`, created if it has none.
+    fn slot_for(&mut self, r: Replica) -> usize {
+        if let Some(&i) = self.by_replica.get(&r) {
+            return i;
+        }
+        let slot = Slot::new(r.clone(), self.host_labels.len());
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.by_replica.insert(r, i);
+        i
     }
 
     pub fn set_targets(&mut self, targets: TargetSet) {
         let now: HashSet<&Replica> = targets.targets().iter().map(|t| &t.replica).collect();
-        for r in self.series.keys() {
+        for r in self.by_replica.keys() {
             if !now.contains(r) {
                 self.leaving.entry(r.clone()).or_insert(None);
             }
@@ -87,91 +247,102 @@ impl Aggregator {
         self.leaving.retain(|r, _| !now.contains(r));
         let new: Vec<Replica> = now
             .into_iter()
-            .filter(|r| !self.series.contains_key(*r))
+            .filter(|r| !self.by_replica.contains_key(*r))
             .cloned()
             .collect();
         self.targets = targets;
+        // Origins may now resolve to other replicas, or to none.
+        self.origins.clear();
         for r in new {
-            self.init_series(&r);
+            self.init_series(r);
         }
     }
 
     /// Create, at zero, the series alerts are computed from, so that the first router miss
     /// of a replica is a visible increase rather than a new series starting at 1.
-    fn init_series(&mut self, r: &Replica) {
-        let hosts: Vec<String> = self
-            .known_hosts
-            .iter()
-            .cloned()
-            .chain(std::iter::once(OTHER_HOST.to_string()))
-            .collect();
-        let s = self.series.entry(r.clone()).or_default();
-        for host in &hosts {
+    fn init_series(&mut self, r: Replica) {
+        let i = self.slot_for(r);
+        let Some(s) = self.slots[i].as_mut() else {
+            return;
+        };
+        let m = &self.metrics;
+        let (name, ns) = (&s.replica.name, &s.replica.namespace);
+        for (h, host) in self.host_labels.iter().enumerate() {
             for source in Source::ALL {
-                let l = Metrics::http_labels(
-                    &r.name,
-                    &r.namespace,
-                    host,
-                    HttpClass::RouterMiss,
-                    source,
+                let _ = counter(
+                    &mut s.http[Self::http_index(h, HttpClass::RouterMiss, source)],
+                    m.http_responses(),
+                    &mut s.series.http,
+                    || Metrics::http_labels(name, ns, host, HttpClass::RouterMiss, source),
                 );
-                let _ = self.metrics.http_responses().get_or_create(&l);
-                s.http.insert(l);
-                let l =
-                    Metrics::ws_labels(&r.name, &r.namespace, host, WsOutcome::RouterMiss, source);
-                let _ = self.metrics.ws_upgrades().get_or_create(&l);
-                s.ws.insert(l);
+                let _ = counter(
+                    &mut s.ws[Self::ws_index(h, WsOutcome::RouterMiss, source)],
+                    m.ws_upgrades(),
+                    &mut s.series.ws,
+                    || Metrics::ws_labels(name, ns, host, WsOutcome::RouterMiss, source),
+                );
             }
         }
         for reason in UpstreamFailureReason::ALL {
-            let l = Metrics::upstream_labels(&r.name, &r.namespace, reason);
-            let _ = self.metrics.upstream_connect_failures().get_or_create(&l);
-            s.upstream.insert(l);
+            let _ = counter(
+                &mut s.upstream[reason_index(reason)],
+                m.upstream_connect_failures(),
+                &mut s.series.upstream,
+                || Metrics::upstream_labels(name, ns, reason),
+            );
         }
     }
 
     /// Count one observation. Returns false when its origin is not a known replica.
     pub fn record(&mut self, obs: &Observation) -> bool {
-        let Some(replica) = self.targets.resolve(obs.origin()).cloned() else {
+        let Some(i) = self.slot_of(obs.origin()) else {
             return false;
         };
-        let host = match obs {
+        let h = match obs {
             Observation::Http { host, .. }
             | Observation::Ws { host, .. }
-            | Observation::WsEarlyClose { host, .. } => self.host_label(host).to_string(),
-            Observation::UpstreamFailure { .. } => String::new(),
+            | Observation::WsEarlyClose { host, .. } => self.host_index(host),
+            Observation::UpstreamFailure { .. } => 0,
         };
-        let m = Arc::clone(&self.metrics);
-        let s = self.series.entry(replica.clone()).or_default();
-        let (name, ns) = (&replica.name, &replica.namespace);
-        match obs {
-            Observation::Http { class, source, .. } => {
-                let l = Metrics::http_labels(name, ns, &host, *class, *source);
-                m.http_responses().get_or_create(&l).inc();
-                s.http.insert(l);
-            }
+        let Some(s) = self.slots[i].as_mut() else {
+            return false;
+        };
+        let m = &self.metrics;
+        let host = &self.host_labels[h];
+        let (name, ns) = (&s.replica.name, &s.replica.namespace);
+        let c = match obs {
+            Observation::Http { class, source, .. } => counter(
+                &mut s.http[Self::http_index(h, *class, *source)],
+                m.http_responses(),
+                &mut s.series.http,
+                || Metrics::http_labels(name, ns, host, *class, *source),
+            ),
             Observation::Ws {
                 outcome, source, ..
-            } => {
-                let l = Metrics::ws_labels(name, ns, &host, *outcome, *source);
-                m.ws_upgrades().get_or_create(&l).inc();
-                s.ws.insert(l);
-            }
-            Observation::WsEarlyClose { .. } => {
-                let l = HostLabels {
+            } => counter(
+                &mut s.ws[Self::ws_index(h, *outcome, *source)],
+                m.ws_upgrades(),
+                &mut s.series.ws,
+                || Metrics::ws_labels(name, ns, host, *outcome, *source),
+            ),
+            Observation::WsEarlyClose { .. } => counter(
+                &mut s.early[h],
+                m.ws_early_closes(),
+                &mut s.series.early,
+                || HostLabels {
                     replica: name.clone(),
                     namespace: ns.clone(),
-                    host,
-                };
-                m.ws_early_closes().get_or_create(&l).inc();
-                s.early.insert(l);
-            }
-            Observation::UpstreamFailure { reason, .. } => {
-                let l = Metrics::upstream_labels(name, ns, *reason);
-                m.upstream_connect_failures().get_or_create(&l).inc();
-                s.upstream.insert(l);
-            }
-        }
+                    host: host.clone(),
+                },
+            ),
+            Observation::UpstreamFailure { reason, .. } => counter(
+                &mut s.upstream[reason_index(*reason)],
+                m.upstream_connect_failures(),
+                &mut s.series.upstream,
+                || Metrics::upstream_labels(name, ns, *reason),
+            ),
+        };
+        c.inc();
         true
     }
 
@@ -187,9 +358,16 @@ impl Aggregator {
         }
         for r in expired {
             self.leaving.remove(&r);
-            let Some(s) = self.series.remove(&r) else {
+            let Some(i) = self.by_replica.remove(&r) else {
                 continue;
             };
+            // The slot's counter handles go with it: nothing may count into removed series.
+            let Some(slot) = self.slots[i].take() else {
+                continue;
+            };
+            self.free.push(i);
+            self.origins.clear();
+            let s = slot.series;
             for l in &s.http {
                 self.metrics.http_responses().remove(l);
             }
@@ -301,5 +479,58 @@ mod tests {
         a.set_targets(TargetSet::new(vec![target("r2", 20)]));
         a.tick(300 * S);
         assert!(m.encode().contains("replica=\"r2\""));
+    }
+
+    #[test]
+    fn label_indexes_follow_the_all_arrays() {
+        for (i, c) in HttpClass::ALL.iter().enumerate() {
+            assert_eq!(class_index(*c), i);
+        }
+        for (i, o) in WsOutcome::ALL.iter().enumerate() {
+            assert_eq!(outcome_index(*o), i);
+        }
+        for (i, s) in Source::ALL.iter().enumerate() {
+            assert_eq!(source_index(*s), i);
+        }
+        for (i, r) in UpstreamFailureReason::ALL.iter().enumerate() {
+            assert_eq!(reason_index(*r), i);
+        }
+    }
+
+    #[test]
+    fn cached_counters_follow_target_changes_and_removal() {
+        let (mut a, m) = setup();
+        let app = || Host::Name("app.example.test".into());
+        let series = |replica: &str| {
+            format!("routeskew_http_responses_total{{replica=\"{replica}\",namespace=\"ns\",host=\"app.example.test\",class=\"ok\",source=\"passive\"}} ")
+        };
+        let value = |m: &Metrics, replica: &str| {
+            let t = m.encode();
+            t.lines()
+                .find_map(|l| l.strip_prefix(series(replica).as_str()))
+                .map(|v| v.to_string())
+        };
+        assert!(a.record(&http(10, app())));
+        assert_eq!(value(&m, "r1").as_deref(), Some("1"));
+        // The cgroup now belongs to another replica: counted there, from the first event.
+        a.set_targets(TargetSet::new(vec![target("r3", 10), target("r2", 20)]));
+        assert!(a.record(&http(10, app())));
+        assert_eq!(value(&m, "r3").as_deref(), Some("1"));
+        assert_eq!(value(&m, "r1").as_deref(), Some("1"));
+        // r1's series go after the grace period; when it comes back, its counters start
+        // from new series rather than counting into the removed ones.
+        const S: u64 = 1_000_000_000;
+        a.tick(10 * S);
+        a.tick(70 * S);
+        assert_eq!(value(&m, "r1"), None);
+        a.set_targets(TargetSet::new(vec![target("r1", 30)]));
+        assert!(a.record(&http(30, app())));
+        assert!(a.record(&http(30, app())));
+        assert_eq!(value(&m, "r1").as_deref(), Some("2"));
+        // Unknown origins stay unknown, cached or not.
+        assert!(!a.record(&http(10, app())));
+        assert!(!a.record(&http(10, app())));
+        assert!(!a.is_known(origin(10)));
+        assert!(a.is_known(origin(30)));
     }
 }

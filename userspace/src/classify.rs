@@ -130,8 +130,10 @@ pub fn router_miss_signature(r: &ResponseHead) -> Signature {
         || r.truncated
         || r.reason != "Not Found"
         || !headers_match
-        || r.content_type.as_deref() != Some("text/plain; charset=utf-8")
-        || r.x_content_type_options.as_deref() != Some("nosniff")
+        // Compared as bytes: no UTF-8 check on the per-response path.
+        || r.content_type.as_ref().map(|v| v.as_bytes())
+            != Some(b"text/plain; charset=utf-8".as_slice())
+        || r.x_content_type_options.as_ref().map(|v| v.as_bytes()) != Some(b"nosniff".as_slice())
         || r.content_length != Some(ROUTER_MISS_BODY.len() as u64)
         || r.chunked
     {

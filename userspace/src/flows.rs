@@ -11,12 +11,27 @@
 //! | Write     | request  | Traefik's request to an upstream      |
 //! | Read      | response | the upstream's answer                 |
 //!
+//! The sensor does not report upstream responses by default (they would be a quarter of
+//! all events, and nothing is classified from them: the upstream request alone shows that
+//! Traefik routed a request). Then
+//! ([`FlowConfig::upstream_responses`] false) an upstream request is only a corroboration
+//! record in its process's log: it is never pending, so it is never unanswered. Should
+//! upstream responses arrive anyway, they are counted and still delimit messages (a `101`
+//! switches the connection to WebSocket frames, a response to `HEAD` has no body) but are not
+//! paired. With the flag on, upstream requests wait for their responses like client
+//! requests do, and the unmatched/unanswered counts of the upstream leg are kept.
+//!
 //! Memory is bounded: at most `max_connections` connections (the least recently active one
 //! is evicted), `max_pending_per_conn` requests in flight per connection, and a bounded log
 //! of upstream requests per process. Everything dropped on the way is counted in
 //! [`FlowStats`].
+//!
+//! This runs for every kernel event, so the common path allocates nothing: connections live
+//! in a hash map with a fast hasher, recency is an append-only queue compacted now and then
+//! (instead of a sorted set updated on every event), parsed messages go to a reused buffer,
+//! and requests and responses keep their few strings inline.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
@@ -30,6 +45,9 @@ const MAX_UPSTREAM_PROCESSES: usize = 1024;
 const MAX_STASH: usize = 4096;
 /// All stashed heads together; slow clients on many connections must not grow memory.
 const MAX_STASH_TOTAL: usize = 8 << 20;
+/// Stale entries the recency queue may hold beyond one per connection before it is
+/// compacted.
+const AGE_SLACK: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct FlowConfig {
@@ -37,6 +55,10 @@ pub struct FlowConfig {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_pending_per_conn: usize,
+    /// The sensor reports upstream responses: pair them with upstream requests and count
+    /// the upstream leg's unmatched responses and unanswered requests. Off (the sensor's
+    /// default), upstream requests are corroboration records only.
+    pub upstream_responses: bool,
 }
 
 impl Default for FlowConfig {
@@ -46,6 +68,7 @@ impl Default for FlowConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 65_536,
             max_pending_per_conn: 64,
+            upstream_responses: false,
         }
     }
 }
@@ -75,6 +98,9 @@ impl ClientRequest {
 }
 
 /// Output of the flow tracker, input of the classifier.
+// `Exchange` is both the large and the common variant: boxing it would allocate once per
+// response, which is what the inline response head avoids.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlowEvent {
     /// Traefik answered a client request.
@@ -120,8 +146,10 @@ pub struct FlowStats {
     pub upstream_requests: u64,
     pub upstream_responses: u64,
     pub unmatched_client_responses: u64,
+    /// Only with [`FlowConfig::upstream_responses`].
     pub unmatched_upstream_responses: u64,
     pub unanswered_client_requests: u64,
+    /// Only with [`FlowConfig::upstream_responses`].
     pub unanswered_upstream_requests: u64,
     /// Requests dropped because a connection had `max_pending_per_conn` in flight.
     pub pending_overflow: u64,
@@ -194,11 +222,22 @@ struct Upgraded {
 struct Conn {
     origin: Origin,
     last_seen: u64,
+    /// Tag of this connection's live entry in [`Flows::age`].
+    age_seq: u64,
     /// Client requests waiting for Traefik's response, oldest first.
     pending: VecDeque<ClientRequest>,
-    /// Upstream requests waiting for the upstream's response: whether each was a HEAD.
+    /// With [`FlowConfig::upstream_responses`]: upstream requests waiting for the
+    /// upstream's response, whether each was a HEAD.
     upstream_pending: VecDeque<bool>,
-    upgraded: Option<Upgraded>,
+    /// The last upstream request written was a HEAD: how to frame a response that arrives
+    /// when upstream requests are not tracked (Go's transport never pipelines, so the last
+    /// request is the one being answered).
+    upstream_last_head: bool,
+    /// The last upstream request written asked for a WebSocket upgrade, whose 101 is not
+    /// reported when upstream responses are off.
+    upstream_last_ws: bool,
+    /// Rare, and large next to the rest: boxed.
+    upgraded: Option<Box<Upgraded>>,
     /// Indexed by direction: 0 = Read, 1 = Write.
     expect: [Expect; 2],
     /// A head the last syscall in that direction ended in the middle of.
@@ -210,12 +249,15 @@ impl Conn {
         self.stash.iter().flatten().map(Vec::len).sum()
     }
 
-    fn new(origin: Origin, ts: u64) -> Self {
+    fn new(origin: Origin, ts: u64, age_seq: u64) -> Self {
         Conn {
             origin,
             last_seen: ts,
+            age_seq,
             pending: VecDeque::new(),
             upstream_pending: VecDeque::new(),
+            upstream_last_head: false,
+            upstream_last_ws: false,
             upgraded: None,
             expect: [Expect::Message; 2],
             stash: [None, None],
@@ -235,11 +277,19 @@ struct UpstreamEntry {
 
 pub struct Flows {
     cfg: FlowConfig,
-    conns: HashMap<ConnKey, Conn>,
-    /// `(last_seen, key)` of every connection: the first entry is the least recently active.
-    by_age: BTreeSet<(u64, ConnKey)>,
-    upstream_log: HashMap<u32, VecDeque<UpstreamEntry>>,
+    conns: foldhash::HashMap<ConnKey, Conn>,
+    /// Connections in order of their last activity, oldest first, as `(tag, key)`: every
+    /// time a connection is active an entry is appended and the connection remembers its
+    /// tag, so only the entry carrying the connection's current tag is live and the first
+    /// live entry is the least recently active connection. Stale entries are skipped when
+    /// met at the front and dropped in bulk when they outnumber the live ones. (Timestamps
+    /// from different CPUs can be slightly out of order; the queue follows arrival order.)
+    age: VecDeque<(u64, ConnKey)>,
+    next_age_seq: u64,
+    upstream_log: foldhash::HashMap<u32, VecDeque<UpstreamEntry>>,
     stash_bytes: usize,
+    /// Parsed messages of the syscall at hand; kept to reuse its allocation.
+    msg_buf: Vec<Message>,
     stats: FlowStats,
 }
 
@@ -254,10 +304,12 @@ impl Flows {
     pub fn new(cfg: FlowConfig) -> Self {
         Flows {
             cfg,
-            conns: HashMap::new(),
-            by_age: BTreeSet::new(),
-            upstream_log: HashMap::new(),
+            conns: foldhash::HashMap::default(),
+            age: VecDeque::new(),
+            next_age_seq: 0,
+            upstream_log: foldhash::HashMap::default(),
             stash_bytes: 0,
+            msg_buf: Vec::new(),
             stats: FlowStats::default(),
         }
     }
@@ -302,15 +354,22 @@ impl Flows {
     pub fn tick(&mut self, now_ns: u64) {
         let idle = u64::try_from(self.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         let horizon = now_ns.saturating_sub(idle);
-        while let Some(&(seen, key)) = self.by_age.first() {
-            if seen >= horizon {
-                break;
-            }
-            self.by_age.pop_first();
-            if let Some(c) = self.conns.remove(&key) {
-                self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
-                self.stats.expired_connections += 1;
-                tracing::debug!(tgid = key.0, fd = key.1, "idle connection expired");
+        while let Some(&(seq, key)) = self.age.front() {
+            match self.conns.get(&key) {
+                Some(c) if c.age_seq == seq => {
+                    if c.last_seen >= horizon {
+                        break;
+                    }
+                    self.age.pop_front();
+                    if let Some(c) = self.conns.remove(&key) {
+                        self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
+                        self.stats.expired_connections += 1;
+                        tracing::debug!(tgid = key.0, fd = key.1, "idle connection expired");
+                    }
+                }
+                _ => {
+                    self.age.pop_front();
+                }
             }
         }
         self.upstream_log.retain(|_, log| {
@@ -321,34 +380,54 @@ impl Flows {
         });
     }
 
-    fn touch(&mut self, key: ConnKey, ts: u64) {
-        if let Some(c) = self.conns.get_mut(&key) {
-            if ts > c.last_seen {
-                self.by_age.remove(&(c.last_seen, key));
-                c.last_seen = ts;
-                self.by_age.insert((ts, key));
-            }
+    /// Append the recency entry tagged `next_age_seq` for `key`, whose connection already
+    /// carries that tag, and compact the queue when stale entries dominate.
+    fn push_age(&mut self, key: ConnKey) {
+        self.age.push_back((self.next_age_seq, key));
+        self.next_age_seq += 1;
+        if self.age.len() > 2 * self.conns.len() + AGE_SLACK {
+            let conns = &self.conns;
+            self.age
+                .retain(|(seq, key)| conns.get(key).is_some_and(|c| c.age_seq == *seq));
         }
+    }
+
+    fn touch(&mut self, key: ConnKey, ts: u64) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if ts <= c.last_seen {
+            return;
+        }
+        c.last_seen = ts;
+        c.age_seq = self.next_age_seq;
+        self.push_age(key);
     }
 
     fn insert_conn(&mut self, key: ConnKey, origin: Origin, ts: u64) {
         while self.conns.len() >= self.cfg.max_connections.max(1) {
-            let Some((_, old)) = self.by_age.pop_first() else {
+            let Some((seq, old)) = self.age.pop_front() else {
                 break;
             };
+            if self.conns.get(&old).is_none_or(|c| c.age_seq != seq) {
+                continue;
+            }
             if let Some(c) = self.conns.remove(&old) {
                 self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
                 self.stats.evicted_connections += 1;
                 tracing::debug!(tgid = old.0, fd = old.1, "connection evicted at capacity");
             }
         }
-        self.conns.insert(key, Conn::new(origin, ts));
-        self.by_age.insert((ts, key));
+        // Tag first, then queue: compaction keeps only entries whose connection carries
+        // their tag.
+        self.conns
+            .insert(key, Conn::new(origin, ts, self.next_age_seq));
+        self.push_age(key);
     }
 
     fn remove_conn(&mut self, key: ConnKey) -> Option<Conn> {
+        // Its recency entry turns stale and is dropped later.
         let c = self.conns.remove(&key)?;
-        self.by_age.remove(&(c.last_seen, key));
         self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
         Some(c)
     }
@@ -448,9 +527,12 @@ impl Flows {
             return;
         }
         let rest = &bytes[skip_usize..];
-        let mut parsed = match http::parse(rest, total_len - skip) {
+        let mut messages = std::mem::take(&mut self.msg_buf);
+        messages.clear();
+        let parsed = match http::parse_into(rest, total_len - skip, &mut messages) {
             Ok(p) => p,
             Err(e) => {
+                self.msg_buf = messages;
                 self.stats.count_parse_error(e);
                 // Do not keep state for connections that never carried HTTP.
                 if let Some(c) = self.conns.get_mut(&key) {
@@ -463,10 +545,11 @@ impl Flows {
         if let Some(e) = parsed.error {
             self.stats.count_parse_error(e);
         }
-        if !self.conns.contains_key(&key) {
+        if self.conns.contains_key(&key) {
+            self.touch(key, ts);
+        } else {
             self.insert_conn(key, origin, ts);
         }
-        self.touch(key, ts);
 
         // Keep an incomplete last head aside until the next syscall completes it.
         let mut stashed = None;
@@ -474,13 +557,14 @@ impl Flows {
             let len = rest.len() - at;
             if len <= MAX_STASH / 2 && self.stash_bytes + len <= MAX_STASH_TOTAL {
                 if parsed.incomplete_parsed {
-                    parsed.messages.pop();
+                    messages.pop();
                 }
                 stashed = Some(rest[at..].to_vec());
             }
         }
         let tail = parsed.tail;
-        let (upgraded, head_response) = self.process(key, dir, ts, parsed.messages, out);
+        let (upgraded, head_response) = self.process(key, dir, ts, &mut messages, out);
+        self.msg_buf = messages;
         if let Some(c) = self.conns.get_mut(&key) {
             if !upgraded {
                 c.expect[d] = match (tail, head_response) {
@@ -506,23 +590,27 @@ impl Flows {
         head: Vec<u8>,
         out: &mut Vec<FlowEvent>,
     ) {
-        if let Ok(p) = http::parse(&head, head.len() as u64) {
-            self.process(key, dir, ts, p.messages, out);
+        let mut messages = std::mem::take(&mut self.msg_buf);
+        messages.clear();
+        if http::parse_into(&head, head.len() as u64, &mut messages).is_ok() {
+            self.process(key, dir, ts, &mut messages, out);
         }
+        self.msg_buf = messages;
     }
 
-    /// Apply parsed messages to the connection. Returns whether the connection is now
-    /// upgraded and whether the last message was a response to a HEAD request.
+    /// Apply parsed messages to the connection (draining `messages`). Returns whether the
+    /// connection is now upgraded and whether the last message was a response to a HEAD
+    /// request.
     fn process(
         &mut self,
         key: ConnKey,
         dir: Direction,
         ts: u64,
-        messages: Vec<Message>,
+        messages: &mut Vec<Message>,
         out: &mut Vec<FlowEvent>,
     ) -> (bool, bool) {
         let mut head_response = false;
-        for msg in messages {
+        for msg in messages.drain(..) {
             let upgraded;
             (upgraded, head_response) = match (dir, msg) {
                 (Direction::Read, Message::Request(r)) => {
@@ -592,11 +680,11 @@ impl Flows {
         };
         let upgraded = r.status == 101;
         if upgraded {
-            c.upgraded = Some(Upgraded {
+            c.upgraded = Some(Box::new(Upgraded {
                 at_ns: ts,
                 // Early closes are a WebSocket notion; an h2c upgrade is only followed.
                 request: request.websocket.then(|| request.clone()),
-            });
+            }));
             // Requests pipelined behind an upgrade are never answered over HTTP.
             self.stats.unanswered_client_requests += c.pending.len() as u64;
             c.pending.clear();
@@ -620,10 +708,14 @@ impl Flows {
         }
         let max = self.cfg.max_pending_per_conn.max(1);
         if let Some(c) = self.conns.get_mut(&key) {
-            if c.upstream_pending.len() >= max {
-                self.stats.pending_overflow += 1;
-            } else {
-                c.upstream_pending.push_back(r.method == Method::Head);
+            c.upstream_last_head = r.method == Method::Head;
+            c.upstream_last_ws = r.websocket;
+            if self.cfg.upstream_responses {
+                if c.upstream_pending.len() >= max {
+                    self.stats.pending_overflow += 1;
+                } else {
+                    c.upstream_pending.push_back(r.method == Method::Head);
+                }
             }
         }
         if !self.upstream_log.contains_key(&key.0)
@@ -632,6 +724,13 @@ impl Flows {
             self.stats.upstream_log_full += 1;
             return;
         }
+        let host = http::host_hash(&r.host);
+        // Traefik passes the Host through and repeats it in X-Forwarded-Host: hash once.
+        let forwarded_host = if r.forwarded_host == r.host {
+            host
+        } else {
+            http::host_hash(&r.forwarded_host)
+        };
         let log = self.upstream_log.entry(key.0).or_default();
         if log.len() >= MAX_UPSTREAM_LOG {
             log.pop_front();
@@ -639,8 +738,8 @@ impl Flows {
         log.push_back(UpstreamEntry {
             ts_ns: ts,
             target: r.target,
-            host: http::host_hash(&r.host),
-            forwarded_host: http::host_hash(&r.forwarded_host),
+            host,
+            forwarded_host,
         });
     }
 
@@ -657,15 +756,21 @@ impl Flows {
         let Some(c) = self.conns.get_mut(&key) else {
             return (false, false);
         };
-        let Some(head) = c.upstream_pending.pop_front() else {
-            self.stats.unmatched_upstream_responses += 1;
-            return (false, false);
+        let head = if self.cfg.upstream_responses {
+            let Some(head) = c.upstream_pending.pop_front() else {
+                self.stats.unmatched_upstream_responses += 1;
+                return (false, false);
+            };
+            head
+        } else {
+            // Not tracked: frame it after the last request written.
+            c.upstream_last_head
         };
         if r.status == 101 {
-            c.upgraded = Some(Upgraded {
+            c.upgraded = Some(Box::new(Upgraded {
                 at_ns: ts,
                 request: None,
-            });
+            }));
             return (true, false);
         }
         (false, head)
@@ -714,7 +819,7 @@ impl Flows {
             }
             return;
         };
-        match c.upgraded {
+        match c.upgraded.map(|u| *u) {
             Some(Upgraded {
                 at_ns,
                 request: Some(request),
@@ -729,6 +834,9 @@ impl Flows {
                 }
             }
             Some(Upgraded { request: None, .. }) => {}
+            // An upstream WebSocket connection whose 101 the sensor does not report: the
+            // kernel's mark is what was expected, not an anomaly.
+            None if kernel_upgraded && !self.cfg.upstream_responses && c.upstream_last_ws => {}
             None if kernel_upgraded => self.stats.unseen_upgrades += 1,
             None => {}
         }
@@ -1173,5 +1281,65 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn upstream_requests_are_not_pending_without_responses() {
+        let upstream = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n";
+        let traffic: Vec<Event> = (0..200u64)
+            .map(|i| data(S + i, 9, Direction::Write, upstream))
+            .chain(std::iter::once(close(2 * S, 9, false)))
+            .collect();
+        let mut f = Flows::new(FlowConfig::default());
+        assert!(run(&mut f, &traffic).is_empty());
+        assert_eq!(f.stats().upstream_requests, 200);
+        assert_eq!(f.stats().pending_overflow, 0);
+        assert_eq!(f.stats().unanswered_upstream_requests, 0);
+        assert_eq!(f.stats().unseen_upgrades, 0);
+        // Still logged for corroboration (bounded per process).
+        assert_eq!(f.upstream_log.get(&O.tgid).map(VecDeque::len), Some(200));
+        let mut f = Flows::new(FlowConfig {
+            upstream_responses: true,
+            ..FlowConfig::default()
+        });
+        run(&mut f, &traffic);
+        assert_eq!(f.stats().pending_overflow, 200 - 64);
+        assert_eq!(f.stats().unanswered_upstream_requests, 64);
+    }
+
+    #[test]
+    fn recency_queue_stays_compact_and_ordered() {
+        let cfg = FlowConfig {
+            max_connections: 4,
+            ..FlowConfig::default()
+        };
+        let mut f = Flows::new(cfg);
+        let mut ts = S;
+        for round in 0..20_000u32 {
+            // fds 1..=4 in turn, fd 1 twice as often.
+            let fd = if round % 2 == 0 { 1 } else { 2 + round % 3 };
+            ts += 1;
+            run(
+                &mut f,
+                &[data(ts, fd, Direction::Read, &req("a.test", "/"))],
+            );
+            run(&mut f, &[data(ts, fd, Direction::Write, OK)]);
+            assert!(f.age.len() <= 2 * f.connections() + AGE_SLACK + 1);
+        }
+        assert_eq!(f.connections(), 4);
+        assert_eq!(f.stats().evicted_connections, 0);
+        // fd 1 was active last, fd 2 the longest ago of the others: a fifth connection
+        // evicts fd 2.
+        ts += 1;
+        run(&mut f, &[data(ts, 1, Direction::Read, &req("a.test", "/"))]);
+        ts += 1;
+        run(&mut f, &[data(ts, 7, Direction::Read, &req("a.test", "/"))]);
+        assert_eq!(f.stats().evicted_connections, 1);
+        assert!(f.conns.contains_key(&(O.tgid, 1)));
+        let gone: Vec<u32> = (2..=4)
+            .filter(|fd| !f.conns.contains_key(&(O.tgid, *fd)))
+            .collect();
+        // Round 19_999 touched fd 2 + 19_999 % 3 = 3, round 19_997 fd 4, round 19_995 fd 2.
+        assert_eq!(gone, [2]);
     }
 }

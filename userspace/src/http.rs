@@ -10,6 +10,7 @@
 //! only good for matching a client request with the upstream request Traefik wrote for it.
 
 use std::hash::{BuildHasher, Hasher};
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// More headers than this and the head is reported as [`ParseError::TooManyHeaders`].
@@ -18,8 +19,10 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_BODY_PREFIX: usize = 64;
 /// DNS names are at most 253 characters; anything longer is not a host we could label.
 pub const MAX_HOST_LEN: usize = 253;
-const MAX_REASON_LEN: usize = 32;
-const MAX_VALUE_LEN: usize = 64;
+/// Longest reason phrase kept.
+pub const MAX_REASON_LEN: usize = 32;
+/// Longest header value kept; longer than any value the classifier compares with.
+pub const MAX_VALUE_LEN: usize = 32;
 /// Marker the active prober puts at the start of its User-Agent.
 pub const PROBE_USER_AGENT_PREFIX: &[u8] = b"routeskew-probe/";
 
@@ -99,6 +102,346 @@ impl Method {
     }
 }
 
+/// A normalised host name, stored inline when it is short (nearly always), so that parsing a
+/// request and keeping it pending does not allocate.
+#[derive(Clone)]
+pub struct HostName(HostRepr);
+
+/// Host names up to this long are kept inline; longer ones (up to [`MAX_HOST_LEN`]) go to
+/// the heap.
+const INLINE_HOST: usize = 62;
+
+#[derive(Clone)]
+enum HostRepr {
+    Inline { len: u8, buf: [u8; INLINE_HOST] },
+    Heap(Box<str>),
+}
+
+impl HostName {
+    /// `s` lowercased; the caller has checked that it is ASCII.
+    fn lowercase_ascii(s: &[u8]) -> Self {
+        if s.len() <= INLINE_HOST {
+            let mut buf = [0u8; INLINE_HOST];
+            for (d, b) in buf.iter_mut().zip(s) {
+                *d = b.to_ascii_lowercase();
+            }
+            HostName(HostRepr::Inline {
+                len: s.len() as u8,
+                buf,
+            })
+        } else {
+            let lower: String = s
+                .iter()
+                .map(|b| char::from(b.to_ascii_lowercase()))
+                .collect();
+            HostName(HostRepr::Heap(lower.into_boxed_str()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Only built from a `&str` or from checked ASCII, cut at its own length.
+            HostRepr::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..usize::from(*len)]).unwrap_or_default()
+            }
+            HostRepr::Heap(s) => s,
+        }
+    }
+
+    /// The name's bytes, without the UTF-8 check [`as_str`](Self::as_str) makes: what
+    /// comparisons and hashes on the per-event path use.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            HostRepr::Inline { len, buf } => &buf[..usize::from(*len)],
+            HostRepr::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl From<&str> for HostName {
+    fn from(s: &str) -> Self {
+        if s.len() <= INLINE_HOST {
+            let mut buf = [0u8; INLINE_HOST];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            HostName(HostRepr::Inline {
+                len: s.len() as u8,
+                buf,
+            })
+        } else {
+            HostName(HostRepr::Heap(s.into()))
+        }
+    }
+}
+
+impl From<String> for HostName {
+    fn from(s: String) -> Self {
+        HostName::from(s.as_str())
+    }
+}
+
+impl std::ops::Deref for HostName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for HostName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for HostName {}
+
+impl std::hash::Hash for HostName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq<str> for HostName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for HostName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for HostName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for HostName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string of at most `N` bytes (N < 256) stored inline: the short header values and the
+/// reason phrase a response keeps, without allocating.
+#[derive(Clone, Copy)]
+pub struct InlineStr<const N: usize> {
+    len: u8,
+    buf: [u8; N],
+}
+
+impl<const N: usize> InlineStr<N> {
+    /// The longest prefix of `value` that fits and is UTF-8 (header values are bytes; a
+    /// non-UTF-8 tail is dropped, which no comparison with the ASCII signatures can miss).
+    pub fn cut(value: &[u8]) -> Self {
+        let mut v = &value[..value.len().min(N).min(usize::from(u8::MAX))];
+        // Header values are nearly always ASCII, which is cheaper to check than UTF-8.
+        if !v.is_ascii() {
+            if let Err(e) = std::str::from_utf8(v) {
+                v = &v[..e.valid_up_to()];
+            }
+        }
+        let mut buf = [0u8; N];
+        buf[..v.len()].copy_from_slice(v);
+        InlineStr {
+            len: v.len() as u8,
+            buf,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // `cut` only stores whole UTF-8 sequences.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The bytes, without the UTF-8 check [`as_str`](Self::as_str) makes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl<const N: usize> Default for InlineStr<N> {
+    fn default() -> Self {
+        InlineStr {
+            len: 0,
+            buf: [0; N],
+        }
+    }
+}
+
+impl<const N: usize> std::ops::Deref for InlineStr<N> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> PartialEq for InlineStr<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl<const N: usize> Eq for InlineStr<N> {}
+
+impl<const N: usize> PartialEq<str> for InlineStr<N> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl<const N: usize> PartialEq<&str> for InlineStr<N> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for InlineStr<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// Up to `N` bytes (N < 256) stored inline: the captured start of a response body.
+#[derive(Clone, Copy)]
+pub struct InlineBytes<const N: usize> {
+    len: u8,
+    buf: [u8; N],
+}
+
+impl<const N: usize> InlineBytes<N> {
+    /// The first `N` bytes of `b`.
+    pub fn cut(b: &[u8]) -> Self {
+        let n = b.len().min(N).min(usize::from(u8::MAX));
+        let mut buf = [0u8; N];
+        buf[..n].copy_from_slice(&b[..n]);
+        InlineBytes { len: n as u8, buf }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl<const N: usize> Default for InlineBytes<N> {
+    fn default() -> Self {
+        InlineBytes {
+            len: 0,
+            buf: [0; N],
+        }
+    }
+}
+
+impl<const N: usize> std::ops::Deref for InlineBytes<N> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl<const N: usize> PartialEq for InlineBytes<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> Eq for InlineBytes<N> {}
+
+impl<const N: usize> PartialEq<[u8]> for InlineBytes<N> {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8]> for InlineBytes<N> {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.as_slice() == *other
+    }
+}
+
+impl<const N: usize, const M: usize> PartialEq<&[u8; M]> for InlineBytes<N> {
+    fn eq(&self, other: &&[u8; M]) -> bool {
+        self.as_slice() == &other[..]
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for InlineBytes<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
+/// Response header names in wire order, inline (at most [`MAX_HEADERS`], which is all the
+/// parser accepts).
+#[derive(Clone, Copy)]
+pub struct HeaderList {
+    len: u8,
+    ids: [HeaderId; MAX_HEADERS],
+}
+
+impl HeaderList {
+    pub fn new() -> Self {
+        HeaderList {
+            len: 0,
+            ids: [HeaderId::Other; MAX_HEADERS],
+        }
+    }
+
+    /// Appends `id`; a list that is full stays as it is (the parser never hands over more
+    /// than [`MAX_HEADERS`]).
+    pub fn push(&mut self, id: HeaderId) {
+        if let Some(slot) = self.ids.get_mut(usize::from(self.len)) {
+            *slot = id;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[HeaderId] {
+        &self.ids[..usize::from(self.len)]
+    }
+}
+
+impl Default for HeaderList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for HeaderList {
+    type Target = [HeaderId];
+    fn deref(&self) -> &[HeaderId] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for HeaderList {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for HeaderList {}
+
+impl PartialEq<Vec<HeaderId>> for HeaderList {
+    fn eq(&self, other: &Vec<HeaderId>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl PartialEq<[HeaderId]> for HeaderList {
+    fn eq(&self, other: &[HeaderId]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl std::fmt::Debug for HeaderList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
 /// A request's Host, normalised so that it can be compared with configured host names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
@@ -106,13 +449,13 @@ pub enum Host {
     /// Present but not a plausible host name (too long, control characters, non-ASCII,
     /// repeated with different values, …). Never echoed anywhere.
     Invalid,
-    Name(String),
+    Name(HostName),
 }
 
 impl Host {
     pub fn name(&self) -> Option<&str> {
         match self {
-            Host::Name(n) => Some(n),
+            Host::Name(n) => Some(n.as_str()),
             _ => None,
         }
     }
@@ -153,24 +496,46 @@ pub fn normalize_host(raw: &[u8]) -> Host {
             return Host::Invalid;
         }
         let name = name.strip_suffix(b".").unwrap_or(name);
-        if name.is_empty()
-            || name.len() > MAX_HOST_LEN
-            || name.starts_with(b".")
-            || name.windows(2).any(|w| w == b"..")
-            || !name
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-        {
+        if name.is_empty() || name.len() > MAX_HOST_LEN {
             return Host::Invalid;
+        }
+        // One pass: letters, digits, `-`, `_` and dots, no leading dot, no empty label.
+        let mut after_dot = true;
+        for &b in name {
+            match HOST_BYTE[usize::from(b)] {
+                HostByte::Dot if after_dot => return Host::Invalid,
+                HostByte::Dot => after_dot = true,
+                HostByte::Label => after_dot = false,
+                HostByte::Bad => return Host::Invalid,
+            }
         }
         name
     };
-    // Only ASCII survives the checks above, so this cannot fail.
-    match std::str::from_utf8(host) {
-        Ok(s) => Host::Name(s.to_ascii_lowercase()),
-        Err(_) => Host::Invalid,
-    }
+    // Only ASCII survives the checks above.
+    Host::Name(HostName::lowercase_ascii(host))
 }
+
+#[derive(Clone, Copy)]
+enum HostByte {
+    Bad,
+    Dot,
+    Label,
+}
+
+/// What each byte may be in a host name: a table lookup instead of a chain of tests.
+static HOST_BYTE: [HostByte; 256] = {
+    let mut t = [HostByte::Bad; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' {
+            t[b] = HostByte::Label;
+        }
+        b += 1;
+    }
+    t[b'.' as usize] = HostByte::Dot;
+    t
+};
 
 fn valid_port_suffix(rest: &[u8]) -> bool {
     match rest {
@@ -248,19 +613,57 @@ pub enum HeaderId {
 
 impl HeaderId {
     fn from_name(name: &str) -> Self {
-        const NAMES: [(&str, HeaderId); 7] = [
-            ("content-type", HeaderId::ContentType),
-            ("x-content-type-options", HeaderId::XContentTypeOptions),
-            ("date", HeaderId::Date),
-            ("content-length", HeaderId::ContentLength),
-            ("connection", HeaderId::Connection),
-            ("transfer-encoding", HeaderId::TransferEncoding),
-            ("upgrade", HeaderId::Upgrade),
-        ];
-        NAMES
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map_or(HeaderId::Other, |(_, id)| *id)
+        // Dispatch on the length first: one comparison per header instead of seven.
+        let (want, id) = match name.len() {
+            4 => ("date", HeaderId::Date),
+            7 => ("upgrade", HeaderId::Upgrade),
+            10 => ("connection", HeaderId::Connection),
+            12 => ("content-type", HeaderId::ContentType),
+            14 => ("content-length", HeaderId::ContentLength),
+            17 => ("transfer-encoding", HeaderId::TransferEncoding),
+            22 => ("x-content-type-options", HeaderId::XContentTypeOptions),
+            _ => return HeaderId::Other,
+        };
+        if name.eq_ignore_ascii_case(want) {
+            id
+        } else {
+            HeaderId::Other
+        }
+    }
+}
+
+/// Request header names the parser reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestHeader {
+    Host,
+    XForwardedHost,
+    Upgrade,
+    Connection,
+    UserAgent,
+    ContentLength,
+    TransferEncoding,
+    Other,
+}
+
+impl RequestHeader {
+    fn from_name(name: &str) -> Self {
+        let (want, id) = match name.len() {
+            4 => ("host", Self::Host),
+            7 => ("upgrade", Self::Upgrade),
+            10 if name.as_bytes()[0].eq_ignore_ascii_case(&b'c') => {
+                ("connection", Self::Connection)
+            }
+            10 => ("user-agent", Self::UserAgent),
+            14 => ("content-length", Self::ContentLength),
+            16 => ("x-forwarded-host", Self::XForwardedHost),
+            17 => ("transfer-encoding", Self::TransferEncoding),
+            _ => return Self::Other,
+        };
+        if name.eq_ignore_ascii_case(want) {
+            id
+        } else {
+            Self::Other
+        }
     }
 }
 
@@ -269,18 +672,18 @@ pub struct ResponseHead {
     pub version: Version,
     pub status: u16,
     /// Reason phrase, cut to a few bytes; empty when missing or not text.
-    pub reason: String,
+    pub reason: InlineStr<MAX_REASON_LEN>,
     /// Header names in wire order.
-    pub headers: Vec<HeaderId>,
+    pub headers: HeaderList,
     /// Value of the first `Content-Type`, cut to a few bytes.
-    pub content_type: Option<String>,
+    pub content_type: Option<InlineStr<MAX_VALUE_LEN>>,
     /// Value of the first `X-Content-Type-Options`, cut to a few bytes.
-    pub x_content_type_options: Option<String>,
+    pub x_content_type_options: Option<InlineStr<MAX_VALUE_LEN>>,
     pub content_length: Option<u64>,
     pub chunked: bool,
     /// The captured start of the body (at most [`MAX_BODY_PREFIX`] bytes, never past
     /// `Content-Length`).
-    pub body_prefix: Vec<u8>,
+    pub body_prefix: InlineBytes<MAX_BODY_PREFIX>,
     pub truncated: bool,
 }
 
@@ -355,6 +758,47 @@ pub fn looks_like_message_start(b: &[u8]) -> bool {
 
 /// Parse a captured prefix `bytes` of a syscall that transferred `total_len` bytes.
 pub fn parse(bytes: &[u8], total_len: u64) -> Result<Parsed, ParseError> {
+    let mut messages = Vec::new();
+    let o = parse_into(bytes, total_len, &mut messages)?;
+    Ok(Parsed {
+        messages,
+        tail: o.tail,
+        error: o.error,
+        incomplete_at: o.incomplete_at,
+        incomplete_parsed: o.incomplete_parsed,
+    })
+}
+
+/// [`Parsed`] without its messages: what [`parse_into`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseOutcome {
+    pub tail: Tail,
+    pub error: Option<ParseError>,
+    pub incomplete_at: Option<usize>,
+    pub incomplete_parsed: bool,
+}
+
+/// [`parse`], appending the messages to `messages` so that a caller parsing one capture after
+/// another reuses one buffer instead of allocating a vector each time. On error nothing was
+/// appended.
+pub fn parse_into(
+    bytes: &[u8],
+    total_len: u64,
+    messages: &mut Vec<Message>,
+) -> Result<ParseOutcome, ParseError> {
+    let start = messages.len();
+    let r = parse_inner(bytes, total_len, messages);
+    if r.is_err() {
+        messages.truncate(start);
+    }
+    r
+}
+
+fn parse_inner(
+    bytes: &[u8],
+    total_len: u64,
+    messages: &mut Vec<Message>,
+) -> Result<ParseOutcome, ParseError> {
     if bytes.is_empty() {
         return Err(ParseError::Empty);
     }
@@ -364,7 +808,7 @@ pub fn parse(bytes: &[u8], total_len: u64) -> Result<Parsed, ParseError> {
     if !responses && !looks_like_request_start(bytes) {
         return Err(ParseError::NotHttp);
     }
-    let mut messages = Vec::new();
+    let first = messages.len();
     let mut incomplete_at = None;
     let mut pos = 0usize;
     let tail = loop {
@@ -385,12 +829,11 @@ pub fn parse(bytes: &[u8], total_len: u64) -> Result<Parsed, ParseError> {
         };
         let (msg, head_len) = match step {
             Ok(x) => x,
-            Err(e) if messages.is_empty() => return Err(e),
+            Err(e) if messages.len() == first => return Err(e),
             // The next message was cut within its first bytes: not garbage, just short.
             Err(ParseError::TooShort) => {
                 let split = captured as u64 == total;
-                return Ok(Parsed {
-                    messages,
+                return Ok(ParseOutcome {
                     tail: if split {
                         Tail::HeadIncomplete
                     } else {
@@ -402,8 +845,7 @@ pub fn parse(bytes: &[u8], total_len: u64) -> Result<Parsed, ParseError> {
                 });
             }
             Err(_) => {
-                return Ok(Parsed {
-                    messages,
+                return Ok(ParseOutcome {
                     tail: Tail::Unknown,
                     error: Some(ParseError::TrailingGarbage),
                     incomplete_at: None,
@@ -441,7 +883,7 @@ pub fn parse(bytes: &[u8], total_len: u64) -> Result<Parsed, ParseError> {
         if let Message::Response(r) = &mut msg {
             let want = body_len.unwrap_or(0).min(MAX_BODY_PREFIX as u64) as usize;
             let avail = captured - body_start;
-            r.body_prefix = bytes[body_start..body_start + want.min(avail)].to_vec();
+            r.body_prefix = InlineBytes::cut(&bytes[body_start..body_start + want.min(avail)]);
         }
         let switched = matches!(&msg, Message::Response(r) if r.status == 101);
         messages.push(msg);
@@ -473,8 +915,7 @@ pub fn parse(bytes: &[u8], total_len: u64) -> Result<Parsed, ParseError> {
             break t;
         }
     };
-    Ok(Parsed {
-        messages,
+    Ok(ParseOutcome {
         tail,
         error: None,
         incomplete_parsed: incomplete_at.is_some(),
@@ -492,15 +933,17 @@ fn complete_lines(buf: &[u8]) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// Header slots for httparse, left uninitialised: it initialises the ones it fills, and
+/// initialising all of them first would cost more than parsing a short head.
+fn header_slots<'b>() -> [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 fn map_err(e: httparse::Error) -> ParseError {
     match e {
         httparse::Error::TooManyHeaders => ParseError::TooManyHeaders,
         _ => ParseError::Malformed,
     }
-}
-
-fn cut(value: &[u8], max: usize) -> String {
-    String::from_utf8_lossy(&value[..value.len().min(max)]).into_owned()
 }
 
 fn parse_content_length(value: &[u8], current: Option<u64>) -> Result<Option<u64>, ParseError> {
@@ -560,17 +1003,20 @@ fn absolute_form_host(target: &[u8]) -> Option<&[u8]> {
 /// Parse one request head at the start of `buf`. Returns the head and, when the head ended
 /// inside `buf`, its length.
 fn parse_request_at(buf: &[u8]) -> Result<(Message, Option<usize>), ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    let mut headers = header_slots();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => {
             Ok((Message::Request(request_from(&req, false)), Some(n)))
         }
         Ok(httparse::Status::Partial) => {
             let patched = complete_lines(buf);
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match patched.as_deref().map(|p| req.parse(p)) {
+            let mut headers = header_slots();
+            let mut req = httparse::Request::new(&mut []);
+            match patched
+                .as_deref()
+                .map(|p| req.parse_with_uninit_headers(p, &mut headers))
+            {
                 Some(Ok(httparse::Status::Complete(_))) => {
                     Ok((Message::Request(request_from(&req, true)), None))
                 }
@@ -654,6 +1100,8 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
     let mut host: Option<Host> = absolute_form_host(target.as_bytes()).map(normalize_host);
     let from_uri = host.is_some();
     let mut forwarded_host = Host::Missing;
+    // The raw value `host` is the normalisation of, if any.
+    let mut host_raw: Option<&[u8]> = None;
     let mut upgrade_ws = false;
     let mut connection_upgrade = false;
     let mut probe = false;
@@ -661,34 +1109,35 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
     let mut chunked = false;
     let mut bad_framing = false;
     for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            if from_uri {
-                continue;
-            }
-            let v = normalize_host(h.value);
-            host = Some(match host {
+        match RequestHeader::from_name(h.name) {
+            RequestHeader::Host => {
+                if from_uri {
+                    continue;
+                }
+                let v = normalize_host(h.value);
                 // Several Host headers are a smuggling attempt unless they all agree.
-                Some(prev) if prev != v => Host::Invalid,
-                _ => v,
-            });
-        } else if name.eq_ignore_ascii_case("x-forwarded-host") {
-            // A list when several proxies were crossed: the first is the client's.
-            let first = h.value.split(|&b| b == b',').next().unwrap_or_default();
-            forwarded_host = normalize_host(first);
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade_ws |= has_token(h.value, "websocket");
-        } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= has_token(h.value, "upgrade");
-        } else if name.eq_ignore_ascii_case("user-agent") {
-            probe = h.value.starts_with(PROBE_USER_AGENT_PREFIX);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            match parse_content_length(h.value, content_length) {
+                let agrees = host.as_ref().is_none_or(|prev| *prev == v);
+                host_raw = agrees.then_some(h.value);
+                host = Some(if agrees { v } else { Host::Invalid });
+            }
+            RequestHeader::XForwardedHost => {
+                // A list when several proxies were crossed: the first is the client's.
+                let first = h.value.split(|&b| b == b',').next().unwrap_or_default();
+                // Traefik repeats the Host it forwards: reuse its normalisation.
+                forwarded_host = match (host_raw, &host) {
+                    (Some(raw), Some(h)) if raw == first => h.clone(),
+                    _ => normalize_host(first),
+                };
+            }
+            RequestHeader::Upgrade => upgrade_ws |= has_token(h.value, "websocket"),
+            RequestHeader::Connection => connection_upgrade |= has_token(h.value, "upgrade"),
+            RequestHeader::UserAgent => probe = h.value.starts_with(PROBE_USER_AGENT_PREFIX),
+            RequestHeader::ContentLength => match parse_content_length(h.value, content_length) {
                 Ok(n) => content_length = n,
                 Err(_) => bad_framing = true,
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = is_chunked(h.value);
+            },
+            RequestHeader::TransferEncoding => chunked = is_chunked(h.value),
+            RequestHeader::Other => {}
         }
     }
     if bad_framing {
@@ -710,17 +1159,27 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
 }
 
 fn parse_response_at(buf: &[u8]) -> Result<(Message, Option<usize>), ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
+    let mut headers = header_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => {
             Ok((Message::Response(response_from(&resp, false)?), Some(n)))
         }
         Ok(httparse::Status::Partial) => {
             let patched = complete_lines(buf);
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match patched.as_deref().map(|p| resp.parse(p)) {
+            let mut headers = header_slots();
+            let mut resp = httparse::Response::new(&mut []);
+            match patched.as_deref().map(|p| {
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    p,
+                    &mut headers,
+                )
+            }) {
                 Some(Ok(httparse::Status::Complete(_))) => {
                     Ok((Message::Response(response_from(&resp, true)?), None))
                 }
@@ -754,13 +1213,13 @@ fn status_line_only(buf: &[u8]) -> Result<ResponseHead, ParseError> {
     Ok(ResponseHead {
         version,
         status,
-        reason: String::new(),
-        headers: Vec::new(),
+        reason: InlineStr::default(),
+        headers: HeaderList::new(),
         content_type: None,
         x_content_type_options: None,
         content_length: None,
         chunked: false,
-        body_prefix: Vec::new(),
+        body_prefix: InlineBytes::default(),
         truncated: true,
     })
 }
@@ -775,13 +1234,13 @@ fn response_from(
     let mut out = ResponseHead {
         version,
         status,
-        reason: reason[..reason.len().min(MAX_REASON_LEN)].to_string(),
-        headers: Vec::with_capacity(resp.headers.len()),
+        reason: InlineStr::cut(reason.as_bytes()),
+        headers: HeaderList::new(),
         content_type: None,
         x_content_type_options: None,
         content_length: None,
         chunked: false,
-        body_prefix: Vec::new(),
+        body_prefix: InlineBytes::default(),
         truncated,
     };
     for h in resp.headers.iter() {
@@ -789,10 +1248,10 @@ fn response_from(
         out.headers.push(id);
         match id {
             HeaderId::ContentType if out.content_type.is_none() => {
-                out.content_type = Some(cut(h.value, MAX_VALUE_LEN));
+                out.content_type = Some(InlineStr::cut(h.value));
             }
             HeaderId::XContentTypeOptions if out.x_content_type_options.is_none() => {
-                out.x_content_type_options = Some(cut(h.value, MAX_VALUE_LEN));
+                out.x_content_type_options = Some(InlineStr::cut(h.value));
             }
             HeaderId::ContentLength => {
                 out.content_length = parse_content_length(h.value, out.content_length)?;
@@ -1146,6 +1605,134 @@ mod tests {
         assert_eq!(h(&long), Host::Invalid);
         let ok = vec![b'a'; MAX_HOST_LEN];
         assert!(matches!(h(&ok), Host::Name(_)));
+    }
+
+    /// The normalisation as first written (allocating, several passes): the one-pass
+    /// version must agree with it on everything.
+    fn reference_normalize_host(raw: &[u8]) -> Option<Option<String>> {
+        let raw = raw.trim_ascii();
+        if raw.is_empty() {
+            return None;
+        }
+        if raw.len() > MAX_HOST_LEN + 8 {
+            return Some(None);
+        }
+        let host = if raw[0] == b'[' {
+            let Some(close) = raw.iter().position(|&b| b == b']') else {
+                return Some(None);
+            };
+            let (lit, rest) = raw.split_at(close + 1);
+            if !valid_port_suffix(rest) || lit.len() < 3 {
+                return Some(None);
+            }
+            if !lit[1..lit.len() - 1]
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
+            {
+                return Some(None);
+            }
+            lit
+        } else {
+            let (name, rest) = match raw.iter().position(|&b| b == b':') {
+                Some(i) => raw.split_at(i),
+                None => (raw, &[][..]),
+            };
+            if !valid_port_suffix(rest) {
+                return Some(None);
+            }
+            let name = name.strip_suffix(b".").unwrap_or(name);
+            if name.is_empty()
+                || name.len() > MAX_HOST_LEN
+                || name.starts_with(b".")
+                || name.windows(2).any(|w| w == b"..")
+                || !name
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            {
+                return Some(None);
+            }
+            name
+        };
+        Some(std::str::from_utf8(host).ok().map(str::to_ascii_lowercase))
+    }
+
+    #[test]
+    fn host_normalisation_matches_reference() {
+        let alphabet: &[u8] = b"aZ09.-_:[]f: \t\x01\xc3\xa9/";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut inputs: Vec<Vec<u8>> = vec![
+            b"a..".to_vec(),
+            b"..".to_vec(),
+            b"A.B.".to_vec(),
+            b"[::1]:80".to_vec(),
+            vec![b'A'; 70],
+            vec![b'a'; MAX_HOST_LEN + 1],
+        ];
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            inputs.push(
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for raw in inputs {
+            let want = reference_normalize_host(&raw);
+            let got = match normalize_host(&raw) {
+                Host::Missing => None,
+                Host::Invalid => Some(None),
+                Host::Name(n) => Some(Some(n.as_str().to_string())),
+            };
+            assert_eq!(got, want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_host_reuses_the_host_only_when_it_is_its_normalisation() {
+        let r = one_request(
+            b"GET / HTTP/1.1\r\nHost: A.test:80\r\nX-Forwarded-Host: A.test:80\r\n\r\n",
+        );
+        assert_eq!(r.host, Host::Name("a.test".into()));
+        assert_eq!(r.forwarded_host, Host::Name("a.test".into()));
+        // Conflicting Host headers make the Host invalid, not the forwarded one.
+        let r = one_request(
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nX-Forwarded-Host: b.test\r\n\r\n",
+        );
+        assert_eq!(r.host, Host::Invalid);
+        assert_eq!(r.forwarded_host, Host::Name("b.test".into()));
+        let r = one_request(
+            b"GET / HTTP/1.1\r\nX-Forwarded-Host: c.test, d.test\r\nHost: a.test\r\n\r\n",
+        );
+        assert_eq!(r.forwarded_host, Host::Name("c.test".into()));
+        // Long names go to the heap and still compare by value.
+        let long = format!("{}.test", "x".repeat(100));
+        let r = one_request(format!("GET / HTTP/1.1\r\nHost: {long}\r\n\r\n").as_bytes());
+        assert_eq!(r.host.name(), Some(long.as_str()));
+        assert_eq!(r.host, Host::Name(long.as_str().into()));
+    }
+
+    #[test]
+    fn inline_values_cut_at_character_boundaries() {
+        let v = InlineStr::<4>::cut("ab\u{e9}".as_bytes());
+        assert_eq!(v.as_str(), "ab\u{e9}");
+        // A multi-byte character across the limit is dropped, not split.
+        let v = InlineStr::<3>::cut("ab\u{e9}".as_bytes());
+        assert_eq!(v.as_str(), "ab");
+        let v = InlineStr::<8>::cut(b"ok\xff\xfe");
+        assert_eq!(v.as_str(), "ok");
+        let b = InlineBytes::<4>::cut(b"404 page");
+        assert_eq!(b, b"404 ");
+        let mut l = HeaderList::new();
+        for _ in 0..MAX_HEADERS + 3 {
+            l.push(HeaderId::Date);
+        }
+        assert_eq!(l.len(), MAX_HEADERS);
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The post-sensor stages strung together: events in, metrics out.
 //!
 //! `handle` runs one event through flows → classify → replica attribution → aggregation;
-//! `tick` does the time-based housekeeping. Both are synchronous and cheap; the agent calls
-//! them from the task that drains the sensor's channel. Timestamps, including `tick`'s
-//! `now_ns`, are CLOCK_MONOTONIC nanoseconds, the clock of the kernel's event timestamps.
+//! `tick` does the time-based housekeeping. Both are synchronous and cheap (`handle` is a
+//! few thousand instructions per event and allocates nothing on the common path:
+//! `pipeline_bench` in the test bed measures it); the agent calls them from the task that
+//! drains the sensor's channel. Timestamps, including `tick`'s `now_ns`, are
+//! CLOCK_MONOTONIC nanoseconds, the clock of the kernel's event timestamps.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 use crate::aggregate::Aggregator;
 use crate::classify::{Classifier, ClassifyStats, Observation};
@@ -14,7 +19,7 @@ use crate::discovery::TargetSet;
 use crate::event::{Event, EventKind};
 use crate::flows::{FlowConfig, FlowEvent, FlowStats, Flows};
 use crate::http::ParseError;
-use crate::metrics::{KindLabels, LegLabels, Metrics, ReasonLabels};
+use crate::metrics::{KindLabels, LegLabels, Metrics, PipelineMetrics, ReasonLabels};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -28,6 +33,10 @@ pub struct PipelineConfig {
     pub max_pending_per_conn: usize,
     /// How long a replica's series stay after it left the target set.
     pub series_grace: Duration,
+    /// Whether the sensor reports upstream responses (Traefik reading a backend's answer).
+    /// Off by default, like the sensor: upstream requests then only corroborate, and are
+    /// never counted as unanswered. See [`FlowConfig::upstream_responses`].
+    pub upstream_responses: bool,
 }
 
 impl Default for PipelineConfig {
@@ -40,6 +49,61 @@ impl Default for PipelineConfig {
             max_connections: flows.max_connections,
             max_pending_per_conn: flows.max_pending_per_conn,
             series_grace: Duration::from_secs(600),
+            upstream_responses: flows.upstream_responses,
+        }
+    }
+}
+
+/// Handles of the health counters the stage statistics are synced into, resolved once
+/// instead of through `Family::get_or_create` on every event.
+struct StatCounters {
+    data_events: Counter,
+    closed_events: Counter,
+    upstream_failure_events: Counter,
+    parse_errors: [Counter; ParseError::ALL.len()],
+    unmatched_client: Counter,
+    unmatched_upstream: Counter,
+    unanswered_client: Counter,
+    unanswered_upstream: Counter,
+    evicted_capacity: Counter,
+    evicted_idle: Counter,
+    skipped_after_upgrade: Counter,
+    skipped_continuation: Counter,
+    reused_without_close: Counter,
+    untracked_close: Counter,
+    unseen_upgrade: Counter,
+    interim_response: Counter,
+    upstream_log_full: Counter,
+    dropped_unknown_origin: Counter,
+}
+
+impl StatCounters {
+    fn new(p: &PipelineMetrics) -> Self {
+        fn get<L: Clone + Eq + std::hash::Hash>(f: &Family<L, Counter>, l: L) -> Counter {
+            Counter::clone(&f.get_or_create(&l))
+        }
+        let kind = |k: &'static str| KindLabels { kind: k };
+        let leg = |l: &'static str| LegLabels { leg: l };
+        let reason = |r: &'static str| ReasonLabels { reason: r };
+        StatCounters {
+            data_events: get(&p.events, kind("data")),
+            closed_events: get(&p.events, kind("closed")),
+            upstream_failure_events: get(&p.events, kind("upstream_failure")),
+            parse_errors: ParseError::ALL.map(|e| get(&p.parse_errors, kind(e.kind()))),
+            unmatched_client: get(&p.unmatched_responses, leg("client")),
+            unmatched_upstream: get(&p.unmatched_responses, leg("upstream")),
+            unanswered_client: get(&p.unanswered_requests, leg("client")),
+            unanswered_upstream: get(&p.unanswered_requests, leg("upstream")),
+            evicted_capacity: get(&p.evicted_connections, reason("capacity")),
+            evicted_idle: get(&p.evicted_connections, reason("idle")),
+            skipped_after_upgrade: get(&p.skipped_data, reason("after_upgrade")),
+            skipped_continuation: get(&p.skipped_data, reason("continuation")),
+            reused_without_close: get(&p.connection_anomalies, kind("reused_without_close")),
+            untracked_close: get(&p.connection_anomalies, kind("untracked_close")),
+            unseen_upgrade: get(&p.connection_anomalies, kind("unseen_upgrade")),
+            interim_response: get(&p.connection_anomalies, kind("interim_response")),
+            upstream_log_full: get(&p.connection_anomalies, kind("upstream_log_full")),
+            dropped_unknown_origin: get(&p.dropped_observations, reason("unknown_origin")),
         }
     }
 }
@@ -49,11 +113,13 @@ pub struct Pipeline {
     classifier: Classifier,
     aggregator: Aggregator,
     metrics: Arc<Metrics>,
+    counters: StatCounters,
     flow_buf: Vec<FlowEvent>,
     obs_buf: Vec<Observation>,
     /// Stats already added to the exported counters.
     synced_flows: FlowStats,
     synced_classify: ClassifyStats,
+    synced_connections: Option<usize>,
 }
 
 impl Pipeline {
@@ -63,16 +129,19 @@ impl Pipeline {
             idle_timeout: cfg.idle_timeout,
             max_connections: cfg.max_connections,
             max_pending_per_conn: cfg.max_pending_per_conn,
+            upstream_responses: cfg.upstream_responses,
         });
         Pipeline {
             flows,
             classifier: Classifier::new(),
             aggregator: Aggregator::new(&cfg.known_hosts, cfg.series_grace, metrics.clone()),
+            counters: StatCounters::new(metrics.pipeline()),
             metrics,
             flow_buf: Vec::new(),
             obs_buf: Vec::new(),
             synced_flows: FlowStats::default(),
             synced_classify: ClassifyStats::default(),
+            synced_connections: None,
         }
     }
 
@@ -84,7 +153,7 @@ impl Pipeline {
         // Origins are resolved again when observations are counted, not here: a request
         // read just before discovery caught up with a new replica is still paired with
         // its response.
-        if self.aggregator.resolve(event.origin).is_none() {
+        if !self.aggregator.is_known(event.origin) {
             self.metrics.pipeline().unknown_origin_events.inc();
         }
         if let EventKind::Data { bytes, .. } = &event.kind {
@@ -96,13 +165,7 @@ impl Pipeline {
         }
         for obs in self.obs_buf.drain(..) {
             if !self.aggregator.record(&obs) {
-                self.metrics
-                    .pipeline()
-                    .dropped_observations
-                    .get_or_create(&ReasonLabels {
-                        reason: "unknown_origin",
-                    })
-                    .inc();
+                self.counters.dropped_unknown_origin.inc();
             }
         }
         self.sync_stats();
@@ -126,67 +189,54 @@ impl Pipeline {
     /// Add what the stage counters gained since the last call to the exported counters.
     fn sync_stats(&mut self) {
         let p = self.metrics.pipeline();
-        let now = *self.flows.stats();
-        let was = self.synced_flows;
+        let c = &self.counters;
+        // By reference: the stats are a few hundred bytes and this runs for every event.
+        let now = self.flows.stats();
+        let was = &self.synced_flows;
         if now != was {
-            let kind = |k: &'static str| KindLabels { kind: k };
-            let leg = |l: &'static str| LegLabels { leg: l };
-            let reason = |r: &'static str| ReasonLabels { reason: r };
-            let add = |c: &prometheus_client::metrics::counter::Counter, new: u64, old: u64| {
+            let add = |c: &Counter, new: u64, old: u64| {
                 if new > old {
                     c.inc_by(new - old);
                 }
             };
+            add(&c.data_events, now.data_events, was.data_events);
+            add(&c.closed_events, now.closed_events, was.closed_events);
             add(
-                &p.events.get_or_create(&kind("data")),
-                now.data_events,
-                was.data_events,
-            );
-            add(
-                &p.events.get_or_create(&kind("closed")),
-                now.closed_events,
-                was.closed_events,
-            );
-            add(
-                &p.events.get_or_create(&kind("upstream_failure")),
+                &c.upstream_failure_events,
                 now.upstream_failure_events,
                 was.upstream_failure_events,
             );
-            for (i, e) in ParseError::ALL.iter().enumerate() {
-                add(
-                    &p.parse_errors.get_or_create(&kind(e.kind())),
-                    now.parse_errors[i],
-                    was.parse_errors[i],
-                );
+            for (i, counter) in c.parse_errors.iter().enumerate() {
+                add(counter, now.parse_errors[i], was.parse_errors[i]);
             }
             add(&p.truncated_heads, now.truncated_heads, was.truncated_heads);
             add(
-                &p.unmatched_responses.get_or_create(&leg("client")),
+                &c.unmatched_client,
                 now.unmatched_client_responses,
                 was.unmatched_client_responses,
             );
             add(
-                &p.unmatched_responses.get_or_create(&leg("upstream")),
+                &c.unmatched_upstream,
                 now.unmatched_upstream_responses,
                 was.unmatched_upstream_responses,
             );
             add(
-                &p.unanswered_requests.get_or_create(&leg("client")),
+                &c.unanswered_client,
                 now.unanswered_client_requests,
                 was.unanswered_client_requests,
             );
             add(
-                &p.unanswered_requests.get_or_create(&leg("upstream")),
+                &c.unanswered_upstream,
                 now.unanswered_upstream_requests,
                 was.unanswered_upstream_requests,
             );
             add(
-                &p.evicted_connections.get_or_create(&reason("capacity")),
+                &c.evicted_capacity,
                 now.evicted_connections,
                 was.evicted_connections,
             );
             add(
-                &p.evicted_connections.get_or_create(&reason("idle")),
+                &c.evicted_idle,
                 now.expired_connections,
                 was.expired_connections,
             );
@@ -196,42 +246,38 @@ impl Pipeline {
                 was.pending_overflow,
             );
             add(
-                &p.skipped_data.get_or_create(&reason("after_upgrade")),
+                &c.skipped_after_upgrade,
                 now.ignored_after_upgrade,
                 was.ignored_after_upgrade,
             );
             add(
-                &p.skipped_data.get_or_create(&reason("continuation")),
+                &c.skipped_continuation,
                 now.continuations,
                 was.continuations,
             );
-            for (k, new, old) in [
-                (
-                    "reused_without_close",
-                    now.reused_without_close,
-                    was.reused_without_close,
-                ),
-                (
-                    "untracked_close",
-                    now.untracked_closes,
-                    was.untracked_closes,
-                ),
-                ("unseen_upgrade", now.unseen_upgrades, was.unseen_upgrades),
-                (
-                    "interim_response",
-                    now.interim_responses,
-                    was.interim_responses,
-                ),
-                (
-                    "upstream_log_full",
-                    now.upstream_log_full,
-                    was.upstream_log_full,
-                ),
-            ] {
-                add(&p.connection_anomalies.get_or_create(&kind(k)), new, old);
-            }
+            add(
+                &c.reused_without_close,
+                now.reused_without_close,
+                was.reused_without_close,
+            );
+            add(
+                &c.untracked_close,
+                now.untracked_closes,
+                was.untracked_closes,
+            );
+            add(&c.unseen_upgrade, now.unseen_upgrades, was.unseen_upgrades);
+            add(
+                &c.interim_response,
+                now.interim_responses,
+                was.interim_responses,
+            );
+            add(
+                &c.upstream_log_full,
+                now.upstream_log_full,
+                was.upstream_log_full,
+            );
             add(&p.invalid_hosts, now.invalid_hosts, was.invalid_hosts);
-            self.synced_flows = now;
+            self.synced_flows = *now;
         }
         let now_c = *self.classifier.stats();
         let was_c = self.synced_classify;
@@ -246,7 +292,10 @@ impl Pipeline {
             }
             self.synced_classify = now_c;
         }
-        p.connections
-            .set(i64::try_from(self.flows.connections()).unwrap_or(i64::MAX));
+        let conns = self.flows.connections();
+        if self.synced_connections != Some(conns) {
+            p.connections.set(i64::try_from(conns).unwrap_or(i64::MAX));
+            self.synced_connections = Some(conns);
+        }
     }
 }
