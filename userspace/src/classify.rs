@@ -128,7 +128,7 @@ pub fn router_miss_signature(r: &ResponseHead) -> Signature {
     };
     if r.status != 404
         || r.truncated
-        || r.reason != "Not Found"
+        || r.reason.as_str() != "Not Found"
         || !headers_match
         // Compared as bytes: no UTF-8 check on the per-response path.
         || r.content_type.as_ref().map(|v| v.as_bytes())
@@ -139,7 +139,7 @@ pub fn router_miss_signature(r: &ResponseHead) -> Signature {
     {
         return Signature::NoMatch;
     }
-    if r.body_prefix == ROUTER_MISS_BODY {
+    if r.body_prefix.as_slice() == ROUTER_MISS_BODY {
         Signature::Full
     } else if ROUTER_MISS_BODY.starts_with(&r.body_prefix) {
         Signature::HeadersOnly

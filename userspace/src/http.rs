@@ -224,222 +224,40 @@ impl std::fmt::Display for HostName {
     }
 }
 
-/// A string of at most `N` bytes (N < 256) stored inline: the short header values and the
-/// reason phrase a response keeps, without allocating.
-#[derive(Clone, Copy)]
-pub struct InlineStr<const N: usize> {
-    len: u8,
-    buf: [u8; N],
-}
+/// Short header values and the reason phrase a response keeps, inline: no allocation per
+/// parsed response.
+pub type InlineStr<const N: usize> = arrayvec::ArrayString<N>;
 
-impl<const N: usize> InlineStr<N> {
-    /// The longest prefix of `value` that fits and is UTF-8 (header values are bytes; a
-    /// non-UTF-8 tail is dropped, which no comparison with the ASCII signatures can miss).
-    pub fn cut(value: &[u8]) -> Self {
-        let mut v = &value[..value.len().min(N).min(usize::from(u8::MAX))];
-        // Header values are nearly always ASCII, which is cheaper to check than UTF-8.
-        if !v.is_ascii() {
-            if let Err(e) = std::str::from_utf8(v) {
-                v = &v[..e.valid_up_to()];
-            }
-        }
-        let mut buf = [0u8; N];
-        buf[..v.len()].copy_from_slice(v);
-        InlineStr {
-            len: v.len() as u8,
-            buf,
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        // `cut` only stores whole UTF-8 sequences.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
-    }
-
-    /// The bytes, without the UTF-8 check [`as_str`](Self::as_str) makes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-}
-
-impl<const N: usize> Default for InlineStr<N> {
-    fn default() -> Self {
-        InlineStr {
-            len: 0,
-            buf: [0; N],
-        }
-    }
-}
-
-impl<const N: usize> std::ops::Deref for InlineStr<N> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl<const N: usize> PartialEq for InlineStr<N> {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl<const N: usize> Eq for InlineStr<N> {}
-
-impl<const N: usize> PartialEq<str> for InlineStr<N> {
-    fn eq(&self, other: &str) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl<const N: usize> PartialEq<&str> for InlineStr<N> {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl<const N: usize> std::fmt::Debug for InlineStr<N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-/// Up to `N` bytes (N < 256) stored inline: the captured start of a response body.
-#[derive(Clone, Copy)]
-pub struct InlineBytes<const N: usize> {
-    len: u8,
-    buf: [u8; N],
-}
-
-impl<const N: usize> InlineBytes<N> {
-    /// The first `N` bytes of `b`.
-    pub fn cut(b: &[u8]) -> Self {
-        let n = b.len().min(N).min(usize::from(u8::MAX));
-        let mut buf = [0u8; N];
-        buf[..n].copy_from_slice(&b[..n]);
-        InlineBytes { len: n as u8, buf }
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-}
-
-impl<const N: usize> Default for InlineBytes<N> {
-    fn default() -> Self {
-        InlineBytes {
-            len: 0,
-            buf: [0; N],
-        }
-    }
-}
-
-impl<const N: usize> std::ops::Deref for InlineBytes<N> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl<const N: usize> PartialEq for InlineBytes<N> {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl<const N: usize> Eq for InlineBytes<N> {}
-
-impl<const N: usize> PartialEq<[u8]> for InlineBytes<N> {
-    fn eq(&self, other: &[u8]) -> bool {
-        self.as_slice() == other
-    }
-}
-
-impl<const N: usize> PartialEq<&[u8]> for InlineBytes<N> {
-    fn eq(&self, other: &&[u8]) -> bool {
-        self.as_slice() == *other
-    }
-}
-
-impl<const N: usize, const M: usize> PartialEq<&[u8; M]> for InlineBytes<N> {
-    fn eq(&self, other: &&[u8; M]) -> bool {
-        self.as_slice() == &other[..]
-    }
-}
-
-impl<const N: usize> std::fmt::Debug for InlineBytes<N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_slice(), f)
-    }
-}
+/// The captured start of a response body, inline.
+pub type InlineBytes<const N: usize> = arrayvec::ArrayVec<u8, N>;
 
 /// Response header names in wire order, inline (at most [`MAX_HEADERS`], which is all the
 /// parser accepts).
-#[derive(Clone, Copy)]
-pub struct HeaderList {
-    len: u8,
-    ids: [HeaderId; MAX_HEADERS],
-}
+pub type HeaderList = arrayvec::ArrayVec<HeaderId, MAX_HEADERS>;
 
-impl HeaderList {
-    pub fn new() -> Self {
-        HeaderList {
-            len: 0,
-            ids: [HeaderId::Other; MAX_HEADERS],
+/// The longest prefix of `value` that fits in `N` bytes and is UTF-8 (header values are
+/// bytes; a non-UTF-8 tail is dropped, which no comparison with the ASCII signatures can
+/// miss).
+pub fn cut_str<const N: usize>(value: &[u8]) -> InlineStr<N> {
+    let mut v = &value[..value.len().min(N)];
+    // Header values are nearly always ASCII, which is cheaper to check than UTF-8.
+    if !v.is_ascii() {
+        if let Err(e) = std::str::from_utf8(v) {
+            v = &v[..e.valid_up_to()];
         }
     }
-
-    /// Appends `id`; a list that is full stays as it is (the parser never hands over more
-    /// than [`MAX_HEADERS`]).
-    pub fn push(&mut self, id: HeaderId) {
-        if let Some(slot) = self.ids.get_mut(usize::from(self.len)) {
-            *slot = id;
-            self.len += 1;
-        }
-    }
-
-    pub fn as_slice(&self) -> &[HeaderId] {
-        &self.ids[..usize::from(self.len)]
-    }
+    let mut out = InlineStr::new();
+    // Cannot fail: `v` is valid UTF-8 of at most N bytes.
+    let _ = out.try_push_str(std::str::from_utf8(v).unwrap_or_default());
+    out
 }
 
-impl Default for HeaderList {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl std::ops::Deref for HeaderList {
-    type Target = [HeaderId];
-    fn deref(&self) -> &[HeaderId] {
-        self.as_slice()
-    }
-}
-
-impl PartialEq for HeaderList {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for HeaderList {}
-
-impl PartialEq<Vec<HeaderId>> for HeaderList {
-    fn eq(&self, other: &Vec<HeaderId>) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl PartialEq<[HeaderId]> for HeaderList {
-    fn eq(&self, other: &[HeaderId]) -> bool {
-        self.as_slice() == other
-    }
-}
-
-impl std::fmt::Debug for HeaderList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_slice(), f)
-    }
+/// The first `N` bytes of `b`.
+pub fn cut_bytes<const N: usize>(b: &[u8]) -> InlineBytes<N> {
+    let mut out = InlineBytes::new();
+    // Cannot fail: at most N bytes.
+    let _ = out.try_extend_from_slice(&b[..b.len().min(N)]);
+    out
 }
 
 /// A request's Host, normalised so that it can be compared with configured host names.
@@ -883,7 +701,7 @@ fn parse_inner(
         if let Message::Response(r) = &mut msg {
             let want = body_len.unwrap_or(0).min(MAX_BODY_PREFIX as u64) as usize;
             let avail = captured - body_start;
-            r.body_prefix = InlineBytes::cut(&bytes[body_start..body_start + want.min(avail)]);
+            r.body_prefix = cut_bytes(&bytes[body_start..body_start + want.min(avail)]);
         }
         let switched = matches!(&msg, Message::Response(r) if r.status == 101);
         messages.push(msg);
@@ -1213,13 +1031,13 @@ fn status_line_only(buf: &[u8]) -> Result<ResponseHead, ParseError> {
     Ok(ResponseHead {
         version,
         status,
-        reason: InlineStr::default(),
+        reason: InlineStr::new(),
         headers: HeaderList::new(),
         content_type: None,
         x_content_type_options: None,
         content_length: None,
         chunked: false,
-        body_prefix: InlineBytes::default(),
+        body_prefix: InlineBytes::new(),
         truncated: true,
     })
 }
@@ -1234,24 +1052,25 @@ fn response_from(
     let mut out = ResponseHead {
         version,
         status,
-        reason: InlineStr::cut(reason.as_bytes()),
+        reason: cut_str(reason.as_bytes()),
         headers: HeaderList::new(),
         content_type: None,
         x_content_type_options: None,
         content_length: None,
         chunked: false,
-        body_prefix: InlineBytes::default(),
+        body_prefix: InlineBytes::new(),
         truncated,
     };
     for h in resp.headers.iter() {
         let id = HeaderId::from_name(h.name);
-        out.headers.push(id);
+        // The parser never hands over more than MAX_HEADERS.
+        let _ = out.headers.try_push(id);
         match id {
             HeaderId::ContentType if out.content_type.is_none() => {
-                out.content_type = Some(InlineStr::cut(h.value));
+                out.content_type = Some(cut_str(h.value));
             }
             HeaderId::XContentTypeOptions if out.x_content_type_options.is_none() => {
-                out.x_content_type_options = Some(InlineStr::cut(h.value));
+                out.x_content_type_options = Some(cut_str(h.value));
             }
             HeaderId::ContentLength => {
                 out.content_length = parse_content_length(h.value, out.content_length)?;
@@ -1306,15 +1125,15 @@ mod tests {
         let r = one_response(&fixture("traefik_router_miss_404_keepalive.bin"));
         assert_eq!(r.status, 404);
         assert_eq!(r.version, Version::Http11);
-        assert_eq!(r.reason, "Not Found");
+        assert_eq!(r.reason.as_str(), "Not Found");
         assert_eq!(
-            r.headers,
-            vec![ContentType, XContentTypeOptions, Date, ContentLength]
+            r.headers.as_slice(),
+            [ContentType, XContentTypeOptions, Date, ContentLength]
         );
         assert_eq!(r.content_type.as_deref(), Some("text/plain; charset=utf-8"));
         assert_eq!(r.x_content_type_options.as_deref(), Some("nosniff"));
         assert_eq!(r.content_length, Some(19));
-        assert_eq!(r.body_prefix, b"404 page not found\n");
+        assert_eq!(r.body_prefix.as_slice(), b"404 page not found\n");
         assert!(!r.truncated);
     }
 
@@ -1322,8 +1141,8 @@ mod tests {
     fn relayed_404s_have_sorted_headers() {
         let r = one_response(&fixture("traefik_relayed_go_notfound_404.bin"));
         assert_eq!(
-            r.headers,
-            vec![
+            r.headers.as_slice(),
+            [
                 ContentLength,
                 ContentType,
                 Date,
@@ -1333,10 +1152,10 @@ mod tests {
         );
         let r = one_response(&fixture("traefik_relayed_backend_404.bin"));
         assert_eq!(
-            r.headers,
-            vec![ContentLength, ContentType, Date, Connection]
+            r.headers.as_slice(),
+            [ContentLength, ContentType, Date, Connection]
         );
-        assert_eq!(r.body_prefix, br#"{"error":"no such item"}"#);
+        assert_eq!(r.body_prefix.as_slice(), br#"{"error":"no such item"}"#);
     }
 
     #[test]
@@ -1485,7 +1304,7 @@ mod tests {
         let resp = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Cont";
         let r = one_response(resp);
         assert!(r.truncated);
-        assert_eq!(r.headers, vec![ContentType]);
+        assert_eq!(r.headers.as_slice(), [ContentType]);
         let r = one_response(b"HTTP/1.1 404 No");
         assert_eq!(r.status, 404);
         assert!(r.truncated);
@@ -1719,20 +1538,15 @@ mod tests {
 
     #[test]
     fn inline_values_cut_at_character_boundaries() {
-        let v = InlineStr::<4>::cut("ab\u{e9}".as_bytes());
+        let v = cut_str::<4>("ab\u{e9}".as_bytes());
         assert_eq!(v.as_str(), "ab\u{e9}");
         // A multi-byte character across the limit is dropped, not split.
-        let v = InlineStr::<3>::cut("ab\u{e9}".as_bytes());
+        let v = cut_str::<3>("ab\u{e9}".as_bytes());
         assert_eq!(v.as_str(), "ab");
-        let v = InlineStr::<8>::cut(b"ok\xff\xfe");
+        let v = cut_str::<8>(b"ok\xff\xfe");
         assert_eq!(v.as_str(), "ok");
-        let b = InlineBytes::<4>::cut(b"404 page");
-        assert_eq!(b, b"404 ");
-        let mut l = HeaderList::new();
-        for _ in 0..MAX_HEADERS + 3 {
-            l.push(HeaderId::Date);
-        }
-        assert_eq!(l.len(), MAX_HEADERS);
+        let b = cut_bytes::<4>(b"404 page");
+        assert_eq!(b.as_slice(), b"404 ");
     }
 
     #[test]

@@ -199,25 +199,28 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
     )
 }
 
+/// `cargo run` of one of the test bed's programs, pointed at the built artefacts.
+fn testbed_program(bin: &str, release: bool, args: &[String], built: &Built) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "routeskew-testbed", "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.arg("--").args(args);
+    with_env(&mut cmd, built);
+    cmd
+}
+
 pub fn demo(seconds: u64) -> Result<()> {
     require_root("demo")?;
     let built = build(false, true)?;
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "-p",
-        "routeskew-testbed",
-        "--bin",
-        "demo",
-        "--",
-    ]);
-    if seconds > 0 {
-        cmd.args(["--seconds", &seconds.to_string()]);
-    }
-    with_env(&mut cmd, &built);
+    let args = if seconds > 0 {
+        vec!["--seconds".to_string(), seconds.to_string()]
+    } else {
+        Vec::new()
+    };
     run(
-        cmd,
+        testbed_program("demo", false, &args, &built),
         "demo: three Traefik replicas, one missing a router, and the agent",
     )
 }
@@ -225,23 +228,23 @@ pub fn demo(seconds: u64) -> Result<()> {
 pub fn bench(rounds: u32, duration: u32) -> Result<()> {
     require_root("bench")?;
     let built = build(true, true)?;
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "routeskew-testbed",
-        "--bin",
-        "bench",
-        "--",
-        "--rounds",
-        &rounds.to_string(),
-        "--duration",
-        &duration.to_string(),
-    ]);
-    with_env(&mut cmd, &built);
-    run(cmd, "bench: Traefik under wrk, without and with the agent")
+    // callgrind gives the pipeline's instructions per event, a number the machine's
+    // noise does not move.
+    prereqs::ensure_debian_packages(&[("valgrind", "valgrind")])?;
+    let args = [
+        "--rounds".to_string(),
+        rounds.to_string(),
+        "--duration".to_string(),
+        duration.to_string(),
+    ];
+    run(
+        testbed_program("bench", true, &args, &built),
+        "bench: Traefik under wrk, without and with the agent",
+    )?;
+    run(
+        testbed_program("pipeline_bench", true, &[], &built),
+        "pipeline_bench: userspace cost per event (canned events from the golden fixtures)",
+    )
 }
 
 #[cfg(test)]
