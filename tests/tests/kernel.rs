@@ -26,7 +26,7 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use routeskew::{
     event::{Direction, Event, EventKind, Origin, UpstreamFailureReason},
-    sensor::{Sensor, SensorConfig},
+    sensor::{DataHooks, DataPath, Sensor, SensorConfig},
 };
 use tokio::sync::mpsc;
 
@@ -150,6 +150,89 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Which data hooks a test runs on. This kernel (6.18, BTF) supports all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    /// The socket tracepoints (the default).
+    Sock,
+    /// `raw_tracepoint/sys_exit` + `syscalls/sys_enter_close` (kernels before 6.3).
+    Raw,
+    /// The classic `syscalls/*` fallback without any BTF use.
+    Classic,
+}
+
+impl Capture {
+    fn hooks(self) -> DataHooks {
+        match self {
+            Capture::Sock => DataHooks::Auto,
+            Capture::Raw => DataHooks::RawSysExit,
+            Capture::Classic => DataHooks::Classic,
+        }
+    }
+
+    fn path(self) -> DataPath {
+        match self {
+            Capture::Sock => DataPath::SockTracepoints,
+            Capture::Raw => DataPath::RawSysExit,
+            Capture::Classic => DataPath::Classic,
+        }
+    }
+
+    /// Data hooks of better paths, listed as not attached with the reason.
+    fn skipped(self) -> &'static [&'static str] {
+        match self {
+            Capture::Sock => &[],
+            Capture::Raw => &[SOCK_HOOKS[0], SOCK_HOOKS[1]],
+            Capture::Classic => &[SOCK_HOOKS[0], SOCK_HOOKS[1], RAW_HOOK],
+        }
+    }
+}
+
+/// The sensor runs the path `requested` implies and every hook of that path is
+/// attached; better paths' hooks are listed as not attached, with the reason.
+fn check_hooks(sensor: &Sensor, requested: Capture) -> Result<()> {
+    let hooks = sensor.hooks();
+    ensure!(
+        sensor.data_path() == requested.path(),
+        "{requested:?} requested, {:?} in use: {hooks:#?}",
+        sensor.data_path()
+    );
+    for name in requested.skipped() {
+        let h = hooks
+            .iter()
+            .find(|h| h.name == *name)
+            .with_context(|| format!("{name} is not listed: {hooks:#?}"))?;
+        ensure!(
+            !h.attached
+                && h.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("by configuration")),
+            "{h:#?}"
+        );
+    }
+    let classic_data = hooks
+        .iter()
+        .any(|h| h.name.starts_with("syscalls/sys_exit_"));
+    ensure!(
+        classic_data == (requested == Capture::Classic),
+        "classic data tracepoints on the {requested:?} path: {hooks:#?}"
+    );
+    let enter_close = hooks.iter().any(|h| h.name == "syscalls/sys_enter_close");
+    ensure!(
+        enter_close == (requested != Capture::Sock),
+        "sys_enter_close on the {requested:?} path: {hooks:#?}"
+    );
+    let failed: Vec<_> = hooks
+        .iter()
+        .filter(|h| !h.attached && !requested.skipped().contains(&h.name.as_str()))
+        .collect();
+    ensure!(
+        failed.is_empty(),
+        "hooks not attached on this kernel: {failed:#?}"
+    );
+    Ok(())
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Placement {
     InCgroup,
@@ -180,22 +263,52 @@ struct Bench {
     cgroup: TestCgroup,
 }
 
+/// Hook names in `Sensor::hooks()`.
+const RAW_HOOK: &str = "raw_tracepoint/sys_exit";
+const SOCK_HOOKS: [&str; 2] = [
+    "raw_tracepoint/sock_send_length",
+    "raw_tracepoint/sock_recv_length",
+];
+
 impl Bench {
+    /// The default sensor: socket tracepoints, upstream responses not reported.
     async fn new(tag: &str) -> Result<Self> {
-        init_tracing();
+        Self::with(tag, Capture::Sock, false).await
+    }
+
+    /// Every message both ways, as the pipeline saw them before upstream responses were
+    /// left out by default.
+    async fn everything(tag: &str, path: Capture) -> Result<Self> {
+        Self::with(tag, path, true).await
+    }
+
+    async fn with(tag: &str, path: Capture, upstream_responses: bool) -> Result<Self> {
         let object = preflight()?;
+        Self::start(
+            tag,
+            SensorConfig {
+                object: Some(object),
+                upstream_responses,
+                data_hooks: path.hooks(),
+                ..SensorConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts `cfg` (which must use the object under test) and checks that the requested
+    /// path is the one running, with every hook of that path attached.
+    async fn start(tag: &str, cfg: SensorConfig) -> Result<Self> {
+        init_tracing();
         let cgroup = TestCgroup::new(tag)?;
         let (tx, rx) = mpsc::channel(4096);
-        let cfg = SensorConfig {
-            object: Some(object),
-            ..SensorConfig::default()
-        };
         let mut sensor = Sensor::start(&cfg, tx).context("starting the sensor")?;
-        let failed: Vec<_> = sensor.hooks().iter().filter(|h| !h.attached).collect();
-        ensure!(
-            failed.is_empty(),
-            "hooks not attached on this kernel: {failed:#?}"
-        );
+        let requested = match cfg.data_hooks {
+            DataHooks::Auto => Capture::Sock,
+            DataHooks::RawSysExit => Capture::Raw,
+            DataHooks::Classic => Capture::Classic,
+        };
+        check_hooks(&sensor, requested)?;
         sensor.set_watched_cgroups(&[cgroup.id])?;
         Ok(Bench { sensor, rx, cgroup })
     }
@@ -351,15 +464,14 @@ fn assert_events(got: &[(Origin, EventKind)], want: &[(Origin, EventKind)]) {
 // Tests
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn captures_request_response_and_close() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let mut bench = Bench::new("http").await?;
+/// One exchange with every message reported: client side read(2)/write(2), server side
+/// std's recvfrom/sendto, then both closes.
+async fn request_response_and_close(path: Capture) -> Result<()> {
+    let mut bench = Bench::everything("http", path).await?;
     let run = bench.run_helper("http", Placement::InCgroup, false)?;
     let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
     let o = bench.origin(run.pid);
     let got = bench.drain().await;
-    // Client side uses read(2)/write(2), server side std's recvfrom/sendto.
     assert_events(
         &got,
         &[
@@ -372,6 +484,7 @@ async fn captures_request_response_and_close() -> Result<()> {
         ],
     );
 
+    // Counters keep one slot per syscall on both paths.
     let totals = bench.sensor.totals()?;
     let emitted = |name: &str| {
         totals
@@ -383,9 +496,16 @@ async fn captures_request_response_and_close() -> Result<()> {
     assert_eq!(emitted("sys_exit_read"), 1);
     assert_eq!(emitted("sys_exit_recvfrom"), 1);
     assert_eq!(emitted("sys_exit_sendto"), 1);
-    assert_eq!(emitted("sys_enter_close"), 2);
+    // The socket path reports the end of a captured socket from inet_sock_set_state.
+    let closes = match path {
+        Capture::Sock => "inet_sock_set_state",
+        Capture::Raw | Capture::Classic => "sys_enter_close",
+    };
+    assert_eq!(emitted(closes), 2);
     assert!(
-        totals.iter().all(|t| t.lost == 0 && t.map_full == 0),
+        totals
+            .iter()
+            .all(|t| t.lost == 0 && t.map_full == 0 && t.read_failures == 0),
         "{totals:?}"
     );
     assert_eq!(bench.sensor.decode_errors(), 0);
@@ -393,57 +513,234 @@ async fn captures_request_response_and_close() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_request_response_and_close() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    request_response_and_close(Capture::Sock).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sys_exit_captures_request_response_and_close() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    request_response_and_close(Capture::Raw).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_fallback_captures_request_response_and_close() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    request_response_and_close(Capture::Classic).await
+}
+
+/// By default a response a watched process *reads* (an upstream's answer) is not
+/// reported; requests both ways and responses it writes are.
+async fn upstream_responses_left_out(path: Capture) -> Result<()> {
+    let mut bench = Bench::with("noupresp", path, false).await?;
+    let run = bench.run_helper("http", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_responses_are_not_reported_by_default() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    upstream_responses_left_out(Capture::Sock).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sys_exit_leaves_out_upstream_responses() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    upstream_responses_left_out(Capture::Raw).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_fallback_leaves_out_upstream_responses() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    upstream_responses_left_out(Capture::Classic).await
+}
+
+/// The copied prefix is `capture_len` bytes. From 16 bytes up the kernel copies first and
+/// judges the copy; below that it reads the head on its own first: both ways give the
+/// same events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_len_limits_the_copied_prefix() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let object = preflight()?;
-    let cgroup = TestCgroup::new("caplen")?;
-    let (tx, rx) = mpsc::channel(64);
+    for capture_len in [16u32, 8] {
+        let cfg = SensorConfig {
+            object: Some(object.clone()),
+            capture_len,
+            ring_buffer_bytes: 1 << 16,
+            upstream_responses: true,
+            ..SensorConfig::default()
+        };
+        let mut bench = Bench::start("caplen", cfg).await?;
+        let run = bench.run_helper("http", Placement::InCgroup, false)?;
+        let c: u32 = run.get("client_fd")?;
+        let got = bench.drain().await;
+        let first = got.first().map(|(_, k)| k.clone());
+        assert_eq!(
+            first,
+            Some(EventKind::Data {
+                fd: c,
+                direction: Direction::Write,
+                total_len: REQUEST.len() as u64,
+                bytes: bytes::Bytes::copy_from_slice(&REQUEST[..capture_len as usize]),
+            }),
+            "capture_len {capture_len}: {}",
+            show(&got)
+        );
+        assert_eq!(got.len(), 6, "capture_len {capture_len}: {}", show(&got));
+    }
+    Ok(())
+}
+
+/// With a prefix too short to hold a status code, a 101 is still recognised (from a
+/// separate read of the head) and the connection's frames are not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_capture_still_sees_upgrades() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let object = preflight()?;
     let cfg = SensorConfig {
         object: Some(object),
-        capture_len: 16,
-        ring_buffer_bytes: 1 << 16,
+        capture_len: 8,
+        ..SensorConfig::default()
     };
-    let mut sensor = Sensor::start(&cfg, tx)?;
-    sensor.set_watched_cgroups(&[cgroup.id])?;
-    let mut bench = Bench { sensor, rx, cgroup };
-    let run = bench.run_helper("http", Placement::InCgroup, false)?;
-    let c: u32 = run.get("client_fd")?;
+    let mut bench = Bench::start("shortcap", cfg).await?;
+    let run = bench.run_helper("upgrade", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
     let got = bench.drain().await;
-    let first = got.first().map(|(_, k)| k.clone());
-    assert_eq!(
-        first,
-        Some(EventKind::Data {
-            fd: c,
-            direction: Direction::Write,
-            total_len: REQUEST.len() as u64,
-            bytes: bytes::Bytes::copy_from_slice(&REQUEST[..16]),
-        }),
-        "{}",
-        show(&got)
+    let head = |fd, direction, msg: &[u8]| EventKind::Data {
+        fd,
+        direction,
+        total_len: msg.len() as u64,
+        bytes: bytes::Bytes::copy_from_slice(&msg[..8]),
+    };
+    assert_events(
+        &got,
+        &[
+            (o, head(c, Direction::Write, UPGRADE_REQUEST)),
+            (o, head(s, Direction::Read, UPGRADE_REQUEST)),
+            (o, head(s, Direction::Write, UPGRADE_RESPONSE)),
+            (o, closed(c, true)),
+            (o, closed(s, true)),
+        ],
     );
-    assert_eq!(got.len(), 6, "{}", show(&got));
+    Ok(())
+}
+
+/// After a 101 the frame-like request and response are absent: the side that wrote the
+/// 101 and the side that read it are both marked upgraded in the kernel, also when the
+/// 101 it read was not reported (`upstream_responses` off).
+async fn upgrade_stops_copying(path: Capture, upstream_responses: bool) -> Result<()> {
+    let mut bench = Bench::with("upgrade", path, upstream_responses).await?;
+    let run = bench.run_helper("upgrade", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    let mut want = vec![
+        (o, data(c, Direction::Write, UPGRADE_REQUEST)),
+        (o, data(s, Direction::Read, UPGRADE_REQUEST)),
+        (o, data(s, Direction::Write, UPGRADE_RESPONSE)),
+    ];
+    if upstream_responses {
+        want.push((o, data(c, Direction::Read, UPGRADE_RESPONSE)));
+    }
+    want.extend([(o, closed(c, true)), (o, closed(s, true))]);
+    assert_events(&got, &want);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_connection_frames_are_not_copied() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut bench = Bench::new("upgrade").await?;
-    let run = bench.run_helper("upgrade", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
+    upgrade_stops_copying(Capture::Sock, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreported_upstream_101_still_stops_copying() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    upgrade_stops_copying(Capture::Sock, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sys_exit_stops_copying_after_an_upgrade() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    upgrade_stops_copying(Capture::Raw, false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_fallback_stops_copying_after_an_upgrade() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    upgrade_stops_copying(Capture::Classic, false).await
+}
+
+/// The kernel wakes the reader only for a backlog of an eighth of the ring; below that,
+/// records wait for the reader's timer. With the timer disabled in practice (one tick at
+/// start, then an hour), a single exchange stays in the ring and a second one, which
+/// crosses the threshold, brings both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakeups_are_batched_until_a_backlog() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let object = preflight()?;
+    // 64 KiB ring: wakeup at 8 KiB. One exchange is four data records of about 1.1 KiB
+    // and two close records.
+    let cfg = SensorConfig {
+        object: Some(object),
+        ring_buffer_bytes: 1 << 16,
+        poll_interval: Duration::from_secs(3600),
+        upstream_responses: true,
+        ..SensorConfig::default()
+    };
+    let mut bench = Bench::start("wakeup", cfg).await?;
+    // Let the timer's immediate first tick pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bench.run_helper("http", Placement::InCgroup, false)?;
+    let early = bench.drain().await;
+    ensure!(
+        early.is_empty(),
+        "records below the wakeup threshold were delivered without a timer tick:\n{}",
+        show(&early)
+    );
+    bench.run_helper("http", Placement::InCgroup, false)?;
     let got = bench.drain().await;
-    // The frame-like request and response after the 101 are absent.
-    assert_events(
-        &got,
-        &[
-            (o, data(c, Direction::Write, UPGRADE_REQUEST)),
-            (o, data(s, Direction::Read, UPGRADE_REQUEST)),
-            (o, data(s, Direction::Write, UPGRADE_RESPONSE)),
-            (o, data(c, Direction::Read, UPGRADE_RESPONSE)),
-            (o, closed(c, true)),
-            (o, closed(s, true)),
-        ],
+    ensure!(got.len() == 12, "{}", show(&got));
+    Ok(())
+}
+
+/// With the default timer, a lone record arrives within a few timer periods although
+/// the kernel never wakes the reader for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_timer_delivers_a_quiet_stream() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("timer").await?;
+    let run = bench.run_helper("refused", Placement::InCgroup, false)?;
+    let port: u16 = run.get("port")?;
+    let started = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(2), bench.rx.recv())
+        .await
+        .context("no event within 2 s")?
+        .context("sensor stopped")?;
+    let waited = started.elapsed();
+    ensure!(
+        matches!(first.kind, EventKind::UpstreamFailure { peer: Some(p), .. } if p.port() == port),
+        "{:?}",
+        first.kind
+    );
+    ensure!(
+        waited < Duration::from_millis(500),
+        "the record took {waited:?} to arrive"
     );
     Ok(())
 }
@@ -481,7 +778,8 @@ async fn process_outside_the_cgroup_produces_nothing() -> Result<()> {
     // the filter's doing.
     bench.run_helper("http", Placement::InCgroup, false)?;
     let got = bench.drain().await;
-    assert_eq!(got.len(), 6, "{}", show(&got));
+    // Five: the response the client reads is an upstream response to the kernel.
+    assert_eq!(got.len(), 5, "{}", show(&got));
     // Unwatching stops it again.
     bench.sensor.set_watched_cgroups(&[])?;
     bench.run_helper("http", Placement::InCgroup, false)?;
@@ -490,10 +788,39 @@ async fn process_outside_the_cgroup_produces_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Up to 16 watched cgroups the kernel scans an array; more go through its hash map.
+/// Both must find the test cgroup, and both must forget it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watched_cgroups_use_the_hash_map() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("many").await?;
+    let id = bench.cgroup.id;
+    // Ids no cgroup has (cgroup ids are inode numbers, far above these).
+    for n in [15u64, 16, 40] {
+        let mut ids: Vec<u64> = (1..=n).collect();
+        ids.push(id);
+        bench.sensor.set_watched_cgroups(&ids)?;
+        bench.run_helper("http", Placement::InCgroup, false)?;
+        let got = bench.drain().await;
+        ensure!(got.len() == 5, "{} other ids: {}", n, show(&got));
+        ids.pop();
+        bench.sensor.set_watched_cgroups(&ids)?;
+        bench.run_helper("http", Placement::InCgroup, false)?;
+        let got = bench.drain().await;
+        ensure!(
+            got.is_empty(),
+            "{} other ids, test cgroup unwatched: {}",
+            n,
+            show(&got)
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_http_bytes_produce_nothing() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut bench = Bench::new("nonhttp").await?;
+    let mut bench = Bench::everything("nonhttp", Capture::Sock).await?;
     let run = bench.run_helper("non_http", Placement::InCgroup, false)?;
     let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
     let o = bench.origin(run.pid);
@@ -556,12 +883,16 @@ async fn starts_from_the_embedded_object() -> Result<()> {
 /// Connects that never get an answer, inside the helper's own network namespace: a veth
 /// whose far end answers nothing swallows the SYNs, and a missing neighbour makes the
 /// kernel send itself ICMP host unreachable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_timeouts_and_unreachable_are_classified() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let mut bench = Bench::new("noanswer").await?;
+///
+/// The application giving up is told from the kernel giving up by whether the socket's
+/// owner is inside close(2): read from its saved registers where the kernel has BTF,
+/// from a mark set at `sys_enter_close` and cleared at `sys_exit_close` on the classic
+/// path.
+async fn connect_failures(path: Capture) -> Result<()> {
+    let mut bench = Bench::with("noanswer", path, false).await?;
     let run = bench.run_helper("no_answer", Placement::InCgroup, true)?;
     let o = bench.origin(run.pid);
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
     let got = bench.drain().await;
     let upstream = |reason, errno, ip: [u8; 4]| {
         (
@@ -578,6 +909,12 @@ async fn connect_timeouts_and_unreachable_are_classified() -> Result<()> {
         &[
             // The application gave up (closed the connecting socket).
             upstream(UpstreamFailureReason::Timeout, 0, [203, 0, 113, 3]),
+            // Written right after giving up, with no TCP state change in between: the
+            // give-up is reported ahead of it only when the close(2) mark worked.
+            // Without it the close would wait in the per-CPU slot for the next
+            // state change (the next connect) and come after this.
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
             // The kernel gave up after its SYN retries.
             upstream(
                 UpstreamFailureReason::Timeout,
@@ -590,9 +927,29 @@ async fn connect_timeouts_and_unreachable_are_classified() -> Result<()> {
                 libc::EHOSTUNREACH,
                 [203, 0, 113, 2],
             ),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
         ],
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeouts_and_unreachable_are_classified() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    connect_failures(Capture::Sock).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sys_exit_classifies_connect_failures() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    connect_failures(Capture::Raw).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_fallback_classifies_connect_failures() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    connect_failures(Capture::Classic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,12 +958,15 @@ async fn dropping_the_sensor_releases_every_kernel_object() -> Result<()> {
     let before = kernel_fds()?;
     let bench = Bench::new("drop").await?;
     let during = kernel_fds()?;
+    let hooks = bench.sensor.hooks().iter().filter(|h| h.attached).count();
+    // The two socket tracepoints and the three TCP tracepoints.
+    assert_eq!(hooks, 5, "{:#?}", bench.sensor.hooks());
     assert!(
-        during.progs >= before.progs + 12,
+        during.progs >= before.progs + hooks,
         "{before:?} -> {during:?}"
     );
     assert!(
-        during.links >= before.links + 12,
+        during.links >= before.links + hooks,
         "{before:?} -> {during:?}"
     );
     assert!(during.maps > before.maps, "{before:?} -> {during:?}");
@@ -829,6 +1189,8 @@ fn scenario_no_answer() -> Result<()> {
     ip("link set rsk-b up")?;
     ip("neigh add 203.0.113.3 lladdr 02:00:00:00:00:03 dev rsk-a nud permanent")?;
     ip("neigh add 203.0.113.4 lladdr 02:00:00:00:00:04 dev rsk-a nud permanent")?;
+    // Connected before step 1 so that writing on it afterwards changes no TCP state.
+    let (client, mut server) = connected_pair()?;
 
     // 1. The application gives up: connect_timeout closes the socket while SYN_SENT.
     let addr = SocketAddr::from(([203, 0, 113, 3], 80));
@@ -836,6 +1198,9 @@ fn scenario_no_answer() -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
         other => bail!("connect to {addr}: expected our timeout, got {other:?}"),
     }
+    raw_write(client.as_raw_fd(), REQUEST)?;
+    // Read, so that closing the server side later sends a FIN, not a reset.
+    std_read_exact(&mut server, REQUEST)?;
 
     // 2. The kernel gives up: one SYN retry, about 3 s.
     // SAFETY: plain socket syscalls on an fd this function owns.
@@ -877,5 +1242,9 @@ fn scenario_no_answer() -> Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EHOSTUNREACH) => {}
         other => bail!("connect to {addr}: expected EHOSTUNREACH, got {other:?}"),
     }
+    let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
+    drop(client);
+    drop(server);
+    println!("RESULT client_fd={cfd} server_fd={sfd}");
     Ok(())
 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::{DiscoveryMode, RunArgs};
+use crate::config::{DataHooksArg, DiscoveryMode, RunArgs};
 use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan};
 use crate::discovery::TargetSet;
 use crate::event::Event;
 use crate::metrics::{self, BuildInfo, Metrics, SensorTotals};
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::sensor::{Sensor, SensorConfig, SensorError};
+use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -80,6 +80,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             object: args.ebpf_object.clone(),
             capture_len: args.capture_bytes,
             ring_buffer_bytes: args.ring_buffer_bytes,
+            poll_interval: args.poll_interval,
+            upstream_responses: args.upstream_responses,
+            data_hooks: match args.data_hooks {
+                DataHooksArg::Auto => DataHooks::Auto,
+                DataHooksArg::RawSysExit => DataHooks::RawSysExit,
+                DataHooksArg::Classic => DataHooks::Classic,
+            },
         },
         tx,
     )?;
@@ -97,6 +104,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             known_hosts: args.hosts.clone(),
             ws_early_close: args.ws_early_close,
             series_grace: args.series_grace,
+            upstream_responses: args.upstream_responses,
             ..PipelineConfig::default()
         },
         metrics.clone(),
@@ -119,6 +127,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
     let mut batch = Vec::with_capacity(BATCH);
+    // One future for the whole loop: recreating it each pass could miss a SIGINT
+    // that arrives between two passes.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
 
     loop {
         tokio::select! {
@@ -151,7 +163,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
                 }
             }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; detaching"); break; }
+            _ = &mut ctrl_c => { tracing::info!("interrupted; detaching"); break; }
             _ = sigterm.recv() => { tracing::info!("terminated; detaching"); break; }
         }
     }

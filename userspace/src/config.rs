@@ -98,6 +98,20 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_RING_BUFFER_BYTES", default_value_t = 8 << 20)]
     pub ring_buffer_bytes: u32,
 
+    /// How often the agent drains the kernel ring buffer. The kernel wakes it early
+    /// only when an eighth of the buffer is waiting, so this bounds event delay.
+    #[arg(long, env = "ROUTESKEW_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "20ms")]
+    pub poll_interval: Duration,
+
+    /// Also capture HTTP responses Traefik reads from its backends (a third more
+    /// records; classification only needs the upstream requests).
+    #[arg(long, env = "ROUTESKEW_UPSTREAM_RESPONSES")]
+    pub upstream_responses: bool,
+
+    /// Which kernel hooks capture socket data: the best available, or a fallback.
+    #[arg(long, env = "ROUTESKEW_DATA_HOOKS", value_enum, default_value_t = DataHooksArg::Auto)]
+    pub data_hooks: DataHooksArg,
+
     /// An upgraded WebSocket connection closed sooner than this counts as an early close.
     #[arg(long, env = "ROUTESKEW_WS_EARLY_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ws_early_close: Duration,
@@ -109,6 +123,17 @@ pub struct RunArgs {
     /// Name of this node (Kubernetes downward API); used in logs.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+}
+
+/// `--data-hooks`: which kernel hooks capture socket data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataHooksArg {
+    /// Socket tracepoints (Linux 6.3+), else the raw `sys_exit` tracepoint, else classic syscall tracepoints.
+    Auto,
+    /// The raw `sys_exit` tracepoint (falls back to the classic ones).
+    RawSysExit,
+    /// Only the classic `syscalls/*` tracepoints; no BTF needed.
+    Classic,
 }
 
 impl RunArgs {

@@ -110,6 +110,20 @@ pub struct UpstreamEvent {
     pub daddr: [u8; 16],
 }
 
+/// Value of the kernel's per-connection map on the socket-tracepoint path, keyed by the
+/// `struct sock` address: the socket's owner and fd, so that its end (seen by
+/// `inet_sock_set_state`, which knows only the socket) can be reported as a close of
+/// that fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockConn {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub fd: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
 /// Value of the kernel's per-connection map, keyed by [`ConnKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,8 +153,21 @@ pub mod program {
     pub const INET_SOCK_SET_STATE: u32 = 9;
     pub const INET_SK_ERROR_REPORT: u32 = 10;
     pub const TCP_RECEIVE_RESET: u32 = 11;
+    /// `syscalls/sys_exit_close`: only attached on the classic-tracepoint fallback path,
+    /// where (without BTF) it ends the "inside close(2)" mark set at `sys_enter_close`.
+    pub const SYS_EXIT_CLOSE: u32 = 12;
+    /// `raw_tracepoint/sys_exit`: the single program that replaces the eight classic
+    /// read/write-family tracepoints. Its records and counters go to the slot of the
+    /// syscall it handled (`SYS_EXIT_READ`, ...); this slot only counts its own failures
+    /// to read the saved user registers.
+    pub const RAW_SYS_EXIT: u32 = 13;
+    /// `raw_tracepoint/sock_recv_length` and `raw_tracepoint/sock_send_length` (kernel
+    /// 6.3 and later): socket I/O only, no syscall tracepoint at all. Records go to the
+    /// slot of the syscall they came from; these slots count the programs' own failures.
+    pub const SOCK_RECV: u32 = 14;
+    pub const SOCK_SEND: u32 = 15;
     /// Number of slots; size of the counters array.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 16;
 
     /// Stable names, used as the `program` metric label.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -156,6 +183,10 @@ pub mod program {
         "inet_sock_set_state",
         "inet_sk_error_report",
         "tcp_receive_reset",
+        "sys_exit_close",
+        "sys_exit",
+        "sock_recv_length",
+        "sock_send_length",
     ];
 }
 
@@ -175,7 +206,7 @@ pub struct ProgramCounters {
 
 /// Load-time configuration, written into the `CONFIG` global of the kernel object before
 /// load. Tracepoint record offsets come from tracefs `format` files on the running kernel
-/// (they are not stable across kernels).
+/// (they are not stable across kernels), kernel struct offsets from its BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -217,12 +248,61 @@ pub struct Config {
     pub ser_daddr_off: u32,
     pub ser_daddr_v6_off: u32,
     pub _pad2: u32,
+    /// With [`config_flags::REGS`]: offsets in `struct pt_regs` (from the running kernel's
+    /// BTF) of the syscall number and of the first two arguments as they stay saved for
+    /// the whole syscall (x86-64: `orig_ax`, `di`, `si`; arm64: `syscallno`, `orig_x0`,
+    /// `regs[1]`). Read by the socket tracepoints, the raw `sys_exit` program and
+    /// `inet_sock_set_state`. The number is read as 8 bytes and compared on its low 32
+    /// bits.
+    pub regs_nr_off: u32,
+    pub regs_arg0_off: u32,
+    pub regs_arg1_off: u32,
+    /// Syscall numbers of the target architecture; [`NR_NONE`] when unknown (the hooks
+    /// that read registers are then never attached).
+    pub nr_read: u32,
+    pub nr_write: u32,
+    pub nr_close: u32,
+    pub nr_recvfrom: u32,
+    pub nr_sendto: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    /// Ring-buffer records are submitted without waking the reader (it drains on a
+    /// timer) until this many bytes are waiting, then with a forced wakeup. 0 keeps the
+    /// kernel's default (wake whenever the reader has caught up).
+    pub wakeup_bytes: u32,
+    /// With [`config_flags::CGROUP_BTF`]: offsets (from BTF) of `task_struct.cgroups`,
+    /// `css_set.dfl_cgrp`, `cgroup.kn` and `kernfs_node.id`, the chain
+    /// `bpf_get_current_cgroup_id()` follows, read with direct loads instead of the
+    /// helper call (which costs as much as the rest of the filter).
+    pub task_cgroups_off: u32,
+    pub css_set_dfl_cgrp_off: u32,
+    pub cgroup_kn_off: u32,
+    pub kernfs_node_id_off: u32,
+}
+
+/// A syscall number no kernel uses: matches nothing.
+pub const NR_NONE: u32 = u32::MAX;
+
+/// Bits of [`Config::flags`].
+pub mod config_flags {
+    /// Also report HTTP responses a watched process *reads* (answers from its upstreams).
+    /// Off by default: the classifier works from client-side exchanges and upstream
+    /// requests, and these are a third of all records. A `101` read from an upstream
+    /// still marks the connection upgraded in the kernel either way.
+    pub const UPSTREAM_RESPONSES: u32 = 1;
+    /// The kernel has BTF and `Config::regs_*` are valid: `inet_sock_set_state` reads the
+    /// current task's saved registers to tell whether it runs inside close(2), instead of
+    /// relying on a mark set by a `sys_enter_close` tracepoint.
+    pub const REGS: u32 = 2;
+    /// `Config::task_cgroups_off` and the following offsets are valid.
+    pub const CGROUP_BTF: u32 = 4;
 }
 
 impl Config {
-    /// Offsets of the syscall and sock tracepoints on x86-64 kernels of the 5.x/6.x era.
-    /// Only a placeholder for the object's `.rodata`: the agent always overwrites it with
-    /// offsets parsed from the running kernel's tracefs.
+    /// Offsets of the syscall and sock tracepoints (and of `struct pt_regs`) on x86-64
+    /// kernels of the 5.x/6.x era. Only a placeholder for the object's `.rodata`: the
+    /// agent always overwrites it with offsets parsed from the running kernel's tracefs
+    /// and BTF, and with the syscall numbers of its architecture.
     pub const DEFAULT: Config = Config {
         capture_len: DEFAULT_CAPTURE_LEN,
         sys_enter_fd_off: 16,
@@ -248,6 +328,20 @@ impl Config {
         ser_daddr_off: 24,
         ser_daddr_v6_off: 44,
         _pad2: 0,
+        regs_nr_off: 120,
+        regs_arg0_off: 112,
+        regs_arg1_off: 104,
+        nr_read: NR_NONE,
+        nr_write: NR_NONE,
+        nr_close: NR_NONE,
+        nr_recvfrom: NR_NONE,
+        nr_sendto: NR_NONE,
+        flags: 0,
+        wakeup_bytes: 0,
+        task_cgroups_off: 0,
+        css_set_dfl_cgrp_off: 0,
+        cgroup_kn_off: 0,
+        kernfs_node_id_off: 0,
     };
 }
 
@@ -267,7 +361,25 @@ pub struct TcpSock {
     pub daddr: [u8; 16],
 }
 
-/// Value of the per-thread map that carries a syscall's arguments from enter to exit.
+/// Watched cgroups the kernel checks by a linear scan of one array element instead of a
+/// hash lookup, as long as there are at most this many (a node runs a handful of
+/// replicas).
+pub const WATCHED_FAST: usize = 16;
+
+/// The single element of the kernel's fast watched-cgroup set. `count` above
+/// [`WATCHED_FAST`] means "too many: look in the hash map".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedSet {
+    pub ids: [u64; WATCHED_FAST],
+    /// Last, so that a concurrent reader of a half-written update sees the new ids no
+    /// later than the new count.
+    pub count: u32,
+    pub _pad: u32,
+}
+
+/// Value of the per-thread map that carries a syscall's arguments from enter to exit
+/// (classic-tracepoint fallback path only).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingIo {
@@ -282,9 +394,11 @@ const _: () = {
     assert!(core::mem::size_of::<CloseEvent>() == 40);
     assert!(core::mem::size_of::<UpstreamEvent>() == 32 + 16 + 16);
     assert!(core::mem::size_of::<ConnState>() == 8);
+    assert!(core::mem::size_of::<SockConn>() == 24);
     assert!(core::mem::size_of::<ConnKey>() == 8);
     assert!(core::mem::size_of::<ProgramCounters>() == 32);
-    assert!(core::mem::size_of::<Config>() == 96);
+    assert!(core::mem::size_of::<Config>() == 152);
+    assert!(core::mem::size_of::<WatchedSet>() == 8 * WATCHED_FAST + 8);
     assert!(core::mem::size_of::<TcpSock>() == 40);
     assert!(core::mem::size_of::<PendingIo>() == 16);
     assert!(DATA_CAP.is_power_of_two());
@@ -296,6 +410,8 @@ mod pod {
     // is valid for any bit pattern.
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::SockConn {}
+    unsafe impl aya::Pod for super::WatchedSet {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ProgramCounters {}
     unsafe impl aya::Pod for super::TcpSock {}

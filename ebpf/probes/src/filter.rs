@@ -1,13 +1,47 @@
 //! Cheap checks that run before anything is copied.
 
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
+use routeskew_common::{config_flags, WATCHED_FAST};
 
-use crate::maps::WATCHED_CGROUPS;
+use crate::{
+    maps::{cfg, CONFIG, WATCHED_CGROUPS, WATCHED_SET},
+    regs,
+};
+
+/// The current task's cgroup v2 id: `current->cgroups->dfl_cgrp->kn->id`, which is what
+/// `bpf_get_current_cgroup_id()` returns, read with four direct loads through BTF
+/// pointers where the kernel has BTF.
+#[inline(always)]
+fn current_cgroup_id() -> u64 {
+    let c = &CONFIG;
+    if cfg(&c.flags) & config_flags::CGROUP_BTF != 0 {
+        let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
+        let css_set = regs::load(task, &c.task_cgroups_off);
+        let cgroup = regs::load(css_set, &c.css_set_dfl_cgrp_off);
+        let kn = regs::load(cgroup, &c.cgroup_kn_off);
+        regs::load(kn, &c.kernfs_node_id_off)
+    } else {
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+}
 
 /// The current task's cgroup v2 id when it is watched.
 #[inline(always)]
 pub fn watched_cgroup() -> Option<u64> {
-    let id = unsafe { bpf_get_current_cgroup_id() };
+    let id = current_cgroup_id();
+    if let Some(set) = WATCHED_SET.get(0) {
+        let n = set.count as usize;
+        if n <= WATCHED_FAST {
+            let mut i = 0;
+            while i < WATCHED_FAST {
+                if i < n && set.ids[i] == id {
+                    return Some(id);
+                }
+                i += 1;
+            }
+            return None;
+        }
+    }
     if unsafe { WATCHED_CGROUPS.get(&id) }.is_some() {
         Some(id)
     } else {
@@ -39,8 +73,11 @@ const fn mask(n: usize) -> u64 {
     }
 }
 
-const PREFIXES: [(u64, u64); 10] = [
-    (word(b"HTTP/1."), mask(7)),
+/// Start of a status line: `HTTP/1.` (the minor version is checked where it matters).
+const RESPONSE_PREFIX: (u64, u64) = (word(b"HTTP/1."), mask(7));
+
+/// Request methods a Traefik client or upstream request can start with.
+const METHODS: [(u64, u64); 9] = [
     (word(b"GET "), mask(4)),
     (word(b"POST "), mask(5)),
     (word(b"PUT "), mask(4)),
@@ -52,18 +89,30 @@ const PREFIXES: [(u64, u64); 10] = [
     (word(b"TRACE "), mask(6)),
 ];
 
-/// Whether the first 8 bytes of a buffer (little-endian) start an HTTP/1.x message.
+/// What the first bytes of a buffer start.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Other,
+    Request,
+    /// A status line (`HTTP/1.`).
+    Response,
+}
+
+/// Classifies the first 8 bytes of a buffer (little-endian).
 #[inline(always)]
-pub fn is_http_start(head: u64) -> bool {
+pub fn http_start(head: u64) -> Start {
+    if head & RESPONSE_PREFIX.1 == RESPONSE_PREFIX.0 {
+        return Start::Response;
+    }
     let mut i = 0;
-    while i < PREFIXES.len() {
-        let (w, m) = PREFIXES[i];
+    while i < METHODS.len() {
+        let (w, m) = METHODS[i];
         if head & m == w {
-            return true;
+            return Start::Request;
         }
         i += 1;
     }
-    false
+    Start::Other
 }
 
 /// Whether the first 8 bytes are `HTTP/1.0` or `HTTP/1.1` (a response status line).

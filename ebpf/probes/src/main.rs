@@ -1,12 +1,16 @@
-//! routeskew kernel programs: syscall tracepoints that copy the first bytes of HTTP/1.x
-//! messages written or read by watched processes, and TCP tracepoints that report failed
-//! outgoing connections. Every field offset comes from the `CONFIG` global, which the agent
-//! fills from the running kernel's tracefs before load (aya-ebpf has no CO-RE).
+//! routeskew kernel programs: socket (or, on older kernels, syscall) tracepoints that copy
+//! the first bytes of HTTP/1.x messages written or read by watched processes, and TCP
+//! tracepoints that report failed outgoing connections. Every field offset comes from the
+//! `CONFIG` global, which the agent fills from the running kernel's tracefs and BTF
+//! before load (aya-ebpf has no CO-RE).
 #![no_std]
 #![no_main]
 
+mod capture;
 mod filter;
 mod maps;
+mod regs;
+mod sockio;
 mod syscalls;
 mod tcp;
 

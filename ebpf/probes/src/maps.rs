@@ -1,29 +1,53 @@
 //! Maps shared by all programs, the `CONFIG` global and the per-program counters.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use routeskew_common::{program, Config, ConnKey, ConnState, PendingIo, ProgramCounters, TcpSock};
+use routeskew_common::{
+    program, Config, ConnKey, ConnState, PendingIo, ProgramCounters, SockConn, TcpSock, WatchedSet,
+};
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
 /// only a placeholder.
 #[unsafe(no_mangle)]
 pub static CONFIG: Config = Config::DEFAULT;
 
-/// cgroup v2 ids of watched processes (value unused).
+/// cgroup v2 ids of watched processes (value unused). Only consulted when
+/// `WATCHED_SET` says there are too many for it.
 #[map]
 pub static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 
-/// Arguments of an in-flight read/write syscall, keyed by pid_tgid. `buf == 0` marks a
-/// thread that is inside close(2) (see `tcp::owner_is_closing`). LRU so that entries of
-/// threads that never returned cannot fill it.
+/// The same ids while there are few of them, scanned linearly: an array lookup is
+/// inlined by the verifier, a hash lookup is a call plus hashing and a bucket walk.
+#[map]
+pub static WATCHED_SET: Array<WatchedSet> = Array::with_max_entries(1, 0);
+
+/// Arguments of an in-flight read/write syscall, keyed by pid_tgid. Only the classic
+/// tracepoint fallback uses it: the raw `sys_exit` program reads the arguments from the
+/// saved user registers instead. LRU so that entries of threads that never returned
+/// cannot fill it.
 #[map]
 pub static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
+
+/// Threads of watched processes that are inside close(2), keyed by pid_tgid (value: the
+/// fd), on kernels without BTF only (with BTF the registers say which syscall a thread is
+/// in). Set at `sys_enter_close`, removed at `sys_exit_close`; lets `inet_sock_set_state`
+/// tell "the application gave up on a connect" from a failure the kernel detected (see
+/// `tcp::owner_is_closing`). LRU so that threads killed inside close(2) cannot fill it.
+#[map]
+pub static CLOSING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Connections (tgid, fd) that carried a captured HTTP message.
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Connections that carried a captured HTTP message, on the socket-tracepoint path: keyed
+/// by `struct sock` address, so that a reused fd number never inherits a mark, and ended
+/// by `inet_sock_set_state` (which reports the end as a close of the recorded fd).
+#[map]
+pub static SOCK_CONNS: LruHashMap<u64, SockConn> = LruHashMap::with_max_entries(65536, 0);
 
 /// Outgoing TCP sockets of watched processes, keyed by `struct sock` address.
 #[map]
@@ -101,6 +125,24 @@ pub fn count(prog: u32, which: Counter) {
                 Counter::MapFull => (*c).map_full += 1,
             }
         }
+    }
+}
+
+/// Flags for `bpf_ringbuf_submit`: wake the reader only once `CONFIG.wakeup_bytes` are
+/// waiting. A wakeup is an irq_work plus a context switch into the agent; with the
+/// kernel's default policy a reader that keeps up is woken for nearly every record. The
+/// agent drains on a short timer as well, so records submitted silently still arrive
+/// within one timer period.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    let threshold = cfg(&CONFIG.wakeup_bytes);
+    if threshold == 0 {
+        return 0;
+    }
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(threshold) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

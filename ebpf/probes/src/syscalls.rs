@@ -1,32 +1,113 @@
-//! `syscalls/sys_{enter,exit}_{read,write,recvfrom,sendto}` and `sys_enter_close`.
+//! Syscall hooks for kernels without the socket tracepoints (`sockio.rs`, >= 6.3).
 //!
-//! Enter remembers (fd, buffer) per thread; exit, knowing how many bytes moved, copies the
-//! head of buffers that start an HTTP/1.x message. Connections that answered `101` are
-//! marked in-kernel so their WebSocket frames are never copied.
-
-use core::ffi::c_void;
+//! Second choice: one raw tracepoint on `sys_exit`. It runs for every syscall of every
+//! process, so it first reads the syscall number from the saved user registers and
+//! returns unless it is read/write/recvfrom/sendto; only then does it check the cgroup.
+//! The arguments are still in the saved registers at exit, so no enter hook and no
+//! per-thread map are needed. Classic `syscalls/*` tracepoints would build a perf record
+//! for every hit before the program even runs.
+//!
+//! Last resort (no BTF for `struct pt_regs`, no syscall numbers for this architecture, or
+//! the raw tracepoint cannot be attached): the classic `sys_{enter,exit}_*` pairs, where
+//! enter remembers (fd, buffer) per thread for the exit.
+//!
+//! On both, close(2) is seen at the classic `sys_enter_close`: at exit the fd number is
+//! already free and another thread may have reused it, so the close event (and the
+//! removal of the connection's state) must happen at entry. While only few syscall
+//! tracepoints are enabled, their per-syscall cost beyond the slow syscall path (which the
+//! raw tracepoint needs anyway) is a bitmap test; the record is only built for close
+//! itself. Without BTF, entry also sets the "inside close(2)" mark `inet_sock_set_state`
+//! reads, and the classic `sys_exit_close` removes it.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::tracepoint,
-    programs::TracePointContext,
+    bindings::BPF_ANY,
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use routeskew_common::{
-    conn_flags, direction, event_kind, program, CloseEvent, ConnKey, ConnState, DataEvent,
-    EventHeader, PendingIo, DATA_CAP,
+    config_flags, direction, event_kind, program, CloseEvent, ConnKey, EventHeader, PendingIo,
 };
 
 use crate::{
-    filter::{is_http_response, is_http_start, pid_tgid, watched_cgroup, STATUS_101},
-    maps::{cfg, count, Counter, CONFIG, CONNS, EVENTS, PENDING_IO},
+    capture::{capture, Conn, MIN_LEN},
+    filter::{pid_tgid, watched_cgroup},
+    maps::{cfg, count, submit_flags, Counter, CLOSING, CONFIG, CONNS, EVENTS, PENDING_IO},
+    regs,
 };
 
-/// Shorter transfers cannot hold a request line or status line worth classifying, and
-/// reading 8 bytes of them could run past the caller's buffer.
-const MIN_LEN: i64 = 8;
+// ---------------------------------------------------------------------------------------
+// Raw tracepoint path
+// ---------------------------------------------------------------------------------------
 
-const EEXIST: i64 = 17;
+/// `TP_PROTO(struct pt_regs *regs, long ret)`. The registers are read with
+/// `bpf_probe_read_kernel`: measured cheaper here than the two helper calls that get a BTF
+/// pointer to them (`regs::current()`), on a path that runs for every syscall.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn rs_sys_exit(ctx: RawTracePointContext) -> i32 {
+    on_raw_exit(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
+    0
+}
+
+#[inline(always)]
+fn on_raw_exit(regs: u64, ret: i64) {
+    let c = &CONFIG;
+    // The cheapest test first: nearly every syscall system-wide leaves here.
+    let Some(nr) = regs::probe(regs, &c.regs_nr_off) else {
+        count(program::RAW_SYS_EXIT, Counter::ReadFailure);
+        return;
+    };
+    // arm64 keeps the number in an int followed by padding: compare the low half only.
+    let nr = nr as u32;
+    let (prog, dir) = if nr == cfg(&c.nr_read) {
+        (program::SYS_EXIT_READ, direction::READ)
+    } else if nr == cfg(&c.nr_write) {
+        (program::SYS_EXIT_WRITE, direction::WRITE)
+    } else if nr == cfg(&c.nr_recvfrom) {
+        (program::SYS_EXIT_RECVFROM, direction::READ)
+    } else if nr == cfg(&c.nr_sendto) {
+        (program::SYS_EXIT_SENDTO, direction::WRITE)
+    } else {
+        // close(2) needs nothing here: the close event is sent at entry, and this path
+        // always has BTF, so `inet_sock_set_state` reads the registers instead of a mark.
+        return;
+    };
+    // Go's non-blocking reads return EAGAIN constantly: filtered before the cgroup.
+    if ret < MIN_LEN {
+        return;
+    }
+    let Some(cgroup_id) = watched_cgroup() else {
+        return;
+    };
+    let (Some(fd), Some(buf)) = (
+        regs::probe(regs, &c.regs_arg0_off),
+        regs::probe(regs, &c.regs_arg1_off),
+    ) else {
+        count(program::RAW_SYS_EXIT, Counter::ReadFailure);
+        return;
+    };
+    let id = pid_tgid();
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: fd as u32,
+    };
+    capture(prog, dir, cgroup_id, id, fd as u32, buf, ret, Conn::Fd(key));
+}
+
+/// This thread left close(2) (classic path): the "inside close" mark set at entry is
+/// over. A lookup first, because deleting from an LRU map takes a bucket lock even when
+/// the key is absent, and most closes on the machine are not of watched processes.
+#[inline(always)]
+fn end_close_mark() {
+    let id = pid_tgid();
+    if unsafe { CLOSING.get(&id) }.is_some() {
+        let _ = CLOSING.remove(&id);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Classic tracepoint fallback
+// ---------------------------------------------------------------------------------------
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
 pub fn rs_enter_read(ctx: TracePointContext) -> u32 {
@@ -76,9 +157,9 @@ pub fn rs_exit_sendto(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn rs_enter_close(ctx: TracePointContext) -> u32 {
-    on_close(&ctx);
+#[tracepoint(category = "syscalls", name = "sys_exit_close")]
+pub fn rs_exit_close(_ctx: TracePointContext) -> u32 {
+    end_close_mark();
     0
 }
 
@@ -118,7 +199,7 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
     };
     let pending = unsafe { *p };
     let _ = PENDING_IO.remove(id);
-    // buf == 0 is a close(2) marker (or a null buffer, which cannot have moved bytes).
+    // A null buffer cannot have moved bytes.
     if pending.buf == 0 {
         return;
     }
@@ -132,101 +213,23 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
         tgid: (id >> 32) as u32,
         fd: pending.fd,
     };
-    let known = match CONNS.get_ptr(key) {
-        Some(s) => {
-            if unsafe { (*s).flags } & conn_flags::UPGRADED != 0 {
-                return;
-            }
-            true
-        }
-        None => false,
-    };
-    let head = match unsafe { bpf_probe_read_user(pending.buf as *const u64) } {
-        Ok(h) => h,
-        Err(_) => {
-            count(prog, Counter::ReadFailure);
-            return;
-        }
-    };
-    if !is_http_start(head) {
-        return;
-    }
-    // Decided before copying so that a full ring buffer cannot make the kernel miss the
-    // switch to WebSocket frames.
-    let mut upgraded = false;
-    if ret >= 12 && is_http_response(head) {
-        match unsafe { bpf_probe_read_user((pending.buf + 8) as *const u32) } {
-            Ok(status) => upgraded = status == STATUS_101,
-            Err(_) => count(prog, Counter::ReadFailure),
-        }
-    }
-
-    emit_data(prog, dir, cgroup_id, id, &pending, ret as u64);
-
-    if upgraded || !known {
-        let state = ConnState {
-            flags: if upgraded { conn_flags::UPGRADED } else { 0 },
-            _pad: 0,
-        };
-        let flags = if upgraded { BPF_ANY } else { BPF_NOEXIST };
-        if let Err(e) = CONNS.insert(key, state, u64::from(flags)) {
-            if i64::from(e) != -EEXIST {
-                count(prog, Counter::MapFull);
-            }
-        }
-    }
+    capture(
+        prog,
+        dir,
+        cgroup_id,
+        id,
+        pending.fd,
+        pending.buf,
+        ret,
+        Conn::Fd(key),
+    );
 }
 
-#[inline(always)]
-fn emit_data(prog: u32, dir: u32, cgroup_id: u64, id: u64, pending: &PendingIo, ret: u64) {
-    let cap = u64::from(cfg(&CONFIG.capture_len));
-    let mut len = if ret < cap { ret } else { cap };
-    if len > DATA_CAP as u64 {
-        len = DATA_CAP as u64;
-    }
-    if len == 0 {
-        return;
-    }
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
-        count(prog, Counter::Lost);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // The verifier needs a provably bounded, non-zero size for the copy. The volatile
-    // re-read hides len's range from LLVM so the mask below is not optimised away, and
-    // the mask is what the verifier sees: n is in [1, DATA_CAP].
-    let len32 = len as u32;
-    let raw = unsafe { core::ptr::read_volatile(&len32) };
-    let n = (raw.wrapping_sub(1) & (DATA_CAP as u32 - 1)) + 1;
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            core::ptr::addr_of_mut!((*ev).data).cast::<c_void>(),
-            n,
-            pending.buf as *const c_void,
-        )
-    };
-    if rc != 0 {
-        entry.discard(0);
-        count(prog, Counter::ReadFailure);
-        return;
-    }
-    unsafe {
-        core::ptr::addr_of_mut!((*ev).header).write(EventHeader {
-            kind: event_kind::DATA,
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            program: prog,
-            cgroup_id,
-            ts_ns: bpf_ktime_get_ns(),
-        });
-        core::ptr::addr_of_mut!((*ev).fd).write(pending.fd);
-        core::ptr::addr_of_mut!((*ev).direction).write(dir);
-        core::ptr::addr_of_mut!((*ev).total_len).write(ret);
-        core::ptr::addr_of_mut!((*ev).captured_len).write(n);
-        core::ptr::addr_of_mut!((*ev)._pad).write(0);
-    }
-    entry.submit(0);
-    count(prog, Counter::Emitted);
+/// `syscalls/sys_enter_close`, on both syscall paths (see the module comment).
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn rs_enter_close(ctx: TracePointContext) -> u32 {
+    on_close(&ctx);
+    0
 }
 
 #[inline(always)]
@@ -237,14 +240,10 @@ fn on_close(ctx: &TracePointContext) {
     };
     let Some(fd) = read_fd(ctx) else { return };
     let id = pid_tgid();
-    // Lets inet_sock_set_state tell "the application gave up on a connect" from a
-    // failure the kernel detected (see tcp::owner_is_closing).
-    let marker = PendingIo {
-        buf: 0,
-        fd,
-        _pad: 0,
-    };
-    if PENDING_IO.insert(id, marker, u64::from(BPF_ANY)).is_err() {
+    // With BTF, inet_sock_set_state reads the registers instead.
+    if cfg(&CONFIG.flags) & config_flags::REGS == 0
+        && CLOSING.insert(&id, &fd, u64::from(BPF_ANY)).is_err()
+    {
         count(prog, Counter::MapFull);
     }
     let key = ConnKey {
@@ -270,6 +269,6 @@ fn on_close(ctx: &TracePointContext) {
         fd,
         flags,
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
     count(prog, Counter::Emitted);
 }

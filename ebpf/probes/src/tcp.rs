@@ -11,18 +11,26 @@
 //! CLOSE, report(111); ICMP unreachable = report(0), CLOSE, report(113); SYN timeout =
 //! CLOSE, report(110); the application giving up = CLOSE inside its close(2), no report.
 //! Kernels before 6.10 report ICMP errors before the CLOSE; `SK_ERR_SLOT` covers that.
+//!
+//! `inet_sock_set_state` also ends the connections the socket tracepoints captured
+//! (`SOCK_CONNS`, keyed by socket so that a reused fd number never inherits a mark): that
+//! path has no close(2) hook, so the socket's end is reported as the close of its fd.
 
 use aya_ebpf::{
     bindings::BPF_ANY, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
-use routeskew_common::{event_kind, program, upstream_reason, EventHeader, TcpSock, UpstreamEvent};
+use routeskew_common::{
+    config_flags, event_kind, program, upstream_reason, CloseEvent, EventHeader, TcpSock,
+    UpstreamEvent,
+};
 
 use crate::{
     filter::{pid_tgid, watched_cgroup},
     maps::{
-        cfg, count, Counter, SockErr, SynClose, Tuple, CONFIG, EVENTS, PENDING_IO, SK_ERR_SLOT,
-        SYN_CLOSE_SLOT, TCP_SOCKS,
+        cfg, count, submit_flags, Counter, SockErr, SynClose, Tuple, CLOSING, CONFIG, EVENTS,
+        SK_ERR_SLOT, SOCK_CONNS, SYN_CLOSE_SLOT, TCP_SOCKS,
     },
+    regs,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -30,7 +38,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
+const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
+const TCP_LAST_ACK: u32 = 9;
 
 const ENETUNREACH: i32 = 101;
 const ECONNRESET: i32 = 104;
@@ -131,7 +141,7 @@ fn emit_upstream(prog: u32, sock: &TcpSock, reason: u32, errno: i32, ts_ns: u64)
         _pad: 0,
         daddr: sock.daddr,
     });
-    entry.submit(0);
+    entry.submit(submit_flags());
     count(prog, Counter::Emitted);
 }
 
@@ -158,10 +168,51 @@ fn owner_is_closing(tgid: u32) -> bool {
     if (id >> 32) as u32 != tgid {
         return false;
     }
-    match PENDING_IO.get_ptr(id) {
-        Some(p) => unsafe { (*p).buf == 0 },
-        None => false,
+    let c = &CONFIG;
+    if cfg(&c.flags) & config_flags::REGS != 0 {
+        // The syscall this thread is in, from its saved registers (the number is not
+        // replaced by a return value before the syscall ends).
+        regs::load(regs::current(), &c.regs_nr_off) as u32 == cfg(&c.nr_close)
+    } else {
+        unsafe { CLOSING.get(&id) }.is_some()
     }
+}
+
+/// A socket that carried captured HTTP (socket-tracepoint path) reached its end: the
+/// owner closed or shut it down (FIN_WAIT1, LAST_ACK) or it was aborted (CLOSE). Reported
+/// as a close of the fd it was captured on, which is still the owner's at this point,
+/// except in the instant between close(2) freeing the number and the state change in the
+/// same call.
+#[inline(always)]
+fn end_sock_conn(skaddr: u64, new: u32) {
+    if new != TCP_FIN_WAIT1 && new != TCP_LAST_ACK && new != TCP_CLOSE {
+        return;
+    }
+    let Some(s) = SOCK_CONNS.get_ptr(skaddr) else {
+        return;
+    };
+    let conn = unsafe { *s };
+    let _ = SOCK_CONNS.remove(skaddr);
+    let prog = program::INET_SOCK_SET_STATE;
+    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
+        count(prog, Counter::Lost);
+        return;
+    };
+    entry.write(CloseEvent {
+        header: EventHeader {
+            kind: event_kind::CLOSE,
+            tgid: conn.tgid,
+            tid: 0,
+            program: prog,
+            // Recorded at capture: the current task may be any (softirq).
+            cgroup_id: conn.cgroup_id,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        fd: conn.fd,
+        flags: conn.flags,
+    });
+    entry.submit(submit_flags());
+    count(prog, Counter::Emitted);
 }
 
 #[inline(always)]
@@ -185,6 +236,7 @@ fn on_set_state(ctx: &TracePointContext) {
         return;
     };
     let (old, new) = (old as u32, new as u32);
+    end_sock_conn(skaddr, new);
 
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         track_connect(ctx, skaddr);

@@ -1,8 +1,16 @@
 //! The kernel sensor: loads the routeskew eBPF object, attaches its tracepoints, keeps the
 //! watched-cgroup filter in sync and turns ring-buffer records into [`Event`]s.
 //!
+//! Data is captured by the cheapest hooks the kernel offers ([`DataPath`]): the socket
+//! tracepoints (6.3+, only socket I/O runs a program), else one raw `sys_exit` tracepoint,
+//! else the classic `syscalls/*` tracepoints. The first two read the saved user registers
+//! at offsets from the kernel's BTF ([`abi`], [`btf`]). Records are submitted without
+//! waking the reader until a backlog builds up; the reader drains on a short timer.
+//!
 //! This is the only module that imports aya.
 
+pub mod abi;
+pub mod btf;
 pub mod decode;
 pub mod tracefs;
 
@@ -16,14 +24,17 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    time::Duration,
 };
 
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use routeskew_common::{program, ProgramCounters, DEFAULT_CAPTURE_LEN};
+use routeskew_common::{
+    config_flags, program, ProgramCounters, WatchedSet, DEFAULT_CAPTURE_LEN, WATCHED_FAST,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::mpsc::Sender,
@@ -40,6 +51,7 @@ const OBJECT_HINT: &str = "run `cargo xtask build-ebpf` or pass --ebpf-object";
 
 const MAP_EVENTS: &str = "EVENTS";
 const MAP_WATCHED: &str = "WATCHED_CGROUPS";
+const MAP_WATCHED_SET: &str = "WATCHED_SET";
 const MAP_COUNTERS: &str = "COUNTERS";
 const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -52,114 +64,236 @@ static EMBEDDED_OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!
 #[cfg(not(routeskew_embedded_ebpf))]
 static EMBEDDED_OBJECT: Option<&[u8]> = None;
 
-/// A kernel program and the tracepoint it attaches to.
+/// How a program attaches.
+#[derive(Clone, Copy)]
+enum Attach {
+    /// A classic tracepoint `category/event`.
+    Tracepoint {
+        category: &'static str,
+        event: &'static str,
+    },
+    /// A raw tracepoint.
+    Raw { tracepoint: &'static str },
+}
+
+/// Which data path a hook belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needed {
+    /// On every path.
+    Always,
+    /// The socket tracepoints.
+    Sock,
+    /// The raw `sys_exit` program.
+    Raw,
+    /// The classic syscall tracepoints.
+    Classic,
+    /// Both syscall paths (raw and classic): `sys_enter_close`.
+    Syscalls,
+}
+
+/// A kernel program and the hook it attaches to.
 struct Hook {
     /// Function name in the object.
     program: &'static str,
     /// Slot in `routeskew_common::program`.
     index: u32,
-    category: &'static str,
-    event: &'static str,
+    attach: Attach,
+    needed: Needed,
 }
 
-const fn hook(
+impl Hook {
+    fn name(&self) -> String {
+        match self.attach {
+            Attach::Tracepoint { category, event } => format!("{category}/{event}"),
+            Attach::Raw { tracepoint } => format!("raw_tracepoint/{tracepoint}"),
+        }
+    }
+
+    fn wanted_on(&self, path: DataPath) -> bool {
+        match self.needed {
+            Needed::Always => true,
+            Needed::Sock => path == DataPath::SockTracepoints,
+            Needed::Raw => path == DataPath::RawSysExit,
+            Needed::Classic => path == DataPath::Classic,
+            Needed::Syscalls => path != DataPath::SockTracepoints,
+        }
+    }
+}
+
+const fn tp(
     program: &'static str,
     index: u32,
     category: &'static str,
     event: &'static str,
+    needed: Needed,
 ) -> Hook {
     Hook {
         program,
         index,
-        category,
-        event,
+        attach: Attach::Tracepoint { category, event },
+        needed,
     }
 }
 
-/// Attach order: each exit before its enter, so an enter never fills the pending map
-/// without the exit that drains it.
+const fn raw(program: &'static str, index: u32, tracepoint: &'static str, needed: Needed) -> Hook {
+    Hook {
+        program,
+        index,
+        attach: Attach::Raw { tracepoint },
+        needed,
+    }
+}
+
+/// In order of preference for the data hooks, then attach order within a path: each
+/// exit before its enter, so an enter never fills a per-thread map (pending I/O, the
+/// close mark) without the exit that drains it.
 const HOOKS: [Hook; program::COUNT as usize] = [
-    hook(
+    raw(
+        "rs_sock_send",
+        program::SOCK_SEND,
+        "sock_send_length",
+        Needed::Sock,
+    ),
+    raw(
+        "rs_sock_recv",
+        program::SOCK_RECV,
+        "sock_recv_length",
+        Needed::Sock,
+    ),
+    raw(
+        "rs_sys_exit",
+        program::RAW_SYS_EXIT,
+        "sys_exit",
+        Needed::Raw,
+    ),
+    tp(
         "rs_exit_read",
         program::SYS_EXIT_READ,
         "syscalls",
         "sys_exit_read",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_enter_read",
         program::SYS_ENTER_READ,
         "syscalls",
         "sys_enter_read",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_exit_write",
         program::SYS_EXIT_WRITE,
         "syscalls",
         "sys_exit_write",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_enter_write",
         program::SYS_ENTER_WRITE,
         "syscalls",
         "sys_enter_write",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_exit_recvfrom",
         program::SYS_EXIT_RECVFROM,
         "syscalls",
         "sys_exit_recvfrom",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_enter_recvfrom",
         program::SYS_ENTER_RECVFROM,
         "syscalls",
         "sys_enter_recvfrom",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_exit_sendto",
         program::SYS_EXIT_SENDTO,
         "syscalls",
         "sys_exit_sendto",
+        Needed::Classic,
     ),
-    hook(
+    tp(
         "rs_enter_sendto",
         program::SYS_ENTER_SENDTO,
         "syscalls",
         "sys_enter_sendto",
+        Needed::Classic,
     ),
-    hook(
+    tp(
+        "rs_exit_close",
+        program::SYS_EXIT_CLOSE,
+        "syscalls",
+        "sys_exit_close",
+        Needed::Classic,
+    ),
+    tp(
         "rs_enter_close",
         program::SYS_ENTER_CLOSE,
         "syscalls",
         "sys_enter_close",
+        Needed::Syscalls,
     ),
-    hook(
+    tp(
         "rs_inet_sock_set_state",
         program::INET_SOCK_SET_STATE,
         "sock",
         "inet_sock_set_state",
+        Needed::Always,
     ),
-    hook(
+    tp(
         "rs_tcp_receive_reset",
         program::TCP_RECEIVE_RESET,
         "tcp",
         "tcp_receive_reset",
+        Needed::Always,
     ),
-    hook(
+    tp(
         "rs_inet_sk_error_report",
         program::INET_SK_ERROR_REPORT,
         "sock",
         "inet_sk_error_report",
+        Needed::Always,
     ),
 ];
 
-/// (enter, exit) programs that only capture together.
-const DATA_PAIRS: [(u32, u32); 4] = [
+/// (enter, exit) programs that only work together (classic path).
+const DATA_PAIRS: [(u32, u32); 5] = [
     (program::SYS_ENTER_READ, program::SYS_EXIT_READ),
     (program::SYS_ENTER_WRITE, program::SYS_EXIT_WRITE),
     (program::SYS_ENTER_RECVFROM, program::SYS_EXIT_RECVFROM),
     (program::SYS_ENTER_SENDTO, program::SYS_EXIT_SENDTO),
+    (program::SYS_ENTER_CLOSE, program::SYS_EXIT_CLOSE),
 ];
+
+/// Which hooks the sensor should capture data with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataHooks {
+    /// The best the kernel allows: socket tracepoints, else the raw `sys_exit`
+    /// tracepoint, else the classic `syscalls/*` tracepoints.
+    #[default]
+    Auto,
+    /// Skip the socket tracepoints (for tests; kernels before 6.3 lack them anyway).
+    RawSysExit,
+    /// Only the classic `syscalls/*` tracepoints, and no BTF use at all: the last-resort
+    /// path, as on a kernel without BTF (for tests, and for kernels where the other paths
+    /// misbehave).
+    Classic,
+}
+
+/// The hooks a running sensor captures data with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPath {
+    /// Raw tracepoints `sock_send_length` and `sock_recv_length` (kernel >= 6.3): only
+    /// socket I/O runs a program, and no syscall tracepoint is enabled.
+    SockTracepoints,
+    /// One raw tracepoint on `sys_exit`, plus `syscalls/sys_enter_close`.
+    RawSysExit,
+    /// Classic `syscalls/sys_{enter,exit}_*` tracepoints.
+    Classic,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorConfig {
@@ -169,7 +303,20 @@ pub struct SensorConfig {
     pub capture_len: u32,
     /// Ring buffer size in bytes (rounded up to a power of two of at least a page).
     pub ring_buffer_bytes: u32,
+    /// How often the reader drains the ring buffer. The kernel only wakes the reader
+    /// once an eighth of the buffer is waiting (each wakeup costs an interrupt and a
+    /// context switch), so this bounds the delivery delay of a quiet stream.
+    /// `Duration::ZERO` restores a wakeup per record.
+    pub poll_interval: Duration,
+    /// Also report HTTP responses that watched processes read from their upstreams
+    /// (off: the classifier does not need them, and they are a third of all records).
+    pub upstream_responses: bool,
+    /// Which hooks capture data (the best available by default).
+    pub data_hooks: DataHooks,
 }
+
+/// Default [`SensorConfig::poll_interval`].
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 impl Default for SensorConfig {
     fn default() -> Self {
@@ -177,6 +324,9 @@ impl Default for SensorConfig {
             object: None,
             capture_len: DEFAULT_CAPTURE_LEN,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            upstream_responses: false,
+            data_hooks: DataHooks::Auto,
         }
     }
 }
@@ -184,7 +334,7 @@ impl Default for SensorConfig {
 /// Whether one kernel hook is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookStatus {
-    /// `category/event` of the tracepoint.
+    /// `category/event` of the tracepoint, or `raw_tracepoint/<name>`.
     pub name: String,
     pub attached: bool,
     pub error: Option<String>,
@@ -243,10 +393,106 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> SensorError {
     }
 }
 
+/// Why the hooks that read the saved user registers (socket tracepoints, raw `sys_exit`)
+/// cannot be used: the classic syscall tracepoints are used instead.
+#[derive(Debug, thiserror::Error)]
+enum RegsUnavailable {
+    #[error("classic syscall tracepoints requested by configuration")]
+    Configured,
+    #[error(
+        "no syscall numbers for this architecture ({})",
+        std::env::consts::ARCH
+    )]
+    Architecture,
+    #[error("cannot read {VMLINUX_BTF}: {0}")]
+    BtfRead(io::Error),
+    #[error("{VMLINUX_BTF}: {0}")]
+    Offsets(#[from] abi::AbiError),
+    #[error("{0}")]
+    Helpers(String),
+}
+
+/// The helpers behind BTF pointers to the current task and its registers arrived in 5.11
+/// (`bpf_get_current_task_btf`) and 5.15 (`bpf_task_pt_regs`); a kernel with BTF but
+/// without them must not get an object whose every program calls them.
+fn btf_helpers_supported() -> Result<(), RegsUnavailable> {
+    use aya::{
+        programs::ProgramType,
+        sys::{is_helper_supported, BpfHelper},
+    };
+    for program in [ProgramType::TracePoint, ProgramType::RawTracePoint] {
+        for helper in [
+            BpfHelper::BPF_FUNC_get_current_task_btf,
+            BpfHelper::BPF_FUNC_task_pt_regs,
+        ] {
+            match is_helper_supported(program, helper) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(RegsUnavailable::Helpers(format!(
+                        "the kernel does not offer {helper:?} to {program:?} programs"
+                    )))
+                }
+                Err(e) => {
+                    return Err(RegsUnavailable::Helpers(format!(
+                        "probing {helper:?} for {program:?} programs failed: {e}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// What this machine's BTF gives the programs.
+struct BtfConfig {
+    /// Syscall numbers and `pt_regs` offsets, for the hooks that read registers.
+    regs: Result<(&'static abi::SyscallAbi, abi::RegOffsets), RegsUnavailable>,
+    /// For reading the current cgroup id without a helper call.
+    cgroup: Option<abi::CgroupChain>,
+}
+
+fn btf_config(hooks: DataHooks) -> BtfConfig {
+    let unavailable = |e| BtfConfig {
+        regs: Err(e),
+        cgroup: None,
+    };
+    if hooks == DataHooks::Classic {
+        return unavailable(RegsUnavailable::Configured);
+    }
+    let blob = match std::fs::read(VMLINUX_BTF) {
+        Ok(blob) => blob,
+        Err(e) => return unavailable(RegsUnavailable::BtfRead(e)),
+    };
+    let btf = match btf::Btf::parse(&blob) {
+        Ok(btf) => btf,
+        Err(e) => return unavailable(abi::AbiError::from(e).into()),
+    };
+    if let Err(e) = btf_helpers_supported() {
+        return unavailable(e);
+    }
+    let cgroup = match abi::cgroup_chain(&btf) {
+        Ok(chain) => Some(chain),
+        Err(error) => {
+            tracing::info!(%error, "cgroup id read with the helper call");
+            None
+        }
+    };
+    let regs = match abi::native() {
+        None => Err(RegsUnavailable::Architecture),
+        Some(abi) => abi::reg_offsets(&btf, abi)
+            .map(|r| (abi, r))
+            .map_err(RegsUnavailable::from),
+    };
+    BtfConfig { regs, cgroup }
+}
+
 /// A loaded and attached sensor. Dropping it stops the reader and detaches every hook.
 pub struct Sensor {
     ebpf: Ebpf,
     hooks: Vec<HookStatus>,
+    path: DataPath,
     watched: BTreeSet<u64>,
     watched_capacity: u32,
     reader: JoinHandle<()>,
@@ -279,17 +525,51 @@ impl Sensor {
             cfg.capture_len,
         );
         let ring_bytes = ring_buffer_size(cfg.ring_buffer_bytes);
+        let mut config = layout.config;
+        let BtfConfig { regs, cgroup } = btf_config(cfg.data_hooks);
+        if let Some(chain) = cgroup {
+            config.task_cgroups_off = chain.task_cgroups;
+            config.css_set_dfl_cgrp_off = chain.css_set_dfl_cgrp;
+            config.cgroup_kn_off = chain.cgroup_kn;
+            config.kernfs_node_id_off = chain.kernfs_node_id;
+            config.flags |= config_flags::CGROUP_BTF;
+        }
+        if let Ok((abi, regs)) = &regs {
+            config.regs_nr_off = regs.nr;
+            config.regs_arg0_off = regs.arg0;
+            config.regs_arg1_off = regs.arg1;
+            config.nr_read = abi.read;
+            config.nr_write = abi.write;
+            config.nr_close = abi.close;
+            config.nr_recvfrom = abi.recvfrom;
+            config.nr_sendto = abi.sendto;
+            config.flags |= config_flags::REGS;
+        }
+        if cfg.upstream_responses {
+            config.flags |= config_flags::UPSTREAM_RESPONSES;
+        }
+        // The reader drains on its timer; the kernel only wakes it for a backlog.
+        if !cfg.poll_interval.is_zero() {
+            config.wakeup_bytes = ring_bytes / 8;
+        }
         let mut ebpf = EbpfLoader::new()
-            .override_global(GLOBAL_CONFIG, &layout.config, true)
+            .override_global(GLOBAL_CONFIG, &config, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(&object)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
         drop(object);
 
-        let hooks = attach_all(&mut ebpf, &layout);
-        let attached = |i: u32| hooks[i as usize].attached;
-        let capturing = DATA_PAIRS.iter().any(|&(e, x)| attached(e) && attached(x));
-        if !capturing && !attached(program::INET_SOCK_SET_STATE) {
+        let (hooks, path) = attach_all(&mut ebpf, &layout, cfg.data_hooks, regs.map(|_| ()));
+        let attached = |i: u32| hooks.iter().any(|h| h.index == i && h.status.attached);
+        let capturing = match path {
+            DataPath::SockTracepoints | DataPath::RawSysExit => true,
+            DataPath::Classic => DATA_PAIRS[..4]
+                .iter()
+                .any(|&(e, x)| attached(e) && attached(x)),
+        };
+        let tcp = attached(program::INET_SOCK_SET_STATE);
+        let hooks: Vec<HookStatus> = hooks.into_iter().map(|h| h.status).collect();
+        if !capturing && !tcp {
             let mut summary = String::new();
             for h in &hooks {
                 let _ = writeln!(
@@ -321,17 +601,27 @@ impl Sensor {
                 .map_err(|e| SensorError::Reader(io::Error::from(e)))?
         };
         let decode_errors = Arc::new(AtomicU64::new(0));
-        let reader = runtime.spawn(read_ring(ring, events, Arc::clone(&decode_errors)));
+        let reader = runtime.spawn(read_ring(
+            ring,
+            events,
+            Arc::clone(&decode_errors),
+            cfg.poll_interval,
+        ));
         tracing::info!(
+            data_path = ?path,
             attached = hooks.iter().filter(|h| h.attached).count(),
             failed = hooks.iter().filter(|h| !h.attached).count(),
             ring_buffer_bytes = ring_bytes,
-            capture_len = layout.config.capture_len,
+            wakeup_bytes = config.wakeup_bytes,
+            poll_interval = ?cfg.poll_interval,
+            capture_len = config.capture_len,
+            upstream_responses = cfg.upstream_responses,
             "sensor started"
         );
         Ok(Sensor {
             ebpf,
             hooks,
+            path,
             watched: BTreeSet::new(),
             watched_capacity,
             reader,
@@ -339,9 +629,16 @@ impl Sensor {
         })
     }
 
-    /// Every hook in program order, attached or not.
+    /// Every hook of the data path in use and the TCP hooks, attached or not, plus the
+    /// data hooks of better paths that were tried and not attached (with the reason the
+    /// sensor fell back).
     pub fn hooks(&self) -> &[HookStatus] {
         &self.hooks
+    }
+
+    /// Which hooks capture data.
+    pub fn data_path(&self) -> DataPath {
+        self.path
     }
 
     /// Makes the kernel watch exactly these cgroup ids (applies the diff to
@@ -372,6 +669,28 @@ impl Sensor {
             map.insert(id, 1, 0).map_err(map_err(MAP_WATCHED))?;
             self.watched.insert(id);
         }
+        // The kernel scans this first; written after the hash so that it never points
+        // the kernel at a hash missing an id.
+        let mut set = WatchedSet {
+            ids: [0; WATCHED_FAST],
+            count: u32::MAX,
+            _pad: 0,
+        };
+        if self.watched.len() <= WATCHED_FAST {
+            for (slot, id) in set.ids.iter_mut().zip(&self.watched) {
+                *slot = *id;
+            }
+            set.count = self.watched.len() as u32;
+        }
+        let array = self
+            .ebpf
+            .map_mut(MAP_WATCHED_SET)
+            .ok_or(SensorError::MapMissing {
+                name: MAP_WATCHED_SET,
+            })?;
+        let mut array =
+            aya::maps::Array::<_, WatchedSet>::try_from(array).map_err(map_err(MAP_WATCHED_SET))?;
+        array.set(0, set, 0).map_err(map_err(MAP_WATCHED_SET))?;
         tracing::debug!(cgroups = self.watched.len(), "watched cgroups updated");
         Ok(())
     }
@@ -514,30 +833,164 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<Option<u32>, String> {
             hook.program
         )
     })?;
-    let tp: &mut TracePoint = program
-        .try_into()
-        .map_err(|e: ProgramError| format!("program {} is not a tracepoint: {e}", hook.program))?;
-    tp.load().map_err(|e| describe_program_error(&e))?;
-    let insns = tp.info().ok().and_then(|i| i.verified_instruction_count());
-    tp.attach(hook.category, hook.event)
-        .map_err(|e| format!("attach failed: {e}"))?;
-    Ok(insns)
+    match hook.attach {
+        Attach::Tracepoint { category, event } => {
+            let tp: &mut TracePoint = program.try_into().map_err(|e: ProgramError| {
+                format!("program {} is not a tracepoint: {e}", hook.program)
+            })?;
+            tp.load().map_err(|e| describe_program_error(&e))?;
+            let insns = tp.info().ok().and_then(|i| i.verified_instruction_count());
+            tp.attach(category, event)
+                .map_err(|e| format!("attach failed: {e}"))?;
+            Ok(insns)
+        }
+        Attach::Raw { tracepoint } => {
+            let tp: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| {
+                format!("program {} is not a raw tracepoint: {e}", hook.program)
+            })?;
+            tp.load().map_err(|e| describe_program_error(&e))?;
+            let insns = tp.info().ok().and_then(|i| i.verified_instruction_count());
+            tp.attach(tracepoint)
+                .map_err(|e| format!("attach failed: {e}"))?;
+            Ok(insns)
+        }
+    }
 }
 
-fn attach_all(ebpf: &mut Ebpf, layout: &tracefs::Layout) -> Vec<HookStatus> {
-    let mut status: Vec<HookStatus> = (0..program::COUNT as usize)
-        .map(|i| HookStatus {
-            name: String::new(),
-            attached: false,
-            error: Some(format!("{} not attempted", program::NAMES[i])),
-        })
-        .collect();
-    for hook in &HOOKS {
-        let name = format!("{}/{}", hook.category, hook.event);
+/// A hook's outcome, with the program slot it belongs to.
+struct Attached {
+    index: u32,
+    status: HookStatus,
+}
+
+/// Unloads a program (detaching its links) after its path was abandoned.
+fn unload(ebpf: &mut Ebpf, hook: &Hook) {
+    let Some(program) = ebpf.program_mut(hook.program) else {
+        return;
+    };
+    let result = match hook.attach {
+        Attach::Raw { .. } => <&mut RawTracePoint>::try_from(program).map(|p| p.unload()),
+        Attach::Tracepoint { .. } => <&mut TracePoint>::try_from(program).map(|p| p.unload()),
+    };
+    if let Ok(Err(error)) | Err(error) = result {
+        tracing::debug!(program = hook.program, %error, "unloading an abandoned program failed");
+    }
+}
+
+/// Attaches the best data path `pref` and `regs` allow (socket tracepoints, raw
+/// `sys_exit`, classic syscall tracepoints, each tried in turn), then the TCP hooks.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    layout: &tracefs::Layout,
+    pref: DataHooks,
+    regs: Result<(), RegsUnavailable>,
+) -> (Vec<Attached>, DataPath) {
+    fn record(out: &mut Vec<Attached>, hook: &Hook, result: Result<Option<u32>, String>) {
+        let name = hook.name();
+        let status = match result {
+            Ok(insns) => {
+                tracing::info!(hook = %name, verified_insns = insns, "hook attached");
+                HookStatus {
+                    name,
+                    attached: true,
+                    error: None,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(hook = %name, %error, "hook not attached");
+                HookStatus {
+                    name,
+                    attached: false,
+                    error: Some(error),
+                }
+            }
+        };
+        out.push(Attached {
+            index: hook.index,
+            status,
+        });
+    }
+    let mut out: Vec<Attached> = Vec::new();
+    let hooks_of = |needed: Needed| HOOKS.iter().filter(move |h| h.needed == needed);
+
+    // Each better path either attaches all its data hooks or none of them.
+    let mut path = None;
+    let why_not = match (&regs, pref) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(()), DataHooks::RawSysExit) => Some("skipped by configuration".to_owned()),
+        (Ok(()), _) => None,
+    };
+    let mut fallback_reason = why_not.clone();
+    for (needed, candidate) in [
+        (Needed::Sock, DataPath::SockTracepoints),
+        (Needed::Raw, DataPath::RawSysExit),
+    ] {
+        if path.is_some() {
+            break;
+        }
+        // Both need the registers; only the socket tracepoints can be skipped on request,
+        // and they report closes through inet_sock_set_state.
+        let mut failed = match candidate {
+            DataPath::SockTracepoints => why_not.clone().or_else(|| {
+                layout.unusable(program::INET_SOCK_SET_STATE).map(|why| {
+                    format!("closes are reported by inet_sock_set_state, unusable: {why}")
+                })
+            }),
+            _ => regs.as_ref().err().map(|e| e.to_string()),
+        };
+        let mut results = Vec::new();
+        for hook in hooks_of(needed) {
+            let result = match &failed {
+                Some(why) => Err(why.clone()),
+                None => attach_one(ebpf, hook),
+            };
+            if let Err(e) = &result {
+                failed.get_or_insert_with(|| e.clone());
+            }
+            results.push((hook, result));
+        }
+        if failed.is_none() {
+            path = Some(candidate);
+        } else {
+            fallback_reason = failed.clone();
+            for (hook, result) in &mut results {
+                if result.is_ok() {
+                    unload(ebpf, hook);
+                    *result = Err(format!(
+                        "detached: another hook of this path failed ({})",
+                        failed.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        for (hook, result) in results {
+            record(
+                &mut out,
+                hook,
+                result.map_err(|e| format!("{e}; falling back")),
+            );
+        }
+    }
+    let path = path.unwrap_or(DataPath::Classic);
+    if path != DataPath::SockTracepoints {
+        tracing::warn!(
+            data_path = ?path,
+            reason = fallback_reason.as_deref().unwrap_or("-"),
+            "socket tracepoints unavailable: capturing with syscall tracepoints, which cost every syscall on the machine more"
+        );
+    }
+
+    for hook in HOOKS
+        .iter()
+        .filter(|h| !matches!(h.needed, Needed::Sock | Needed::Raw) && h.wanted_on(path))
+    {
         let partner_failed = DATA_PAIRS
             .iter()
             .find(|&&(enter, _)| enter == hook.index)
-            .filter(|&&(_, exit)| !status[exit as usize].attached)
+            .filter(|&&(_, exit)| {
+                path == DataPath::Classic
+                    && !out.iter().any(|a| a.index == exit && a.status.attached)
+            })
             .map(|&(_, exit)| {
                 format!("skipped: {} is not attached", program::NAMES[exit as usize])
             });
@@ -546,56 +999,80 @@ fn attach_all(ebpf: &mut Ebpf, layout: &tracefs::Layout) -> Vec<HookStatus> {
             (None, Some(why)) => Err(why),
             (None, None) => attach_one(ebpf, hook),
         };
-        let entry = &mut status[hook.index as usize];
-        entry.name = name;
-        match result {
-            Ok(insns) => {
-                tracing::info!(hook = %entry.name, verified_insns = insns, "hook attached");
-                entry.attached = true;
-                entry.error = None;
-            }
-            Err(error) => {
-                tracing::warn!(hook = %entry.name, %error, "hook not attached");
-                entry.error = Some(error);
-            }
-        }
+        record(&mut out, hook, result);
     }
-    status
+    tracing::info!(data_path = ?path, "data capture path");
+    (out, path)
 }
 
 async fn read_ring(
     mut ring: AsyncFd<RingBuf<MapData>>,
     events: Sender<Event>,
     decode_errors: Arc<AtomicU64>,
+    poll_interval: Duration,
 ) {
+    // The kernel submits records without waking the reader until a backlog builds up, so
+    // a timer drains what arrived in between. Without a timer, readiness alone drives it
+    // (the kernel then wakes the reader for every record).
+    let mut timer = (!poll_interval.is_zero()).then(|| {
+        let mut t = tokio::time::interval(poll_interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(guard) => guard,
-            Err(error) => {
+        let woken = tokio::select! {
+            guard = ring.readable_mut() => Some(guard),
+            _ = async {
+                match timer.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        match woken {
+            Some(Ok(mut guard)) => {
+                if !drain(guard.get_inner_mut(), &events, &decode_errors).await {
+                    return;
+                }
+                guard.clear_ready();
+            }
+            Some(Err(error)) => {
                 tracing::error!(%error, "ring buffer poll failed; sensor reader stops");
                 return;
             }
-        };
-        loop {
-            // The record borrows the ring; decode (which copies) before awaiting the send.
-            let decoded = match guard.get_inner_mut().next() {
-                Some(record) => decode::decode(&record),
-                None => break,
-            };
-            match decoded {
-                Ok(event) => {
-                    if events.send(event).await.is_err() {
-                        tracing::debug!("event receiver dropped; sensor reader stops");
-                        return;
-                    }
-                }
-                Err(error) => {
-                    decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%error, "undecodable ring buffer record");
+            None => {
+                if !drain(ring.get_mut(), &events, &decode_errors).await {
+                    return;
                 }
             }
         }
-        guard.clear_ready();
+    }
+}
+
+/// Decodes and forwards every record waiting in the ring. False once the receiver is gone.
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    events: &Sender<Event>,
+    decode_errors: &AtomicU64,
+) -> bool {
+    loop {
+        // The record borrows the ring; decode (which copies) before awaiting the send.
+        let decoded = match ring.next() {
+            Some(record) => decode::decode(&record),
+            None => return true,
+        };
+        match decoded {
+            Ok(event) => {
+                if events.send(event).await.is_err() {
+                    tracing::debug!("event receiver dropped; sensor reader stops");
+                    return false;
+                }
+            }
+            Err(error) => {
+                decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "undecodable ring buffer record");
+            }
+        }
     }
 }
 
@@ -609,13 +1086,37 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, (0..program::COUNT).collect::<Vec<_>>());
         for h in &HOOKS {
-            assert_eq!(h.event, program::NAMES[h.index as usize]);
+            let event = match h.attach {
+                Attach::Tracepoint { event, .. } => event,
+                Attach::Raw { tracepoint } => tracepoint,
+            };
+            assert_eq!(event, program::NAMES[h.index as usize]);
         }
         // Each exit is attached before its enter.
         for (enter, exit) in DATA_PAIRS {
             let pos = |i| HOOKS.iter().position(|h| h.index == i);
             assert!(pos(exit) < pos(enter));
         }
+        // The data paths come first, best first.
+        let needed: Vec<Needed> = HOOKS.iter().map(|h| h.needed).take(3).collect();
+        assert_eq!(needed, [Needed::Sock, Needed::Sock, Needed::Raw]);
+        for path in [
+            DataPath::SockTracepoints,
+            DataPath::RawSysExit,
+            DataPath::Classic,
+        ] {
+            // Every path attaches the TCP hooks and something that captures data.
+            let on: Vec<&Hook> = HOOKS.iter().filter(|h| h.wanted_on(path)).collect();
+            assert!(on.iter().any(|h| h.index == program::INET_SOCK_SET_STATE));
+            assert!(on.iter().any(|h| h.needed != Needed::Always));
+        }
+    }
+
+    #[test]
+    fn classic_path_can_be_forced() {
+        let c = btf_config(DataHooks::Classic);
+        assert!(matches!(c.regs, Err(RegsUnavailable::Configured)));
+        assert!(c.cgroup.is_none());
     }
 
     #[test]

@@ -1,0 +1,300 @@
+//! The capture decision shared by every data hook: copy the head of a buffer that starts
+//! an HTTP/1.x message, and keep the per-connection upgrade mark.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    maps::ring_buf::RingBufEntry,
+};
+use routeskew_common::{
+    config_flags, conn_flags, direction, event_kind, ConnKey, ConnState, DataEvent, EventHeader,
+    SockConn, DATA_CAP,
+};
+
+use crate::{
+    filter::{http_start, is_http_response, Start, STATUS_101},
+    maps::{cfg, count, submit_flags, Counter, CONFIG, CONNS, EVENTS, SOCK_CONNS},
+};
+
+/// Shorter transfers cannot hold a request line or status line worth classifying, and
+/// reading 8 bytes of them could run past the caller's buffer.
+pub const MIN_LEN: i64 = 8;
+
+const EEXIST: i64 = 17;
+
+/// Where a connection's state lives: by (process, fd) on the syscall paths, by socket on
+/// the socket-tracepoint path.
+#[derive(Clone, Copy)]
+pub enum Conn {
+    Fd(ConnKey),
+    /// `struct sock` address.
+    Sock(u64),
+}
+
+/// A read/write-family syscall of a watched process moved `ret >= MIN_LEN` bytes through
+/// `buf`: copy the head when it starts an HTTP/1.x message worth reporting. Responses a
+/// process reads (its upstreams' answers) are only reported when configured, but a `101`
+/// among them still marks the connection.
+///
+/// Each read of user memory costs about 200 ns here (bpf_stats, 16 bytes), as much as
+/// the lookups before it, so the head is copied straight into a reserved record and
+/// examined there, one read instead of two for every reported message; a record that
+/// turns out not to be reported is discarded. Only when the copy
+/// cannot hold the first 16 bytes (a `capture_len` below 16) or the ring is full is the
+/// head read on its own first.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn capture(
+    prog: u32,
+    dir: u32,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    buf: u64,
+    ret: i64,
+    conn: Conn,
+) {
+    let flags = match conn {
+        Conn::Fd(key) => CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }),
+        Conn::Sock(sk) => SOCK_CONNS.get_ptr(sk).map(|s| unsafe { (*s).flags }),
+    };
+    let known = match flags {
+        Some(f) => {
+            if f & conn_flags::UPGRADED != 0 {
+                return;
+            }
+            true
+        }
+        None => false,
+    };
+    let n = copy_len(ret as u64);
+    let outcome = if n >= 16 || u64::from(n) == ret as u64 {
+        match EVENTS.reserve::<DataEvent>(0) {
+            Some(entry) => copy_first(entry, prog, dir, cgroup_id, id, fd, buf, ret, n),
+            None => {
+                // Ring full: nothing can be reported, but an upgrade must still be seen.
+                count(prog, Counter::Lost);
+                head_first(prog, dir, cgroup_id, id, fd, buf, ret, false)
+            }
+        }
+    } else {
+        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true)
+    };
+    let Some((reported, upgraded)) = outcome else {
+        return;
+    };
+    if upgraded || (reported && !known) {
+        remember(prog, conn, cgroup_id, id, fd, upgraded);
+    }
+}
+
+/// Bytes to copy: `min(ret, capture_len)` in `[1, DATA_CAP]`, in a form the verifier can
+/// bound. The volatile re-read hides the value's range from LLVM so that the mask is not
+/// optimised away, and the mask is what the verifier sees.
+#[inline(always)]
+fn copy_len(ret: u64) -> u32 {
+    let cap = u64::from(cfg(&CONFIG.capture_len));
+    let len = if ret < cap { ret } else { cap };
+    let len32 = if len > DATA_CAP as u64 {
+        DATA_CAP as u32
+    } else {
+        len as u32
+    };
+    let raw = unsafe { core::ptr::read_volatile(&len32) };
+    (raw.wrapping_sub(1) & (DATA_CAP as u32 - 1)) + 1
+}
+
+/// Whether a head starts a message, and whether it is a `101` status line. `next` holds
+/// bytes 8..12 when `has_status`.
+#[inline(always)]
+fn judge(head: u64, next: u32, has_status: bool) -> (Start, bool) {
+    let start = http_start(head);
+    let upgraded = has_status && is_http_response(head) && next == STATUS_101;
+    (start, upgraded)
+}
+
+#[inline(always)]
+fn reported(start: Start, dir: u32) -> bool {
+    start == Start::Request
+        || dir == direction::WRITE
+        || cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES != 0
+}
+
+/// Copies `n` bytes into `entry`, then judges them there. Returns (reported, upgraded), or
+/// None when the bytes are no HTTP start (or unreadable).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn copy_first(
+    mut entry: RingBufEntry<DataEvent>,
+    prog: u32,
+    dir: u32,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    buf: u64,
+    ret: i64,
+    n: u32,
+) -> Option<(bool, bool)> {
+    let ev = entry.as_mut_ptr();
+    let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
+    let rc =
+        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, buf as *const c_void) };
+    if rc != 0 {
+        entry.discard(submit_flags());
+        count(prog, Counter::ReadFailure);
+        return None;
+    }
+    // n >= 8 here (ret >= MIN_LEN and n is 16 or more, or all of ret); bytes past n in
+    // the record are stale and never looked at.
+    let head = unsafe { core::ptr::read_unaligned(data.cast::<u64>()) };
+    let has_status = n >= 12;
+    let next = if has_status {
+        unsafe { core::ptr::read_unaligned(data.add(8).cast::<u32>()) }
+    } else {
+        0
+    };
+    let (start, upgraded) = judge(head, next, has_status);
+    if start == Start::Other {
+        entry.discard(submit_flags());
+        return None;
+    }
+    let report = reported(start, dir);
+    if report {
+        unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n) };
+        entry.submit(submit_flags());
+        count(prog, Counter::Emitted);
+    } else {
+        entry.discard(submit_flags());
+    }
+    Some((report, upgraded))
+}
+
+/// Reads the first bytes on their own, then (when `may_emit`) copies into a new record.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn head_first(
+    prog: u32,
+    dir: u32,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    buf: u64,
+    ret: i64,
+    may_emit: bool,
+) -> Option<(bool, bool)> {
+    let first = if ret >= 16 {
+        unsafe { bpf_probe_read_user(buf as *const [u64; 2]) }
+    } else if ret >= 12 {
+        unsafe { bpf_probe_read_user(buf as *const [u32; 3]) }
+            .map(|w| [u64::from(w[0]) | (u64::from(w[1]) << 32), u64::from(w[2])])
+    } else {
+        unsafe { bpf_probe_read_user(buf as *const u64) }.map(|h| [h, 0])
+    };
+    let Ok([head, next]) = first else {
+        count(prog, Counter::ReadFailure);
+        return None;
+    };
+    let (start, upgraded) = judge(head, next as u32, ret >= 12);
+    if start == Start::Other {
+        return None;
+    }
+    let report = may_emit && reported(start, dir);
+    if report {
+        emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64);
+    }
+    Some((report, upgraded))
+}
+
+/// Records the connection: known (so that its close is reported), or upgraded (so that
+/// its frames are never copied).
+#[inline(always)]
+fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, upgraded: bool) {
+    let state = if upgraded { conn_flags::UPGRADED } else { 0 };
+    let mode = u64::from(if upgraded { BPF_ANY } else { BPF_NOEXIST });
+    let inserted = match conn {
+        Conn::Fd(key) => CONNS.insert(
+            key,
+            ConnState {
+                flags: state,
+                _pad: 0,
+            },
+            mode,
+        ),
+        Conn::Sock(sk) => SOCK_CONNS.insert(
+            sk,
+            SockConn {
+                cgroup_id,
+                tgid: (id >> 32) as u32,
+                fd,
+                flags: state,
+                _pad: 0,
+            },
+            mode,
+        ),
+    };
+    if let Err(e) = inserted {
+        if i64::from(e) != -EEXIST {
+            count(prog, Counter::MapFull);
+        }
+    }
+}
+
+/// Writes everything but `data` of a record.
+///
+/// # Safety
+/// `ev` points into a reserved ring-buffer record.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn fill(
+    ev: *mut DataEvent,
+    prog: u32,
+    dir: u32,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    ret: u64,
+    n: u32,
+) {
+    unsafe {
+        core::ptr::addr_of_mut!((*ev).header).write(EventHeader {
+            kind: event_kind::DATA,
+            tgid: (id >> 32) as u32,
+            tid: id as u32,
+            program: prog,
+            cgroup_id,
+            ts_ns: bpf_ktime_get_ns(),
+        });
+        core::ptr::addr_of_mut!((*ev).fd).write(fd);
+        core::ptr::addr_of_mut!((*ev).direction).write(dir);
+        core::ptr::addr_of_mut!((*ev).total_len).write(ret);
+        core::ptr::addr_of_mut!((*ev).captured_len).write(n);
+        core::ptr::addr_of_mut!((*ev)._pad).write(0);
+    }
+}
+
+#[inline(always)]
+fn emit_data(prog: u32, dir: u32, cgroup_id: u64, id: u64, fd: u32, buf: u64, ret: u64) {
+    let n = copy_len(ret);
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        count(prog, Counter::Lost);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            core::ptr::addr_of_mut!((*ev).data).cast::<c_void>(),
+            n,
+            buf as *const c_void,
+        )
+    };
+    if rc != 0 {
+        entry.discard(submit_flags());
+        count(prog, Counter::ReadFailure);
+        return;
+    }
+    unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret, n) };
+    entry.submit(submit_flags());
+    count(prog, Counter::Emitted);
+}

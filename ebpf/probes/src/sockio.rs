@@ -1,0 +1,87 @@
+//! `sock/sock_recv_length` and `sock/sock_send_length` as raw tracepoints (kernel 6.3
+//! and later): the preferred hooks.
+//!
+//! They fire only for socket I/O, from inside `sock_recvmsg`/`sock_sendmsg`, and no
+//! syscall tracepoint needs to be enabled at all: enabling any syscall tracepoint puts
+//! every thread on the machine on the slow syscall path, and a `sys_exit` program runs
+//! for every syscall of every process. The syscall's fd and buffer come from the current
+//! task's saved registers (read through a BTF pointer, no helper call per register); the
+//! per-connection state is keyed by the socket, and `inet_sock_set_state` reports the
+//! end of a captured connection as its close (see `tcp.rs`).
+
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use routeskew_common::{direction, program};
+
+use crate::{
+    capture::{capture, Conn, MIN_LEN},
+    filter::{pid_tgid, watched_cgroup},
+    maps::{cfg, CONFIG},
+    regs,
+};
+
+const MSG_PEEK: i32 = 2;
+
+/// `TP_PROTO(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn rs_sock_recv(ctx: RawTracePointContext) -> i32 {
+    let flags = ctx.arg::<u64>(2) as i32;
+    // Peeked bytes are read again by the next recv.
+    if flags & MSG_PEEK == 0 {
+        on_sock_io(ctx.arg::<u64>(0), ctx.arg::<u64>(1) as i32, direction::READ);
+    }
+    0
+}
+
+/// `TP_PROTO(struct sock *sk, int ret, int flags)`.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
+    on_sock_io(
+        ctx.arg::<u64>(0),
+        ctx.arg::<u64>(1) as i32,
+        direction::WRITE,
+    );
+    0
+}
+
+#[inline(always)]
+fn on_sock_io(sk: u64, ret: i32, dir: u32) {
+    // EAGAIN from non-blocking reads and short transfers leave first, for free.
+    if i64::from(ret) < MIN_LEN {
+        return;
+    }
+    let Some(cgroup_id) = watched_cgroup() else {
+        return;
+    };
+    let c = &CONFIG;
+    let r = regs::current();
+    let nr = regs::load(r, &c.regs_nr_off) as u32;
+    // Only the syscalls whose (fd, buffer) are the first two arguments; readv/writev and
+    // recvmsg/sendmsg are not captured, as on the other paths.
+    let prog = if dir == direction::READ {
+        if nr == cfg(&c.nr_read) {
+            program::SYS_EXIT_READ
+        } else if nr == cfg(&c.nr_recvfrom) {
+            program::SYS_EXIT_RECVFROM
+        } else {
+            return;
+        }
+    } else if nr == cfg(&c.nr_write) {
+        program::SYS_EXIT_WRITE
+    } else if nr == cfg(&c.nr_sendto) {
+        program::SYS_EXIT_SENDTO
+    } else {
+        return;
+    };
+    let fd = regs::load(r, &c.regs_arg0_off) as u32;
+    let buf = regs::load(r, &c.regs_arg1_off);
+    capture(
+        prog,
+        dir,
+        cgroup_id,
+        pid_tgid(),
+        fd,
+        buf,
+        i64::from(ret),
+        Conn::Sock(sk),
+    );
+}
