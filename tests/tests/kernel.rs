@@ -569,6 +569,47 @@ async fn classic_fallback_leaves_out_upstream_responses() -> Result<()> {
     upstream_responses_left_out(Capture::Classic).await
 }
 
+/// A request read on a connection the kernel took for an upstream one (it wrote a request
+/// first) is still reported, on every data path.
+async fn request_read_on_upstream_connection(path: Capture) -> Result<()> {
+    let mut bench = Bench::with("reqback", path, false).await?;
+    let run = bench.run_helper("request_back", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, data(s, Direction::Write, REQUEST)),
+            (o, data(c, Direction::Read, REQUEST)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_read_on_an_upstream_connection_is_reported() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    request_read_on_upstream_connection(Capture::Sock).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sys_exit_reports_a_request_read_on_an_upstream_connection() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    request_read_on_upstream_connection(Capture::Raw).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_fallback_reports_a_request_read_on_an_upstream_connection() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    request_read_on_upstream_connection(Capture::Classic).await
+}
+
 /// The copied prefix is `capture_len` bytes. From 16 bytes up the kernel copies first and
 /// judges the copy; below that it reads the head on its own first: both ways give the
 /// same events.
@@ -1028,6 +1069,7 @@ fn helper_process() {
     let outcome = match scenario.as_str() {
         "http" => scenario_http(false),
         "upgrade" => scenario_http(true),
+        "request_back" => scenario_request_back(),
         "refused" => scenario_refused(),
         "reset" => scenario_reset(),
         "non_http" => scenario_non_http(),
@@ -1109,6 +1151,24 @@ fn scenario_http(upgrade: bool) -> Result<()> {
         server.write_all(FRAME_LIKE_RESPONSE)?;
         raw_read_exact(cfd, FRAME_LIKE_RESPONSE)?;
     }
+    drop(client);
+    drop(server);
+    println!("RESULT client_fd={cfd} server_fd={sfd}");
+    Ok(())
+}
+
+/// The side that wrote a request (an upstream connection to the kernel) later reads a
+/// request on it: the kernel only skims reads of upstream connections, but must still
+/// report a request it finds there.
+fn scenario_request_back() -> Result<()> {
+    let (client, mut server) = connected_pair()?;
+    let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
+    raw_write(cfd, REQUEST)?;
+    std_read_exact(&mut server, REQUEST)?;
+    server.write_all(RESPONSE)?;
+    raw_read_exact(cfd, RESPONSE)?;
+    server.write_all(REQUEST)?;
+    raw_read_exact(cfd, REQUEST)?;
     drop(client);
     drop(server);
     println!("RESULT client_fd={cfd} server_fd={sfd}");

@@ -225,18 +225,21 @@ pub fn demo(seconds: u64) -> Result<()> {
     )
 }
 
-pub fn bench(rounds: u32, duration: u32) -> Result<()> {
+pub fn bench(rounds: u32, duration: u32, bpf_stats: bool) -> Result<()> {
     require_root("bench")?;
     let built = build(true, true)?;
     // callgrind gives the pipeline's instructions per event, a number the machine's
     // noise does not move.
     prereqs::ensure_debian_packages(&[("valgrind", "valgrind")])?;
-    let args = [
+    let mut args = vec![
         "--rounds".to_string(),
         rounds.to_string(),
         "--duration".to_string(),
         duration.to_string(),
     ];
+    if bpf_stats {
+        args.push("--bpf-stats".to_string());
+    }
     run(
         testbed_program("bench", true, &args, &built),
         "bench: Traefik under wrk, without and with the agent",

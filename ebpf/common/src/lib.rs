@@ -67,6 +67,9 @@ pub mod conn_flags {
     /// The connection answered or received `101 Switching Protocols`: its bytes are
     /// WebSocket frames now and are no longer copied.
     pub const UPGRADED: u32 = 1;
+    /// The watched process wrote a request on it before anything else was captured: the
+    /// far end is an upstream, so what the process reads from it are responses.
+    pub const UPSTREAM: u32 = 2;
 }
 
 /// Emitted when a process closes an fd that carried captured HTTP.

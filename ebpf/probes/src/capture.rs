@@ -60,17 +60,27 @@ pub fn capture(
         Conn::Fd(key) => CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }),
         Conn::Sock(sk) => SOCK_CONNS.get_ptr(sk).map(|s| unsafe { (*s).flags }),
     };
-    let known = match flags {
+    let (known, upstream) = match flags {
         Some(f) => {
             if f & conn_flags::UPGRADED != 0 {
                 return;
             }
-            true
+            (true, f & conn_flags::UPSTREAM != 0)
         }
-        None => false,
+        None => (false, false),
     };
     let n = copy_len(ret as u64);
-    let outcome = if n >= 16 || u64::from(n) == ret as u64 {
+    // What a process reads from its upstreams is a response, not reported unless
+    // configured: judging its first 16 bytes is enough (a `101` must still be seen), and
+    // copying the whole head into a record only to discard it costs more. Should the
+    // connection turn out to carry a request after all (a stale entry), head_first still
+    // reports it.
+    let skim = dir == direction::READ
+        && upstream
+        && cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES == 0;
+    let outcome = if skim {
+        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true)
+    } else if n >= 16 || u64::from(n) == ret as u64 {
         match EVENTS.reserve::<DataEvent>(0) {
             Some(entry) => copy_first(entry, prog, dir, cgroup_id, id, fd, buf, ret, n),
             None => {
@@ -82,11 +92,12 @@ pub fn capture(
     } else {
         head_first(prog, dir, cgroup_id, id, fd, buf, ret, true)
     };
-    let Some((reported, upgraded)) = outcome else {
+    let Some((start, reported, upgraded)) = outcome else {
         return;
     };
     if upgraded || (reported && !known) {
-        remember(prog, conn, cgroup_id, id, fd, upgraded);
+        let upstream = dir == direction::WRITE && start == Start::Request;
+        remember(prog, conn, cgroup_id, id, fd, upgraded, upstream);
     }
 }
 
@@ -122,8 +133,8 @@ fn reported(start: Start, dir: u32) -> bool {
         || cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES != 0
 }
 
-/// Copies `n` bytes into `entry`, then judges them there. Returns (reported, upgraded), or
-/// None when the bytes are no HTTP start (or unreadable).
+/// Copies `n` bytes into `entry`, then judges them there. Returns (start, reported,
+/// upgraded), or None when the bytes are no HTTP start (or unreadable).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn copy_first(
@@ -136,7 +147,7 @@ fn copy_first(
     buf: u64,
     ret: i64,
     n: u32,
-) -> Option<(bool, bool)> {
+) -> Option<(Start, bool, bool)> {
     let ev = entry.as_mut_ptr();
     let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
     let rc =
@@ -168,7 +179,7 @@ fn copy_first(
     } else {
         entry.discard(submit_flags());
     }
-    Some((report, upgraded))
+    Some((start, report, upgraded))
 }
 
 /// Reads the first bytes on their own, then (when `may_emit`) copies into a new record.
@@ -183,7 +194,7 @@ fn head_first(
     buf: u64,
     ret: i64,
     may_emit: bool,
-) -> Option<(bool, bool)> {
+) -> Option<(Start, bool, bool)> {
     let first = if ret >= 16 {
         unsafe { bpf_probe_read_user(buf as *const [u64; 2]) }
     } else if ret >= 12 {
@@ -204,14 +215,28 @@ fn head_first(
     if report {
         emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64);
     }
-    Some((report, upgraded))
+    Some((start, report, upgraded))
 }
 
 /// Records the connection: known (so that its close is reported), or upgraded (so that
 /// its frames are never copied).
 #[inline(always)]
-fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, upgraded: bool) {
-    let state = if upgraded { conn_flags::UPGRADED } else { 0 };
+fn remember(
+    prog: u32,
+    conn: Conn,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    upgraded: bool,
+    upstream: bool,
+) {
+    let state = if upgraded {
+        conn_flags::UPGRADED
+    } else if upstream {
+        conn_flags::UPSTREAM
+    } else {
+        0
+    };
     let mode = u64::from(if upgraded { BPF_ANY } else { BPF_NOEXIST });
     let inserted = match conn {
         Conn::Fd(key) => CONNS.insert(

@@ -20,6 +20,9 @@ struct Args {
     threads: u32,
     connections: u32,
     no_agent: bool,
+    /// Also account the kernel programs' run time (BPF_ENABLE_STATS adds two clock reads
+    /// per program run, so it is off for the headline ratio).
+    bpf_stats: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -30,6 +33,7 @@ fn parse_args() -> Result<Args> {
         threads: 2,
         connections: 32,
         no_agent: false,
+        bpf_stats: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -37,8 +41,12 @@ fn parse_args() -> Result<Args> {
             a.no_agent = true;
             continue;
         }
+        if flag == "--bpf-stats" {
+            a.bpf_stats = true;
+            continue;
+        }
         if flag == "-h" || flag == "--help" {
-            println!("usage: bench [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent]");
+            println!("usage: bench [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats]");
             std::process::exit(0);
         }
         let v: u32 = it
@@ -139,6 +147,55 @@ fn run_wrk(a: &Args, url: &str, host: &str, seconds: u32) -> Result<WrkResult> {
     parse_wrk(&text).with_context(|| format!("parsing wrk output:\n{text}"))
 }
 
+fn per_request_us(t: Duration, requests: u64) -> String {
+    if requests == 0 {
+        return "-".into();
+    }
+    format!("{:.2}", t.as_secs_f64() * 1e6 / requests as f64)
+}
+
+/// Kernel program cost per request over all rounds (`--bpf-stats`).
+fn kernel_table(rounds: &[Round]) -> String {
+    let mut requests = 0u64;
+    let mut per_prog: Vec<(String, u64, Duration)> = Vec::new();
+    for r in rounds {
+        let (Some(w), Some(v)) = (r.with, r.agent.as_ref()) else {
+            continue;
+        };
+        requests += w.requests;
+        for (name, runs, time) in &v.kernel {
+            match per_prog.iter_mut().find(|(n, _, _)| n == name) {
+                Some(e) => {
+                    e.1 += runs;
+                    e.2 += *time;
+                }
+                None => per_prog.push((name.clone(), *runs, *time)),
+            }
+        }
+    }
+    if requests == 0 || per_prog.is_empty() {
+        return "\nKernel program statistics: none collected.\n".into();
+    }
+    let mut md = String::from(
+        "\nKernel programs during the runs with the agent (BPF_ENABLE_STATS on, which adds a little to each run):\n\n| program | runs/request | ns/run | µs/request |\n| --- | ---: | ---: | ---: |\n",
+    );
+    let mut total = Duration::ZERO;
+    for (name, runs, time) in &per_prog {
+        total += *time;
+        md.push_str(&format!(
+            "| {name} | {:.2} | {:.0} | {} |\n",
+            *runs as f64 / requests as f64,
+            time.as_nanos() as f64 / (*runs).max(1) as f64,
+            per_request_us(*time, requests),
+        ));
+    }
+    md.push_str(&format!(
+        "| all | | | {} |\n",
+        per_request_us(total, requests)
+    ));
+    md
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -182,16 +239,97 @@ struct Round {
 }
 
 /// What the agent reported about one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct AgentView {
     /// Responses it counted for the benchmark host.
     counted: f64,
     /// Events the kernel could not hand over (ring buffer full).
     lost: f64,
+    /// CPU time of the agent process (user + system) during the wrk run.
+    cpu: Duration,
+    /// Per kernel program: (runs, run time) during the wrk run, with `--bpf-stats`.
+    kernel: Vec<(String, u64, Duration)>,
 }
 
-fn agent_totals(m: &routeskew_testbed::Metrics, host: &str) -> AgentView {
-    AgentView {
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name, which may itself contain spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Ok(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / hz,
+    ))
+}
+
+/// Accumulated runs and run time of the agent's kernel programs (names start with `rs_`).
+fn kernel_program_stats() -> Vec<(String, u64, Duration)> {
+    let mut out: Vec<(String, u64, Duration)> = Vec::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        let Some(name) = info.name_as_str() else {
+            continue;
+        };
+        if !name.starts_with("rs_") {
+            continue;
+        }
+        match out.iter_mut().find(|(n, _, _)| n == name) {
+            Some(e) => {
+                e.1 += info.run_count();
+                e.2 += info.run_time();
+            }
+            None => out.push((name.to_string(), info.run_count(), info.run_time())),
+        }
+    }
+    out
+}
+
+fn kernel_delta(
+    before: &[(String, u64, Duration)],
+    after: &[(String, u64, Duration)],
+) -> Vec<(String, u64, Duration)> {
+    after
+        .iter()
+        .map(|(name, runs, time)| {
+            let (r0, t0) = before
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, r, t)| (*r, *t))
+                .unwrap_or_default();
+            (
+                name.clone(),
+                runs.saturating_sub(r0),
+                time.saturating_sub(t0),
+            )
+        })
+        .filter(|(_, runs, _)| *runs > 0)
+        .collect()
+}
+
+/// Cumulative counters read from the agent's /metrics.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    counted: f64,
+    lost: f64,
+}
+
+fn agent_totals(m: &routeskew_testbed::Metrics, host: &str) -> Totals {
+    Totals {
         counted: m.sum("routeskew_http_responses_total", &[("host", host)]),
         lost: m.sum("routeskew_sensor_lost_events_total", &[]),
     }
@@ -205,7 +343,20 @@ async fn measure_with_agent(
 ) -> Result<(WrkResult, AgentView)> {
     let mut agent = Agent::start(AgentConfig::for_testbed(bed)).await?;
     let before = agent_totals(&agent.scrape().await?, host);
+    let cpu_before = process_cpu(agent.pid())?;
+    let kernel_before = if a.bpf_stats {
+        kernel_program_stats()
+    } else {
+        Vec::new()
+    };
     let result = run_wrk(a, url, host, a.duration);
+    let kernel_after = if a.bpf_stats {
+        kernel_program_stats()
+    } else {
+        Vec::new()
+    };
+    // Read again while the agent drains what the kernel handed over during the run.
+    let mut cpu_after = process_cpu(agent.pid())?;
     // The agent may still be draining its ring buffer: read once the count stops moving.
     let mut after = agent_totals(&agent.scrape().await?, host);
     for _ in 0..40 {
@@ -213,6 +364,7 @@ async fn measure_with_agent(
         let now = agent_totals(&agent.scrape().await?, host);
         let settled = now.counted == after.counted;
         after = now;
+        cpu_after = process_cpu(agent.pid())?;
         if settled {
             break;
         }
@@ -224,6 +376,8 @@ async fn measure_with_agent(
     let view = AgentView {
         counted: after.counted - before.counted,
         lost: after.lost - before.lost,
+        cpu: cpu_after.saturating_sub(cpu_before),
+        kernel: kernel_delta(&kernel_before, &kernel_after),
     };
     Ok((result?, view))
 }
@@ -232,6 +386,15 @@ async fn measure_with_agent(
 async fn main() -> Result<()> {
     let a = parse_args()?;
     paths::require_root()?;
+    // Statistics stay on while this descriptor is open.
+    let _stats = if a.bpf_stats {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling BPF run-time statistics")?,
+        )
+    } else {
+        None
+    };
     let traefik = paths::traefik_binary()?;
     let agent_bin = if a.no_agent {
         None
@@ -335,27 +498,35 @@ async fn main() -> Result<()> {
         "### routeskew overhead on Traefik {traefik_version} ({date})\n\n"
     ));
     md.push_str(&format!(
-        "Command: `cargo xtask bench --rounds {} --duration {}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
-        a.rounds, a.duration, a.threads, a.connections, a.duration, a.warmup
+        "Command: `cargo xtask bench --rounds {} --duration {}{}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
+        a.rounds,
+        a.duration,
+        if a.bpf_stats { " --bpf-stats" } else { "" },
+        a.threads,
+        a.connections,
+        a.duration,
+        a.warmup
     ));
     md.push_str(&format!(
         "Machine: {nproc} CPUs ({}), kernel {kernel}; {wrk_version}; load generator, Traefik, backend and agent share the machine.\n\n",
         cpu_model()
     ));
-    md.push_str("| round | without: req/s | without: p99 ms | with: req/s | with: p99 ms | ratio (with/without) | agent counted / wrk requests | lost events |\n");
-    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    md.push_str("| round | without: req/s | without: p99 ms | with: req/s | with: p99 ms | ratio (with/without) | agent counted / wrk requests | lost events | agent CPU µs/request |\n");
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut ratios = Vec::new();
     for (i, r) in rounds.iter().enumerate() {
-        let (wr, wp, ratio, cov, lost) = match r.with {
+        let (wr, wp, ratio, cov, lost, cpu) = match r.with {
             Some(w) => {
                 let ratio = w.rps / r.without.rps;
                 ratios.push(ratio);
-                let (cov, lost) = r
+                let (cov, lost, cpu) = r
                     .agent
+                    .as_ref()
                     .map(|v| {
                         (
                             format!("{:.0} / {}", v.counted, w.requests),
                             format!("{:.0}", v.lost),
+                            per_request_us(v.cpu, w.requests),
                         )
                     })
                     .unwrap_or_default();
@@ -365,12 +536,13 @@ async fn main() -> Result<()> {
                     format!("{ratio:.3}"),
                     cov,
                     lost,
+                    cpu,
                 )
             }
-            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+            None => Default::default(),
         };
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {wr} | {wp} | {ratio} | {cov} | {lost} |\n",
+            "| {} | {:.0} | {:.2} | {wr} | {wp} | {ratio} | {cov} | {lost} | {cpu} |\n",
             i + 1,
             r.without.rps,
             r.without.p99_ms,
@@ -393,6 +565,9 @@ async fn main() -> Result<()> {
             (median(ratios) - 1.0) * 100.0,
             median(with_p99)
         ));
+    }
+    if a.bpf_stats {
+        md.push_str(&kernel_table(&rounds));
     }
     let errors: u64 = rounds
         .iter()
