@@ -244,19 +244,30 @@ fn kustomize_version() -> Result<()> {
         .args(["version", "--client"])
         .output()
         .context("running kubectl version --client")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // kubectl before 1.24 does not print its kustomize version; rendering will tell.
-    let Some(v) = text
+    kustomize_recent_enough(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Judges `kubectl version --client` output. kubectl before 1.24 does not print its
+/// kustomize version: then its own version decides (Debian 12's kubectl 1.20 prints
+/// `GitVersion:"v1.20.2"` and embeds kustomize 2.0.3).
+fn kustomize_recent_enough(text: &str) -> Result<()> {
+    let (what, version, minimum) = match text
         .lines()
         .find_map(|l| l.strip_prefix("Kustomize Version:"))
-    else {
-        return Ok(());
+    {
+        Some(v) => ("kustomize", v.trim().to_owned(), MIN_KUSTOMIZE),
+        None => {
+            let v = text
+                .split(|c: char| c == '"' || c.is_whitespace())
+                .find(|w| w.starts_with("v1."))
+                .with_context(|| format!("no version in `kubectl version --client`: {text}"))?;
+            ("kubectl", v.to_owned(), (1, 22))
+        }
     };
-    let v = v.trim();
-    let (major, minor) = parse_version(v).with_context(|| format!("kustomize version {v:?}"))?;
+    let have = parse_version(&version).with_context(|| format!("{what} version {version:?}"))?;
     ensure!(
-        (major, minor) >= MIN_KUSTOMIZE,
-        "kubectl embeds kustomize {v}; the manifests need kustomize >= v{}.{} (kubectl >= 1.22)",
+        have >= minimum,
+        "{what} {version} is too old: the manifests need kustomize >= v{}.{} (kubectl >= 1.22)",
         MIN_KUSTOMIZE.0,
         MIN_KUSTOMIZE.1
     );
@@ -1211,5 +1222,15 @@ fn new() {
         assert_eq!(parse_version("v5.5.0"), Some((5, 5)));
         assert_eq!(parse_version("v4.1.3-dirty"), Some((4, 1)));
         assert!(parse_version("v2.0.3").unwrap() < MIN_KUSTOMIZE);
+        kustomize_recent_enough("Client Version: v1.32.4\nKustomize Version: v5.5.0\n").unwrap();
+        assert!(
+            kustomize_recent_enough("Client Version: v1.23.0\nKustomize Version: v4.0.5\n")
+                .is_err()
+        );
+        let debian12 = r#"Client Version: version.Info{Major:"1", Minor:"20", GitVersion:"v1.20.2", GitCommit:"x"}"#;
+        assert!(kustomize_recent_enough(debian12).is_err());
+        let kubectl_1_22 =
+            r#"Client Version: version.Info{Major:"1", Minor:"22", GitVersion:"v1.22.0"}"#;
+        kustomize_recent_enough(kubectl_1_22).unwrap();
     }
 }
