@@ -91,6 +91,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tx,
     )?;
     for hook in sensor.hooks() {
+        metrics.set_hook_attached(&hook.name, hook.attached);
         match &hook.error {
             None => tracing::info!(hook = %hook.name, "hook attached"),
             Some(e) => {
