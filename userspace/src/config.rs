@@ -208,6 +208,8 @@ impl RunArgs {
                 .map_err(|e| format!("--hosts-file {}: {e}", path.display()))?;
             hosts.extend(parse_hosts_file(&text));
         }
+        // A host-specific WebSocket probe needs its host to be a label value.
+        hosts.extend(self.probe_ws_paths.iter().filter_map(|w| w.host.clone()));
         let mut seen = std::collections::HashSet::new();
         hosts.retain(|h| seen.insert(h.clone()));
         Ok(hosts)
@@ -277,10 +279,19 @@ mod tests {
         let path = std::env::temp_dir().join(format!("routeskew-hosts-{}", std::process::id()));
         std::fs::write(&path, "b.test\nc.test\n").expect("write");
         let p = path.display().to_string();
-        let r = parse(&["run", "--host", "a.test,b.test", "--hosts-file", &p]).expect("parse");
+        let r = parse(&[
+            "run",
+            "--host",
+            "a.test,b.test",
+            "--hosts-file",
+            &p,
+            "--probe-ws-path",
+            "d.test/ws,/ws",
+        ])
+        .expect("parse");
         assert_eq!(
             r.all_hosts().expect("read"),
-            vec!["a.test", "b.test", "c.test"]
+            vec!["a.test", "b.test", "c.test", "d.test"]
         );
         std::fs::remove_file(&path).expect("rm");
         assert!(r.all_hosts().is_err());
