@@ -34,7 +34,8 @@ pub struct AgentConfig {
     pub expected_targets: usize,
     /// Defaults to [`paths::ebpf_object`].
     pub ebpf_object: Option<PathBuf>,
-    /// Appended after the generated arguments.
+    /// Appended after the generated arguments. Without a `--probe-interval` among them
+    /// the agent runs with its prober off.
     pub extra_args: Vec<String>,
     pub ready_timeout: Duration,
     /// Where the agent's output goes; defaults to a file in the test bed directory.
@@ -121,6 +122,16 @@ impl Agent {
         {
             args.push("--ebpf-object".into());
             args.push(obj.display().to_string());
+        }
+        // Probes add their own requests to the replicas' traffic (and access logs): off
+        // unless a test asks for them with `--probe-interval`.
+        if !config
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--probe-interval"))
+        {
+            args.push("--probe-interval".into());
+            args.push("0s".into());
         }
         args.extend(config.extra_args.iter().cloned());
         let command = format!("{} {}", binary.display(), args.join(" "));

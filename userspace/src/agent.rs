@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{DataHooksArg, DiscoveryMode, RunArgs};
 use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan};
@@ -12,6 +12,7 @@ use crate::discovery::TargetSet;
 use crate::event::Event;
 use crate::metrics::{self, BuildInfo, Metrics, SensorTotals};
 use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::probe::{ProbeConfig, Prober};
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +37,14 @@ pub enum AgentError {
 /// Events buffered between the ring-buffer reader and the pipeline. When full, the reader
 /// waits and the kernel ring buffer absorbs the burst (and counts what it drops).
 const EVENT_QUEUE: usize = 16 * 1024;
+/// Probe reports waiting for the pipeline (a round sends one per replica, host and check).
+const PROBE_QUEUE: usize = 1024;
 /// Events handled per wake-up before housekeeping gets a turn.
 const BATCH: usize = 1024;
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
+    let hosts = args.all_hosts().map_err(AgentError::Config)?;
     if args.effective_discovery() == DiscoveryMode::Kubernetes {
         return Err(AgentError::KubernetesUnavailable);
     }
@@ -75,6 +79,10 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     tracing::info!(cgroup2 = %discovery.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    // Probe reports are events like the sensor's and go through the same
+    // `Pipeline::handle`; their own queue keeps "the sensor's reader stopped" (its channel
+    // closed) observable.
+    let (probe_tx, mut probe_rx) = mpsc::channel::<Event>(PROBE_QUEUE);
     let mut sensor = Sensor::start(
         &SensorConfig {
             object: args.ebpf_object.clone(),
@@ -100,31 +108,59 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         }
     }
 
+    let probe_cfg = ProbeConfig {
+        interval: args.probe_interval,
+        timeout: args.probe_timeout,
+        concurrency: args.probe_concurrency as usize,
+        hosts: hosts.clone(),
+        http_path: args.probe_path.clone(),
+        ws_paths: args.probe_ws_paths.clone(),
+        ws_accept: args.probe_ws_accept.clone(),
+        ports: args.probe_ports.clone(),
+        api_port: args.api_port,
+        series_grace: args.series_grace,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let probing = !args.probe_interval.is_zero();
+
     let mut pipeline = Pipeline::new(
         PipelineConfig {
-            known_hosts: args.hosts.clone(),
+            known_hosts: hosts,
             ws_early_close: args.ws_early_close,
             series_grace: args.series_grace,
             upstream_responses: args.upstream_responses,
+            probe_deadline: probe_cfg.sensor_deadline(),
             ..PipelineConfig::default()
         },
         metrics.clone(),
     );
 
     let mut current = TargetSet::default();
+    let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
     apply_scan(
         discovery.scan(),
         &mut current,
         &mut sensor,
         &mut pipeline,
         &metrics,
+        &targets_tx,
     );
+    if probing {
+        tokio::spawn(Prober::new(probe_cfg, metrics.clone(), probe_tx, targets_rx).run());
+    } else {
+        drop(probe_tx);
+        tracing::info!("prober off (--probe-interval 0)");
+    }
     metrics.set_ready(true, "sensor attached, discovery ran");
 
     let mut rescan = tokio::time::interval(args.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Probe reports overdue from the kernel are settled at this pace, well inside the
+    // sensor deadline, so that a blind sensor shows within two probe intervals.
+    let mut probe_deadlines = tokio::time::interval(Duration::from_millis(100));
+    probe_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
     let mut batch = Vec::with_capacity(BATCH);
@@ -145,7 +181,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = rescan.tick() => {
-                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics);
+                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics, &targets_tx);
+            }
+            Some(ev) = probe_rx.recv(), if probing => {
+                pipeline.handle(&ev);
+            }
+            _ = probe_deadlines.tick(), if probing => {
+                pipeline.expire_probes(monotonic_ns());
             }
             _ = housekeeping.tick() => {
                 pipeline.tick(monotonic_ns());
@@ -181,6 +223,7 @@ fn apply_scan(
     sensor: &mut Sensor,
     pipeline: &mut Pipeline,
     metrics: &Metrics,
+    targets_tx: &watch::Sender<TargetSet>,
 ) {
     for f in &scan.failures {
         tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
@@ -208,6 +251,7 @@ fn apply_scan(
         }
     }
     pipeline.set_targets(scan.targets.clone());
+    targets_tx.send_replace(scan.targets.clone());
     *current = scan.targets;
 }
 

@@ -22,7 +22,7 @@ use crate::classify::{HttpClass, Observation, Source, WsOutcome};
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, UpstreamFailureReason};
 use crate::http::{self, Host};
-use crate::metrics::{HostLabels, HttpLabels, Metrics, UpstreamLabels, WsLabels};
+use crate::metrics::{HostLabels, HttpLabels, Metrics, ReplicaLabels, UpstreamLabels, WsLabels};
 
 /// The `host` label of anything not configured.
 pub const OTHER_HOST: &str = "other";
@@ -61,6 +61,7 @@ struct ReplicaSeries {
     ws: HashSet<WsLabels>,
     early: HashSet<HostLabels>,
     upstream: HashSet<UpstreamLabels>,
+    blind: Option<ReplicaLabels>,
 }
 
 /// One replica's series and the counter handles of those it has counted into.
@@ -74,6 +75,8 @@ struct Slot {
     /// Indexed by host label.
     early: Vec<Option<Counter>>,
     upstream: [Option<Counter>; REASONS],
+    /// `sensor_blind_probes_total` of the replica.
+    blind: Option<Counter>,
 }
 
 impl Slot {
@@ -85,6 +88,7 @@ impl Slot {
             ws: vec![None; hosts * OUTCOMES * SOURCES],
             early: vec![None; hosts],
             upstream: Default::default(),
+            blind: None,
         }
     }
 }
@@ -291,6 +295,32 @@ impl Aggregator {
                 || Metrics::upstream_labels(name, ns, reason),
             );
         }
+        let _ = Self::blind_counter(s, m);
+    }
+
+    fn blind_counter<'s>(s: &'s mut Slot, m: &Metrics) -> &'s Counter {
+        s.blind.get_or_insert_with(|| {
+            let l = ReplicaLabels {
+                replica: s.replica.name.clone(),
+                namespace: s.replica.namespace.clone(),
+            };
+            let c = Counter::clone(&m.sensor_blind_probes().get_or_create(&l));
+            s.series.blind = Some(l);
+            c
+        })
+    }
+
+    /// A probe answer to the replica of `origin` that the sensor did not report. Returns
+    /// false when `origin` is not a known replica.
+    pub fn record_blind_probe(&mut self, origin: Origin) -> bool {
+        let Some(i) = self.slot_of(origin) else {
+            return false;
+        };
+        let Some(s) = self.slots[i].as_mut() else {
+            return false;
+        };
+        Self::blind_counter(s, &self.metrics).inc();
+        true
     }
 
     /// Count one observation. Returns false when its origin is not a known replica.
@@ -380,6 +410,9 @@ impl Aggregator {
             for l in &s.upstream {
                 self.metrics.upstream_connect_failures().remove(l);
             }
+            if let Some(l) = &s.blind {
+                self.metrics.sensor_blind_probes().remove(l);
+            }
             self.metrics.pipeline().removed_replicas.inc();
             tracing::info!(replica = %r.name, namespace = %r.namespace, "removed series of departed replica");
         }
@@ -402,6 +435,7 @@ mod tests {
             cgroup_id: cg,
             pids: vec![],
             attribution: Attribution::Cgroup,
+            endpoints: Vec::new(),
         }
     }
 

@@ -389,6 +389,7 @@ mod tests {
                 target: 0,
                 websocket,
                 probe,
+                probe_ref: crate::http::ProbeRef::None,
             },
             response: response(status_raw),
             response_ts_ns: 2,
@@ -507,6 +508,7 @@ mod tests {
             target: 0,
             websocket: true,
             probe: true,
+            probe_ref: crate::http::ProbeRef::None,
         };
         let origin = Origin {
             tgid: 1,

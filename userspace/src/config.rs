@@ -120,6 +120,55 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_SERIES_GRACE", value_parser = humantime::parse_duration, default_value = "5m")]
     pub series_grace: Duration,
 
+    /// A file of hosts, one per line (`#` starts a comment), added to `--host`.
+    #[arg(long, env = "ROUTESKEW_HOSTS_FILE")]
+    pub hosts_file: Option<PathBuf>,
+
+    /// How often every replica is probed for every host (with ±10 % jitter); 0 turns
+    /// the prober off.
+    #[arg(long, env = "ROUTESKEW_PROBE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub probe_interval: Duration,
+
+    /// Time limit of one probe request.
+    #[arg(long, env = "ROUTESKEW_PROBE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "3s")]
+    pub probe_timeout: Duration,
+
+    /// Probe requests in flight at once.
+    #[arg(long, env = "ROUTESKEW_PROBE_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub probe_concurrency: u32,
+
+    /// Path of the HTTP probe.
+    #[arg(long, env = "ROUTESKEW_PROBE_PATH", default_value = "/")]
+    pub probe_path: String,
+
+    /// WebSocket probe: `/path` for every host or `host/path` for one (repeatable).
+    #[arg(
+        long = "probe-ws-path",
+        env = "ROUTESKEW_PROBE_WS_PATHS",
+        value_delimiter = ','
+    )]
+    pub probe_ws_paths: Vec<crate::probe::WsPath>,
+
+    /// Status that also counts as a successful WebSocket probe, e.g. 302 for an auth
+    /// redirect (repeatable).
+    #[arg(long = "probe-ws-accept", env = "ROUTESKEW_PROBE_WS_ACCEPT", value_delimiter = ',',
+          value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub probe_ws_accept: Vec<u16>,
+
+    /// Only probe replica endpoints on these ports (repeatable); by default the ports
+    /// whose Traefik entrypoints carry routers, or every port but the API's.
+    #[arg(
+        long = "probe-port",
+        env = "ROUTESKEW_PROBE_PORTS",
+        value_delimiter = ','
+    )]
+    pub probe_ports: Vec<u16>,
+
+    /// Port of the replicas' Traefik API (router inventory); detected when not given.
+    #[arg(long, env = "ROUTESKEW_API_PORT")]
+    pub api_port: Option<u16>,
+
     /// Name of this node (Kubernetes downward API); used in logs.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -151,6 +200,21 @@ impl RunArgs {
         Ok(())
     }
 
+    /// `--host` plus the hosts of `--hosts-file`, in order, without duplicates.
+    pub fn all_hosts(&self) -> Result<Vec<String>, String> {
+        let mut hosts = self.hosts.clone();
+        if let Some(path) = &self.hosts_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--hosts-file {}: {e}", path.display()))?;
+            hosts.extend(parse_hosts_file(&text));
+        }
+        // A host-specific WebSocket probe needs its host to be a label value.
+        hosts.extend(self.probe_ws_paths.iter().filter_map(|w| w.host.clone()));
+        let mut seen = std::collections::HashSet::new();
+        hosts.retain(|h| seen.insert(h.clone()));
+        Ok(hosts)
+    }
+
     /// The discovery mode after resolving `auto`.
     pub fn effective_discovery(&self) -> DiscoveryMode {
         match self.discovery {
@@ -163,9 +227,75 @@ impl RunArgs {
     }
 }
 
+/// Hosts of a hosts file: one per line, blank lines and `#` comments ignored.
+pub fn parse_hosts_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_flags() {
+        let r = parse(&["run"]).expect("defaults parse");
+        assert_eq!(r.probe_interval, Duration::from_secs(10));
+        assert_eq!(r.probe_path, "/");
+        assert!(r.probe_ws_paths.is_empty());
+        let r = parse(&[
+            "run",
+            "--probe-interval",
+            "1s",
+            "--probe-ws-path",
+            "/ws,chat.test/socket",
+            "--probe-ws-accept",
+            "302",
+            "--probe-port",
+            "80",
+            "--api-port",
+            "9000",
+        ])
+        .expect("parse");
+        assert_eq!(r.probe_interval, Duration::from_secs(1));
+        assert_eq!(r.probe_ws_paths.len(), 2);
+        assert_eq!(r.probe_ws_paths[1].host.as_deref(), Some("chat.test"));
+        assert_eq!(r.probe_ws_accept, vec![302]);
+        assert_eq!(r.probe_ports, vec![80]);
+        assert_eq!(r.api_port, Some(9000));
+        assert!(parse(&["run", "--probe-ws-path", "ws"]).is_err());
+        assert!(parse(&["run", "--probe-concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn hosts_file() {
+        assert_eq!(
+            parse_hosts_file("# hosts\na.test\n\n  b.test  # the b one\n"),
+            vec!["a.test", "b.test"]
+        );
+        let path = std::env::temp_dir().join(format!("routeskew-hosts-{}", std::process::id()));
+        std::fs::write(&path, "b.test\nc.test\n").expect("write");
+        let p = path.display().to_string();
+        let r = parse(&[
+            "run",
+            "--host",
+            "a.test,b.test",
+            "--hosts-file",
+            &p,
+            "--probe-ws-path",
+            "d.test/ws,/ws",
+        ])
+        .expect("parse");
+        assert_eq!(
+            r.all_hosts().expect("read"),
+            vec!["a.test", "b.test", "c.test", "d.test"]
+        );
+        std::fs::remove_file(&path).expect("rm");
+        assert!(r.all_hosts().is_err());
+    }
 
     fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(std::iter::once("routeskew").chain(args.iter().copied()))?;

@@ -46,6 +46,38 @@ impl UpstreamFailureReason {
     }
 }
 
+/// The checks the prober runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeCheck {
+    Http,
+    WebSocket,
+}
+
+impl ProbeCheck {
+    /// The `check` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+/// What the prober itself saw of one probe check sent to a replica. The event carrying
+/// it has the replica's origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// The id in the probe's User-Agent ([`crate::http::probe_check_user_agent`]), which
+    /// the kernel's copy of the exchange carries too.
+    pub id: u64,
+    pub check: ProbeCheck,
+    /// The Host the probe sent.
+    pub host: String,
+    /// The response as the prober received it: status line, headers in wire order, blank
+    /// line, the start of the body. `None` when no response came (refused, reset, timeout).
+    pub response: Option<Bytes>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     /// The leading bytes of one read/write on a socket fd, starting an HTTP/1.x message.
@@ -68,6 +100,8 @@ pub enum EventKind {
         errno: i32,
         peer: Option<SocketAddr>,
     },
+    /// The prober's own account of a probe check (never produced by the kernel).
+    Probe(Box<ProbeReport>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

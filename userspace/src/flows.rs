@@ -82,6 +82,7 @@ pub struct ClientRequest {
     pub target: u64,
     pub websocket: bool,
     pub probe: bool,
+    pub probe_ref: http::ProbeRef,
 }
 
 impl ClientRequest {
@@ -93,6 +94,7 @@ impl ClientRequest {
             target: r.target,
             websocket: r.websocket,
             probe: r.probe,
+            probe_ref: r.probe_ref,
         }
     }
 }
@@ -131,6 +133,18 @@ pub enum FlowEvent {
         reason: UpstreamFailureReason,
         ts_ns: u64,
     },
+}
+
+impl FlowEvent {
+    /// The client request the event is about, if any.
+    pub fn request(&self) -> Option<&ClientRequest> {
+        match self {
+            FlowEvent::Exchange { request, .. }
+            | FlowEvent::WsReset { request, .. }
+            | FlowEvent::WsEarlyClose { request, .. } => Some(request),
+            FlowEvent::UpstreamFailure { .. } => None,
+        }
+    }
 }
 
 /// Counters of everything the tracker saw, dropped or could not make sense of. Monotonic.
@@ -346,6 +360,8 @@ impl Flows {
                     ts_ns: ev.ts_ns,
                 });
             }
+            // Not a socket event: the pipeline settles probe reports before flows.
+            EventKind::Probe(_) => {}
         }
     }
 

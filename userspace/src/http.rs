@@ -26,6 +26,48 @@ pub const MAX_VALUE_LEN: usize = 32;
 /// Marker the active prober puts at the start of its User-Agent.
 pub const PROBE_USER_AGENT_PREFIX: &[u8] = b"routeskew-probe/";
 
+/// What the rest of a probe User-Agent says about the request. The agent's own requests
+/// carry `routeskew-probe/<version> check/<16 hex digits>` (one probe check, matched
+/// against the kernel's report of it) or `routeskew-probe/<version> housekeeping`
+/// (endpoint and router-inventory requests, never counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ProbeRef {
+    /// No probe User-Agent, or one without a recognised tag (another agent's version).
+    #[default]
+    None,
+    Check(u64),
+    Housekeeping,
+}
+
+/// The User-Agent of a probe check.
+pub fn probe_check_user_agent(version: &str, id: u64) -> String {
+    format!("routeskew-probe/{version} check/{id:016x}")
+}
+
+/// The User-Agent of the agent's other requests to replicas.
+pub fn probe_housekeeping_user_agent(version: &str) -> String {
+    format!("routeskew-probe/{version} housekeeping")
+}
+
+/// Reads the tag of a User-Agent that starts with [`PROBE_USER_AGENT_PREFIX`].
+pub fn probe_ref_of(user_agent: &[u8]) -> ProbeRef {
+    let Some(rest) = user_agent.strip_prefix(PROBE_USER_AGENT_PREFIX) else {
+        return ProbeRef::None;
+    };
+    let Some(pos) = rest.iter().position(|&b| b == b' ') else {
+        return ProbeRef::None;
+    };
+    let tag = &rest[pos + 1..];
+    if tag == b"housekeeping" {
+        return ProbeRef::Housekeeping;
+    }
+    tag.strip_prefix(b"check/")
+        .filter(|hex| hex.len() == 16)
+        .and_then(|hex| std::str::from_utf8(hex).ok())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .map_or(ProbeRef::None, ProbeRef::Check)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ParseError {
     #[error("nothing captured")]
@@ -410,6 +452,8 @@ pub struct RequestHead {
     pub websocket: bool,
     /// The User-Agent starts with [`PROBE_USER_AGENT_PREFIX`].
     pub probe: bool,
+    /// The tag of a probe User-Agent.
+    pub probe_ref: ProbeRef,
     pub content_length: Option<u64>,
     pub chunked: bool,
     /// The head did not end inside the capture; only complete lines were used.
@@ -906,6 +950,7 @@ fn request_line_only(buf: &[u8], truncated: bool) -> Result<RequestHead, ParseEr
         target: target_hash(method, target),
         websocket: false,
         probe: false,
+        probe_ref: ProbeRef::None,
         content_length: None,
         chunked: false,
         truncated,
@@ -923,6 +968,7 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
     let mut upgrade_ws = false;
     let mut connection_upgrade = false;
     let mut probe = false;
+    let mut probe_ref = ProbeRef::None;
     let mut content_length = None;
     let mut chunked = false;
     let mut bad_framing = false;
@@ -949,7 +995,10 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
             }
             RequestHeader::Upgrade => upgrade_ws |= has_token(h.value, "websocket"),
             RequestHeader::Connection => connection_upgrade |= has_token(h.value, "upgrade"),
-            RequestHeader::UserAgent => probe = h.value.starts_with(PROBE_USER_AGENT_PREFIX),
+            RequestHeader::UserAgent => {
+                probe = h.value.starts_with(PROBE_USER_AGENT_PREFIX);
+                probe_ref = probe_ref_of(h.value);
+            }
             RequestHeader::ContentLength => match parse_content_length(h.value, content_length) {
                 Ok(n) => content_length = n,
                 Err(_) => bad_framing = true,
@@ -970,6 +1019,7 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
         target: target_hash(method.as_bytes(), target.as_bytes()),
         websocket: upgrade_ws && connection_upgrade,
         probe,
+        probe_ref,
         content_length,
         chunked,
         truncated,
@@ -1580,6 +1630,29 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
         );
         assert!(!r.websocket);
+    }
+
+    #[test]
+    fn probe_tags_round_trip() {
+        let ua = probe_check_user_agent("0.1.0", 0x00ab_cdef_0123_4567);
+        assert_eq!(
+            probe_ref_of(ua.as_bytes()),
+            ProbeRef::Check(0x00ab_cdef_0123_4567)
+        );
+        let head = format!("GET / HTTP/1.1\r\nHost: a.test\r\nUser-Agent: {ua}\r\n\r\n");
+        let r = one_request(head.as_bytes());
+        assert!(r.probe);
+        assert_eq!(r.probe_ref, ProbeRef::Check(0x00ab_cdef_0123_4567));
+        let ua = probe_housekeeping_user_agent("0.1.0");
+        assert_eq!(probe_ref_of(ua.as_bytes()), ProbeRef::Housekeeping);
+        for other in [
+            &b"routeskew-probe/0.1"[..],
+            b"routeskew-probe/0.1 check/12",
+            b"routeskew-probe/0.1 check/zzzzzzzzzzzzzzzz",
+            b"curl/8 check/0000000000000001",
+        ] {
+            assert_eq!(probe_ref_of(other), ProbeRef::None, "{other:?}");
+        }
     }
 
     #[test]

@@ -16,4 +16,5 @@ pub mod flows;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod probe;
 pub mod sensor;

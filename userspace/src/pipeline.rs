@@ -16,10 +16,11 @@ use prometheus_client::metrics::family::Family;
 use crate::aggregate::Aggregator;
 use crate::classify::{Classifier, ClassifyStats, Observation};
 use crate::discovery::TargetSet;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, Origin, ProbeReport};
 use crate::flows::{FlowConfig, FlowEvent, FlowStats, Flows};
-use crate::http::ParseError;
+use crate::http::{ParseError, ProbeRef};
 use crate::metrics::{KindLabels, LegLabels, Metrics, PipelineMetrics, ReasonLabels};
+use crate::probe::ledger::{Ledger, LedgerStats, Sighting};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -37,6 +38,9 @@ pub struct PipelineConfig {
     /// Off by default, like the sensor: upstream requests then only corroborate, and are
     /// never counted as unanswered. See [`FlowConfig::upstream_responses`].
     pub upstream_responses: bool,
+    /// How long after the prober's report of a probe the kernel's copy of the exchange
+    /// may still arrive before the sensor is declared blind to it.
+    pub probe_deadline: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -50,6 +54,7 @@ impl Default for PipelineConfig {
             max_pending_per_conn: flows.max_pending_per_conn,
             series_grace: Duration::from_secs(600),
             upstream_responses: flows.upstream_responses,
+            probe_deadline: Duration::from_secs(1),
         }
     }
 }
@@ -116,6 +121,11 @@ pub struct Pipeline {
     counters: StatCounters,
     flow_buf: Vec<FlowEvent>,
     obs_buf: Vec<Observation>,
+    ledger: Ledger,
+    missed_buf: Vec<(Origin, Box<ProbeReport>)>,
+    /// Kernel copies of the agent's own non-probe requests (endpoint checks, router
+    /// inventory), never counted.
+    housekeeping_exchanges: u64,
     /// Stats already added to the exported counters.
     synced_flows: FlowStats,
     synced_classify: ClassifyStats,
@@ -139,6 +149,9 @@ impl Pipeline {
             metrics,
             flow_buf: Vec::new(),
             obs_buf: Vec::new(),
+            ledger: Ledger::new(u64::try_from(cfg.probe_deadline.as_nanos()).unwrap_or(u64::MAX)),
+            missed_buf: Vec::new(),
+            housekeeping_exchanges: 0,
             synced_flows: FlowStats::default(),
             synced_classify: ClassifyStats::default(),
             synced_connections: None,
@@ -156,25 +169,94 @@ impl Pipeline {
         if !self.aggregator.is_known(event.origin) {
             self.metrics.pipeline().unknown_origin_events.inc();
         }
-        if let EventKind::Data { bytes, .. } = &event.kind {
-            tracing::trace!(tgid = event.origin.tgid, len = bytes.len(), "data event");
+        match &event.kind {
+            EventKind::Data { bytes, .. } => {
+                tracing::trace!(tgid = event.origin.tgid, len = bytes.len(), "data event");
+            }
+            EventKind::Probe(report) => {
+                self.ledger
+                    .reported(event.origin, report.clone(), event.ts_ns);
+                return;
+            }
+            _ => {}
         }
         self.flows.handle(event, &mut self.flow_buf);
-        for fe in self.flow_buf.drain(..) {
-            self.classifier.classify(fe, &mut self.obs_buf);
+        let mut flow_buf = std::mem::take(&mut self.flow_buf);
+        for fe in flow_buf.drain(..) {
+            if self.admit_probe_exchange(&fe, event.ts_ns) {
+                self.classifier.classify(fe, &mut self.obs_buf);
+            }
         }
+        self.flow_buf = flow_buf;
+        self.record_observations();
+        self.sync_stats();
+    }
+
+    /// Decides whether a flow event that may stem from the agent's own requests is
+    /// counted (see [`crate::probe::ledger`] for the rule).
+    fn admit_probe_exchange(&mut self, fe: &FlowEvent, now_ns: u64) -> bool {
+        let Some(request) = fe.request() else {
+            return true;
+        };
+        match request.probe_ref {
+            ProbeRef::None => true,
+            ProbeRef::Housekeeping => {
+                self.housekeeping_exchanges += 1;
+                false
+            }
+            // A WebSocket probe closes right after its 101: that is no early close.
+            ProbeRef::Check(_) if matches!(fe, FlowEvent::WsEarlyClose { .. }) => false,
+            ProbeRef::Check(id) => self.ledger.kernel_saw(id, now_ns) == Sighting::Count,
+        }
+    }
+
+    fn record_observations(&mut self) {
         for obs in self.obs_buf.drain(..) {
             if !self.aggregator.record(&obs) {
                 self.counters.dropped_unknown_origin.inc();
             }
         }
-        self.sync_stats();
     }
 
     pub fn tick(&mut self, now_ns: u64) {
         self.flows.tick(now_ns);
+        self.expire_probes(now_ns);
         self.aggregator.tick(now_ns);
         self.sync_stats();
+    }
+
+    /// Settles probe reports whose kernel copy is overdue: each one is a probe the sensor
+    /// was blind to, counted from the prober's own report. Cheap when nothing is due; the
+    /// agent calls it more often than [`Pipeline::tick`] so that a blind sensor shows
+    /// within two probe intervals.
+    pub fn expire_probes(&mut self, now_ns: u64) {
+        if self.ledger.next_deadline().is_none_or(|d| d > now_ns) {
+            return;
+        }
+        let mut missed = std::mem::take(&mut self.missed_buf);
+        self.ledger.expire(now_ns, &mut missed);
+        for (origin, report) in missed.drain(..) {
+            if !self.aggregator.record_blind_probe(origin) {
+                self.counters.dropped_unknown_origin.inc();
+                continue;
+            }
+            tracing::debug!(check = report.check.as_str(), host = %report.host, tgid = origin.tgid, "sensor did not report a probe exchange");
+            if let Some(fe) = crate::probe::check::report_exchange(origin, &report, now_ns) {
+                self.classifier.classify(fe, &mut self.obs_buf);
+            }
+        }
+        self.missed_buf = missed;
+        self.record_observations();
+    }
+
+    /// Probe bookkeeping so far (for logs and tests).
+    pub fn probe_stats(&self) -> &LedgerStats {
+        self.ledger.stats()
+    }
+
+    /// Kernel copies of the agent's housekeeping requests that were dropped.
+    pub fn housekeeping_exchanges(&self) -> u64 {
+        self.housekeeping_exchanges
     }
 
     /// Flow statistics so far (for logs and tests).

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{Attribution, Replica, Target, TargetSet};
+use super::{endpoints, Attribution, Replica, Target, TargetSet};
 
 /// Environment variable a replica process may carry to name itself.
 pub const REPLICA_ENV: &str = "ROUTESKEW_REPLICA";
@@ -195,7 +195,7 @@ impl LocalDiscovery {
         };
         let cgroup_id = cgroup_id(&dir)?;
         let procs_file = dir.join("cgroup.procs");
-        let pids = fs::read_to_string(&procs_file)
+        let pids: Vec<u32> = fs::read_to_string(&procs_file)
             .map_err(|source| DiscoveryError::Io {
                 path: procs_file,
                 source,
@@ -203,6 +203,12 @@ impl LocalDiscovery {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
+        let mut endpoints: Vec<_> = pids
+            .iter()
+            .flat_map(|&pid| endpoints::listening_endpoints(&self.cfg.proc_root, pid))
+            .collect();
+        endpoints.sort();
+        endpoints.dedup();
         Ok(Target {
             replica: Replica {
                 name: leaf_name(&dir.to_string_lossy()).unwrap_or_else(|| "cgroup".into()),
@@ -211,6 +217,7 @@ impl LocalDiscovery {
             cgroup_id,
             pids,
             attribution: Attribution::Cgroup,
+            endpoints,
         })
     }
 
@@ -246,6 +253,7 @@ impl LocalDiscovery {
                     cgroup_id: f.cgroup_id,
                     pids: vec![pid],
                     attribution: Attribution::Pids,
+                    endpoints: endpoints::listening_endpoints(&self.cfg.proc_root, pid),
                 }
             })
             .collect()

@@ -1,5 +1,6 @@
 //! Which local processes are Traefik replicas, and how kernel events map back to them.
 
+pub mod endpoints;
 pub mod local;
 
 use std::collections::HashMap;
@@ -34,6 +35,17 @@ pub struct Target {
     /// Processes of the replica at discovery time.
     pub pids: Vec<u32>,
     pub attribution: Attribution,
+    /// Addresses the replica serves on, reachable from the agent: probes go straight there.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One address a replica listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: std::net::SocketAddr,
+    /// The port's name where one is known (a container port's name in Kubernetes, the
+    /// Traefik entrypoint in local mode once its API told us).
+    pub port_name: Option<String>,
 }
 
 /// A snapshot of all targets; the sensor watches their cgroups, the pipeline resolves
@@ -103,6 +115,7 @@ mod tests {
             cgroup_id: cg,
             pids: pids.to_vec(),
             attribution,
+            endpoints: Vec::new(),
         }
     }
 

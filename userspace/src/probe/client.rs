@@ -1,0 +1,312 @@
+//! The prober's HTTP/1.1 and WebSocket client. Every request opens its own connection
+//! to one replica's address (never through a Service or a pool), so the kernel sees one
+//! probe per connection and the Host header is exactly the probed host. TLS sends that
+//! host as SNI and accepts any certificate: probes test routing, not certificates.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::SinkExt;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{HeaderValue, HOST, USER_AGENT};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::check::{wire_form, Answer, BODY_PREFIX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
+    #[error("http: {0}")]
+    Http(String),
+    #[error("websocket: {0}")]
+    WebSocket(String),
+    #[error("invalid request: {0}")]
+    Request(String),
+}
+
+impl ClientError {
+    /// A short, bounded reason for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Tls(_) => "tls",
+            Self::Http(_) => "http",
+            Self::WebSocket(_) => "websocket",
+            Self::Request(_) => "request",
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Stream = Pin<Box<dyn Io>>;
+
+/// TLS settings shared by all probes.
+#[derive(Clone)]
+pub struct Tls {
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    pub fn new() -> Result<Self, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        // The probes and the pipeline speak HTTP/1.1.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+/// Accepts any certificate but still checks that the server holds its key (the
+/// handshake signatures), so a TLS endpoint is told apart from garbage.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One request's target: where to connect and what to say.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub addr: SocketAddr,
+    /// TLS with this configuration when the endpoint speaks TLS.
+    pub tls: Option<&'a Tls>,
+    /// Host header and SNI.
+    pub host: &'a str,
+    pub path: &'a str,
+    pub user_agent: &'a str,
+}
+
+async fn connect(r: &Request<'_>) -> Result<Stream, ClientError> {
+    let tcp = TcpStream::connect(r.addr)
+        .await
+        .map_err(ClientError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = r.tls else {
+        return Ok(Box::pin(tcp));
+    };
+    // The host without a port; an IP literal gives no SNI, as browsers do.
+    let name = host_without_port(r.host);
+    let server_name =
+        ServerName::try_from(name.to_string()).map_err(|e| ClientError::Request(e.to_string()))?;
+    let stream = tls
+        .connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(ClientError::Tls)?;
+    Ok(Box::pin(stream))
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// `GET path` with the given Host; reads at most `body_cap` bytes of the body.
+pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError> {
+    let stream = connect(r).await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    let req = hyper::Request::get(r.path)
+        .header(
+            HOST,
+            HeaderValue::from_str(r.host).map_err(|e| ClientError::Request(e.to_string()))?,
+        )
+        .header(
+            USER_AGENT,
+            HeaderValue::from_str(r.user_agent).map_err(|e| ClientError::Request(e.to_string()))?,
+        )
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ClientError::Request(e.to_string()))?;
+    let exchange = async move {
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let (parts, mut body) = resp.into_parts();
+        let mut buf = BytesMut::new();
+        while buf.len() < body_cap {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = body_cap - buf.len();
+                        buf.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(e)) => return Err(ClientError::Http(e.to_string())),
+                None => break,
+            }
+        }
+        let status = parts.status.as_u16();
+        let wire = wire_form(
+            status,
+            parts.status.canonical_reason().unwrap_or(""),
+            parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes())),
+            &buf[..buf.len().min(BODY_PREFIX)],
+        );
+        let next_page = parts
+            .headers
+            .get("x-next-page")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok(Answer {
+            status,
+            wire,
+            body: buf.freeze(),
+            next_page,
+        })
+    };
+    tokio::pin!(exchange);
+    tokio::pin!(conn);
+    // The connection task must be driven while the response is read; once it ends (the
+    // server closed), whatever it received is already in the body channel.
+    tokio::select! {
+        biased;
+        r = &mut exchange => r,
+        _ = &mut conn => exchange.await,
+    }
+}
+
+/// A WebSocket upgrade to `path`; on 101 the connection is closed cleanly right away.
+pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+
+    let stream = connect(r).await?;
+    let scheme = if r.tls.is_some() { "wss" } else { "ws" };
+    let uri = format!("{scheme}://{}{}", r.host, r.path);
+    let mut req = uri
+        .into_client_request()
+        .map_err(|e| ClientError::Request(e.to_string()))?;
+    req.headers_mut().insert(
+        USER_AGENT,
+        HeaderValue::from_str(r.user_agent).map_err(|e| ClientError::Request(e.to_string()))?,
+    );
+    match tokio_tungstenite::client_async(req, stream).await {
+        Ok((mut ws, resp)) => {
+            let status = resp.status().as_u16();
+            let wire = wire_form(
+                status,
+                resp.status().canonical_reason().unwrap_or(""),
+                resp.headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
+                &[],
+            );
+            let _ = ws.close(None).await;
+            let _ = ws.flush().await;
+            Ok(Answer {
+                status,
+                wire,
+                body: Bytes::new(),
+                next_page: None,
+            })
+        }
+        Err(WsError::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp.body().clone().unwrap_or_default();
+            let wire = wire_form(
+                status,
+                resp.status().canonical_reason().unwrap_or(""),
+                resp.headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
+                &body,
+            );
+            Ok(Answer {
+                status,
+                wire,
+                body: Bytes::from(body),
+                next_page: None,
+            })
+        }
+        Err(e) => Err(ClientError::WebSocket(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_names() {
+        assert_eq!(host_without_port("a.test"), "a.test");
+        assert_eq!(host_without_port("a.test:8443"), "a.test");
+        assert_eq!(host_without_port("[::1]:443"), "::1");
+        assert_eq!(host_without_port("127.0.0.1:9000"), "127.0.0.1");
+    }
+}

@@ -1,0 +1,277 @@
+//! Matches each probe check the prober reports with the kernel's report of the same
+//! exchange, and decides which of the two is counted.
+//!
+//! A probe check has two witnesses: the prober, which sent the request and read the
+//! answer, and the kernel sensor, which sees the replica read that request and write that
+//! answer (the probe's User-Agent carries the check's id, so the pipeline can tell which
+//! probe a kernel-observed exchange belongs to). The rule that makes every answered probe
+//! count exactly once in `http_responses_total{source="probe"}` /
+//! `ws_upgrades_total{source="probe"}`:
+//!
+//! * the kernel's copy is counted, when it comes, by the same flows → classify →
+//!   aggregate code as passive traffic (the probe User-Agent makes it `source="probe"`,
+//!   so probe traffic is never passive);
+//! * the prober's copy is never counted while the kernel's can still come: it waits
+//!   here until a deadline;
+//! * when the deadline passes without the kernel's copy, the sensor was blind to that
+//!   exchange: `sensor_blind_probes_total{replica}` goes up and the prober's copy is
+//!   counted instead (classified by the same code, without upstream corroboration);
+//! * a kernel copy arriving after that is not counted again.
+//!
+//! Probes that got no answer expect nothing from the kernel (there was no exchange to
+//! see); if the kernel saw the request anyway (a WebSocket reset) its copy is counted.
+//!
+//! The clock is an argument everywhere (CLOCK_MONOTONIC nanoseconds in the agent), so the
+//! tests drive it by hand.
+
+use std::collections::HashMap;
+
+use crate::event::{Origin, ProbeReport};
+
+/// Probe checks tracked at once; the prober sends a few per replica, host and interval.
+const MAX_ENTRIES: usize = 16_384;
+/// How long a settled id is remembered, to recognise a late or duplicate kernel copy.
+const RETAIN_NS: u64 = 120_000_000_000;
+
+#[derive(Debug)]
+enum Entry {
+    /// The kernel's copy came first and was counted.
+    Seen { at_ns: u64 },
+    /// The prober reported an answer; the kernel's copy is due by `deadline_ns`.
+    Awaiting {
+        deadline_ns: u64,
+        origin: Origin,
+        report: Box<ProbeReport>,
+    },
+    /// Settled: the prober's report was matched, or it was declared missed.
+    Done { at_ns: u64 },
+}
+
+/// What to do with a kernel-observed probe exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    /// Count it.
+    Count,
+    /// Already settled (counted from the prober's report, or a duplicate): drop it.
+    Late,
+}
+
+/// Statistics, monotonic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// Prober reports confirmed by the kernel.
+    pub confirmed: u64,
+    /// Prober reports the kernel never confirmed within the deadline.
+    pub missed: u64,
+    /// Kernel copies that came after their probe was settled.
+    pub late: u64,
+    /// Entries not tracked because the ledger was full.
+    pub overflow: u64,
+}
+
+pub struct Ledger {
+    deadline_ns: u64,
+    entries: HashMap<u64, Entry>,
+    stats: LedgerStats,
+}
+
+impl Ledger {
+    /// `deadline_ns`: how long after the prober's report the kernel's copy may still come.
+    pub fn new(deadline_ns: u64) -> Self {
+        Ledger {
+            deadline_ns,
+            entries: HashMap::new(),
+            stats: LedgerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &LedgerStats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The kernel reported the exchange of probe `id`.
+    pub fn kernel_saw(&mut self, id: u64, now_ns: u64) -> Sighting {
+        match self.entries.get_mut(&id) {
+            None => {
+                if self.entries.len() >= MAX_ENTRIES {
+                    self.stats.overflow += 1;
+                } else {
+                    self.entries.insert(id, Entry::Seen { at_ns: now_ns });
+                }
+                Sighting::Count
+            }
+            Some(e @ Entry::Awaiting { .. }) => {
+                *e = Entry::Done { at_ns: now_ns };
+                self.stats.confirmed += 1;
+                Sighting::Count
+            }
+            Some(Entry::Seen { .. } | Entry::Done { .. }) => {
+                self.stats.late += 1;
+                Sighting::Late
+            }
+        }
+    }
+
+    /// The prober reported probe check `report` sent to the replica of `origin`.
+    pub fn reported(&mut self, origin: Origin, report: Box<ProbeReport>, now_ns: u64) {
+        let id = report.id;
+        match self.entries.get(&id) {
+            Some(Entry::Seen { .. }) => {
+                self.entries.insert(id, Entry::Done { at_ns: now_ns });
+                self.stats.confirmed += 1;
+            }
+            Some(_) => {}
+            None if report.response.is_none() => {}
+            None => {
+                if self.entries.len() >= MAX_ENTRIES {
+                    self.stats.overflow += 1;
+                    return;
+                }
+                self.entries.insert(
+                    id,
+                    Entry::Awaiting {
+                        deadline_ns: now_ns.saturating_add(self.deadline_ns),
+                        origin,
+                        report,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Probe checks whose kernel copy is overdue, to be counted as blind; also forgets
+    /// settled ids past their retention.
+    pub fn expire(&mut self, now_ns: u64, missed: &mut Vec<(Origin, Box<ProbeReport>)>) {
+        let overdue: Vec<u64> = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Awaiting { deadline_ns, .. } if *deadline_ns <= now_ns => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for id in overdue {
+            if let Some(Entry::Awaiting { origin, report, .. }) =
+                self.entries.insert(id, Entry::Done { at_ns: now_ns })
+            {
+                self.stats.missed += 1;
+                missed.push((origin, report));
+            }
+        }
+        self.entries.retain(|_, e| match e {
+            Entry::Seen { at_ns } | Entry::Done { at_ns } => {
+                now_ns.saturating_sub(*at_ns) < RETAIN_NS
+            }
+            Entry::Awaiting { .. } => true,
+        });
+    }
+
+    /// The earliest deadline pending, if any (lets the caller skip needless sweeps).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Awaiting { deadline_ns, .. } => Some(*deadline_ns),
+                _ => None,
+            })
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ProbeCheck;
+
+    const MS: u64 = 1_000_000;
+    const O: Origin = Origin {
+        tgid: 7,
+        cgroup_id: 70,
+    };
+
+    fn report(id: u64, answered: bool) -> Box<ProbeReport> {
+        Box::new(ProbeReport {
+            id,
+            check: ProbeCheck::Http,
+            host: "a.test".into(),
+            response: answered.then(|| bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n")),
+        })
+    }
+
+    fn expire(l: &mut Ledger, now: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        l.expire(now, &mut out);
+        out.into_iter().map(|(_, r)| r.id).collect()
+    }
+
+    #[test]
+    fn kernel_before_prober_counts_once() {
+        let mut l = Ledger::new(500 * MS);
+        assert_eq!(l.kernel_saw(1, 10 * MS), Sighting::Count);
+        l.reported(O, report(1, true), 12 * MS);
+        assert!(expire(&mut l, 2_000 * MS).is_empty());
+        assert_eq!(l.stats().confirmed, 1);
+        // A duplicate kernel copy is not counted again.
+        assert_eq!(l.kernel_saw(1, 2_100 * MS), Sighting::Late);
+    }
+
+    #[test]
+    fn prober_before_kernel_within_deadline() {
+        let mut l = Ledger::new(500 * MS);
+        l.reported(O, report(2, true), 10 * MS);
+        assert!(expire(&mut l, 400 * MS).is_empty());
+        assert_eq!(l.kernel_saw(2, 450 * MS), Sighting::Count);
+        assert!(expire(&mut l, 5_000 * MS).is_empty());
+        assert_eq!(l.stats().confirmed, 1);
+        assert_eq!(l.stats().missed, 0);
+    }
+
+    #[test]
+    fn blind_sensor_is_detected_at_the_deadline() {
+        let mut l = Ledger::new(500 * MS);
+        l.reported(O, report(3, true), 10 * MS);
+        l.reported(O, report(4, true), 20 * MS);
+        assert_eq!(l.next_deadline(), Some(510 * MS));
+        assert!(expire(&mut l, 509 * MS).is_empty());
+        assert_eq!(expire(&mut l, 510 * MS), vec![3]);
+        assert_eq!(expire(&mut l, 600 * MS), vec![4]);
+        assert_eq!(l.stats().missed, 2);
+        // The kernel copy, when it finally comes, was already counted from the report.
+        assert_eq!(l.kernel_saw(3, 700 * MS), Sighting::Late);
+        assert_eq!(l.stats().late, 1);
+        assert_eq!(l.next_deadline(), None);
+    }
+
+    #[test]
+    fn unanswered_probes_expect_nothing() {
+        let mut l = Ledger::new(500 * MS);
+        l.reported(O, report(5, false), 10 * MS);
+        assert!(expire(&mut l, 10_000 * MS).is_empty());
+        assert_eq!(l.stats().missed, 0);
+        // The kernel saw the request of a reset WebSocket probe: counted.
+        assert_eq!(l.kernel_saw(5, 10_001 * MS), Sighting::Count);
+    }
+
+    #[test]
+    fn settled_ids_are_forgotten_and_memory_is_bounded() {
+        let mut l = Ledger::new(500 * MS);
+        for id in 0..10 {
+            assert_eq!(l.kernel_saw(id, 0), Sighting::Count);
+        }
+        expire(&mut l, RETAIN_NS);
+        assert!(l.is_empty());
+        for id in 0..(MAX_ENTRIES as u64 + 5) {
+            l.reported(O, report(id, true), 0);
+        }
+        assert_eq!(l.len(), MAX_ENTRIES);
+        assert_eq!(l.stats().overflow, 5);
+    }
+}
