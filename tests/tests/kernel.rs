@@ -836,9 +836,10 @@ async fn many_watched_cgroups_use_the_hash_map() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mut bench = Bench::new("many").await?;
     let id = bench.cgroup.id;
-    // Ids no cgroup has (cgroup ids are inode numbers, far above these).
+    // Ids no cgroup has. Small ids are real (1 is the root cgroup, where other processes'
+    // traffic would leak in); cgroup ids are inode numbers, far below these.
     for n in [15u64, 16, 40] {
-        let mut ids: Vec<u64> = (1..=n).collect();
+        let mut ids: Vec<u64> = (0..n).map(|i| u64::MAX - i).collect();
         ids.push(id);
         bench.sensor.set_watched_cgroups(&ids)?;
         bench.run_helper("http", Placement::InCgroup, false)?;
