@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod btf;
 pub mod decode;
+pub mod gobin;
 pub mod tracefs;
 
 use std::{
