@@ -19,6 +19,7 @@ pub mod paths;
 pub mod process;
 pub mod prometheus;
 pub mod scenario;
+pub mod tls;
 pub mod traefik;
 pub mod traffic;
 pub mod ws;
@@ -233,6 +234,7 @@ impl Testbed {
                     backend: backend.addr,
                     refused: refused_addr,
                     slow_timeout: scenario.slow_timeout,
+                    tls: None,
                 }),
             )?;
             let static_file = config_dir.join("traefik.yml");
@@ -240,6 +242,7 @@ impl Testbed {
                 &static_file,
                 traefik::static_yaml(&traefik::StaticConfig {
                     web: web_addr,
+                    websecure: None,
                     api: api_addr,
                     dynamic_file: &dynamic_file,
                     log_file: &log_file,

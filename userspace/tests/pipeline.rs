@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
-use routeskew::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use routeskew::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
 use routeskew::metrics::{BuildInfo, Metrics};
 use routeskew::pipeline::{Pipeline, PipelineConfig};
 
@@ -89,7 +89,7 @@ impl Harness {
             ts_ns: ts,
             origin: o,
             kind: EventKind::Data {
-                fd,
+                conn: ConnId::Fd(fd),
                 direction: dir,
                 total_len: b.len() as u64,
                 bytes: Bytes::copy_from_slice(&b[..captured]),
@@ -102,7 +102,10 @@ impl Harness {
         self.p.handle(&Event {
             ts_ns: ts,
             origin: o,
-            kind: EventKind::Closed { fd, upgraded },
+            kind: EventKind::Closed {
+                conn: ConnId::Fd(fd),
+                upgraded,
+            },
         });
     }
 

@@ -1,0 +1,158 @@
+//! Uprobes on Go's `crypto/tls.(*Conn)` methods in watched binaries: the plaintext of TLS
+//! connections, which the socket hooks only see encrypted. The agent places them at
+//! offsets it resolved from the binary's function table (`sensor/gobin`).
+//!
+//! Go's register ABI on amd64: arguments in RAX, RBX, RCX, RDI, ..., results in RAX, RBX,
+//! ...; R14 always holds the running goroutine's `g`. For `func (c *Conn) Write(b []byte)
+//! (int, error)` and `Read`: RAX = `c`, RBX = `b`'s data, RCX = `len(b)`; at `Read`'s
+//! RET instructions RAX = `n`.
+//!
+//! `Read`'s result is read at each of its RET instructions, never with a uretprobe: a
+//! uretprobe rewrites the return address on the goroutine stack, which Go moves and walks.
+//! The entry stashes the buffer by goroutine (not by thread: a goroutine blocked in `Read`
+//! may resume on another thread). A stack growth restarts the function from its entry,
+//! which only rewrites the same stash.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
+use routeskew_common::{
+    conn_source, direction, event_kind, program, CloseEvent, EventHeader, GoroutineKey, TlsConnKey,
+    TlsRead,
+};
+
+use crate::{
+    capture::{capture, Conn, MIN_LEN},
+    filter::{pid_tgid, watched_cgroup},
+    maps::{count, submit_flags, Counter, EVENTS, TLS_CONNS, TLS_READS},
+};
+
+#[inline(always)]
+fn tls_key(id: u64, conn: u64) -> Conn {
+    Conn::Tls(TlsConnKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        conn,
+    })
+}
+
+/// Entry of `(*Conn).Write(b)`: the bytes are about to be encrypted and sent.
+#[uprobe]
+pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
+    let Some(cgroup_id) = watched_cgroup() else {
+        return 0;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let (conn, buf, len) = (regs.rax, regs.rbx, regs.rcx as i64);
+    if len < MIN_LEN {
+        return 0;
+    }
+    let id = pid_tgid();
+    capture(
+        program::GO_TLS_WRITE,
+        direction::WRITE,
+        cgroup_id,
+        id,
+        0,
+        buf,
+        len,
+        tls_key(id, conn),
+    );
+    0
+}
+
+/// Entry of `(*Conn).Read(b)`: remember where the plaintext will land.
+#[uprobe]
+pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
+    let Some(cgroup_id) = watched_cgroup() else {
+        return 0;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let key = GoroutineKey {
+        tgid: (pid_tgid() >> 32) as u32,
+        _pad: 0,
+        g: regs.r14,
+    };
+    let read = TlsRead {
+        cgroup_id,
+        conn: regs.rax,
+        buf: regs.rbx,
+    };
+    if TLS_READS.insert(&key, &read, 0).is_err() {
+        count(program::GO_TLS_READ, Counter::MapFull);
+    }
+    0
+}
+
+/// A RET instruction of `(*Conn).Read`: RAX holds `n`.
+#[uprobe]
+pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
+    let regs = unsafe { &*ctx.regs };
+    let id = pid_tgid();
+    let key = GoroutineKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        g: regs.r14,
+    };
+    // Only watched processes' entries are stashed: a miss is an unwatched process.
+    let Some(read) = TLS_READS.get_ptr(&key).map(|r| unsafe { *r }) else {
+        return 0;
+    };
+    let _ = TLS_READS.remove(&key);
+    let n = regs.rax as i64;
+    if n < MIN_LEN {
+        return 0;
+    }
+    capture(
+        program::GO_TLS_READ_RET,
+        direction::READ,
+        read.cgroup_id,
+        id,
+        0,
+        read.buf,
+        n,
+        tls_key(id, read.conn),
+    );
+    0
+}
+
+/// Entry of `(*Conn).Close`: the end of a connection that carried captured HTTP.
+#[uprobe]
+pub fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
+    let Some(cgroup_id) = watched_cgroup() else {
+        return 0;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let id = pid_tgid();
+    let key = TlsConnKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        conn: regs.rax,
+    };
+    // Connections that never carried captured HTTP are not reported.
+    let Some(flags) = TLS_CONNS.get_ptr(&key).map(|s| unsafe { (*s).flags }) else {
+        return 0;
+    };
+    let _ = TLS_CONNS.remove(&key);
+    let prog = program::GO_TLS_CLOSE;
+    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
+        count(prog, Counter::Lost);
+        return 0;
+    };
+    entry.write(CloseEvent {
+        header: EventHeader {
+            kind: event_kind::CLOSE,
+            tgid: key.tgid,
+            tid: id as u32,
+            program: prog,
+            cgroup_id,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        fd: 0,
+        flags,
+        source: conn_source::GO_TLS,
+        _pad: 0,
+        tls_conn: key.conn,
+    });
+    entry.submit(submit_flags());
+    count(prog, Counter::Emitted);
+    0
+}
