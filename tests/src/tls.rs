@@ -87,3 +87,49 @@ pub fn curl_https(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u1
         })
         .collect()
 }
+
+/// One WebSocket upgrade request over TLS with `curl --http1.1`, on its own connection.
+/// Returns the status. After a `101` curl has no WebSocket support and just waits, so it
+/// is stopped after `hold` (the connection then closes: an early close for the agent).
+pub fn curl_wss_upgrade(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    hold: std::time::Duration,
+) -> Result<u16> {
+    let curl = paths::which("curl").context("curl not found (apt-get install curl)")?;
+    let out = Command::new(curl)
+        .args(["--silent", "--show-error", "--insecure", "--http1.1"])
+        .arg("--max-time")
+        .arg(format!("{:.3}", hold.as_secs_f64()))
+        .arg("--resolve")
+        .arg(format!("{host}:{}:{}", addr.port(), addr.ip()))
+        .args([
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+        ])
+        .args(["--output", "/dev/null", "--write-out", "%{http_code}"])
+        .arg(format!("https://{host}:{}{path}", addr.port()))
+        .output()
+        .context("running curl")?;
+    let code: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("curl status {:?}", String::from_utf8_lossy(&out.stdout)))?;
+    // 28: the time limit, which is how an upgraded connection ends here.
+    let timed_out_upgraded = code == 101 && out.status.code() == Some(28);
+    if !out.status.success() && !timed_out_upgraded {
+        bail!(
+            "curl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(code)
+}

@@ -55,13 +55,24 @@ pub mod conn_source {
     pub const GO_TLS: u32 = 1;
 }
 
+/// In a Go TLS [`DataEvent`]'s `fd`: the byte in the low 8 bits belongs before `data`.
+///
+/// Go's `net/http` server reads one byte in the background while a handler runs (to
+/// notice a client that went away); when the client's next request on a keep-alive
+/// connection arrives before the handler is done, that byte is the request's first, and
+/// the next `Read` returns the rest (`ET / HTTP/1.1...`). The kernel keeps such a byte
+/// per connection and judges the next `Read` with it in front.
+pub const READ_AHEAD: u32 = 0x100;
+
 /// A prefix of a buffer that starts an HTTP/1.x request or response: passed through
 /// read/write/recvfrom/sendto, or through Go's `crypto/tls.(*Conn).Read`/`Write`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// With [`conn_source::FD`].
+    /// With [`conn_source::FD`]: the fd. With [`conn_source::GO_TLS`]:
+    /// [`READ_AHEAD`] `| byte` when the message's first byte came in an earlier 1-byte
+    /// `Read` (and is not in `data`), else 0.
     pub fd: u32,
     /// [`direction::READ`] or [`direction::WRITE`].
     pub direction: u32,
@@ -179,6 +190,15 @@ pub struct GoroutineKey {
     pub tgid: u32,
     pub _pad: u32,
     pub g: u64,
+}
+
+/// A byte a 1-byte `crypto/tls.(*Conn).Read` returned on a connection that carried HTTP
+/// (see [`READ_AHEAD`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsAhead {
+    pub byte: u32,
+    pub _pad: u32,
 }
 
 /// What `Read`'s entry leaves for its RET sites.
@@ -459,6 +479,7 @@ const _: () = {
     assert!(core::mem::size_of::<TlsConnKey>() == 16);
     assert!(core::mem::size_of::<GoroutineKey>() == 16);
     assert!(core::mem::size_of::<TlsRead>() == 24);
+    assert!(core::mem::size_of::<TlsAhead>() == 8);
     assert!(core::mem::size_of::<UpstreamEvent>() == 32 + 16 + 16);
     assert!(core::mem::size_of::<ConnState>() == 8);
     assert!(core::mem::size_of::<SockConn>() == 24);
@@ -486,4 +507,5 @@ mod pod {
     unsafe impl aya::Pod for super::TlsConnKey {}
     unsafe impl aya::Pod for super::GoroutineKey {}
     unsafe impl aya::Pod for super::TlsRead {}
+    unsafe impl aya::Pod for super::TlsAhead {}
 }

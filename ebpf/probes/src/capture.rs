@@ -294,7 +294,7 @@ unsafe fn fill(
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit_data(
+pub fn emit_data(
     prog: u32,
     dir: u32,
     cgroup_id: u64,

@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use routeskew_common::{
     conn_flags, conn_source, direction, event_kind, upstream_reason, CloseEvent, DataEvent,
-    EventHeader, UpstreamEvent, DATA_CAP,
+    EventHeader, UpstreamEvent, DATA_CAP, READ_AHEAD,
 };
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
@@ -108,17 +108,28 @@ fn decode_data(rec: &[u8]) -> Result<EventKind, DecodeError> {
             cap: DATA_CAP,
         });
     }
+    let source = u32_at(rec, offset_of!(DataEvent, source));
+    let fd = u32_at(rec, offset_of!(DataEvent, fd));
+    let conn = conn_id(source, fd, u64_at(rec, offset_of!(DataEvent, tls_conn)))?;
     let data = offset_of!(DataEvent, data);
-    let conn = conn_id(
-        u32_at(rec, offset_of!(DataEvent, source)),
-        u32_at(rec, offset_of!(DataEvent, fd)),
-        u64_at(rec, offset_of!(DataEvent, tls_conn)),
-    )?;
+    let captured = &rec[data..data + captured as usize];
+    if source == conn_source::GO_TLS && fd & READ_AHEAD != 0 {
+        // The message's first byte came in the previous Read (Go's background read).
+        let mut bytes = Vec::with_capacity(captured.len() + 1);
+        bytes.push(fd as u8);
+        bytes.extend_from_slice(captured);
+        return Ok(EventKind::Data {
+            conn,
+            direction,
+            total_len: total_len + 1,
+            bytes: Bytes::from(bytes),
+        });
+    }
     Ok(EventKind::Data {
         conn,
         direction,
         total_len,
-        bytes: Bytes::copy_from_slice(&rec[data..data + captured as usize]),
+        bytes: Bytes::copy_from_slice(captured),
     })
 }
 
@@ -271,6 +282,23 @@ mod tests {
             EventKind::Closed {
                 conn: ConnId::GoTls(0xc000_0000_0040),
                 upgraded: false
+            }
+        );
+        // A request whose first byte came in an earlier 1-byte Read.
+        let mut ahead = DataEvent {
+            fd: READ_AHEAD | u32::from(b'G'),
+            source: conn_source::GO_TLS,
+            tls_conn: 0xc000_1234_5678,
+            ..data_event(13, 400, direction::READ)
+        };
+        ahead.data[..13].copy_from_slice(b"ET / HTTP/1.1");
+        assert_eq!(
+            decode(&bytes_of(&ahead)).expect("decode").kind,
+            EventKind::Data {
+                conn: ConnId::GoTls(0xc000_1234_5678),
+                direction: Direction::Read,
+                total_len: 401,
+                bytes: Bytes::from_static(b"GET / HTTP/1.1"),
             }
         );
         let bad = DataEvent {
