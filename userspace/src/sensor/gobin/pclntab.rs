@@ -210,7 +210,9 @@ impl<'a> Pclntab<'a> {
         })
     }
 
-    /// The first function with exactly this name.
+    /// The first function with exactly this name. (The table names an assembly
+    /// function's ABI0 body and its ABIInternal wrapper alike; the Go methods resolved
+    /// here have one entry each.)
     pub fn find(&self, name: &str) -> Result<Option<FuncRange>, GoBinError> {
         for i in 0..self.nfunc {
             if self.name(i)? == name.as_bytes() {

@@ -137,6 +137,9 @@ struct Built {
     _dir: TempDir,
     plain: PathBuf,
     stripped: PathBuf,
+    /// `-buildmode=pie`: the table sits in `.data.rel.ro.gopclntab`, found by its header.
+    pie: PathBuf,
+    pie_stripped: PathBuf,
 }
 
 struct TempDir(PathBuf);
@@ -184,9 +187,13 @@ fn built(tag: &str) -> Option<Built> {
     };
     let plain = build("plain", &[]);
     let stripped = build("stripped", &["-ldflags=-s -w"]);
+    let pie = build("pie", &["-buildmode=pie"]);
+    let pie_stripped = build("pie_stripped", &["-buildmode=pie", "-ldflags=-s -w"]);
     Some(Built {
         plain,
         stripped,
+        pie,
+        pie_stripped,
         _dir: dir,
     })
 }
@@ -225,15 +232,37 @@ fn nm_text(bin: &Path) -> BTreeSet<(String, u64)> {
 #[test]
 fn go119_builds_match_the_symbol_table() {
     let Some(b) = built("nm") else { return };
-    let truth = nm_text(&b.plain);
+    // The PIE builds have no `.gopclntab` section: resolving them exercises the search
+    // by header.
+    for pie in [&b.pie, &b.pie_stripped] {
+        let bytes = std::fs::read(pie).unwrap();
+        let file = object::File::parse(&*bytes).unwrap();
+        assert!(file.section_by_name(".gopclntab").is_none());
+        assert!(file.section_by_name(".data.rel.ro.gopclntab").is_some());
+    }
+    for (truth_of, builds) in [
+        (&b.plain, [&b.plain, &b.stripped]),
+        (&b.pie, [&b.pie, &b.pie_stripped]),
+    ] {
+        compare_with_nm(truth_of, &builds);
+    }
+}
+
+fn compare_with_nm(truth_of: &Path, builds: &[&PathBuf]) {
+    let truth = nm_text(truth_of);
     let named: BTreeSet<&str> = truth.iter().map(|(n, _)| n.as_str()).collect();
     assert!(named.contains("crypto/tls.(*Conn).Read"));
-    for path in [&b.plain, &b.stripped] {
+    for path in builds {
         let bin = GoBinary::open(path).unwrap();
         let version = bin.go_version.clone().unwrap();
         assert!(version.starts_with("go1."), "{version}");
         // Go 1.18–1.25 still write textStart into the header.
-        assert_eq!(bin.text_start_source, "pcHeader.textStart");
+        assert_eq!(
+            bin.text_start_source,
+            "pcHeader.textStart",
+            "{}",
+            path.display()
+        );
         let funcs = bin.functions().unwrap();
         assert!(funcs.len() > 1000);
         let mut compared = 0;
