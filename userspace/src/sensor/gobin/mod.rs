@@ -5,10 +5,10 @@
 //! Supported: ELF x86-64 executables built by Go 1.18 or later, with or without symbols
 //! (`-ldflags=-s -w` removes `.symtab` and DWARF, never the function table). The table is
 //! found by its `.gopclntab` section header, or, where a build has no such header (PIE
-//! and externally linked binaries keep it in `.data.rel.ro.gopclntab`; tested with Go 1.19
-//! `-buildmode=pie`), by looking for a
-//! pcHeader at 16-byte boundaries of the read-only sections. Binaries with no section
-//! headers at all are not supported (the text base would have no source).
+//! and externally linked binaries keep it in `.data.rel.ro.gopclntab`; tested with Go
+//! 1.19 `-buildmode=pie`), by looking for a pcHeader at 16-byte boundaries of the
+//! read-only sections. Binaries with no section headers at all are not supported (the
+//! text base would have no source).
 
 pub mod buildinfo;
 pub mod pclntab;
