@@ -29,6 +29,9 @@ const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
+	// With both, it serves HTTPS (crypto/tls): the kernel tests' Go TLS server.
+	tlsCert := flag.String("tls-cert", "", "PEM certificate file: serve HTTPS")
+	tlsKey := flag.String("tls-key", "", "PEM private key file for -tls-cert")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -49,6 +52,9 @@ func main() {
 	// The test bed reads this line to learn the port when it asked for port 0.
 	fmt.Fprintf(os.Stdout, "listening %s\n", ln.Addr().String())
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if *tlsCert != "" {
+		log.Fatal(srv.ServeTLS(ln, *tlsCert, *tlsKey))
+	}
 	log.Fatal(srv.Serve(ln))
 }
 

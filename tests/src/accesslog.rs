@@ -38,6 +38,11 @@ impl Entry {
 
 /// Every entry of the `web` entrypoint (the API entrypoint logs its own requests too).
 pub fn read_web(path: &Path) -> Result<Vec<Entry>> {
+    read_entrypoint(path, "web")
+}
+
+/// Every entry of one entrypoint (`web`, `websecure`).
+pub fn read_entrypoint(path: &Path, entrypoint: &str) -> Result<Vec<Entry>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -64,7 +69,7 @@ pub fn read_web(path: &Path) -> Result<Vec<Entry>> {
                 .and_then(|n| u16::try_from(n).ok())
                 .unwrap_or(0),
         };
-        if entry.entrypoint == "web" {
+        if entry.entrypoint == entrypoint {
             out.push(entry);
         }
     }

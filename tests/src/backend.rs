@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::paths;
 use crate::process::ManagedChild;
+use crate::tls::Certificate;
 
 /// Compiled into the test bed so the binary can rebuild the backend wherever it runs.
 const SOURCE: &str = include_str!("../backend/main.go");
@@ -73,9 +74,28 @@ impl Backend {
     /// Starts the backend on a kernel-chosen loopback port and learns the port from the
     /// line it prints, so no port is picked and then raced for.
     pub fn start(bin: &Path, log: &Path) -> Result<Self> {
+        Self::spawn(Command::new(bin), log, None)
+    }
+
+    /// The same server speaking HTTPS (Go's crypto/tls) with `cert`, inside `cgroup`
+    /// when given.
+    pub fn start_tls(
+        bin: &Path,
+        log: &Path,
+        cert: &Certificate,
+        cgroup: Option<&Path>,
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
+        cmd.arg("-tls-cert")
+            .arg(&cert.cert)
+            .arg("-tls-key")
+            .arg(&cert.key);
+        Self::spawn(cmd, log, cgroup)
+    }
+
+    fn spawn(mut cmd: Command, log: &Path, cgroup: Option<&Path>) -> Result<Self> {
         cmd.args(["-listen", "127.0.0.1:0"]);
-        let mut child = ManagedChild::spawn("backend", cmd, log, None)?;
+        let mut child = ManagedChild::spawn("backend", cmd, log, cgroup)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = std::fs::read_to_string(log).unwrap_or_default();

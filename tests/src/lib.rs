@@ -19,6 +19,7 @@ pub mod paths;
 pub mod process;
 pub mod prometheus;
 pub mod scenario;
+pub mod tls;
 pub mod traefik;
 pub mod traffic;
 pub mod ws;
@@ -53,6 +54,9 @@ pub struct TestbedConfig {
     pub traefik_log_level: String,
     /// How long to wait for every replica to serve its routers.
     pub ready_timeout: Duration,
+    /// Also a `websecure` (TLS) entrypoint per replica, with a self-signed certificate
+    /// made by the test bed, serving every route (as `<name>-tls` routers).
+    pub tls: bool,
 }
 
 impl Default for TestbedConfig {
@@ -65,6 +69,7 @@ impl Default for TestbedConfig {
             traefik_log_level: std::env::var("ROUTESKEW_TRAEFIK_LOG")
                 .unwrap_or_else(|_| "INFO".into()),
             ready_timeout: Duration::from_secs(30),
+            tls: false,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct Replica {
     /// Inode of the cgroup directory = the id `bpf_get_current_cgroup_id` reports.
     pub cgroup_id: u64,
     pub web_addr: SocketAddr,
+    /// The `websecure` entrypoint, with [`TestbedConfig::tls`].
+    pub websecure_addr: Option<SocketAddr>,
     /// Traefik API (`api.insecure`), e.g. `/api/http/routers`.
     pub api_addr: SocketAddr,
     /// Lacks the routers of [`Scenario::missing_on_broken`].
@@ -105,6 +112,15 @@ impl Replica {
             .context("the test bed was started without access logs")?;
         accesslog::read_web(path)
     }
+
+    /// Entries of this replica's access log for the `websecure` entrypoint.
+    pub fn websecure_access_log_entries(&self) -> Result<Vec<accesslog::Entry>> {
+        let path = self
+            .access_log
+            .as_ref()
+            .context("the test bed was started without access logs")?;
+        accesslog::read_entrypoint(path, "websecure")
+    }
 }
 
 pub struct Testbed {
@@ -119,6 +135,8 @@ pub struct Testbed {
     cgroup_root: Option<PathBuf>,
     cgroups: Vec<PathBuf>,
     dir: Option<tempfile::TempDir>,
+    /// The replicas' certificate, with [`TestbedConfig::tls`].
+    certificate: Option<tls::Certificate>,
     stopped: bool,
 }
 
@@ -181,6 +199,7 @@ impl Testbed {
             cgroup_root: None,
             cgroups: Vec::new(),
             dir: None,
+            certificate: None,
             stopped: false,
         };
         let dir_path = dir.path().to_path_buf();
@@ -211,6 +230,9 @@ impl Testbed {
         cgroup::create(&root)?;
         self.cgroup_root = Some(root.clone());
 
+        if self.config.tls {
+            self.certificate = Some(tls::Certificate::self_signed(dir)?);
+        }
         let scenario = self.config.scenario.clone();
         for index in 0..self.config.replicas {
             let name = format!("traefik-{}", index + 1);
@@ -219,6 +241,10 @@ impl Testbed {
             let config_dir = dir.join(&name);
             std::fs::create_dir_all(&config_dir)?;
             let web_addr = net::loopback(net::free_port()?);
+            let websecure_addr = match self.config.tls {
+                true => Some(net::loopback(net::free_port()?)),
+                false => None,
+            };
             let api_addr = net::loopback(net::free_port()?);
             let dynamic_file = config_dir.join("dynamic.yml");
             let log_file = config_dir.join("traefik.log");
@@ -233,6 +259,7 @@ impl Testbed {
                     backend: backend.addr,
                     refused: refused_addr,
                     slow_timeout: scenario.slow_timeout,
+                    tls: self.certificate.as_ref(),
                 }),
             )?;
             let static_file = config_dir.join("traefik.yml");
@@ -240,6 +267,7 @@ impl Testbed {
                 &static_file,
                 traefik::static_yaml(&traefik::StaticConfig {
                     web: web_addr,
+                    websecure: websecure_addr,
                     api: api_addr,
                     dynamic_file: &dynamic_file,
                     log_file: &log_file,
@@ -276,6 +304,7 @@ impl Testbed {
                 cgroup_path,
                 cgroup_id,
                 web_addr,
+                websecure_addr,
                 api_addr,
                 broken,
                 routed_hosts: routes.iter().map(|r| r.host.clone()).collect(),
@@ -294,7 +323,8 @@ impl Testbed {
         let deadline = Instant::now() + self.config.ready_timeout;
         let scenario = self.config.scenario.clone();
         for r in self.replicas.clone() {
-            let mut expected = traefik::router_names(&scenario.routes_for(r.broken));
+            let mut expected =
+                traefik::all_router_names(&scenario.routes_for(r.broken), self.config.tls);
             expected.sort();
             loop {
                 if let Some(child) = self.children.iter_mut().find(|c| c.name() == r.name) {
@@ -309,10 +339,17 @@ impl Testbed {
                 }
                 let last = match self.routers_of(&r).await {
                     Ok(routers) if routers == expected => {
-                        if tokio::net::TcpStream::connect(r.web_addr).await.is_ok() {
+                        let mut listening = Vec::new();
+                        for addr in std::iter::once(r.web_addr).chain(r.websecure_addr) {
+                            listening.push(tokio::net::TcpStream::connect(addr).await.is_ok());
+                        }
+                        if listening.iter().all(|&l| l) {
                             break;
                         }
-                        format!("web entrypoint {} not accepting yet", r.web_addr)
+                        format!(
+                            "entrypoints {} / {:?} not accepting yet",
+                            r.web_addr, r.websecure_addr
+                        )
                     }
                     Ok(routers) => format!("routers {routers:?}, want {expected:?}"),
                     Err(e) => format!("{e:#}"),

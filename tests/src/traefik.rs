@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::scenario::{Route, Upstream};
+use crate::tls::Certificate;
 
 /// Names of the file-provider routers Traefik reports for `routes` (`<name>@file`).
 pub fn router_names(routes: &[Route]) -> Vec<String> {
@@ -14,6 +15,8 @@ pub fn router_names(routes: &[Route]) -> Vec<String> {
 
 pub struct StaticConfig<'a> {
     pub web: SocketAddr,
+    /// A `websecure` (TLS) entrypoint; its certificate is in the dynamic configuration.
+    pub websecure: Option<SocketAddr>,
     pub api: SocketAddr,
     pub dynamic_file: &'a Path,
     pub log_file: &'a Path,
@@ -43,6 +46,17 @@ pub fn static_yaml(c: &StaticConfig<'_>) -> String {
         level = q(c.log_level),
         log = q(&c.log_file.to_string_lossy()),
     );
+    if let Some(websecure) = c.websecure {
+        // Entry points are a map: a second top-level key would not merge into the first.
+        y = y.replacen(
+            "  traefik:\n",
+            &format!(
+                "  websecure:\n    address: {}\n  traefik:\n",
+                q(&websecure.to_string())
+            ),
+            1,
+        );
+    }
     if let Some(access) = c.access_log {
         // JSON lines, unbuffered: the tests read them back as ground truth.
         let _ = write!(
@@ -59,6 +73,19 @@ pub struct DynamicConfig<'a> {
     pub backend: SocketAddr,
     pub refused: SocketAddr,
     pub slow_timeout: Duration,
+    /// Serve every route on `websecure` too, with this certificate: a second router
+    /// `<name>-tls` per route (a router with a `tls` section only matches HTTPS).
+    pub tls: Option<&'a Certificate>,
+}
+
+/// Names of the routers [`dynamic_yaml`] generates for `routes` (`<name>@file`, and
+/// `<name>-tls@file` with TLS).
+pub fn all_router_names(routes: &[Route], tls: bool) -> Vec<String> {
+    let mut names = router_names(routes);
+    if tls {
+        names.extend(routes.iter().map(|r| format!("{}-tls@file", r.name)));
+    }
+    names
 }
 
 pub fn dynamic_yaml(c: &DynamicConfig<'_>) -> String {
@@ -72,6 +99,14 @@ pub fn dynamic_yaml(c: &DynamicConfig<'_>) -> String {
             name = r.name,
             rule = q(&format!("Host(`{}`)", r.host)),
         );
+        if c.tls.is_some() {
+            let _ = write!(
+                y,
+                "    {name}-tls:\n      rule: {rule}\n      entryPoints: [\"websecure\"]\n      service: {name}\n      tls: {{}}\n",
+                name = r.name,
+                rule = q(&format!("Host(`{}`)", r.host)),
+            );
+        }
     }
     y.push_str("  services:\n");
     for r in c.routes {
@@ -101,5 +136,13 @@ pub fn dynamic_yaml(c: &DynamicConfig<'_>) -> String {
         "  serversTransports:\n    short-timeout:\n      forwardingTimeouts:\n        responseHeaderTimeout: {}ms\n",
         c.slow_timeout.as_millis()
     );
+    if let Some(cert) = c.tls {
+        let _ = write!(
+            y,
+            "tls:\n  certificates:\n    - certFile: {}\n      keyFile: {}\n",
+            q(&cert.cert.to_string_lossy()),
+            q(&cert.key.to_string_lossy())
+        );
+    }
     y
 }

@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use routeskew::{
-    event::{Direction, Event, EventKind, Origin, UpstreamFailureReason},
+    event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason},
     sensor::{DataHooks, DataPath, Sensor, SensorConfig},
 };
 use tokio::sync::mpsc;
@@ -421,7 +421,7 @@ impl Bench {
 
 fn data(fd: u32, direction: Direction, bytes: &[u8]) -> EventKind {
     EventKind::Data {
-        fd,
+        conn: ConnId::Fd(fd),
         direction,
         total_len: bytes.len() as u64,
         bytes: bytes::Bytes::copy_from_slice(bytes),
@@ -429,7 +429,10 @@ fn data(fd: u32, direction: Direction, bytes: &[u8]) -> EventKind {
 }
 
 fn closed(fd: u32, upgraded: bool) -> EventKind {
-    EventKind::Closed { fd, upgraded }
+    EventKind::Closed {
+        conn: ConnId::Fd(fd),
+        upgraded,
+    }
 }
 
 fn show(events: &[(Origin, EventKind)]) -> String {
@@ -437,12 +440,12 @@ fn show(events: &[(Origin, EventKind)]) -> String {
         .iter()
         .map(|(o, k)| match k {
             EventKind::Data {
-                fd,
+                conn,
                 direction,
                 total_len,
                 bytes,
             } => format!(
-                "  {o:?} Data fd={fd} {direction:?} total={total_len} {:?}",
+                "  {o:?} Data {conn} {direction:?} total={total_len} {:?}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
             ),
             other => format!("  {o:?} {other:?}"),
@@ -633,7 +636,7 @@ async fn capture_len_limits_the_copied_prefix() -> Result<()> {
         assert_eq!(
             first,
             Some(EventKind::Data {
-                fd: c,
+                conn: ConnId::Fd(c),
                 direction: Direction::Write,
                 total_len: REQUEST.len() as u64,
                 bytes: bytes::Bytes::copy_from_slice(&REQUEST[..capture_len as usize]),
@@ -663,7 +666,7 @@ async fn short_capture_still_sees_upgrades() -> Result<()> {
     let o = bench.origin(run.pid);
     let got = bench.drain().await;
     let head = |fd, direction, msg: &[u8]| EventKind::Data {
-        fd,
+        conn: ConnId::Fd(fd),
         direction,
         total_len: msg.len() as u64,
         bytes: bytes::Bytes::copy_from_slice(&msg[..8]),
@@ -1054,6 +1057,336 @@ fn kernel_fds() -> Result<KernelFds> {
         }
     }
     Ok(fds)
+}
+
+// ---------------------------------------------------------------------------------------
+// Go crypto/tls uprobes
+// ---------------------------------------------------------------------------------------
+
+/// Events of `pid`, split into TLS plaintext ones (by `*tls.Conn`) and anything reported
+/// for its fds.
+fn split_tls(got: &[(Origin, EventKind)], pid: u32) -> (Vec<(ConnId, EventKind)>, Vec<EventKind>) {
+    let mut tls = Vec::new();
+    let mut fds = Vec::new();
+    for (_, k) in got.iter().filter(|(o, _)| o.tgid == pid) {
+        match k {
+            EventKind::Data { conn, .. } | EventKind::Closed { conn, .. } => match conn {
+                ConnId::GoTls(_) => tls.push((*conn, k.clone())),
+                ConnId::Fd(_) => fds.push(k.clone()),
+            },
+            other => fds.push(other.clone()),
+        }
+    }
+    (tls, fds)
+}
+
+/// The plaintext events of one TLS connection must be: for each expected exchange, the
+/// request read (starting with `req`) and the response written (starting with `resp`),
+/// then its close.
+fn check_tls_exchanges(
+    tls: &[(ConnId, EventKind)],
+    exchanges: &[(&str, &str)],
+    show_all: &str,
+) -> Result<()> {
+    let conns: std::collections::BTreeSet<String> =
+        tls.iter().map(|(c, _)| c.to_string()).collect();
+    ensure!(
+        conns.len() == 1,
+        "expected one TLS connection, got {conns:?}:\n{show_all}"
+    );
+    ensure!(
+        tls.len() == 2 * exchanges.len() + 1,
+        "expected {} TLS events:\n{show_all}",
+        2 * exchanges.len() + 1
+    );
+    for (i, (req, resp)) in exchanges.iter().enumerate() {
+        for (k, (dir, want)) in [(Direction::Read, req), (Direction::Write, resp)]
+            .into_iter()
+            .enumerate()
+        {
+            match &tls[2 * i + k].1 {
+                EventKind::Data {
+                    direction, bytes, ..
+                } if *direction == dir && bytes.starts_with(want.as_bytes()) => {}
+                other => bail!(
+                    "exchange {i}: expected {dir:?} starting {want:?}, got {other:?}\n{show_all}"
+                ),
+            }
+        }
+    }
+    ensure!(
+        matches!(
+            tls.last(),
+            Some((
+                _,
+                EventKind::Closed {
+                    upgraded: false,
+                    ..
+                }
+            ))
+        ),
+        "the connection's close is missing:\n{show_all}"
+    );
+    Ok(())
+}
+
+/// Prints the measured cost per hit of each TLS uprobe (run-time statistics on).
+fn report_uprobe_cost(sensor: &mut Sensor, what: &str) {
+    for s in sensor.tls_run_stats() {
+        let per_hit = s.run_time.as_nanos().checked_div(u128::from(s.runs));
+        eprintln!(
+            "uprobe cost ({what}): {}: {} runs, {} ns total, {} ns per hit",
+            s.program,
+            s.runs,
+            s.run_time.as_nanos(),
+            per_hit.map_or("-".into(), |n| n.to_string())
+        );
+    }
+}
+
+/// A Go 1.19 HTTPS server built here (the test bed's backend with `-tls-cert`): the
+/// requests it reads and the responses it writes inside TLS, one keep-alive connection
+/// of two exchanges, and its close; nothing of the ciphertext on its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_tls_server_plaintext_is_captured() -> Result<()> {
+    use routeskew_testbed::{backend, tls};
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("gotls").await?;
+    let _stats = routeskew::sensor::enable_run_stats()?;
+    let dir = tempfile::tempdir()?;
+    let cert = tls::Certificate::self_signed(dir.path())?;
+    let bin = backend::build()?;
+    let server = backend::Backend::start_tls(
+        &bin,
+        &dir.path().join("backend.log"),
+        &cert,
+        Some(&bench.cgroup.path),
+    )?;
+    let pid = server.child.pid();
+    let status = bench.sensor.set_tls_processes(&[pid]);
+    ensure!(status.len() == 1, "{status:#?}");
+    let version = status[0]
+        .outcome
+        .clone()
+        .map_err(|e| anyhow!("uprobes not attached: {e}"))?;
+    ensure!(version.starts_with("go1.19"), "{version}");
+
+    let addr = server.addr;
+    let codes =
+        tokio::task::spawn_blocking(move || tls::curl_https(addr, "tls.test", &["/notfound", "/"]))
+            .await??;
+    ensure!(codes == [404, 200], "curl got {codes:?}");
+    let got = bench.drain().await;
+    report_uprobe_cost(&mut bench.sensor, "Go 1.19 server");
+    let all = show(&got);
+    let (tls_events, fd_events) = split_tls(&got, pid);
+    ensure!(
+        fd_events.is_empty(),
+        "the socket hooks reported something of a TLS-only server:\n{all}"
+    );
+    check_tls_exchanges(
+        &tls_events,
+        &[
+            (
+                "GET /notfound HTTP/1.1\r\nHost: tls.test:",
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n",
+            ),
+            ("GET / HTTP/1.1\r\nHost: tls.test:", "HTTP/1.1 200 OK\r\n"),
+        ],
+        &all,
+    )?;
+    let totals = bench.sensor.totals()?;
+    for t in totals.iter().filter(|t| t.program.starts_with("go_tls")) {
+        ensure!(
+            t.lost == 0 && t.read_failures == 0 && t.map_full == 0,
+            "{t:?}"
+        );
+    }
+    drop(server);
+    Ok(())
+}
+
+/// The real Traefik release binary (stripped, Go 1.26) with a `websecure` entrypoint:
+/// its own router-miss 404 and a routed request's 503, read from inside TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
+    use routeskew_testbed::{net, paths, process::ManagedChild, scenario, tls, traefik};
+    let _serial = SERIAL.lock().await;
+    let traefik_bin = paths::traefik_binary()?;
+    let mut bench = Bench::new("traefiktls").await?;
+    let _stats = routeskew::sensor::enable_run_stats()?;
+    let dir = tempfile::tempdir()?;
+    let cert = tls::Certificate::self_signed(dir.path())?;
+    let routes = [scenario::Route {
+        name: "routed".into(),
+        host: "routed.test".into(),
+        upstream: scenario::Upstream::NoServer,
+    }];
+    let (web, websecure, api) = (
+        net::loopback(net::free_port()?),
+        net::loopback(net::free_port()?),
+        net::loopback(net::free_port()?),
+    );
+    let dynamic_file = dir.path().join("dynamic.yml");
+    std::fs::write(
+        &dynamic_file,
+        traefik::dynamic_yaml(&traefik::DynamicConfig {
+            routes: &routes,
+            backend: web,
+            refused: web,
+            slow_timeout: Duration::from_secs(1),
+            tls: Some(&cert),
+        }),
+    )?;
+    let static_file = dir.path().join("traefik.yml");
+    let log_file = dir.path().join("traefik.log");
+    std::fs::write(
+        &static_file,
+        traefik::static_yaml(&traefik::StaticConfig {
+            web,
+            websecure: Some(websecure),
+            api,
+            dynamic_file: &dynamic_file,
+            log_file: &log_file,
+            access_log: None,
+            log_level: "INFO",
+        }),
+    )?;
+    let mut cmd = Command::new(&traefik_bin);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .arg(format!("--configFile={}", static_file.display()));
+    let mut child = ManagedChild::spawn(
+        "traefik",
+        cmd,
+        &dir.path().join("traefik.out"),
+        Some(&bench.cgroup.path),
+    )?;
+    let pid = child.pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(websecure).is_err() {
+        if let Some(status) = child.try_exited() {
+            bail!("traefik exited ({status}):\n{}", child.log_tail(4096));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "traefik did not listen on {websecure}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = bench.sensor.set_tls_processes(&[pid]);
+    ensure!(status.len() == 1, "{status:#?}");
+    let version = status[0]
+        .outcome
+        .clone()
+        .map_err(|e| anyhow!("uprobes not attached: {e}"))?;
+    ensure!(version == "go1.26.9", "{version}");
+    // Whatever Traefik did while starting is not part of the test.
+    let _ = bench.drain().await;
+
+    let codes = tokio::task::spawn_blocking(move || {
+        let miss = tls::curl_https(websecure, "missing.test", &["/nothing-here"])?;
+        let routed = tls::curl_https(websecure, "routed.test", &["/a", "/b"])?;
+        anyhow::Ok((miss, routed))
+    })
+    .await??;
+    ensure!(codes == (vec![404], vec![503, 503]), "curl got {codes:?}");
+    let got = bench.drain().await;
+    report_uprobe_cost(&mut bench.sensor, "Traefik 3.7.15");
+    let all = show(&got);
+    let (tls_events, fd_events) = split_tls(&got, pid);
+    ensure!(
+        fd_events.is_empty(),
+        "the socket hooks reported something (nothing was plaintext):\n{all}"
+    );
+    // Two connections, one after the other: split at the first close.
+    let first_close = tls_events
+        .iter()
+        .position(|(_, k)| matches!(k, EventKind::Closed { .. }))
+        .with_context(|| format!("no TLS close:\n{all}"))?;
+    let (miss, routed) = tls_events.split_at(first_close + 1);
+    check_tls_exchanges(
+        miss,
+        &[(
+            "GET /nothing-here HTTP/1.1\r\nHost: missing.test:",
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: ",
+        )],
+        &all,
+    )?;
+    check_tls_exchanges(
+        routed,
+        &[
+            (
+                "GET /a HTTP/1.1\r\nHost: routed.test:",
+                "HTTP/1.1 503 Service Unavailable\r\n",
+            ),
+            (
+                "GET /b HTTP/1.1\r\nHost: routed.test:",
+                "HTTP/1.1 503 Service Unavailable\r\n",
+            ),
+        ],
+        &all,
+    )?;
+
+    // Cost per hit, measured over a few hundred requests on one connection.
+    let before = bench.sensor.tls_run_stats();
+    let codes = tokio::task::spawn_blocking(move || {
+        tls::curl_https(websecure, "routed.test", &["/measure"; 300])
+    })
+    .await??;
+    ensure!(codes.len() == 300, "curl got {} answers", codes.len());
+    let _ = bench.drain().await;
+    for s in bench.sensor.tls_run_stats() {
+        let Some(b) = before.iter().find(|b| b.program == s.program) else {
+            continue;
+        };
+        let runs = s.runs - b.runs;
+        let ns = (s.run_time - b.run_time).as_nanos();
+        eprintln!(
+            "uprobe cost (Traefik 3.7.15, 300 keep-alive requests): {}: {runs} runs, {} ns per hit",
+            s.program,
+            ns.checked_div(u128::from(runs))
+                .map_or("-".into(), |n| n.to_string())
+        );
+    }
+    child.stop(Duration::from_secs(5));
+    Ok(())
+}
+
+/// A process that is no Go binary: the TLS uprobes report why they are not on it, and the
+/// socket hooks keep capturing its plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_resolution_failure_keeps_plaintext_capture() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("tlsfail").await?;
+    let dir = tempfile::tempdir()?;
+    let mut sleeper = Command::new("sleep");
+    sleeper.arg("30");
+    let sleeper = routeskew_testbed::process::ManagedChild::spawn(
+        "sleep",
+        sleeper,
+        &dir.path().join("sleep.log"),
+        Some(&bench.cgroup.path),
+    )?;
+    let status = bench.sensor.set_tls_processes(&[sleeper.pid()]);
+    ensure!(status.len() == 1, "{status:#?}");
+    let error = status[0]
+        .outcome
+        .clone()
+        .err()
+        .context("uprobes on sleep(1)?")?;
+    ensure!(error.contains("no Go function table"), "{error}");
+    // Asked again, the failure is remembered, not retried.
+    ensure!(bench.sensor.set_tls_processes(&[sleeper.pid()]) == status);
+    let run = bench.run_helper("http", Placement::InCgroup, false)?;
+    let got = bench.drain().await;
+    ensure!(
+        got.iter().filter(|(o, _)| o.tgid == run.pid).count() == 5,
+        "plaintext capture after a TLS failure:\n{}",
+        show(&got)
+    );
+    drop(sleeper);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

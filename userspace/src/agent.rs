@@ -137,6 +137,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let mut current = TargetSet::default();
     let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
+    let mut tls = TlsState {
+        enabled: !args.no_tls,
+        failed_replicas: 0,
+    };
+    if !tls.enabled {
+        tracing::warn!("Go crypto/tls uprobes disabled by configuration: TLS traffic goes unseen");
+    }
     apply_scan(
         discovery.scan(),
         &mut current,
@@ -144,6 +151,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         &mut pipeline,
         &metrics,
         &targets_tx,
+        &mut tls,
     );
     if probing {
         tokio::spawn(Prober::new(probe_cfg, metrics.clone(), probe_tx, targets_rx).run());
@@ -181,7 +189,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = rescan.tick() => {
-                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics, &targets_tx);
+                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics, &targets_tx, &mut tls);
             }
             Some(ev) = probe_rx.recv(), if probing => {
                 pipeline.handle(&ev);
@@ -215,8 +223,37 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Pushes a discovery result to the kernel filter, the pipeline and the target gauges;
-/// logs only what changed.
+/// The Go TLS uprobes across scans.
+struct TlsState {
+    enabled: bool,
+    /// Replicas whose binary the uprobes could not be put on (they stay watched in
+    /// plaintext, and count as failed targets too).
+    failed_replicas: i64,
+}
+
+/// Puts the TLS uprobes on the targets' binaries; returns how many targets run a binary
+/// where that failed.
+fn sync_tls(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
+    let pids: Vec<u32> = targets
+        .targets()
+        .iter()
+        .flat_map(|t| t.pids.iter().copied())
+        .collect();
+    let failed_pids: std::collections::HashSet<u32> = sensor
+        .set_tls_processes(&pids)
+        .into_iter()
+        .filter(|b| b.outcome.is_err())
+        .flat_map(|b| b.pids)
+        .collect();
+    targets
+        .targets()
+        .iter()
+        .filter(|t| t.pids.iter().any(|p| failed_pids.contains(p)))
+        .count() as i64
+}
+
+/// Pushes a discovery result to the kernel filter, the TLS uprobes, the pipeline and the
+/// target gauges; logs only what changed.
 fn apply_scan(
     scan: Scan,
     current: &mut TargetSet,
@@ -224,13 +261,14 @@ fn apply_scan(
     pipeline: &mut Pipeline,
     metrics: &Metrics,
     targets_tx: &watch::Sender<TargetSet>,
+    tls: &mut TlsState,
 ) {
     for f in &scan.failures {
         tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
     }
     let failed = scan.failures.len() as i64;
     if scan.targets == *current {
-        metrics.set_targets(current.targets().len() as i64, failed);
+        metrics.set_targets(current.targets().len() as i64, failed + tls.failed_replicas);
         return;
     }
     for t in scan.targets.targets() {
@@ -243,8 +281,14 @@ fn apply_scan(
             tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, "replica gone");
         }
     }
+    if tls.enabled {
+        tls.failed_replicas = sync_tls(&scan.targets, sensor);
+    }
     match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
-        Ok(()) => metrics.set_targets(scan.targets.targets().len() as i64, failed),
+        Ok(()) => metrics.set_targets(
+            scan.targets.targets().len() as i64,
+            failed + tls.failed_replicas,
+        ),
         Err(e) => {
             tracing::error!(error = %e, "updating the kernel cgroup filter failed");
             metrics.set_targets(0, failed + scan.targets.targets().len() as i64);

@@ -108,6 +108,11 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_UPSTREAM_RESPONSES")]
     pub upstream_responses: bool,
 
+    /// Do not put uprobes on the replicas' Go `crypto/tls` functions (TLS connections
+    /// then go unseen; plaintext capture is unaffected).
+    #[arg(long, env = "ROUTESKEW_NO_TLS")]
+    pub no_tls: bool,
+
     /// Which kernel hooks capture socket data: the best available, or a fallback.
     #[arg(long, env = "ROUTESKEW_DATA_HOOKS", value_enum, default_value_t = DataHooksArg::Auto)]
     pub data_hooks: DataHooksArg,

@@ -14,6 +14,26 @@ pub struct Origin {
     pub cgroup_id: u64,
 }
 
+/// Which connection of a process an event belongs to. The two kinds never name the same
+/// connection: a TLS connection's fd only carries ciphertext, which is never captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnId {
+    /// A socket fd (plaintext HTTP, seen by the socket/syscall hooks).
+    Fd(u32),
+    /// A Go `*crypto/tls.Conn` (its address): the plaintext inside a TLS connection,
+    /// seen by the uprobes on its `Read`/`Write`/`Close`.
+    GoTls(u64),
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnId::Fd(fd) => write!(f, "fd {fd}"),
+            ConnId::GoTls(conn) => write!(f, "tls.Conn {conn:#x}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     /// Bytes the process read from a socket.
@@ -80,17 +100,17 @@ pub struct ProbeReport {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
-    /// The leading bytes of one read/write on a socket fd, starting an HTTP/1.x message.
+    /// The leading bytes of one read/write on a connection, starting an HTTP/1.x message.
     Data {
-        fd: u32,
+        conn: ConnId,
         direction: Direction,
-        /// Bytes the syscall transferred; `bytes` may be a shorter prefix.
+        /// Bytes transferred; `bytes` may be a shorter prefix.
         total_len: u64,
         bytes: Bytes,
     },
     /// A connection that carried captured HTTP was closed by the process.
     Closed {
-        fd: u32,
+        conn: ConnId,
         /// The kernel had marked it as upgraded (101 seen).
         upgraded: bool,
     },
@@ -119,7 +139,7 @@ impl Event {
             ts_ns,
             origin,
             kind: EventKind::Data {
-                fd,
+                conn: ConnId::Fd(fd),
                 direction,
                 total_len: bytes.len() as u64,
                 bytes: Bytes::copy_from_slice(bytes),

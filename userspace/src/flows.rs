@@ -2,7 +2,7 @@
 //! read, follows WebSocket upgrades to their close, and remembers which requests Traefik
 //! forwarded upstream so that a router-miss 404 can be corroborated.
 //!
-//! A connection is keyed by `(tgid, fd)`. Its role is inferred from content and direction:
+//! A connection is keyed by `(tgid, fd)`, or `(tgid, *tls.Conn)` for TLS plaintext. Its role is inferred from content and direction:
 //!
 //! | direction | message  | leg                                   |
 //! |-----------|----------|---------------------------------------|
@@ -34,7 +34,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
 use crate::http::{self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail};
 
 /// Upstream requests remembered per process for corroboration.
@@ -279,7 +279,7 @@ impl Conn {
     }
 }
 
-type ConnKey = (u32, u32);
+type ConnKey = (u32, ConnId);
 
 #[derive(Debug, Clone, Copy)]
 struct UpstreamEntry {
@@ -340,17 +340,19 @@ impl Flows {
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<FlowEvent>) {
         match &ev.kind {
             EventKind::Data {
-                fd,
+                conn,
                 direction,
                 total_len,
                 bytes,
             } => {
                 self.stats.data_events += 1;
-                self.on_data(ev.ts_ns, ev.origin, *fd, *direction, *total_len, bytes, out);
+                self.on_data(
+                    ev.ts_ns, ev.origin, *conn, *direction, *total_len, bytes, out,
+                );
             }
-            EventKind::Closed { fd, upgraded } => {
+            EventKind::Closed { conn, upgraded } => {
                 self.stats.closed_events += 1;
-                self.on_close(ev.ts_ns, ev.origin, *fd, *upgraded, out);
+                self.on_close(ev.ts_ns, ev.origin, *conn, *upgraded, out);
             }
             EventKind::UpstreamFailure { reason, .. } => {
                 self.stats.upstream_failure_events += 1;
@@ -380,7 +382,7 @@ impl Flows {
                     if let Some(c) = self.conns.remove(&key) {
                         self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
                         self.stats.expired_connections += 1;
-                        tracing::debug!(tgid = key.0, fd = key.1, "idle connection expired");
+                        tracing::debug!(tgid = key.0, conn = %key.1, "idle connection expired");
                     }
                 }
                 _ => {
@@ -431,7 +433,7 @@ impl Flows {
             if let Some(c) = self.conns.remove(&old) {
                 self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
                 self.stats.evicted_connections += 1;
-                tracing::debug!(tgid = old.0, fd = old.1, "connection evicted at capacity");
+                tracing::debug!(tgid = old.0, conn = %old.1, "connection evicted at capacity");
             }
         }
         // Tag first, then queue: compaction keeps only entries whose connection carries
@@ -453,13 +455,13 @@ impl Flows {
         &mut self,
         ts: u64,
         origin: Origin,
-        fd: u32,
+        conn: ConnId,
         dir: Direction,
         total_len: u64,
         bytes: &[u8],
         out: &mut Vec<FlowEvent>,
     ) {
-        let key = (origin.tgid, fd);
+        let key = (origin.tgid, conn);
         let d = dir_index(dir);
         if let Some(c) = self.conns.get(&key) {
             if c.upgraded.is_some() {
@@ -812,11 +814,11 @@ impl Flows {
         &mut self,
         ts: u64,
         origin: Origin,
-        fd: u32,
+        conn: ConnId,
         kernel_upgraded: bool,
         out: &mut Vec<FlowEvent>,
     ) {
-        let key = (origin.tgid, fd);
+        let key = (origin.tgid, conn);
         // Heads still waiting for their rest are all there will be.
         for dir in [Direction::Read, Direction::Write] {
             let stash = self
@@ -890,7 +892,10 @@ mod tests {
         Event {
             ts_ns: ts,
             origin: O,
-            kind: EventKind::Closed { fd, upgraded },
+            kind: EventKind::Closed {
+                conn: ConnId::Fd(fd),
+                upgraded,
+            },
         }
     }
 
@@ -1351,9 +1356,9 @@ mod tests {
         ts += 1;
         run(&mut f, &[data(ts, 7, Direction::Read, &req("a.test", "/"))]);
         assert_eq!(f.stats().evicted_connections, 1);
-        assert!(f.conns.contains_key(&(O.tgid, 1)));
+        assert!(f.conns.contains_key(&(O.tgid, ConnId::Fd(1))));
         let gone: Vec<u32> = (2..=4)
-            .filter(|fd| !f.conns.contains_key(&(O.tgid, *fd)))
+            .filter(|fd| !f.conns.contains_key(&(O.tgid, ConnId::Fd(*fd))))
             .collect();
         // Round 19_999 touched fd 2 + 19_999 % 3 = 3, round 19_997 fd 4, round 19_995 fd 2.
         assert_eq!(gone, [2]);

@@ -437,7 +437,11 @@ impl Metrics {
             "Probe exchanges the sensor did not report",
             sensor_blind_probes.clone(),
         );
-        registry.register("targets", "Watched replicas by state", targets.clone());
+        registry.register(
+            "targets",
+            "Watched replicas by state (failed: not resolvable, or running a binary the TLS uprobes could not be put on)",
+            targets.clone(),
+        );
         registry.register("build_info", "Build information", build_info.clone());
         let pipeline = PipelineMetrics::register(&mut registry);
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
 use routeskew::event::{
-    Direction, Event, EventKind, Origin, ProbeCheck, ProbeReport, UpstreamFailureReason,
+    ConnId, Direction, Event, EventKind, Origin, ProbeCheck, ProbeReport, UpstreamFailureReason,
 };
 use routeskew::http;
 use routeskew::metrics::{BuildInfo, Metrics};
@@ -93,7 +93,7 @@ impl Harness {
             ts_ns: ts,
             origin: o,
             kind: EventKind::Data {
-                fd,
+                conn: ConnId::Fd(fd),
                 direction: dir,
                 total_len: b.len() as u64,
                 bytes: Bytes::copy_from_slice(&b[..captured]),
@@ -106,7 +106,10 @@ impl Harness {
         self.p.handle(&Event {
             ts_ns: ts,
             origin: o,
-            kind: EventKind::Closed { fd, upgraded },
+            kind: EventKind::Closed {
+                conn: ConnId::Fd(fd),
+                upgraded,
+            },
         });
     }
 

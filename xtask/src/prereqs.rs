@@ -24,6 +24,9 @@ pub fn ensure_all() -> Result<PathBuf> {
         ("wrk", "wrk"),
         ("promtool", "prometheus"),
         ("ip", "iproute2"),
+        // TLS tests: a self-signed certificate and an HTTPS/wss client.
+        ("openssl", "openssl"),
+        ("curl", "curl"),
     ])?;
     ensure_traefik()
 }

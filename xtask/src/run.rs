@@ -179,6 +179,12 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
     lint()?;
     let mut unit = cargo();
     unit.arg("test");
+    // The Go binary resolution tests read the real Traefik release binary and build Go
+    // programs: install both first when this run may (root, full run); without them
+    // those tests say they were skipped.
+    if !unit_only && prereqs::is_root() {
+        unit.env("ROUTESKEW_TRAEFIK", prereqs::ensure_all()?);
+    }
     run_tests(unit, "unit tests (unprivileged): cargo test", tally)?;
     deploy_tier(tally)?;
     if unit_only {

@@ -45,20 +45,46 @@ pub mod direction {
     pub const WRITE: u32 = 1;
 }
 
-/// A prefix of a buffer passed through read/write/recvfrom/sendto that starts an HTTP/1.x
-/// request or response.
+/// Which identity a [`DataEvent`] or [`CloseEvent`] gives its connection (its `source`).
+pub mod conn_source {
+    /// A socket fd of the process (`fd`), seen by the socket or syscall hooks.
+    pub const FD: u32 = 0;
+    /// A Go `*crypto/tls.Conn` of the process (`tls_conn`, its address), seen by the
+    /// uprobes on its methods: the plaintext inside a TLS connection. Never the same
+    /// connection as an fd record of the same process (that one carries ciphertext).
+    pub const GO_TLS: u32 = 1;
+}
+
+/// In a Go TLS [`DataEvent`]'s `fd`: the byte in the low 8 bits belongs before `data`.
+///
+/// Go's `net/http` server reads one byte in the background while a handler runs (to
+/// notice a client that went away); when the client's next request on a keep-alive
+/// connection arrives before the handler is done, that byte is the request's first, and
+/// the next `Read` returns the rest (`ET / HTTP/1.1...`). The kernel keeps such a byte
+/// per connection and judges the next `Read` with it in front.
+pub const READ_AHEAD: u32 = 0x100;
+
+/// A prefix of a buffer that starts an HTTP/1.x request or response: passed through
+/// read/write/recvfrom/sendto, or through Go's `crypto/tls.(*Conn).Read`/`Write`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub header: EventHeader,
+    /// With [`conn_source::FD`]: the fd. With [`conn_source::GO_TLS`]:
+    /// [`READ_AHEAD`] `| byte` when the message's first byte came in an earlier 1-byte
+    /// `Read` (and is not in `data`), else 0.
     pub fd: u32,
     /// [`direction::READ`] or [`direction::WRITE`].
     pub direction: u32,
-    /// Bytes transferred by the syscall (its return value).
+    /// Bytes transferred (the syscall's or `Read`'s return value; the buffer length
+    /// passed to `Write`).
     pub total_len: u64,
     /// Valid bytes at the start of `data` (`min(total_len, capture_len)`).
     pub captured_len: u32,
-    pub _pad: u32,
+    /// [`conn_source`].
+    pub source: u32,
+    /// With [`conn_source::GO_TLS`]: the `*tls.Conn`.
+    pub tls_conn: u64,
     pub data: [u8; DATA_CAP],
 }
 
@@ -72,13 +98,19 @@ pub mod conn_flags {
     pub const UPSTREAM: u32 = 2;
 }
 
-/// Emitted when a process closes an fd that carried captured HTTP.
+/// Emitted when a process closes an fd (or a Go TLS connection) that carried captured
+/// HTTP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CloseEvent {
     pub header: EventHeader,
     pub fd: u32,
     pub flags: u32,
+    /// [`conn_source`].
+    pub source: u32,
+    pub _pad: u32,
+    /// With [`conn_source::GO_TLS`]: the `*tls.Conn`.
+    pub tls_conn: u64,
 }
 
 /// Why an outgoing TCP connection failed. Values of [`UpstreamEvent::reason`].
@@ -142,6 +174,46 @@ pub struct ConnKey {
     pub fd: u32,
 }
 
+/// Key of the kernel's per-connection map for Go TLS connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TlsConnKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The `*tls.Conn`.
+    pub conn: u64,
+}
+
+/// Key of an in-flight `crypto/tls.(*Conn).Read`: a goroutine (its `g`, from R14) of a
+/// process. Goroutines move between threads while they block in `Read`, so the thread id
+/// that entered may not be the one that returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GoroutineKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub g: u64,
+}
+
+/// A byte a 1-byte `crypto/tls.(*Conn).Read` returned on a connection that carried HTTP
+/// (see [`READ_AHEAD`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsAhead {
+    pub byte: u32,
+    pub _pad: u32,
+}
+
+/// What `Read`'s entry leaves for its RET sites.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsRead {
+    pub cgroup_id: u64,
+    pub conn: u64,
+    /// The plaintext buffer (`b`'s data pointer).
+    pub buf: u64,
+}
+
 /// Indexes into the per-CPU [`ProgramCounters`] array: one slot per kernel program.
 pub mod program {
     pub const SYS_ENTER_READ: u32 = 0;
@@ -169,8 +241,16 @@ pub mod program {
     /// slot of the syscall they came from; these slots count the programs' own failures.
     pub const SOCK_RECV: u32 = 14;
     pub const SOCK_SEND: u32 = 15;
+    /// Uprobes on Go's `crypto/tls.(*Conn)` methods in watched binaries: `Write` (entry),
+    /// `Read` (entry, and each of its RET instructions), `Close` (entry).
+    pub const GO_TLS_WRITE: u32 = 16;
+    pub const GO_TLS_READ: u32 = 17;
+    pub const GO_TLS_READ_RET: u32 = 18;
+    pub const GO_TLS_CLOSE: u32 = 19;
+    /// Slots of the tracepoint programs (attached once at start); the uprobes follow.
+    pub const TRACEPOINTS: u32 = 16;
     /// Number of slots; size of the counters array.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 20;
 
     /// Stable names, used as the `program` metric label.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -190,6 +270,10 @@ pub mod program {
         "sys_exit",
         "sock_recv_length",
         "sock_send_length",
+        "go_tls_write",
+        "go_tls_read",
+        "go_tls_read_ret",
+        "go_tls_close",
     ];
 }
 
@@ -393,8 +477,12 @@ pub struct PendingIo {
 
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 32);
-    assert!(core::mem::size_of::<DataEvent>() == 32 + 24 + DATA_CAP);
-    assert!(core::mem::size_of::<CloseEvent>() == 40);
+    assert!(core::mem::size_of::<DataEvent>() == 32 + 32 + DATA_CAP);
+    assert!(core::mem::size_of::<CloseEvent>() == 56);
+    assert!(core::mem::size_of::<TlsConnKey>() == 16);
+    assert!(core::mem::size_of::<GoroutineKey>() == 16);
+    assert!(core::mem::size_of::<TlsRead>() == 24);
+    assert!(core::mem::size_of::<TlsAhead>() == 8);
     assert!(core::mem::size_of::<UpstreamEvent>() == 32 + 16 + 16);
     assert!(core::mem::size_of::<ConnState>() == 8);
     assert!(core::mem::size_of::<SockConn>() == 24);
@@ -419,4 +507,8 @@ mod pod {
     unsafe impl aya::Pod for super::ProgramCounters {}
     unsafe impl aya::Pod for super::TcpSock {}
     unsafe impl aya::Pod for super::PendingIo {}
+    unsafe impl aya::Pod for super::TlsConnKey {}
+    unsafe impl aya::Pod for super::GoroutineKey {}
+    unsafe impl aya::Pod for super::TlsRead {}
+    unsafe impl aya::Pod for super::TlsAhead {}
 }

@@ -9,13 +9,13 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 use routeskew_common::{
-    config_flags, conn_flags, direction, event_kind, ConnKey, ConnState, DataEvent, EventHeader,
-    SockConn, DATA_CAP,
+    config_flags, conn_flags, conn_source, direction, event_kind, ConnKey, ConnState, DataEvent,
+    EventHeader, SockConn, TlsConnKey, DATA_CAP,
 };
 
 use crate::{
     filter::{http_start, is_http_response, Start, STATUS_101},
-    maps::{cfg, count, submit_flags, Counter, CONFIG, CONNS, EVENTS, SOCK_CONNS},
+    maps::{cfg, count, submit_flags, Counter, CONFIG, CONNS, EVENTS, SOCK_CONNS, TLS_CONNS},
 };
 
 /// Shorter transfers cannot hold a request line or status line worth classifying, and
@@ -25,12 +25,13 @@ pub const MIN_LEN: i64 = 8;
 const EEXIST: i64 = 17;
 
 /// Where a connection's state lives: by (process, fd) on the syscall paths, by socket on
-/// the socket-tracepoint path.
+/// the socket-tracepoint path, by (process, `*tls.Conn`) for Go TLS plaintext.
 #[derive(Clone, Copy)]
 pub enum Conn {
     Fd(ConnKey),
     /// `struct sock` address.
     Sock(u64),
+    Tls(TlsConnKey),
 }
 
 /// A read/write-family syscall of a watched process moved `ret >= MIN_LEN` bytes through
@@ -59,6 +60,7 @@ pub fn capture(
     let flags = match conn {
         Conn::Fd(key) => CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }),
         Conn::Sock(sk) => SOCK_CONNS.get_ptr(sk).map(|s| unsafe { (*s).flags }),
+        Conn::Tls(key) => TLS_CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }),
     };
     let (known, upstream) = match flags {
         Some(f) => {
@@ -79,18 +81,18 @@ pub fn capture(
         && upstream
         && cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES == 0;
     let outcome = if skim {
-        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true)
+        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true, conn)
     } else if n >= 16 || u64::from(n) == ret as u64 {
         match EVENTS.reserve::<DataEvent>(0) {
-            Some(entry) => copy_first(entry, prog, dir, cgroup_id, id, fd, buf, ret, n),
+            Some(entry) => copy_first(entry, prog, dir, cgroup_id, id, fd, buf, ret, n, conn),
             None => {
                 // Ring full: nothing can be reported, but an upgrade must still be seen.
                 count(prog, Counter::Lost);
-                head_first(prog, dir, cgroup_id, id, fd, buf, ret, false)
+                head_first(prog, dir, cgroup_id, id, fd, buf, ret, false, conn)
             }
         }
     } else {
-        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true)
+        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true, conn)
     };
     let Some((start, reported, upgraded)) = outcome else {
         return;
@@ -147,6 +149,7 @@ fn copy_first(
     buf: u64,
     ret: i64,
     n: u32,
+    conn: Conn,
 ) -> Option<(Start, bool, bool)> {
     let ev = entry.as_mut_ptr();
     let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
@@ -173,7 +176,7 @@ fn copy_first(
     }
     let report = reported(start, dir);
     if report {
-        unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n) };
+        unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n, conn) };
         entry.submit(submit_flags());
         count(prog, Counter::Emitted);
     } else {
@@ -194,6 +197,7 @@ fn head_first(
     buf: u64,
     ret: i64,
     may_emit: bool,
+    conn: Conn,
 ) -> Option<(Start, bool, bool)> {
     let first = if ret >= 16 {
         unsafe { bpf_probe_read_user(buf as *const [u64; 2]) }
@@ -213,7 +217,7 @@ fn head_first(
     }
     let report = may_emit && reported(start, dir);
     if report {
-        emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64);
+        emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, conn);
     }
     Some((start, report, upgraded))
 }
@@ -258,6 +262,14 @@ fn remember(
             },
             mode,
         ),
+        Conn::Tls(key) => TLS_CONNS.insert(
+            key,
+            ConnState {
+                flags: state,
+                _pad: 0,
+            },
+            mode,
+        ),
     };
     if let Err(e) = inserted {
         if i64::from(e) != -EEXIST {
@@ -281,7 +293,12 @@ unsafe fn fill(
     fd: u32,
     ret: u64,
     n: u32,
+    conn: Conn,
 ) {
+    let (source, tls_conn) = match conn {
+        Conn::Tls(key) => (conn_source::GO_TLS, key.conn),
+        Conn::Fd(_) | Conn::Sock(_) => (conn_source::FD, 0),
+    };
     unsafe {
         core::ptr::addr_of_mut!((*ev).header).write(EventHeader {
             kind: event_kind::DATA,
@@ -295,12 +312,23 @@ unsafe fn fill(
         core::ptr::addr_of_mut!((*ev).direction).write(dir);
         core::ptr::addr_of_mut!((*ev).total_len).write(ret);
         core::ptr::addr_of_mut!((*ev).captured_len).write(n);
-        core::ptr::addr_of_mut!((*ev)._pad).write(0);
+        core::ptr::addr_of_mut!((*ev).source).write(source);
+        core::ptr::addr_of_mut!((*ev).tls_conn).write(tls_conn);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit_data(prog: u32, dir: u32, cgroup_id: u64, id: u64, fd: u32, buf: u64, ret: u64) {
+pub fn emit_data(
+    prog: u32,
+    dir: u32,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    buf: u64,
+    ret: u64,
+    conn: Conn,
+) {
     let n = copy_len(ret);
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(prog, Counter::Lost);
@@ -319,7 +347,7 @@ fn emit_data(prog: u32, dir: u32, cgroup_id: u64, id: u64, fd: u32, buf: u64, re
         count(prog, Counter::ReadFailure);
         return;
     }
-    unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret, n) };
+    unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret, n, conn) };
     entry.submit(submit_flags());
     count(prog, Counter::Emitted);
 }

@@ -1,13 +1,15 @@
 //! routeskew kernel programs: socket (or, on older kernels, syscall) tracepoints that copy
-//! the first bytes of HTTP/1.x messages written or read by watched processes, and TCP
-//! tracepoints that report failed outgoing connections. Every field offset comes from the
-//! `CONFIG` global, which the agent fills from the running kernel's tracefs and BTF
+//! the first bytes of HTTP/1.x messages written or read by watched processes, uprobes on
+//! Go's `crypto/tls.(*Conn)` methods that do the same for the plaintext of TLS
+//! connections, and TCP tracepoints that report failed outgoing connections. Every field
+//! offset comes from the `CONFIG` global, which the agent fills from the running kernel's tracefs and BTF
 //! before load (aya-ebpf has no CO-RE).
 #![no_std]
 #![no_main]
 
 mod capture;
 mod filter;
+mod gotls;
 mod maps;
 mod regs;
 mod sockio;

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use routeskew_common::{
-    program, Config, ConnKey, ConnState, PendingIo, ProgramCounters, SockConn, TcpSock, WatchedSet,
+    program, Config, ConnKey, ConnState, GoroutineKey, PendingIo, ProgramCounters, SockConn,
+    TcpSock, TlsAhead, TlsConnKey, TlsRead, WatchedSet,
 };
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
@@ -48,6 +49,23 @@ pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(
 /// by `inet_sock_set_state` (which reports the end as a close of the recorded fd).
 #[map]
 pub static SOCK_CONNS: LruHashMap<u64, SockConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// Go TLS connections that carried a captured HTTP message (their upgrade mark), ended
+/// by the `crypto/tls.(*Conn).Close` uprobe. LRU: a connection Go dropped without
+/// `Close` just ages out.
+#[map]
+pub static TLS_CONNS: LruHashMap<TlsConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// In-flight `crypto/tls.(*Conn).Read` calls, from the entry uprobe to the RET-site
+/// uprobes, by goroutine. LRU so that goroutines that never returned (killed process)
+/// cannot fill it.
+#[map]
+pub static TLS_READS: LruHashMap<GoroutineKey, TlsRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// The byte of a 1-byte `Read` on a Go TLS connection that carried HTTP, until that
+/// connection's next `Read` (see `routeskew_common::READ_AHEAD`).
+#[map]
+pub static TLS_AHEAD: LruHashMap<TlsConnKey, TlsAhead> = LruHashMap::with_max_entries(16384, 0);
 
 /// Outgoing TCP sockets of watched processes, keyed by `struct sock` address.
 #[map]

@@ -26,7 +26,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use routeskew_common::{
-    config_flags, direction, event_kind, program, CloseEvent, ConnKey, EventHeader, PendingIo,
+    config_flags, conn_source, direction, event_kind, program, CloseEvent, ConnKey, EventHeader,
+    PendingIo,
 };
 
 use crate::{
@@ -268,6 +269,9 @@ fn on_close(ctx: &TracePointContext) {
         },
         fd,
         flags,
+        source: conn_source::FD,
+        _pad: 0,
+        tls_conn: 0,
     });
     entry.submit(submit_flags());
     count(prog, Counter::Emitted);

@@ -20,8 +20,8 @@ use aya_ebpf::{
     bindings::BPF_ANY, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use routeskew_common::{
-    config_flags, event_kind, program, upstream_reason, CloseEvent, EventHeader, TcpSock,
-    UpstreamEvent,
+    config_flags, conn_source, event_kind, program, upstream_reason, CloseEvent, EventHeader,
+    TcpSock, UpstreamEvent,
 };
 
 use crate::{
@@ -210,6 +210,9 @@ fn end_sock_conn(skaddr: u64, new: u32) {
         },
         fd: conn.fd,
         flags: conn.flags,
+        source: conn_source::FD,
+        _pad: 0,
+        tls_conn: 0,
     });
     entry.submit(submit_flags());
     count(prog, Counter::Emitted);

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
-use routeskew::event::{Direction, Event, EventKind, Origin};
+use routeskew::event::{ConnId, Direction, Event, EventKind, Origin};
 use routeskew::metrics::{BuildInfo, Metrics};
 use routeskew::pipeline::{Pipeline, PipelineConfig};
 
@@ -255,7 +255,7 @@ impl Gen {
             ts_ns: self.ts,
             origin: o,
             kind: EventKind::Data {
-                fd,
+                conn: ConnId::Fd(fd),
                 direction: dir,
                 total_len: b.len() as u64,
                 bytes: Bytes::copy_from_slice(b),
@@ -268,7 +268,10 @@ impl Gen {
         out.push(Event {
             ts_ns: self.ts,
             origin: o,
-            kind: EventKind::Closed { fd, upgraded },
+            kind: EventKind::Closed {
+                conn: ConnId::Fd(fd),
+                upgraded,
+            },
         });
     }
 

@@ -10,11 +10,11 @@ use std::{
 
 use bytes::Bytes;
 use routeskew_common::{
-    conn_flags, direction, event_kind, upstream_reason, CloseEvent, DataEvent, EventHeader,
-    UpstreamEvent, DATA_CAP,
+    conn_flags, conn_source, direction, event_kind, upstream_reason, CloseEvent, DataEvent,
+    EventHeader, UpstreamEvent, DATA_CAP, READ_AHEAD,
 };
 
-use crate::event::{Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -39,6 +39,8 @@ pub enum DecodeError {
     },
     #[error("unknown upstream failure reason {0}")]
     UnknownReason(u32),
+    #[error("unknown connection source {0}")]
+    UnknownSource(u32),
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -106,21 +108,50 @@ fn decode_data(rec: &[u8]) -> Result<EventKind, DecodeError> {
             cap: DATA_CAP,
         });
     }
+    let source = u32_at(rec, offset_of!(DataEvent, source));
+    let fd = u32_at(rec, offset_of!(DataEvent, fd));
+    let conn = conn_id(source, fd, u64_at(rec, offset_of!(DataEvent, tls_conn)))?;
     let data = offset_of!(DataEvent, data);
+    let captured = &rec[data..data + captured as usize];
+    if source == conn_source::GO_TLS && fd & READ_AHEAD != 0 {
+        // The message's first byte came in the previous Read (Go's background read).
+        let mut bytes = Vec::with_capacity(captured.len() + 1);
+        bytes.push(fd as u8);
+        bytes.extend_from_slice(captured);
+        return Ok(EventKind::Data {
+            conn,
+            direction,
+            total_len: total_len + 1,
+            bytes: Bytes::from(bytes),
+        });
+    }
     Ok(EventKind::Data {
-        fd: u32_at(rec, offset_of!(DataEvent, fd)),
+        conn,
         direction,
         total_len,
-        bytes: Bytes::copy_from_slice(&rec[data..data + captured as usize]),
+        bytes: Bytes::copy_from_slice(captured),
     })
 }
 
 fn decode_close(rec: &[u8]) -> Result<EventKind, DecodeError> {
     need("close record", rec, size_of::<CloseEvent>())?;
+    let conn = conn_id(
+        u32_at(rec, offset_of!(CloseEvent, source)),
+        u32_at(rec, offset_of!(CloseEvent, fd)),
+        u64_at(rec, offset_of!(CloseEvent, tls_conn)),
+    )?;
     Ok(EventKind::Closed {
-        fd: u32_at(rec, offset_of!(CloseEvent, fd)),
+        conn,
         upgraded: u32_at(rec, offset_of!(CloseEvent, flags)) & conn_flags::UPGRADED != 0,
     })
+}
+
+fn conn_id(source: u32, fd: u32, tls_conn: u64) -> Result<ConnId, DecodeError> {
+    match source {
+        conn_source::FD => Ok(ConnId::Fd(fd)),
+        conn_source::GO_TLS => Ok(ConnId::GoTls(tls_conn)),
+        other => Err(DecodeError::UnknownSource(other)),
+    }
 }
 
 fn decode_upstream(rec: &[u8]) -> Result<EventKind, DecodeError> {
@@ -189,7 +220,8 @@ mod tests {
             direction: dir,
             total_len: total,
             captured_len: captured,
-            _pad: 0,
+            source: conn_source::FD,
+            tls_conn: 0,
             data,
         }
     }
@@ -208,7 +240,7 @@ mod tests {
         assert_eq!(
             ev.kind,
             EventKind::Data {
-                fd: 9,
+                conn: ConnId::Fd(9),
                 direction: Direction::Write,
                 total_len: 300,
                 bytes: Bytes::from_static(b"HTTP/1.1 404 Not Found\r\n"),
@@ -219,6 +251,61 @@ mod tests {
             ev.kind,
             EventKind::Data { direction: Direction::Read, ref bytes, .. } if bytes.as_ref() == b"HTTP"
         ));
+    }
+
+    #[test]
+    fn tls_records_name_the_tls_conn() {
+        let rec = DataEvent {
+            source: conn_source::GO_TLS,
+            tls_conn: 0xc000_1234_5678,
+            ..data_event(24, 300, direction::READ)
+        };
+        let ev = decode(&bytes_of(&rec)).expect("decode");
+        assert!(matches!(
+            ev.kind,
+            EventKind::Data {
+                conn: ConnId::GoTls(0xc000_1234_5678),
+                direction: Direction::Read,
+                ..
+            }
+        ));
+        let close = CloseEvent {
+            header: header(event_kind::CLOSE),
+            fd: 0,
+            flags: 0,
+            source: conn_source::GO_TLS,
+            _pad: 0,
+            tls_conn: 0xc000_0000_0040,
+        };
+        assert_eq!(
+            decode(&bytes_of(&close)).expect("decode").kind,
+            EventKind::Closed {
+                conn: ConnId::GoTls(0xc000_0000_0040),
+                upgraded: false
+            }
+        );
+        // A request whose first byte came in an earlier 1-byte Read.
+        let mut ahead = DataEvent {
+            fd: READ_AHEAD | u32::from(b'G'),
+            source: conn_source::GO_TLS,
+            tls_conn: 0xc000_1234_5678,
+            ..data_event(13, 400, direction::READ)
+        };
+        ahead.data[..13].copy_from_slice(b"ET / HTTP/1.1");
+        assert_eq!(
+            decode(&bytes_of(&ahead)).expect("decode").kind,
+            EventKind::Data {
+                conn: ConnId::GoTls(0xc000_1234_5678),
+                direction: Direction::Read,
+                total_len: 401,
+                bytes: Bytes::from_static(b"GET / HTTP/1.1"),
+            }
+        );
+        let bad = DataEvent {
+            source: 9,
+            ..data_event(24, 300, direction::READ)
+        };
+        assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::UnknownSource(9)));
     }
 
     #[test]
@@ -264,12 +351,15 @@ mod tests {
             header: header(event_kind::CLOSE),
             fd: 12,
             flags: conn_flags::UPGRADED,
+            source: conn_source::FD,
+            _pad: 0,
+            tls_conn: 0,
         };
         let ev = decode(&bytes_of(&rec)).expect("decode");
         assert_eq!(
             ev.kind,
             EventKind::Closed {
-                fd: 12,
+                conn: ConnId::Fd(12),
                 upgraded: true
             }
         );
@@ -277,7 +367,7 @@ mod tests {
         assert_eq!(
             decode(&bytes_of(&rec)).expect("decode").kind,
             EventKind::Closed {
-                fd: 12,
+                conn: ConnId::Fd(12),
                 upgraded: false
             }
         );

@@ -12,6 +12,8 @@
 pub mod abi;
 pub mod btf;
 pub mod decode;
+pub mod gobin;
+pub mod gotls;
 pub mod tracefs;
 
 use std::{
@@ -147,7 +149,7 @@ const fn raw(program: &'static str, index: u32, tracepoint: &'static str, needed
 /// In order of preference for the data hooks, then attach order within a path: each
 /// exit before its enter, so an enter never fills a per-thread map (pending I/O, the
 /// close mark) without the exit that drains it.
-const HOOKS: [Hook; program::COUNT as usize] = [
+const HOOKS: [Hook; program::TRACEPOINTS as usize] = [
     raw(
         "rs_sock_send",
         program::SOCK_SEND,
@@ -497,6 +499,7 @@ pub struct Sensor {
     watched_capacity: u32,
     reader: JoinHandle<()>,
     decode_errors: Arc<AtomicU64>,
+    tls: gotls::TlsProbes,
 }
 
 impl Sensor {
@@ -626,6 +629,7 @@ impl Sensor {
             watched_capacity,
             reader,
             decode_errors,
+            tls: gotls::TlsProbes::default(),
         })
     }
 
@@ -695,6 +699,19 @@ impl Sensor {
         Ok(())
     }
 
+    /// Puts the Go `crypto/tls` uprobes on the executables of these processes (one
+    /// resolution and attachment per distinct binary) and takes them off binaries none of
+    /// them runs any more. Failures are reported per binary, never fatal: the socket
+    /// hooks keep capturing plaintext.
+    pub fn set_tls_processes(&mut self, pids: &[u32]) -> Vec<gotls::TlsBinaryStatus> {
+        self.tls.sync(&mut self.ebpf, pids)
+    }
+
+    /// Run counts and run times of the TLS uprobes (for measuring their cost).
+    pub fn tls_run_stats(&mut self) -> Vec<gotls::RunStats> {
+        gotls::run_stats(&mut self.ebpf)
+    }
+
     /// Per-program counters summed over CPUs.
     pub fn totals(&self) -> Result<Vec<ProgramTotals>, SensorError> {
         let map = self
@@ -737,6 +754,12 @@ impl Drop for Sensor {
         // The reader owns the ring buffer; the programs and their links go with `ebpf`.
         self.reader.abort();
     }
+}
+
+/// Makes the kernel count every BPF program's runs and run time until the returned fd is
+/// closed (`kernel.bpf_stats_enabled` for the caller's lifetime); for measurements.
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, io::Error> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn object_bytes(path: Option<&Path>) -> Result<Cow<'static, [u8]>, SensorError> {
@@ -1084,7 +1107,7 @@ mod tests {
     fn hooks_cover_every_program_once() {
         let mut seen: Vec<u32> = HOOKS.iter().map(|h| h.index).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..program::COUNT).collect::<Vec<_>>());
+        assert_eq!(seen, (0..program::TRACEPOINTS).collect::<Vec<_>>());
         for h in &HOOKS {
             let event = match h.attach {
                 Attach::Tracepoint { event, .. } => event,

@@ -1,0 +1,371 @@
+//! End to end over TLS: the plaintext test's fleet (three real Traefik replicas, the
+//! second missing the router of one host for HTTP and WebSocket alike) reached through
+//! each replica's `websecure` entrypoint, so the socket hooks only ever see ciphertext and
+//! every count must come from the Go `crypto/tls` uprobes. Clients are `curl --http1.1`
+//! (HTTP keep-alive, and `wss` upgrades). The agent's counters must match the plan and
+//! each replica's own access log exactly.
+//!
+//! Run as root after building the agent:
+//! `cargo test -p routeskew-testbed --test e2e_tls`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use routeskew_testbed::metrics::Metrics;
+use routeskew_testbed::{path, paths, tls, Agent, AgentConfig, Testbed, TestbedConfig};
+
+/// A host no replica routes: Traefik's 404 everywhere, labelled `other` by the agent.
+const UNROUTED_HOST: &str = "nobody.test";
+/// How long curl keeps an upgraded connection open (well inside the early-close window).
+const WS_HOLD: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `n` requests on one keep-alive connection.
+    Http,
+    /// `n` upgrades, each on its own connection.
+    Ws,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    replica: usize,
+    host: String,
+    path: &'static str,
+    kind: Kind,
+    n: usize,
+    status: u16,
+    class: &'static str,
+}
+
+type Table = BTreeMap<(String, String, String), u64>;
+
+fn add(t: &mut Table, a: &str, b: &str, c: &str, n: u64) {
+    if n > 0 {
+        *t.entry((a.into(), b.into(), c.into())).or_default() += n;
+    }
+}
+
+/// Non-zero passive samples of `name` for the given replicas, keyed by (replica,
+/// `label2`, `label3`).
+fn table(m: &Metrics, name: &str, replicas: &[String], label2: &str, label3: &str) -> Table {
+    let mut t = Table::new();
+    for s in m.select(name, &[]) {
+        let Some(replica) = s.labels.get("replica") else {
+            continue;
+        };
+        if !replicas.contains(replica) || s.labels.get("source").is_some_and(|v| v != "passive") {
+            continue;
+        }
+        let get = |k: &str| {
+            s.labels
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| format!("<no {k}>"))
+        };
+        add(&mut t, replica, &get(label2), &get(label3), s.value as u64);
+    }
+    t
+}
+
+fn host_label(hosts: &[String], host: &str) -> String {
+    if hosts.iter().any(|h| h == host) {
+        host.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+fn class_of_status(status: u16, router_miss: bool) -> &'static str {
+    match status {
+        404 if router_miss => "router_miss",
+        421 => "misdirected",
+        100..=399 => "ok",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
+fn plan(bed: &Testbed) -> Vec<Step> {
+    let sc = bed.scenario();
+    let mut steps = Vec::new();
+    let mut step = |replica: usize, host: &str, path, kind, n, status, class| {
+        steps.push(Step {
+            replica,
+            host: host.to_string(),
+            path,
+            kind,
+            n,
+            status,
+            class,
+        })
+    };
+    // Different counts per replica, so traffic attributed to the wrong replica shows.
+    let missing_http = [2, 7, 3];
+    let missing_ws = [2, 3, 4];
+    let ws_ok = [1, 2, 1];
+    for r in bed.replicas() {
+        let i = r.index;
+        step(i, &sc.app_host, path::ROOT, Kind::Http, 3 + i, 200, "ok");
+        let (status, class) = if r.routes(&sc.missing_host) {
+            (200, "ok")
+        } else {
+            (404, "router_miss")
+        };
+        step(
+            i,
+            &sc.missing_host,
+            path::ROOT,
+            Kind::Http,
+            missing_http[i],
+            status,
+            class,
+        );
+        let (status, class) = if r.routes(&sc.missing_host) {
+            (101, "ok")
+        } else {
+            (404, "router_miss")
+        };
+        step(
+            i,
+            &sc.missing_host,
+            path::WS,
+            Kind::Ws,
+            missing_ws[i],
+            status,
+            class,
+        );
+        step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
+        step(
+            i,
+            &sc.notfound_host,
+            path::NOTFOUND,
+            Kind::Http,
+            2,
+            404,
+            "client_error",
+        );
+        step(
+            i,
+            UNROUTED_HOST,
+            path::ROOT,
+            Kind::Http,
+            1,
+            404,
+            "router_miss",
+        );
+    }
+    step(
+        0,
+        &sc.unavailable_host,
+        path::ROOT,
+        Kind::Http,
+        2,
+        503,
+        "server_error",
+    );
+    steps
+}
+
+fn diff(want: &Table, got: &Table) -> String {
+    let mut out = String::new();
+    let keys: std::collections::BTreeSet<_> = want.keys().chain(got.keys()).collect();
+    for k in keys {
+        let (w, g) = (
+            want.get(k).copied().unwrap_or(0),
+            got.get(k).copied().unwrap_or(0),
+        );
+        let mark = if w == g { "  " } else { "!!" };
+        out.push_str(&format!(
+            "{mark} {:<10} {:<18} {:<13} want {w:>3} got {g:>3}\n",
+            k.0, k.1, k.2
+        ));
+    }
+    out
+}
+
+async fn send(addr: SocketAddr, s: &Step) -> Vec<u16> {
+    let (host, path, n, kind) = (s.host.clone(), s.path, s.n, s.kind);
+    tokio::task::spawn_blocking(move || match kind {
+        Kind::Http => tls::curl_https(addr, &host, &vec![path; n]),
+        Kind::Ws => (0..n)
+            .map(|_| tls::curl_wss_upgrade(addr, &host, path, WS_HOLD))
+            .collect(),
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{} × {}{} via {addr}: {e:#}", s.n, s.host, s.path))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_pins_router_misses_over_tls() {
+    paths::require_root().expect("precondition");
+    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
+    paths::traefik_binary().expect("precondition: Traefik");
+
+    let mut bed = Testbed::start(TestbedConfig {
+        tls: true,
+        ..TestbedConfig::default()
+    })
+    .await
+    .expect("starting the test bed");
+    let sc = bed.scenario().clone();
+    let hosts = sc.hosts();
+    let names: Vec<String> = bed.replicas().iter().map(|r| r.name.clone()).collect();
+    let broken = bed.broken().unwrap().name.clone();
+
+    let mut agent = Agent::start(AgentConfig {
+        binary: Some(agent_bin),
+        ..AgentConfig::for_testbed(&bed)
+    })
+    .await
+    .expect("starting the agent");
+    eprintln!("agent: {}", agent.command);
+
+    let steps = plan(&bed);
+    let mut want_http = Table::new();
+    let mut want_ws = Table::new();
+    let mut want_early = Table::new();
+    for s in &steps {
+        let r = &bed.replicas()[s.replica];
+        let addr = r.websecure_addr.expect("websecure entrypoint");
+        let statuses = send(addr, s).await;
+        assert_eq!(
+            statuses,
+            vec![s.status; s.n],
+            "{} × {}{} via {}",
+            s.n,
+            s.host,
+            s.path,
+            r.name
+        );
+        if s.kind == Kind::Ws {
+            let outcome = match s.status {
+                101 => "upgraded",
+                _ if s.class == "router_miss" => "router_miss",
+                500..=599 => "failed",
+                _ => "rejected",
+            };
+            add(&mut want_ws, &r.name, &s.host, outcome, s.n as u64);
+            if s.status == 101 {
+                add(&mut want_early, &r.name, &s.host, "-", s.n as u64);
+            }
+        }
+        add(
+            &mut want_http,
+            &r.name,
+            &host_label(&hosts, &s.host),
+            s.class,
+            s.n as u64,
+        );
+    }
+
+    // Ground truth from Traefik itself: each replica's websecure access log.
+    let mut logged = Table::new();
+    for r in bed.replicas() {
+        for e in r.websecure_access_log_entries().unwrap() {
+            let class = class_of_status(e.client_status(), e.router_miss() && e.status == 404);
+            add(&mut logged, &r.name, &host_label(&hosts, &e.host), class, 1);
+        }
+    }
+    assert!(
+        logged == want_http,
+        "test bed fault: Traefik's access logs disagree with the plan:\n{}",
+        diff(&want_http, &logged)
+    );
+
+    let done = |m: &Metrics| {
+        table(m, "routeskew_http_responses_total", &names, "host", "class") == want_http
+            && table(m, "routeskew_ws_upgrades_total", &names, "host", "outcome") == want_ws
+    };
+    let m = agent
+        .scrape_until(Duration::from_secs(15), done)
+        .await
+        .unwrap();
+    let log = agent.log_tail();
+    let got_http = table(
+        &m,
+        "routeskew_http_responses_total",
+        &names,
+        "host",
+        "class",
+    );
+    assert!(
+        got_http == want_http,
+        "routeskew_http_responses_total over TLS vs the plan and the access logs:\n{}\nagent log:\n{log}",
+        diff(&want_http, &got_http)
+    );
+    let got_ws = table(&m, "routeskew_ws_upgrades_total", &names, "host", "outcome");
+    assert!(
+        got_ws == want_ws,
+        "routeskew_ws_upgrades_total over TLS:\n{}\nagent log:\n{log}",
+        diff(&want_ws, &got_ws)
+    );
+    let got_early: Table = table(
+        &m,
+        "routeskew_ws_early_closes_total",
+        &names,
+        "host",
+        "<none>",
+    )
+    .into_iter()
+    .map(|((r, l, _), v)| ((r, l, "-".to_string()), v))
+    .collect();
+    assert!(
+        got_early == want_early,
+        "routeskew_ws_early_closes_total over TLS:\n{}\nagent log:\n{log}",
+        diff(&want_early, &got_early)
+    );
+    for r in &names {
+        let misses = m.sum(
+            "routeskew_http_responses_total",
+            &[
+                ("replica", r),
+                ("host", &sc.missing_host),
+                ("class", "router_miss"),
+            ],
+        );
+        assert_eq!(misses > 0.0, *r == broken, "router misses on {r}: {misses}");
+    }
+
+    // Every count above came from the TLS uprobes; the replicas share one binary, which
+    // was resolved and attached once.
+    let tls_events = m.sum(
+        "routeskew_sensor_events_total",
+        &[("program", "go_tls_write")],
+    ) + m.sum(
+        "routeskew_sensor_events_total",
+        &[("program", "go_tls_read_ret")],
+    );
+    assert!(tls_events > 0.0, "no TLS uprobe events counted");
+    let lost = m.sum("routeskew_sensor_lost_events_total", &[]);
+    assert_eq!(lost, 0.0, "routeskew_sensor_lost_events_total");
+    assert_eq!(
+        m.get("routeskew_targets", &[("state", "attached")])
+            .unwrap(),
+        Some(names.len() as f64)
+    );
+    assert_eq!(
+        m.get("routeskew_targets", &[("state", "failed")]).unwrap(),
+        Some(0.0)
+    );
+    let full_log = std::fs::read_to_string(bed.dir().join("agent.log")).unwrap_or_default();
+    let attached = full_log.matches("TLS uprobes attached").count();
+    assert_eq!(attached, 1, "one binary, one attachment; agent log:\n{log}");
+
+    eprintln!(
+        "agent's counts over TLS (all matched):\n{}{}{}",
+        diff(&want_http, &got_http),
+        diff(&want_ws, &got_ws),
+        diff(&want_early, &got_early)
+    );
+    assert!(
+        agent.running(),
+        "the agent died during the test:\n{}",
+        agent.log_tail()
+    );
+    agent.stop();
+    bed.stop().unwrap();
+}

@@ -1,0 +1,166 @@
+//! The Go version a binary was built with, from its `.go.buildinfo` blob (what
+//! `go version <binary>` prints). Stripping keeps it: it is data, not a symbol.
+//!
+//! ```text
+//! 0   "\xff Go buildinf:"   14 bytes
+//! 14  pointer size          1 byte
+//! 15  flags                 bit 0: big-endian, bit 1: strings inline (Go 1.18+)
+//! 16  Go ≤ 1.17: two pointers to Go string headers {data, len}: version, module info
+//! 32  Go ≥ 1.18: uvarint length + version bytes, uvarint length + module info
+//! ```
+
+use super::GoBinError;
+
+pub const MAGIC: &[u8; 14] = b"\xff Go buildinf:";
+const HEADER_LEN: usize = 32;
+const FLAG_BIG_ENDIAN: u8 = 1;
+const FLAG_INLINE: u8 = 2;
+/// Longer is not a version string.
+const MAX_VERSION_LEN: u64 = 64;
+
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+fn version_str(bytes: &[u8]) -> Result<String, GoBinError> {
+    let s = std::str::from_utf8(bytes)
+        .map_err(|_| GoBinError::BadBuildInfo("version is not UTF-8".into()))?;
+    if !s.starts_with("go") {
+        return Err(GoBinError::BadBuildInfo(format!(
+            "version {s:?} does not start with \"go\""
+        )));
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses the blob at the start of `blob`. `read` returns `len` bytes at a virtual
+/// address (for the pre-1.18 format, whose strings live elsewhere in the binary).
+pub fn version<'a>(
+    blob: &'a [u8],
+    read: impl Fn(u64, usize) -> Option<&'a [u8]>,
+) -> Result<String, GoBinError> {
+    if blob.len() < HEADER_LEN || &blob[..MAGIC.len()] != MAGIC {
+        return Err(GoBinError::BadBuildInfo("no build-info magic".into()));
+    }
+    let ptr_size = usize::from(blob[14]);
+    let flags = blob[15];
+    if flags & FLAG_INLINE != 0 {
+        let (len, n) = uvarint(&blob[HEADER_LEN..])
+            .ok_or_else(|| GoBinError::BadBuildInfo("bad version length".into()))?;
+        if len > MAX_VERSION_LEN {
+            return Err(GoBinError::BadBuildInfo(format!(
+                "version length {len} is implausible"
+            )));
+        }
+        let start = HEADER_LEN + n;
+        let bytes = blob
+            .get(start..start + len as usize)
+            .ok_or_else(|| GoBinError::BadBuildInfo("version runs past the blob".into()))?;
+        return version_str(bytes);
+    }
+    if ptr_size != 4 && ptr_size != 8 {
+        return Err(GoBinError::BadBuildInfo(format!("pointer size {ptr_size}")));
+    }
+    let word = |b: &[u8]| -> Option<u64> {
+        let b = b.get(..ptr_size)?;
+        let mut a = [0u8; 8];
+        if flags & FLAG_BIG_ENDIAN != 0 {
+            a[8 - ptr_size..].copy_from_slice(b);
+            Some(u64::from_be_bytes(a))
+        } else {
+            a[..ptr_size].copy_from_slice(b);
+            Some(u64::from_le_bytes(a))
+        }
+    };
+    let unreadable = |what: &str| GoBinError::BadBuildInfo(format!("{what} is not in the binary"));
+    let header_ptr = word(&blob[16..]).ok_or_else(|| unreadable("version pointer"))?;
+    let header = read(header_ptr, 2 * ptr_size).ok_or_else(|| unreadable("version header"))?;
+    let data = word(header).ok_or_else(|| unreadable("version data pointer"))?;
+    let len = word(&header[ptr_size..]).ok_or_else(|| unreadable("version length"))?;
+    if len > MAX_VERSION_LEN {
+        return Err(GoBinError::BadBuildInfo(format!(
+            "version length {len} is implausible"
+        )));
+    }
+    let bytes = read(data, len as usize).ok_or_else(|| unreadable("version string"))?;
+    version_str(bytes)
+}
+
+/// `go1.26.9` → (1, 26); `None` for development builds (`devel ...`).
+pub fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let rest = version.strip_prefix("go")?;
+    let mut parts = rest.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn header(ptr_size: u8, flags: u8) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.push(ptr_size);
+        b.push(flags);
+        b.resize(HEADER_LEN, 0);
+        b
+    }
+
+    #[test]
+    fn inline_format() {
+        let mut b = header(8, FLAG_INLINE);
+        b.push(9);
+        b.extend_from_slice(b"go1.26.9\n");
+        b[HEADER_LEN] = 8;
+        assert_eq!(version(&b, |_, _| None).unwrap(), "go1.26.9");
+    }
+
+    #[test]
+    fn pointer_format_little_and_big_endian() {
+        // Memory: a string header at 0x1000 pointing at "go1.17.13" at 0x2000.
+        let text = b"go1.17.13";
+        for (flags, to_bytes) in [
+            (0u8, u64::to_le_bytes as fn(u64) -> [u8; 8]),
+            (FLAG_BIG_ENDIAN, u64::to_be_bytes),
+        ] {
+            let mut string_header = to_bytes(0x2000).to_vec();
+            string_header.extend_from_slice(&to_bytes(text.len() as u64));
+            let mut b = header(8, flags);
+            b[16..24].copy_from_slice(&to_bytes(0x1000));
+            let got = version(&b, |addr, len| match addr {
+                0x1000 => string_header.get(..len),
+                0x2000 => text.get(..len),
+                _ => None,
+            });
+            assert_eq!(got.unwrap(), "go1.17.13");
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(version(b"nothing here", |_, _| None).is_err());
+        let b = header(8, 0);
+        assert!(version(&b, |_, _| None).is_err());
+        let mut b = header(8, FLAG_INLINE);
+        b.push(3);
+        b.extend_from_slice(b"xyz");
+        assert!(version(&b, |_, _| None).is_err());
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(major_minor("go1.26.9"), Some((1, 26)));
+        assert_eq!(major_minor("go1.19"), Some((1, 19)));
+        assert_eq!(major_minor("go1.21rc2"), Some((1, 21)));
+        assert_eq!(major_minor("devel go1.22-abc"), None);
+    }
+}
