@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::{DataHooksArg, DiscoveryMode, RunArgs};
-use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan};
+use crate::discovery::kubernetes::{KubeConfig, KubeDiscovery, KubeError};
+use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan, ScanFailure};
 use crate::discovery::TargetSet;
 use crate::event::Event;
 use crate::metrics::{self, BuildInfo, Metrics, SensorTotals};
@@ -18,8 +19,8 @@ use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 pub enum AgentError {
     #[error("{0}")]
     Config(String),
-    #[error("kubernetes discovery is not part of this build yet; run with --discovery local")]
-    KubernetesUnavailable,
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -41,9 +42,6 @@ const BATCH: usize = 1024;
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
-    if args.effective_discovery() == DiscoveryMode::Kubernetes {
-        return Err(AgentError::KubernetesUnavailable);
-    }
 
     let metrics = Arc::new(Metrics::new(BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -65,14 +63,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     });
     tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
 
-    let discovery = LocalDiscovery::new(LocalConfig {
-        process_name: (!args.no_name_match).then(|| args.process_name.clone()),
-        pids: args.pids.clone(),
-        cgroups: args.cgroups.clone(),
-        namespace: args.namespace.clone(),
-        proc_root: "/proc".into(),
-    })?;
-    tracing::info!(cgroup2 = %discovery.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
+    let discovery = Discovery::start(&args, &metrics).await?;
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     let mut sensor = Sensor::start(
@@ -111,14 +102,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     );
 
     let mut current = TargetSet::default();
+    let mut failures = Vec::new();
     apply_scan(
         discovery.scan(),
         &mut current,
+        &mut failures,
         &mut sensor,
         &mut pipeline,
         &metrics,
     );
-    metrics.set_ready(true, "sensor attached, discovery ran");
+    discovery.update_hosts(&mut pipeline);
+    discovery.report_readiness(&metrics);
 
     let mut rescan = tokio::time::interval(args.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,9 +138,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = rescan.tick() => {
-                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics);
+                apply_scan(discovery.scan(), &mut current, &mut failures, &mut sensor, &mut pipeline, &metrics);
+            }
+            _ = discovery.changed() => {
+                apply_scan(discovery.scan(), &mut current, &mut failures, &mut sensor, &mut pipeline, &metrics);
+                discovery.update_hosts(&mut pipeline);
             }
             _ = housekeeping.tick() => {
+                discovery.report_readiness(&metrics);
                 pipeline.tick(monotonic_ns());
                 match sensor.totals() {
                     Ok(totals) => {
@@ -172,21 +171,110 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Where replicas come from.
+enum Discovery {
+    Local(LocalDiscovery),
+    Kubernetes(KubeDiscovery),
+}
+
+impl Discovery {
+    async fn start(args: &RunArgs, metrics: &Arc<Metrics>) -> Result<Self, AgentError> {
+        if args.effective_discovery() != DiscoveryMode::Kubernetes {
+            let d = LocalDiscovery::new(LocalConfig {
+                process_name: (!args.no_name_match).then(|| args.process_name.clone()),
+                pids: args.pids.clone(),
+                cgroups: args.cgroups.clone(),
+                namespace: args.namespace.clone(),
+                proc_root: "/proc".into(),
+            })?;
+            tracing::info!(cgroup2 = %d.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
+            return Ok(Discovery::Local(d));
+        }
+        let node_name = args.node_name.clone().ok_or(KubeError::NoNodeName)?;
+        let kube_config = crate::discovery::kubernetes::infer_config().await?;
+        let k = &args.kube;
+        let d = KubeDiscovery::start(
+            kube_config,
+            KubeConfig {
+                node_name,
+                label_selector: k.label_selector.clone(),
+                pod_namespace: k.watch_namespace.clone(),
+                containers: k.containers.clone(),
+                ingress_class: k.ingress_class.clone(),
+                static_hosts: args.hosts.clone(),
+                host_cgroup_root: k.host_cgroup_root.clone(),
+                host_proc: k.host_proc.clone(),
+                crd_recheck: Duration::from_secs(300),
+            },
+            metrics.clone(),
+        )?;
+        tracing::info!(node = %args.node_name.as_deref().unwrap_or("-"), selector = %k.label_selector, "kubernetes discovery");
+        Ok(Discovery::Kubernetes(d))
+    }
+
+    fn scan(&self) -> Scan {
+        match self {
+            Discovery::Local(d) => d.scan(),
+            Discovery::Kubernetes(d) => d.scan().scan,
+        }
+    }
+
+    /// Resolves when Kubernetes objects changed; never in local mode (it polls).
+    async fn changed(&self) {
+        match self {
+            Discovery::Local(_) => std::future::pending().await,
+            Discovery::Kubernetes(d) => d.changed().await,
+        }
+    }
+
+    fn update_hosts(&self, pipeline: &mut Pipeline) {
+        if let Discovery::Kubernetes(d) = self {
+            let hosts = d.hosts().hosts;
+            let labels = pipeline.host_labels();
+            // `other` is last in the labels and never among the hosts.
+            if labels.len() != hosts.len() + 1 || labels.iter().zip(&hosts).any(|(a, b)| a != b) {
+                tracing::info!(hosts = hosts.len(), "known hosts changed");
+                pipeline.set_known_hosts(&hosts);
+            }
+        }
+    }
+
+    /// The sensor is attached when this is called: readiness is then discovery's.
+    fn report_readiness(&self, metrics: &Metrics) {
+        match self {
+            Discovery::Local(_) => metrics.set_ready(true, "sensor attached, discovery ran"),
+            Discovery::Kubernetes(d) => {
+                let r = d.readiness();
+                if r.ready {
+                    metrics.set_ready_note(&r.detail);
+                    metrics.set_ready(true, "");
+                } else {
+                    metrics.set_ready(false, &r.detail);
+                }
+            }
+        }
+    }
+}
+
 /// Pushes a discovery result to the kernel filter, the pipeline and the target gauges;
-/// logs only what changed.
+/// logs only what changed (failures too: a persistent one is logged once).
 fn apply_scan(
     scan: Scan,
     current: &mut TargetSet,
+    failures: &mut Vec<ScanFailure>,
     sensor: &mut Sensor,
     pipeline: &mut Pipeline,
     metrics: &Metrics,
 ) {
     for f in &scan.failures {
-        tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
+        if !failures.contains(f) {
+            tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
+        }
     }
+    *failures = scan.failures.clone();
     let failed = scan.failures.len() as i64;
     if scan.targets == *current {
-        metrics.set_targets(current.targets().len() as i64, failed);
+        metrics.set_targets(current.replica_count() as i64, failed);
         return;
     }
     for t in scan.targets.targets() {
@@ -200,10 +288,10 @@ fn apply_scan(
         }
     }
     match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
-        Ok(()) => metrics.set_targets(scan.targets.targets().len() as i64, failed),
+        Ok(()) => metrics.set_targets(scan.targets.replica_count() as i64, failed),
         Err(e) => {
             tracing::error!(error = %e, "updating the kernel cgroup filter failed");
-            metrics.set_targets(0, failed + scan.targets.targets().len() as i64);
+            metrics.set_targets(0, failed + scan.targets.replica_count() as i64);
         }
     }
     pipeline.set_targets(scan.targets.clone());

@@ -42,6 +42,7 @@ fn target(i: u32) -> Target {
         cgroup_id: 10 + u64::from(i),
         pids: vec![100 + i],
         attribution: Attribution::Cgroup,
+        endpoints: Vec::new(),
     }
 }
 

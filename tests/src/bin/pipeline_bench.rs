@@ -204,6 +204,7 @@ fn targets() -> TargetSet {
                 cgroup_id: origin(i).cgroup_id,
                 pids: vec![origin(i).tgid],
                 attribution: Attribution::Cgroup,
+                endpoints: Vec::new(),
             })
             .collect(),
     )

@@ -211,6 +211,7 @@ impl LocalDiscovery {
             cgroup_id,
             pids,
             attribution: Attribution::Cgroup,
+            endpoints: Vec::new(),
         })
     }
 
@@ -246,6 +247,7 @@ impl LocalDiscovery {
                     cgroup_id: f.cgroup_id,
                     pids: vec![pid],
                     attribution: Attribution::Pids,
+                    endpoints: Vec::new(),
                 }
             })
             .collect()

@@ -1,6 +1,9 @@
 //! Which local processes are Traefik replicas, and how kernel events map back to them.
 
+pub mod kubernetes;
 pub mod local;
+pub mod pod_cgroup;
+pub mod traefik_rule;
 
 use std::collections::HashMap;
 
@@ -25,6 +28,13 @@ pub enum Attribution {
     Pids,
 }
 
+/// An address the prober can reach a replica on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: std::net::SocketAddr,
+    pub port_name: Option<String>,
+}
+
 /// One replica to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -34,6 +44,8 @@ pub struct Target {
     /// Processes of the replica at discovery time.
     pub pids: Vec<u32>,
     pub attribution: Attribution,
+    /// Where the replica listens (pod IP and container ports in Kubernetes).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// A snapshot of all targets; the sensor watches their cgroups, the pipeline resolves
@@ -80,6 +92,14 @@ impl TargetSet {
         ids
     }
 
+    /// Distinct replicas (a pod with several containers has several targets).
+    pub fn replica_count(&self) -> usize {
+        let mut r: Vec<&Replica> = self.targets.iter().map(|t| &t.replica).collect();
+        r.sort_unstable();
+        r.dedup();
+        r.len()
+    }
+
     /// The replica an event belongs to, if any.
     pub fn resolve(&self, origin: Origin) -> Option<&Replica> {
         let idx = self
@@ -103,6 +123,7 @@ mod tests {
             cgroup_id: cg,
             pids: pids.to_vec(),
             attribution,
+            endpoints: Vec::new(),
         }
     }
 
