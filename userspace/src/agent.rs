@@ -174,7 +174,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 /// Where replicas come from.
 enum Discovery {
     Local(LocalDiscovery),
-    Kubernetes(KubeDiscovery),
+    Kubernetes(Box<KubeDiscovery>),
 }
 
 impl Discovery {
@@ -209,7 +209,7 @@ impl Discovery {
             metrics.clone(),
         )?;
         tracing::info!(node = %args.node_name.as_deref().unwrap_or("-"), selector = %k.label_selector, "kubernetes discovery");
-        Ok(Discovery::Kubernetes(d))
+        Ok(Discovery::Kubernetes(Box::new(d)))
     }
 
     fn scan(&self) -> Scan {
@@ -243,15 +243,7 @@ impl Discovery {
     fn report_readiness(&self, metrics: &Metrics) {
         match self {
             Discovery::Local(_) => metrics.set_ready(true, "sensor attached, discovery ran"),
-            Discovery::Kubernetes(d) => {
-                let r = d.readiness();
-                if r.ready {
-                    metrics.set_ready_note(&r.detail);
-                    metrics.set_ready(true, "");
-                } else {
-                    metrics.set_ready(false, &r.detail);
-                }
-            }
+            Discovery::Kubernetes(d) => d.publish_readiness(metrics),
         }
     }
 }

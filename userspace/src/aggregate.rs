@@ -656,7 +656,10 @@ mod tests {
             .collect();
         a.set_known_hosts(&many);
         assert_eq!(a.host_labels().len(), MAX_KNOWN_HOSTS + 1);
-        assert_eq!(a.host_label(&host(&format!("h{}.test", MAX_KNOWN_HOSTS))), OTHER_HOST);
+        assert_eq!(
+            a.host_label(&host(&format!("h{}.test", MAX_KNOWN_HOSTS))),
+            OTHER_HOST
+        );
         assert_eq!(a.host_label(&host("h0.test")), "h0.test");
     }
 

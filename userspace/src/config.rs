@@ -133,7 +133,11 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct KubeArgs {
     /// Label selector of the Traefik pods to watch.
-    #[arg(long, env = "ROUTESKEW_LABEL_SELECTOR", default_value = "app.kubernetes.io/name=traefik")]
+    #[arg(
+        long,
+        env = "ROUTESKEW_LABEL_SELECTOR",
+        default_value = "app.kubernetes.io/name=traefik"
+    )]
     pub label_selector: String,
 
     /// Only watch Traefik pods in this namespace (default: all namespaces). Ingress and
@@ -142,7 +146,11 @@ pub struct KubeArgs {
     pub watch_namespace: Option<String>,
 
     /// Only watch these containers of a Traefik pod (repeatable; default: every container).
-    #[arg(long = "container", env = "ROUTESKEW_CONTAINERS", value_delimiter = ',')]
+    #[arg(
+        long = "container",
+        env = "ROUTESKEW_CONTAINERS",
+        value_delimiter = ','
+    )]
     pub containers: Vec<String>,
 
     /// Ingress class of the watched Traefik: Ingresses and IngressRoutes that name another
@@ -152,7 +160,11 @@ pub struct KubeArgs {
 
     /// The host's cgroup filesystem (a hostPath mount in the DaemonSet): pure v2, hybrid
     /// (v2 at `unified/`) or v1.
-    #[arg(long, env = "ROUTESKEW_HOST_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    #[arg(
+        long,
+        env = "ROUTESKEW_HOST_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup"
+    )]
     pub host_cgroup_root: PathBuf,
 
     /// The host's /proc (with hostPID), for container processes and binaries.

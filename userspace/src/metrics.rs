@@ -981,7 +981,11 @@ mod tests {
         m.set_ready_note("kubernetes API unreachable");
         assert_eq!(
             get(addr, "/readyz").await,
-            (200, "text/plain; charset=utf-8".into(), "ready\nkubernetes API unreachable\n".into())
+            (
+                200,
+                "text/plain; charset=utf-8".into(),
+                "ready\nkubernetes API unreachable\n".into()
+            )
         );
         m.set_ready_note("");
         assert_eq!(get(addr, "/readyz").await.2, "ready\n");

@@ -94,7 +94,10 @@ impl ContainerId {
         }
         match name.strip_suffix(self.id.as_str()) {
             Some(prefix) => {
-                matches!(prefix, "cri-containerd-" | "crio-" | "docker-" | "containerd-")
+                matches!(
+                    prefix,
+                    "cri-containerd-" | "crio-" | "docker-" | "containerd-"
+                )
             }
             None => false,
         }
@@ -365,7 +368,9 @@ fn kubepods_dirs(root: &Path) -> Vec<PathBuf> {
         for dir in &level {
             for child in subdirs(dir) {
                 let name = file_name(&child);
-                if name == "kubepods" || name == "kubepods.slice" || name.ends_with("-kubepods.slice")
+                if name == "kubepods"
+                    || name == "kubepods.slice"
+                    || name.ends_with("-kubepods.slice")
                 {
                     found.push(child);
                 } else if name.ends_with(".slice") || (depth == 0 && !name.ends_with(".scope")) {
@@ -613,9 +618,8 @@ mod tests {
     fn systemd_driver_containerd_burstable_and_guaranteed() {
         let t = Tree::new("systemd");
         t.v2_mount("");
-        let pod_dir = format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
-        );
+        let pod_dir =
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice");
         let want = t.cgroup(&format!("{pod_dir}/cri-containerd-{ID}.scope"), &[4242]);
         // The sandbox and a sibling container of the same pod are not ours.
         t.cgroup(&format!("{pod_dir}/cri-containerd-{ID2}.scope"), &[4243]);
@@ -717,9 +721,8 @@ mod tests {
     fn hybrid_uses_unified_and_v1_only_fails_clearly() {
         let t = Tree::new("hybrid");
         t.v2_mount("unified");
-        let pod_dir = format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
-        );
+        let pod_dir =
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice");
         // systemd mirrors the tree into the v1 hierarchies and unified/.
         t.cgroup(&format!("systemd/{pod_dir}/docker-{ID}.scope"), &[5]);
         t.cgroup(&format!("memory/{pod_dir}/docker-{ID}.scope"), &[5]);
@@ -744,10 +747,7 @@ mod tests {
     #[test]
     fn legacy_host_and_missing_cgroups_are_failures() {
         let t = Tree::new("legacy");
-        t.cgroup(
-            &format!("memory/kubepods/pod{UID}/{ID}"),
-            &[5],
-        );
+        t.cgroup(&format!("memory/kubepods/pod{UID}/{ID}"), &[5]);
         let r = t.resolver();
         assert!(matches!(r.layout(), CgroupLayout::Legacy { .. }));
         let s = r.resolve(&[pod(
@@ -770,7 +770,11 @@ mod tests {
         let reasons: Vec<&str> = s.scan.failures.iter().map(|f| f.reason.as_str()).collect();
         assert_eq!(reasons.len(), 2);
         assert_eq!(reasons[0], "not an id");
-        assert!(reasons[1].starts_with("no cgroup for pod uid"), "{}", reasons[1]);
+        assert!(
+            reasons[1].starts_with("no cgroup for pod uid"),
+            "{}",
+            reasons[1]
+        );
     }
 
     #[test]

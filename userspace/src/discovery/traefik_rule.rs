@@ -339,10 +339,7 @@ mod tests {
             assert!(hosts(bad).is_err(), "{bad:?} should not parse");
         }
         let deep = format!("{}Host(`a.test`){}", "(".repeat(500), ")".repeat(500));
-        assert_eq!(
-            hosts(&deep).map_err(|e| e.reason),
-            Err("nested too deeply")
-        );
+        assert_eq!(hosts(&deep).map_err(|e| e.reason), Err("nested too deeply"));
         let long = format!("Host(`{}`)", "a".repeat(MAX_RULE_LEN));
         assert!(hosts(&long).is_err());
         let e = hosts("Host(`a.test`) || %").expect_err("bad char");

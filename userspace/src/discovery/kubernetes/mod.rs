@@ -121,12 +121,15 @@ pub struct HostSet {
     pub unparsable_rules: usize,
 }
 
+/// IngressRoute stores by API group, grown as groups are discovered.
+type RouteStores = Arc<Mutex<Vec<(&'static str, Store<DynamicObject>)>>>;
+
 pub struct KubeDiscovery {
     cfg: KubeConfig,
     resolver: PodResolver,
     pods: Store<Pod>,
     ingresses: Store<Ingress>,
-    routes: Arc<Mutex<Vec<(&'static str, Store<DynamicObject>)>>>,
+    routes: RouteStores,
     shared: Arc<Shared>,
     health: Arc<ApiHealth>,
     tasks: Vec<JoinHandle<()>>,
@@ -304,6 +307,19 @@ impl KubeDiscovery {
         }
     }
 
+    /// Puts [`KubeDiscovery::readiness`] on `/readyz`. Call only once the sensor is
+    /// attached: until then the agent is not ready whatever discovery says.
+    pub fn publish_readiness(&self, metrics: &Metrics) {
+        let r = self.readiness();
+        if r.ready {
+            metrics.set_ready_note(&r.detail);
+            metrics.set_ready(true, "");
+        } else {
+            metrics.set_ready_note("");
+            metrics.set_ready(false, &r.detail);
+        }
+    }
+
     pub fn api_up(&self) -> bool {
         self.health.is_up()
     }
@@ -369,7 +385,7 @@ where
 /// `recheck` for CRDs installed later.
 async fn watch_ingress_route_groups(
     client: Client,
-    routes: Arc<Mutex<Vec<(&'static str, Store<DynamicObject>)>>>,
+    routes: RouteStores,
     shared: Arc<Shared>,
     recheck: Duration,
 ) {
@@ -451,7 +467,11 @@ async fn served_ingress_route_groups(client: &Client) -> Result<Vec<&'static str
         let resources = client
             .list_api_group_resources(&format!("{g}/{INGRESS_ROUTE_VERSION}"))
             .await?;
-        if resources.resources.iter().any(|r| r.name == "ingressroutes") {
+        if resources
+            .resources
+            .iter()
+            .any(|r| r.name == "ingressroutes")
+        {
             out.push(g);
         }
     }

@@ -25,7 +25,8 @@ pub fn pod_info(pod: &Pod, node: &str, only_containers: &[String]) -> Option<Pod
     if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return None;
     }
-    let wanted = |name: &str| only_containers.is_empty() || only_containers.iter().any(|c| c == name);
+    let wanted =
+        |name: &str| only_containers.is_empty() || only_containers.iter().any(|c| c == name);
 
     let mut ips: Vec<IpAddr> = Vec::new();
     let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
@@ -192,8 +193,11 @@ mod tests {
         assert_eq!(info.namespace, "edge");
         assert_eq!(info.qos, Some(QosClass::Burstable));
         assert_eq!(info.ips.len(), 2);
-        let ports: Vec<(Option<&str>, u16)> =
-            info.ports.iter().map(|p| (p.name.as_deref(), p.port)).collect();
+        let ports: Vec<(Option<&str>, u16)> = info
+            .ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.port))
+            .collect();
         assert_eq!(
             ports,
             vec![
