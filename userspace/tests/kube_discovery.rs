@@ -580,7 +580,11 @@ impl Drop for RealCgroup {
 #[tokio::test]
 #[ignore = "needs root, a cgroup v2 mount and the eBPF object (cargo xtask build-ebpf)"]
 async fn agent_runs_with_kubernetes_discovery() {
-    let object = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/routeskew-probes.o");
+    let object = std::env::var_os("ROUTESKEW_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ebpf/routeskew-probes.o")
+        });
     assert!(object.is_file(), "{} missing", object.display());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let v2 = routeskew::discovery::local::cgroup2_mount(&mountinfo).expect("cgroup2 mount");
@@ -592,7 +596,10 @@ async fn agent_runs_with_kubernetes_discovery() {
     let cg = RealCgroup::create(&v2, UID_A, ID_A1);
 
     let api = FakeApi::start(false).await;
-    api.put(Kind::Pod, pod("traefik-a", UID_A, NODE, Some(ID_A1), "10.42.0.11"));
+    api.put(
+        Kind::Pod,
+        pod("traefik-a", UID_A, NODE, Some(ID_A1), "10.42.0.11"),
+    );
     let dir = std::env::temp_dir().join(format!("routeskew-e2e-kube-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
@@ -656,14 +663,20 @@ async fn agent_runs_with_kubernetes_discovery() {
                 if text.contains(want) {
                     return;
                 }
-                assert!(Instant::now() < deadline, "{want} never appeared in:\n{text}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{want} never appeared in:\n{text}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     };
     wait_metric("routeskew_targets{state=\"attached\"} 1\n").await;
     wait_metric("routeskew_http_responses_total{replica=\"traefik-a\",namespace=\"traefik\",host=\"static.test\",class=\"router_miss\",source=\"passive\"} 0\n").await;
-    assert!(metrics_text().await.unwrap().contains("routeskew_discovery_api_up 1\n"));
+    assert!(metrics_text()
+        .await
+        .unwrap()
+        .contains("routeskew_discovery_api_up 1\n"));
 
     // An Ingress adds a host label at run time.
     api.put(Kind::Ingress, ingress("shop", &["shop.test"], None));
@@ -673,7 +686,11 @@ async fn agent_runs_with_kubernetes_discovery() {
     api.delete(Kind::Pod, "traefik", "traefik-a");
     wait_metric("routeskew_targets{state=\"attached\"} 0\n").await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metrics_text().await.unwrap().contains("replica=\"traefik-a\"") {
+    while metrics_text()
+        .await
+        .unwrap()
+        .contains("replica=\"traefik-a\"")
+    {
         assert!(Instant::now() < deadline, "series of traefik-a stayed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -688,7 +705,10 @@ async fn agent_runs_with_kubernetes_discovery() {
         if body.contains("kubernetes API unreachable") {
             break;
         }
-        assert!(Instant::now() < deadline, "/readyz never reported the outage: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never reported the outage: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
