@@ -527,7 +527,10 @@ fn missing_cluster_config_is_a_clear_error() {
         routeskew::discovery::kubernetes::infer_config().await
     });
     let msg = err.err().unwrap().to_string();
-    assert!(msg.starts_with("no Kubernetes configuration"), "{msg}");
+    assert!(
+        msg.starts_with("no usable Kubernetes configuration"),
+        "{msg}"
+    );
 }
 
 /// A real cgroup v2 subtree shaped like kubelet's, removed on drop.

@@ -51,8 +51,8 @@ const INGRESS_ROUTE_VERSION: &str = "v1alpha1";
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error(
-        "no Kubernetes configuration: not running in a cluster (KUBERNETES_SERVICE_HOST unset) \
-         and no usable kubeconfig (KUBECONFIG or ~/.kube/config): {0}"
+        "no usable Kubernetes configuration (neither an in-cluster service account nor a \
+         kubeconfig from KUBECONFIG or ~/.kube/config): {0}"
     )]
     NoConfig(String),
     #[error("kubernetes client: {0}")]
