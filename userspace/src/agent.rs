@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{DataHooksArg, DiscoveryMode, RunArgs};
-use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan};
+use crate::discovery::kubernetes::{KubeConfig, KubeDiscovery, KubeError};
+use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan, ScanFailure};
 use crate::discovery::TargetSet;
 use crate::event::Event;
 use crate::metrics::{self, BuildInfo, Metrics, SensorTotals};
@@ -19,8 +20,8 @@ use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 pub enum AgentError {
     #[error("{0}")]
     Config(String),
-    #[error("kubernetes discovery is not part of this build yet; run with --discovery local")]
-    KubernetesUnavailable,
+    #[error(transparent)]
+    Kubernetes(#[from] KubeError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -45,9 +46,6 @@ const BATCH: usize = 1024;
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
     let hosts = args.all_hosts().map_err(AgentError::Config)?;
-    if args.effective_discovery() == DiscoveryMode::Kubernetes {
-        return Err(AgentError::KubernetesUnavailable);
-    }
 
     let metrics = Arc::new(Metrics::new(BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -69,14 +67,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     });
     tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
 
-    let discovery = LocalDiscovery::new(LocalConfig {
-        process_name: (!args.no_name_match).then(|| args.process_name.clone()),
-        pids: args.pids.clone(),
-        cgroups: args.cgroups.clone(),
-        namespace: args.namespace.clone(),
-        proc_root: "/proc".into(),
-    })?;
-    tracing::info!(cgroup2 = %discovery.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
+    let discovery = Discovery::start(&args, &hosts, &metrics).await?;
 
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
     // Probe reports are events like the sensor's and go through the same
@@ -125,7 +116,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let mut pipeline = Pipeline::new(
         PipelineConfig {
-            known_hosts: hosts,
+            known_hosts: hosts.clone(),
             ws_early_close: args.ws_early_close,
             series_grace: args.series_grace,
             upstream_responses: args.upstream_responses,
@@ -135,31 +126,39 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         metrics.clone(),
     );
 
-    let mut current = TargetSet::default();
     let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
-    let mut tls = TlsState {
-        enabled: !args.no_tls,
-        failed_replicas: 0,
+    let (hosts_tx, hosts_rx) = watch::channel(hosts.clone());
+    let mut watched = Watched {
+        current: TargetSet::default(),
+        failures: Vec::new(),
+        published: targets_tx,
+        tls: TlsState {
+            enabled: !args.no_tls,
+            failed_replicas: 0,
+        },
     };
-    if !tls.enabled {
+    if !watched.tls.enabled {
         tracing::warn!("Go crypto/tls uprobes disabled by configuration: TLS traffic goes unseen");
     }
     apply_scan(
         discovery.scan(),
-        &mut current,
+        &mut watched,
         &mut sensor,
         &mut pipeline,
         &metrics,
-        &targets_tx,
-        &mut tls,
     );
+    discovery.update_hosts(&mut pipeline, &hosts_tx);
+    discovery.report_readiness(&metrics);
     if probing {
-        tokio::spawn(Prober::new(probe_cfg, metrics.clone(), probe_tx, targets_rx).run());
+        tokio::spawn(
+            Prober::new(probe_cfg, metrics.clone(), probe_tx, targets_rx)
+                .with_host_updates(hosts_rx)
+                .run(),
+        );
     } else {
         drop(probe_tx);
         tracing::info!("prober off (--probe-interval 0)");
     }
-    metrics.set_ready(true, "sensor attached, discovery ran");
 
     let mut rescan = tokio::time::interval(args.rescan_interval);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,7 +188,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
             }
             _ = rescan.tick() => {
-                apply_scan(discovery.scan(), &mut current, &mut sensor, &mut pipeline, &metrics, &targets_tx, &mut tls);
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);
             }
             Some(ev) = probe_rx.recv(), if probing => {
                 pipeline.handle(&ev);
@@ -197,7 +196,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = probe_deadlines.tick(), if probing => {
                 pipeline.expire_probes(monotonic_ns());
             }
+            _ = discovery.changed() => {
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);
+                discovery.update_hosts(&mut pipeline, &hosts_tx);
+            }
             _ = housekeeping.tick() => {
+                discovery.report_readiness(&metrics);
                 pipeline.tick(monotonic_ns());
                 match sensor.totals() {
                     Ok(totals) => {
@@ -252,23 +256,123 @@ fn sync_tls(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
         .count() as i64
 }
 
+/// Where replicas come from.
+enum Discovery {
+    Local(LocalDiscovery),
+    Kubernetes(Box<KubeDiscovery>),
+}
+
+impl Discovery {
+    async fn start(
+        args: &RunArgs,
+        hosts: &[String],
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, AgentError> {
+        if args.effective_discovery() != DiscoveryMode::Kubernetes {
+            let d = LocalDiscovery::new(LocalConfig {
+                process_name: (!args.no_name_match).then(|| args.process_name.clone()),
+                pids: args.pids.clone(),
+                cgroups: args.cgroups.clone(),
+                namespace: args.namespace.clone(),
+                proc_root: "/proc".into(),
+            })?;
+            tracing::info!(cgroup2 = %d.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
+            return Ok(Discovery::Local(d));
+        }
+        let node_name = args.node_name.clone().ok_or(KubeError::NoNodeName)?;
+        let kube_config = crate::discovery::kubernetes::infer_config().await?;
+        let k = &args.kube;
+        let d = KubeDiscovery::start(
+            kube_config,
+            KubeConfig {
+                node_name,
+                label_selector: k.label_selector.clone(),
+                pod_namespace: k.watch_namespace.clone(),
+                containers: k.containers.clone(),
+                ingress_class: k.ingress_class.clone(),
+                static_hosts: hosts.to_vec(),
+                host_cgroup_root: k.host_cgroup_root.clone(),
+                host_proc: k.host_proc.clone(),
+                crd_recheck: Duration::from_secs(300),
+            },
+            metrics.clone(),
+        )?;
+        tracing::info!(node = %args.node_name.as_deref().unwrap_or("-"), selector = %k.label_selector, "kubernetes discovery");
+        Ok(Discovery::Kubernetes(Box::new(d)))
+    }
+
+    fn scan(&self) -> Scan {
+        match self {
+            Discovery::Local(d) => d.scan(),
+            Discovery::Kubernetes(d) => d.scan().scan,
+        }
+    }
+
+    /// Resolves when Kubernetes objects changed; never in local mode (it polls).
+    async fn changed(&self) {
+        match self {
+            Discovery::Local(_) => std::future::pending().await,
+            Discovery::Kubernetes(d) => d.changed().await,
+        }
+    }
+
+    /// Pushes Kubernetes-discovered hosts to the pipeline's labels and to the prober.
+    fn update_hosts(&self, pipeline: &mut Pipeline, probed: &watch::Sender<Vec<String>>) {
+        if let Discovery::Kubernetes(d) = self {
+            let hosts = d.hosts().hosts;
+            let labels = pipeline.host_labels();
+            // `other` is last in the labels and never among the hosts.
+            if labels.len() != hosts.len() + 1 || labels.iter().zip(&hosts).any(|(a, b)| a != b) {
+                tracing::info!(hosts = hosts.len(), "known hosts changed");
+                pipeline.set_known_hosts(&hosts);
+                probed.send_replace(hosts);
+            }
+        }
+    }
+
+    /// The sensor is attached when this is called: readiness is then discovery's.
+    fn report_readiness(&self, metrics: &Metrics) {
+        match self {
+            Discovery::Local(_) => metrics.set_ready(true, "sensor attached, discovery ran"),
+            Discovery::Kubernetes(d) => d.publish_readiness(metrics),
+        }
+    }
+}
+
+/// What the agent watches, across discovery scans.
+struct Watched {
+    current: TargetSet,
+    /// The last scan's failures, so that a persistent one is logged once.
+    failures: Vec<ScanFailure>,
+    /// The targets as the prober sees them.
+    published: watch::Sender<TargetSet>,
+    tls: TlsState,
+}
+
 /// Pushes a discovery result to the kernel filter, the TLS uprobes, the pipeline and the
-/// target gauges; logs only what changed.
+/// target gauges; logs only what changed (failures too: a persistent one is logged once).
 fn apply_scan(
     scan: Scan,
-    current: &mut TargetSet,
+    state: &mut Watched,
     sensor: &mut Sensor,
     pipeline: &mut Pipeline,
     metrics: &Metrics,
-    targets_tx: &watch::Sender<TargetSet>,
-    tls: &mut TlsState,
 ) {
+    let Watched {
+        current,
+        failures,
+        published,
+        tls,
+    } = state;
     for f in &scan.failures {
-        tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
+        if !failures.contains(f) {
+            tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
+        }
     }
+    *failures = scan.failures.clone();
     let failed = scan.failures.len() as i64;
     if scan.targets == *current {
-        metrics.set_targets(current.targets().len() as i64, failed + tls.failed_replicas);
+        metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
         return;
     }
     for t in scan.targets.targets() {
@@ -286,16 +390,16 @@ fn apply_scan(
     }
     match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
         Ok(()) => metrics.set_targets(
-            scan.targets.targets().len() as i64,
+            scan.targets.replica_count() as i64,
             failed + tls.failed_replicas,
         ),
         Err(e) => {
             tracing::error!(error = %e, "updating the kernel cgroup filter failed");
-            metrics.set_targets(0, failed + scan.targets.targets().len() as i64);
+            metrics.set_targets(0, failed + scan.targets.replica_count() as i64);
         }
     }
     pipeline.set_targets(scan.targets.clone());
-    targets_tx.send_replace(scan.targets.clone());
+    published.send_replace(scan.targets.clone());
     *current = scan.targets;
 }
 

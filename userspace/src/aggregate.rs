@@ -27,6 +27,9 @@ use crate::metrics::{HostLabels, HttpLabels, Metrics, ReplicaLabels, UpstreamLab
 /// The `host` label of anything not configured.
 pub const OTHER_HOST: &str = "other";
 
+/// Bound on `host` label values (besides `other`); hosts past it count as `other`.
+pub const MAX_KNOWN_HOSTS: usize = 1000;
+
 /// Origins remembered by the resolution cache; past this it starts over (many short-lived
 /// processes in a watched cgroup).
 const MAX_CACHED_ORIGINS: usize = 4096;
@@ -81,15 +84,24 @@ struct Slot {
 
 impl Slot {
     fn new(replica: Replica, hosts: usize) -> Self {
-        Slot {
+        let mut s = Slot {
             replica,
             series: ReplicaSeries::default(),
-            http: vec![None; hosts * CLASSES * SOURCES],
-            ws: vec![None; hosts * OUTCOMES * SOURCES],
-            early: vec![None; hosts],
+            http: Vec::new(),
+            ws: Vec::new(),
+            early: Vec::new(),
             upstream: Default::default(),
             blind: None,
-        }
+        };
+        s.reset_host_handles(hosts);
+        s
+    }
+
+    /// Host indexes changed: forget the handles indexed by them (the series stay).
+    fn reset_host_handles(&mut self, hosts: usize) {
+        self.http = vec![None; hosts * CLASSES * SOURCES];
+        self.ws = vec![None; hosts * OUTCOMES * SOURCES];
+        self.early = vec![None; hosts];
     }
 }
 
@@ -128,29 +140,15 @@ pub struct Aggregator {
     /// Replicas gone from the target set; the value is the time the grace period started
     /// (set at the first tick after they left).
     leaving: HashMap<Replica, Option<u64>>,
+    /// Hosts no longer known whose series go after the grace period, like `leaving`.
+    leaving_hosts: HashMap<String, Option<u64>>,
     grace_ns: u64,
 }
 
 impl Aggregator {
     /// `known_hosts` are normalised like request Hosts; invalid entries are ignored.
     pub fn new(known_hosts: &[String], series_grace: Duration, metrics: Arc<Metrics>) -> Self {
-        let mut host_labels: Vec<String> = Vec::new();
-        for h in known_hosts {
-            match http::normalize_host(h.as_bytes()) {
-                Host::Name(n) => {
-                    if !host_labels.iter().any(|l| l == n.as_str()) {
-                        host_labels.push(n.as_str().to_string());
-                    }
-                }
-                _ => tracing::warn!(host = %h, "ignoring invalid known host"),
-            }
-        }
-        let known_hosts = host_labels
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.as_bytes().to_vec(), i))
-            .collect();
-        host_labels.push(OTHER_HOST.to_string());
+        let (known_hosts, host_labels) = host_table(known_hosts);
         Aggregator {
             metrics,
             known_hosts,
@@ -161,8 +159,49 @@ impl Aggregator {
             free: Vec::new(),
             origins: foldhash::HashMap::default(),
             leaving: HashMap::new(),
+            leaving_hosts: HashMap::new(),
             grace_ns: u64::try_from(series_grace.as_nanos()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// Replace the hosts that get their own label (discovery learns them at run time).
+    /// Traffic for a dropped host counts as `other` at once; its series stay for the
+    /// grace period, so a host that comes back in time continues them.
+    pub fn set_known_hosts(&mut self, hosts: &[String]) {
+        let (known, labels) = host_table(hosts);
+        if labels == self.host_labels {
+            return;
+        }
+        let now: HashSet<&str> = labels.iter().map(String::as_str).collect();
+        for old in &self.host_labels {
+            if !now.contains(old.as_str()) {
+                self.leaving_hosts.entry(old.clone()).or_insert(None);
+            }
+        }
+        self.leaving_hosts.retain(|h, _| !now.contains(h.as_str()));
+        self.known_hosts = known;
+        self.host_labels = labels;
+        let hosts = self.host_labels.len();
+        let replicas: Vec<Replica> = self
+            .slots
+            .iter_mut()
+            .flatten()
+            .map(|s| {
+                s.reset_host_handles(hosts);
+                s.replica.clone()
+            })
+            .collect();
+        // New hosts need their zero series on every current replica.
+        for r in replicas {
+            if !self.leaving.contains_key(&r) {
+                self.init_series(r);
+            }
+        }
+    }
+
+    /// Label values in use, `other` last.
+    pub fn host_labels(&self) -> &[String] {
+        &self.host_labels
     }
 
     pub fn targets(&self) -> &TargetSet {
@@ -379,6 +418,7 @@ impl Aggregator {
     /// Remove the series of replicas that left the target set longer than the grace period
     /// ago.
     pub fn tick(&mut self, now_ns: u64) {
+        self.expire_hosts(now_ns);
         let mut expired = Vec::new();
         for (r, since) in self.leaving.iter_mut() {
             let start = *since.get_or_insert(now_ns);
@@ -417,6 +457,87 @@ impl Aggregator {
             tracing::info!(replica = %r.name, namespace = %r.namespace, "removed series of departed replica");
         }
     }
+}
+
+impl Aggregator {
+    /// Remove every replica's series of hosts dropped longer than the grace period ago.
+    fn expire_hosts(&mut self, now_ns: u64) {
+        let mut expired: Vec<String> = Vec::new();
+        for (h, since) in self.leaving_hosts.iter_mut() {
+            let start = *since.get_or_insert(now_ns);
+            if now_ns.saturating_sub(start) >= self.grace_ns {
+                expired.push(h.clone());
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        for h in &expired {
+            self.leaving_hosts.remove(h);
+        }
+        let gone = |host: &String| expired.contains(host);
+        let m = &self.metrics;
+        for s in self.slots.iter_mut().flatten() {
+            s.series.http.retain(|l| {
+                let keep = !gone(&l.host);
+                if !keep {
+                    m.http_responses().remove(l);
+                }
+                keep
+            });
+            s.series.ws.retain(|l| {
+                let keep = !gone(&l.host);
+                if !keep {
+                    m.ws_upgrades().remove(l);
+                }
+                keep
+            });
+            s.series.early.retain(|l| {
+                let keep = !gone(&l.host);
+                if !keep {
+                    m.ws_early_closes().remove(l);
+                }
+                keep
+            });
+        }
+        tracing::info!(hosts = ?expired, "removed series of hosts no longer known");
+    }
+}
+
+/// Lookup table and label values for configured hosts: normalised like request Hosts,
+/// deduplicated, at most [`MAX_KNOWN_HOSTS`], [`OTHER_HOST`] last.
+fn host_table(hosts: &[String]) -> (foldhash::HashMap<Vec<u8>, usize>, Vec<String>) {
+    let mut labels: Vec<String> = Vec::new();
+    let mut over = 0usize;
+    for h in hosts {
+        match http::normalize_host(h.as_bytes()) {
+            Host::Name(n) => {
+                if labels.iter().any(|l| l == n.as_str()) {
+                    continue;
+                }
+                if labels.len() >= MAX_KNOWN_HOSTS {
+                    over += 1;
+                    continue;
+                }
+                labels.push(n.as_str().to_string());
+            }
+            _ => tracing::warn!(host = %h, "ignoring invalid known host"),
+        }
+    }
+    if over > 0 {
+        tracing::warn!(
+            over,
+            limit = MAX_KNOWN_HOSTS,
+            "too many known hosts; the rest count as other"
+        );
+    }
+    let known = labels
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.as_bytes().to_vec(), i))
+        .collect();
+    labels.push(OTHER_HOST.to_string());
+    (known, labels)
 }
 
 #[cfg(test)]
@@ -513,6 +634,66 @@ mod tests {
         a.set_targets(TargetSet::new(vec![target("r2", 20)]));
         a.tick(300 * S);
         assert!(m.encode().contains("replica=\"r2\""));
+    }
+
+    #[test]
+    fn known_hosts_change_at_run_time_and_departed_hosts_expire() {
+        let (mut a, m) = setup();
+        let host = |h: &str| Host::Name(h.into());
+        let series = |replica: &str, host: &str| {
+            format!("routeskew_http_responses_total{{replica=\"{replica}\",namespace=\"ns\",host=\"{host}\",class=\"ok\",source=\"passive\"}} ")
+        };
+        let value = |m: &Metrics, replica: &str, host: &str| {
+            m.encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(series(replica, host).as_str()))
+                .map(|v| v.to_string())
+        };
+        assert!(a.record(&http(10, host("new.test"))));
+        assert_eq!(value(&m, "r1", "other").as_deref(), Some("1"));
+
+        a.set_known_hosts(&["app.example.test".into(), "NEW.test".into()]);
+        assert_eq!(a.host_labels(), ["app.example.test", "new.test", "other"]);
+        // Zero router-miss series exist for the new host on every replica.
+        assert!(m.encode().contains("routeskew_http_responses_total{replica=\"r2\",namespace=\"ns\",host=\"new.test\",class=\"router_miss\",source=\"passive\"} 0\n"));
+        assert!(a.record(&http(10, host("new.test"))));
+        assert!(a.record(&http(10, host("app.example.test"))));
+        assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("1"));
+        assert_eq!(value(&m, "r1", "app.example.test").as_deref(), Some("1"));
+
+        // app.example.test leaves: counted as other at once, its series stay for the grace.
+        a.set_known_hosts(&["new.test".into()]);
+        assert!(a.record(&http(10, host("app.example.test"))));
+        assert_eq!(value(&m, "r1", "other").as_deref(), Some("2"));
+        assert!(a.record(&http(10, host("new.test"))));
+        assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("2"));
+        const S: u64 = 1_000_000_000;
+        a.tick(100 * S);
+        a.tick(159 * S);
+        assert_eq!(value(&m, "r1", "app.example.test").as_deref(), Some("1"));
+        a.tick(160 * S);
+        assert!(!m.encode().contains("host=\"app.example.test\""));
+        assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("2"));
+
+        // A host that comes back within the grace continues its series.
+        a.set_known_hosts(&[]);
+        a.tick(200 * S);
+        a.set_known_hosts(&["new.test".into()]);
+        a.tick(300 * S);
+        assert!(a.record(&http(10, host("new.test"))));
+        assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("3"));
+
+        // Bounded: past the limit hosts are other.
+        let many: Vec<String> = (0..MAX_KNOWN_HOSTS + 10)
+            .map(|i| format!("h{i}.test"))
+            .collect();
+        a.set_known_hosts(&many);
+        assert_eq!(a.host_labels().len(), MAX_KNOWN_HOSTS + 1);
+        assert_eq!(
+            a.host_label(&host(&format!("h{}.test", MAX_KNOWN_HOSTS))),
+            OTHER_HOST
+        );
+        assert_eq!(a.host_label(&host("h0.test")), "h0.test");
     }
 
     #[test]

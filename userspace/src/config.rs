@@ -174,9 +174,56 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_API_PORT")]
     pub api_port: Option<u16>,
 
-    /// Name of this node (Kubernetes downward API); used in logs.
+    /// Name of this node (Kubernetes downward API): Kubernetes discovery watches the
+    /// Traefik pods scheduled here.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Kubernetes discovery settings.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Label selector of the Traefik pods to watch.
+    #[arg(
+        long,
+        env = "ROUTESKEW_LABEL_SELECTOR",
+        default_value = "app.kubernetes.io/name=traefik"
+    )]
+    pub label_selector: String,
+
+    /// Only watch Traefik pods in this namespace (default: all namespaces). Ingress and
+    /// IngressRoute objects are read from all namespaces.
+    #[arg(long, env = "ROUTESKEW_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Only watch these containers of a Traefik pod (repeatable; default: every container).
+    #[arg(
+        long = "container",
+        env = "ROUTESKEW_CONTAINERS",
+        value_delimiter = ','
+    )]
+    pub containers: Vec<String>,
+
+    /// Ingress class of the watched Traefik: Ingresses and IngressRoutes that name another
+    /// class (ingressClassName or the kubernetes.io/ingress.class annotation) add no hosts.
+    #[arg(long, env = "ROUTESKEW_INGRESS_CLASS", default_value = "traefik")]
+    pub ingress_class: String,
+
+    /// The host's cgroup filesystem (a hostPath mount in the DaemonSet): pure v2, hybrid
+    /// (v2 at `unified/`) or v1.
+    #[arg(
+        long,
+        env = "ROUTESKEW_HOST_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub host_cgroup_root: PathBuf,
+
+    /// The host's /proc (with hostPID), for container processes and binaries.
+    #[arg(long, env = "ROUTESKEW_HOST_PROC", default_value = "/proc")]
+    pub host_proc: PathBuf,
 }
 
 /// `--data-hooks`: which kernel hooks capture socket data.
@@ -336,6 +383,34 @@ mod tests {
         assert_eq!(r.hosts, vec!["a.test", "b.test", "c.test"]);
         assert_eq!(r.pids, vec![12]);
         assert_eq!(r.cgroups, vec![PathBuf::from("x/y")]);
+    }
+
+    #[test]
+    fn kubernetes_flags() {
+        let r = parse(&["run"]).expect("defaults parse");
+        assert_eq!(r.kube.label_selector, "app.kubernetes.io/name=traefik");
+        assert_eq!(r.kube.ingress_class, "traefik");
+        assert_eq!(r.kube.host_cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(r.kube.watch_namespace, None);
+        let r = parse(&[
+            "run",
+            "--discovery",
+            "kubernetes",
+            "--node-name",
+            "n1",
+            "--watch-namespace",
+            "edge",
+            "--container",
+            "traefik",
+            "--host-proc",
+            "/host/proc",
+        ])
+        .expect("parse");
+        assert_eq!(r.effective_discovery(), DiscoveryMode::Kubernetes);
+        assert_eq!(r.node_name.as_deref(), Some("n1"));
+        assert_eq!(r.kube.watch_namespace.as_deref(), Some("edge"));
+        assert_eq!(r.kube.containers, vec!["traefik"]);
+        assert_eq!(r.kube.host_proc, PathBuf::from("/host/proc"));
     }
 
     #[test]

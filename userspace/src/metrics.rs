@@ -311,6 +311,67 @@ impl PipelineMetrics {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
+/// Health of Kubernetes discovery.
+pub struct DiscoveryMetrics {
+    /// 1 while the last request to the API server got an answer, 0 while it is unreachable.
+    pub api_up: Gauge,
+    /// Watch and list failures, by resource (`pods`, `ingresses`, `ingressroutes`, `discovery`).
+    pub api_errors: Family<ResourceLabels, Counter>,
+    /// Hosts learnt from Ingress/IngressRoute objects and flags, in use as `host` labels.
+    pub known_hosts: Gauge,
+    /// Host names dropped by the label bound or invalid.
+    pub dropped_hosts: Gauge,
+    /// IngressRoute rules that could not be parsed (hosts not taken from them).
+    pub unparsable_rules: Gauge,
+}
+
+impl DiscoveryMetrics {
+    fn register(reg: &mut Registry) -> Self {
+        let m = DiscoveryMetrics {
+            api_up: Gauge::default(),
+            api_errors: Family::default(),
+            known_hosts: Gauge::default(),
+            dropped_hosts: Gauge::default(),
+            unparsable_rules: Gauge::default(),
+        };
+        for resource in ["pods", "ingresses", "ingressroutes", "discovery"] {
+            let _ = m.api_errors.get_or_create(&ResourceLabels { resource });
+        }
+        let r = reg.sub_registry_with_prefix("discovery");
+        r.register(
+            "api_up",
+            "Whether the Kubernetes API server answered the last request (1) or is unreachable (0)",
+            m.api_up.clone(),
+        );
+        r.register(
+            "api_errors",
+            "Failed Kubernetes list/watch requests, by resource",
+            m.api_errors.clone(),
+        );
+        r.register(
+            "known_hosts",
+            "Hosts with their own host label (flags, Ingress and IngressRoute rules)",
+            m.known_hosts.clone(),
+        );
+        r.register(
+            "dropped_hosts",
+            "Host names from Kubernetes objects not used as labels (invalid or over the limit)",
+            m.dropped_hosts.clone(),
+        );
+        r.register(
+            "unparsable_rules",
+            "IngressRoute match rules that could not be parsed",
+            m.unparsable_rules.clone(),
+        );
+        m
+    }
+}
+
 /// Increment that takes a counter from `old` to `new`; a smaller `new` means the source
 /// restarted from zero, so all of it is new.
 fn total_delta(new: u64, old: u64) -> u64 {
@@ -339,11 +400,14 @@ pub struct Metrics {
     sensor_blind_probes: Family<ReplicaLabels, Counter>,
     targets: Family<StateLabels, Gauge>,
     pipeline: PipelineMetrics,
+    discovery: DiscoveryMetrics,
     /// Last totals seen per program.
     sensor_last: Mutex<HashMap<String, SensorTotals>>,
     decode_errors_last: Mutex<u64>,
     ready: AtomicBool,
     ready_reason: Mutex<String>,
+    /// Shown under "ready" (e.g. the API server is unreachable and state is stale).
+    ready_note: Mutex<String>,
 }
 
 impl Metrics {
@@ -444,6 +508,7 @@ impl Metrics {
         );
         registry.register("build_info", "Build information", build_info.clone());
         let pipeline = PipelineMetrics::register(&mut registry);
+        let discovery = DiscoveryMetrics::register(&mut registry);
 
         build_info
             .get_or_create(&BuildLabels {
@@ -473,10 +538,12 @@ impl Metrics {
             sensor_blind_probes,
             targets,
             pipeline,
+            discovery,
             sensor_last: Mutex::new(HashMap::new()),
             decode_errors_last: Mutex::new(0),
             ready: AtomicBool::new(false),
             ready_reason: Mutex::new("starting".to_string()),
+            ready_note: Mutex::new(String::new()),
         }
     }
 
@@ -554,6 +621,21 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// A degraded-but-ready condition shown in the `/readyz` body ("" for none).
+    pub fn set_ready_note(&self, note: &str) {
+        *self
+            .ready_note
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = note.to_string();
+    }
+
+    fn ready_note(&self) -> String {
+        self.ready_note
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -603,6 +685,10 @@ impl Metrics {
 
     pub fn pipeline(&self) -> &PipelineMetrics {
         &self.pipeline
+    }
+
+    pub fn discovery(&self) -> &DiscoveryMetrics {
+        &self.discovery
     }
 
     pub fn http_labels(
@@ -668,7 +754,12 @@ async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 
 async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.is_ready() {
-        (StatusCode::OK, "ready\n".to_string())
+        let note = m.ready_note();
+        if note.is_empty() {
+            (StatusCode::OK, "ready\n".to_string())
+        } else {
+            (StatusCode::OK, format!("ready\n{note}\n"))
+        }
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -891,6 +982,17 @@ mod tests {
         );
         m.set_ready(true, "");
         assert_eq!(get(addr, "/readyz").await.0, 200);
+        m.set_ready_note("kubernetes API unreachable");
+        assert_eq!(
+            get(addr, "/readyz").await,
+            (
+                200,
+                "text/plain; charset=utf-8".into(),
+                "ready\nkubernetes API unreachable\n".into()
+            )
+        );
+        m.set_ready_note("");
+        assert_eq!(get(addr, "/readyz").await.2, "ready\n");
 
         m.set_targets(2, 0);
         let (status, ct, body) = get(addr, "/metrics").await;

@@ -162,6 +162,17 @@ impl Pipeline {
         self.aggregator.set_targets(targets);
     }
 
+    /// Replace the hosts that get their own `host` label (bounded; see
+    /// [`crate::aggregate::MAX_KNOWN_HOSTS`]).
+    pub fn set_known_hosts(&mut self, hosts: &[String]) {
+        self.aggregator.set_known_hosts(hosts);
+    }
+
+    /// `host` label values in use, `other` last.
+    pub fn host_labels(&self) -> &[String] {
+        self.aggregator.host_labels()
+    }
+
     pub fn handle(&mut self, event: &Event) {
         // Origins are resolved again when observations are counted, not here: a request
         // read just before discovery caught up with a new replica is still paired with

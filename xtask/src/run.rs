@@ -203,6 +203,25 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
         privileged,
         "kernel and end-to-end tests (root, real Traefik): cargo test -p routeskew-testbed",
         tally,
+    )?;
+    // The agent in Kubernetes mode against the in-process API server (ignored in the
+    // unprivileged tier: it loads the sensor and creates a cgroup).
+    let mut kube = cargo();
+    kube.args([
+        "test",
+        "-p",
+        "routeskew",
+        "--test",
+        "kube_discovery",
+        "--",
+        "--ignored",
+        "--test-threads=1",
+    ]);
+    with_env(&mut kube, &built);
+    run_tests(
+        kube,
+        "kubernetes discovery end-to-end (root): cargo test -p routeskew --test kube_discovery -- --ignored",
+        tally,
     )
 }
 

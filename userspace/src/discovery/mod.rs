@@ -1,7 +1,10 @@
 //! Which local processes are Traefik replicas, and how kernel events map back to them.
 
 pub mod endpoints;
+pub mod kubernetes;
 pub mod local;
+pub mod pod_cgroup;
+pub mod traefik_rule;
 
 use std::collections::HashMap;
 
@@ -90,6 +93,14 @@ impl TargetSet {
         ids.sort_unstable();
         ids.dedup();
         ids
+    }
+
+    /// Distinct replicas (a pod with several containers has several targets).
+    pub fn replica_count(&self) -> usize {
+        let mut r: Vec<&Replica> = self.targets.iter().map(|t| &t.replica).collect();
+        r.sort_unstable();
+        r.dedup();
+        r.len()
     }
 
     /// The replica an event belongs to, if any.

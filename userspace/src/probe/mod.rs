@@ -205,6 +205,8 @@ impl ProbeFailure {
 pub struct Prober {
     cfg: ProbeConfig,
     hosts: Vec<String>,
+    /// Known hosts as discovery updates them (Kubernetes Ingress/IngressRoute rules).
+    host_updates: Option<watch::Receiver<Vec<String>>>,
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Event>,
     targets: watch::Receiver<TargetSet>,
@@ -245,6 +247,7 @@ impl Prober {
         Prober {
             housekeeping_ua: http::probe_housekeeping_user_agent(&cfg.version),
             hosts,
+            host_updates: None,
             cfg,
             metrics,
             events,
@@ -256,6 +259,42 @@ impl Prober {
         }
     }
 
+    /// Follows the known hosts discovery publishes instead of the configured ones.
+    pub fn with_host_updates(mut self, hosts: watch::Receiver<Vec<String>>) -> Self {
+        self.host_updates = Some(hosts);
+        self
+    }
+
+    /// Takes the newest published hosts; the probe series of hosts no longer known go.
+    fn follow_hosts(&mut self) {
+        let Some(rx) = self.host_updates.as_mut() else {
+            return;
+        };
+        if !rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let published = rx.borrow_and_update().clone();
+        let hosts = ProbeConfig {
+            hosts: published,
+            ..self.cfg.clone()
+        }
+        .host_labels();
+        if hosts == self.hosts {
+            return;
+        }
+        for st in self.replicas.values_mut() {
+            st.probe_series.retain(|l| {
+                let keep = hosts.contains(&l.host);
+                if !keep {
+                    self.metrics.probe_success().remove(l);
+                }
+                keep
+            });
+        }
+        tracing::info!(hosts = hosts.len(), "probed hosts changed");
+        self.hosts = hosts;
+    }
+
     /// Runs until the event channel closes (the agent stopped).
     pub async fn run(mut self) {
         tracing::info!(
@@ -265,6 +304,7 @@ impl Prober {
             "prober started"
         );
         loop {
+            self.follow_hosts();
             let targets = self.targets.borrow_and_update().clone();
             self.round(&targets).await;
             if self.events.is_closed() {
@@ -964,5 +1004,45 @@ mod tests {
         let text = p.metrics.encode();
         assert!(!text.contains("routeskew_probe_success{"), "{text}");
         assert!(!text.contains("routeskew_replica_routers{"), "{text}");
+    }
+
+    #[test]
+    fn published_hosts_replace_the_configured_ones_and_drop_their_series() {
+        let (tx, rx) = watch::channel(Vec::<String>::new());
+        let mut p = prober(cfg(1000)).with_host_updates(rx);
+        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        // Unchanged channel: configured hosts stay.
+        p.follow_hosts();
+        assert_eq!(p.hosts, ["a.test", "b.test"]);
+
+        let replica = Replica {
+            name: "r".into(),
+            namespace: "ns".into(),
+        };
+        let mut st = ReplicaState::new(Duration::from_secs(1));
+        for host in ["a.test", "b.test"] {
+            let l = ProbeLabels {
+                replica: "r".into(),
+                namespace: "ns".into(),
+                host: host.into(),
+                check: "http",
+            };
+            p.metrics.probe_success().get_or_create(&l).set(1);
+            st.probe_series.insert(l);
+        }
+        p.replicas.insert(replica.clone(), st);
+
+        tx.send_replace(vec!["B.test".into(), "c.test".into()]);
+        p.follow_hosts();
+        assert_eq!(p.hosts, ["b.test", "c.test"]);
+        let left: Vec<&str> = p.replicas[&replica]
+            .probe_series
+            .iter()
+            .map(|l| l.host.as_str())
+            .collect();
+        assert_eq!(left, ["b.test"]);
+        let text = p.metrics.encode();
+        assert!(!text.contains("host=\"a.test\""), "{text}");
+        assert!(text.contains("host=\"b.test\""), "{text}");
     }
 }
