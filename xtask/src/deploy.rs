@@ -410,7 +410,9 @@ pub fn declared_metrics(dir: &Path) -> Result<BTreeSet<String>> {
 /// The metric names one source file registers (see [`declared_metrics`]).
 pub fn metrics_in_source(src: &str) -> BTreeSet<String> {
     // `let r = reg.sub_registry_with_prefix("pipeline");` → receiver r registers pipeline_*.
-    let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+    // (position, receiver, prefix): a receiver name may be rebound for another prefix
+    // further down, so a register call takes the closest binding above it.
+    let mut prefixes: Vec<(usize, String, String)> = Vec::new();
     for (at, _) in src.match_indices("sub_registry_with_prefix(") {
         let stmt_start = src[..at].rfind(';').map_or(0, |i| i + 1);
         let stmt = &src[stmt_start..at];
@@ -422,7 +424,7 @@ pub fn metrics_in_source(src: &str) -> BTreeSet<String> {
             continue;
         };
         if let Some(prefix) = string_literals(&src[at..]).next() {
-            prefixes.insert(var.to_owned(), format!("{prefix}_"));
+            prefixes.push((at, var.to_owned(), format!("{prefix}_")));
         }
     }
 
@@ -453,7 +455,11 @@ pub fn metrics_in_source(src: &str) -> BTreeSet<String> {
         };
         let full = format!(
             "routeskew_{}{name}",
-            prefixes.get(&receiver).map(String::as_str).unwrap_or("")
+            prefixes
+                .iter()
+                .rev()
+                .find(|(pos, var, _)| *pos < at && *var == receiver)
+                .map_or("", |(_, _, prefix)| prefix.as_str())
         );
         match declared_kind(src, var) {
             Some(Kind::Counter) => {
@@ -1028,8 +1034,12 @@ fn register(reg: &mut Registry) {
         "Connections \"tracked\"",
         m.connections.clone(),
     );
+    // The same receiver name, rebound for another prefix.
+    let r = reg.sub_registry_with_prefix("discovery");
+    r.register("api_up", "API reachable", m.api_up.clone());
 }
 pub struct Metrics {
+    api_up: Gauge,
     http_responses: Family<HttpLabels, Counter>,
     probe_duration: HistogramFamily<ProbeCheckLabels>,
 }
@@ -1048,6 +1058,7 @@ fn new() {
         let want: BTreeSet<String> = [
             "routeskew_pipeline_events_total",
             "routeskew_pipeline_connections",
+            "routeskew_discovery_api_up",
             "routeskew_http_responses_total",
             "routeskew_probe_duration_seconds_bucket",
             "routeskew_probe_duration_seconds_sum",
