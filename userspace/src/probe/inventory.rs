@@ -20,6 +20,9 @@ struct RouterJson {
     status: Option<String>,
     #[serde(default, rename = "entryPoints")]
     entry_points: Vec<String>,
+    /// Present (often as `{}`) on routers that only match TLS connections.
+    #[serde(default)]
+    tls: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +38,20 @@ pub struct RouterPage {
     pub enabled: BTreeSet<String>,
     /// Entrypoints those routers listen on.
     pub entry_points: BTreeSet<String>,
+    /// Entrypoints with a TLS router: requests there must come over TLS to reach it.
+    pub tls_entry_points: BTreeSet<String>,
+    /// Entrypoints with a router for plaintext requests.
+    pub plain_entry_points: BTreeSet<String>,
+}
+
+impl RouterPage {
+    /// Adds the routers of the next page.
+    pub fn extend(&mut self, other: RouterPage) {
+        self.enabled.extend(other.enabled);
+        self.entry_points.extend(other.entry_points);
+        self.tls_entry_points.extend(other.tls_entry_points);
+        self.plain_entry_points.extend(other.plain_entry_points);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +71,14 @@ pub fn parse_router_page(body: &[u8]) -> Result<RouterPage, ParseError> {
         if is_internal(&name, r.provider.as_deref()) || r.status.as_deref() != Some("enabled") {
             continue;
         }
+        // A Traefik entrypoint takes plaintext and TLS alike (it peeks at the first
+        // bytes); which routers a request can reach depends on which of the two it is.
+        let by_transport = if r.tls.is_some() {
+            &mut page.tls_entry_points
+        } else {
+            &mut page.plain_entry_points
+        };
+        by_transport.extend(r.entry_points.iter().cloned());
         page.entry_points.extend(r.entry_points);
         page.enabled.insert(name);
     }
@@ -172,6 +197,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["web", "websecure"]
         );
+        assert_eq!(p.tls_entry_points.iter().collect::<Vec<_>>(), ["websecure"]);
+        assert_eq!(p.plain_entry_points.iter().collect::<Vec<_>>(), ["web"]);
         assert_eq!(parse_router_page(b"[]").unwrap(), RouterPage::default());
         assert!(parse_router_page(b"{\"message\":\"404\"}").is_err());
         assert!(parse_router_page(b"404 page not found\n").is_err());

@@ -141,6 +141,9 @@ struct ReplicaState {
     routers: Option<BTreeSet<String>>,
     /// Entrypoints the routers listen on.
     router_entry_points: BTreeSet<String>,
+    /// Entrypoints whose routers need TLS, and those with plaintext routers.
+    tls_entry_points: BTreeSet<String>,
+    plain_entry_points: BTreeSet<String>,
     /// Entrypoint name by port.
     port_names: BTreeMap<u16, String>,
     /// What was last logged as lacking.
@@ -159,6 +162,8 @@ impl ReplicaState {
             no_endpoint_logged: false,
             routers: None,
             router_entry_points: BTreeSet::new(),
+            tls_entry_points: BTreeSet::new(),
+            plain_entry_points: BTreeSet::new(),
             port_names: BTreeMap::new(),
             lacks_logged: None,
             probe_series: HashSet::new(),
@@ -222,6 +227,13 @@ fn replica_origin(t: &Target) -> Origin {
         tgid: t.pids.first().copied().unwrap_or(0),
         cgroup_id: t.cgroup_id,
     }
+}
+
+/// Port names TLS entrypoints conventionally have (Traefik's `websecure`, a container
+/// port `https`).
+fn looks_like_tls_port(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("websecure") || n.contains("https") || n.contains("tls")
 }
 
 fn jittered(interval: Duration) -> Duration {
@@ -514,6 +526,8 @@ impl Prober {
                     }
                     st.routers = Some(page.enabled);
                     st.router_entry_points = page.entry_points;
+                    st.tls_entry_points = page.tls_entry_points;
+                    st.plain_entry_points = page.plain_entry_points;
                     if let Some(p) = port_names {
                         st.port_names = p;
                     }
@@ -567,6 +581,10 @@ impl Prober {
     }
 
     /// The endpoints of `t` that take probes.
+    /// Where to probe a replica, and whether over TLS. A Traefik entrypoint answers both
+    /// plaintext and TLS (with its default certificate), so a handshake says nothing
+    /// about which routers are reachable how: the replica's API does (a router's `tls`),
+    /// then a port named like a TLS entrypoint, then what the endpoint check found.
     fn probe_endpoints(&self, t: &Target) -> Vec<(SocketAddr, bool)> {
         let st = self.replicas.get(&t.replica);
         let name_of = |e: &Endpoint| -> Option<String> {
@@ -579,17 +597,26 @@ impl Prober {
             let Some(info) = self.info(e.addr) else {
                 continue;
             };
-            let take = if !self.cfg.ports.is_empty() {
-                self.cfg.ports.contains(&e.addr.port())
-            } else {
-                match (name_of(e), st.map(|s| &s.router_entry_points)) {
-                    // The API told which entrypoints carry routers.
-                    (Some(name), Some(eps)) if !eps.is_empty() => eps.contains(&name),
-                    _ => !info.api,
+            let name = name_of(e);
+            let guessed_tls = info.tls || name.as_deref().is_some_and(looks_like_tls_port);
+            if !self.cfg.ports.is_empty() {
+                if self.cfg.ports.contains(&e.addr.port()) {
+                    out.push((e.addr, guessed_tls));
                 }
-            };
-            if take {
-                out.push((e.addr, info.tls));
+                continue;
+            }
+            match (name, st) {
+                // The API told which entrypoints carry routers, and over what.
+                (Some(name), Some(s)) if !s.router_entry_points.is_empty() => {
+                    if s.plain_entry_points.contains(&name) {
+                        out.push((e.addr, false));
+                    }
+                    if s.tls_entry_points.contains(&name) {
+                        out.push((e.addr, true));
+                    }
+                }
+                _ if !info.api => out.push((e.addr, guessed_tls)),
+                _ => {}
             }
         }
         out
@@ -797,8 +824,7 @@ async fn fetch_inventory(
             return Err(format!("status {}", a.status));
         }
         let p = inventory::parse_router_page(&a.body).map_err(|e| e.to_string())?;
-        all.enabled.extend(p.enabled);
-        all.entry_points.extend(p.entry_points);
+        all.extend(p);
         match inventory::next_page(page, a.next_page) {
             Some(n) => page = n,
             None => break,
@@ -955,6 +981,7 @@ mod tests {
         // Once the API named the entrypoints that carry routers, only those are probed.
         let st = p.replicas.get_mut(&t.replica).unwrap();
         st.router_entry_points = ["websecure".to_string()].into();
+        st.tls_entry_points = ["websecure".to_string()].into();
         st.port_names = [(8000, "web".to_string()), (8443, "websecure".to_string())].into();
         let t2 = target(
             "r1",
@@ -965,9 +992,33 @@ mod tests {
             ],
         );
         p.endpoints
-            .insert("127.0.0.1:8443".parse().unwrap(), known(true, false));
+            .insert("127.0.0.1:8443".parse().unwrap(), known(false, false));
         let eps = p.probe_endpoints(&t2);
         assert_eq!(eps, vec![("127.0.0.1:8443".parse().unwrap(), true)]);
+        // An entrypoint with plaintext and TLS routers is probed both ways.
+        let st = p.replicas.get_mut(&t.replica).unwrap();
+        st.router_entry_points = ["web".to_string(), "websecure".to_string()].into();
+        st.plain_entry_points = ["web".to_string(), "websecure".to_string()].into();
+        let eps = p.probe_endpoints(&t2);
+        assert_eq!(
+            eps,
+            vec![
+                ("127.0.0.1:8000".parse().unwrap(), false),
+                ("127.0.0.1:8443".parse().unwrap(), false),
+                ("127.0.0.1:8443".parse().unwrap(), true),
+            ]
+        );
+        // Without the API, a port named like a TLS entrypoint is probed over TLS.
+        p.replicas
+            .get_mut(&t.replica)
+            .unwrap()
+            .router_entry_points
+            .clear();
+        let named = target("r1", &[("127.0.0.1:8443", Some("websecure"))]);
+        assert_eq!(
+            p.probe_endpoints(&named),
+            vec![("127.0.0.1:8443".parse().unwrap(), true)]
+        );
 
         // --probe-port overrides everything.
         p.cfg.ports = vec![9000];
