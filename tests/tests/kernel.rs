@@ -1280,7 +1280,6 @@ fn start_traefik_websecure(
     Ok((child, pid, websecure))
 }
 
-
 /// The real Traefik release binary (stripped, Go 1.26) with a `websecure` entrypoint:
 /// its own router-miss 404 and a routed request's 503, read from inside TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

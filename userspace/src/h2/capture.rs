@@ -134,9 +134,10 @@ pub fn replay(records: &[Record]) -> Replay {
                 };
                 conns.feed((), dir, ts, bytes, *total_len, &mut events);
                 if replay.desync.is_none() {
-                    replay.desync = conns.conns.get(&()).and_then(|c| {
-                        c.desync(READ).or(c.desync(WRITE))
-                    });
+                    replay.desync = conns
+                        .conns
+                        .get(&())
+                        .and_then(|c| c.desync(READ).or(c.desync(WRITE)));
                 }
             }
             Record::Closed => {
@@ -162,21 +163,4 @@ pub fn replay(records: &[Record]) -> Replay {
         .collect();
     replay.stats = *conns.stats();
     replay
-}
-
-#[cfg(test)]
-mod dump {
-    #![allow(clippy::unwrap_used)]
-    #[test]
-    fn dump() {
-        for name in ["traefik_h2_router_miss", "traefik_h2_routed"] {
-            let b = std::fs::read(format!("src/h2/fixtures/{name}.bin")).unwrap();
-            let recs = super::decode(&b).unwrap();
-            let r = super::replay(&recs);
-            for p in r.pairs {
-                eprintln!("{name}: {:?} {:?}", p.request, p.response);
-            }
-            eprintln!("{:?}", r.stats);
-        }
-    }
 }

@@ -1,8 +1,6 @@
 //! One HTTP/2 connection: its two frame streams, the two HPACK decoders (client → server
 //! for requests, server → client for responses), and the streams waiting for an answer.
 
-use std::borrow::Cow;
-
 use loona_hpack::Decoder;
 
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
@@ -93,7 +91,10 @@ impl H2Conn {
     /// Bytes held in buffers (frames and header blocks in progress; the HPACK tables are
     /// bounded separately by `MAX_TABLE`).
     pub fn buffered(&self) -> usize {
-        self.readers.iter().map(FrameReader::buffered).sum::<usize>()
+        self.readers
+            .iter()
+            .map(FrameReader::buffered)
+            .sum::<usize>()
             + self
                 .inner
                 .blocks
@@ -166,7 +167,11 @@ impl H2Conn {
         self.inner.streams.clear();
         self.inner.blocks = [None, None];
         self.readers[dir] = FrameReader::default();
-        tracing::debug!(direction = dir, reason = reason.as_str(), "HTTP/2 decoder lost sync");
+        tracing::debug!(
+            direction = dir,
+            reason = reason.as_str(),
+            "HTTP/2 decoder lost sync"
+        );
     }
 
     /// The connection ended (closed, expired): a 404 still waiting for its body is
@@ -256,10 +261,9 @@ impl Inner {
             kind::GOAWAY if dir == WRITE => {
                 // Streams above the last one the server processed never will be; the
                 // others still get their responses.
-                let last = f
-                    .payload
-                    .get(..4)
-                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff);
+                let last = f.payload.get(..4).map_or(0, |b| {
+                    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
+                });
                 let mut i = 0;
                 while i < self.streams.len() {
                     if self.streams[i].id > last {
@@ -344,8 +348,7 @@ impl Inner {
         let path = f.path.as_deref().unwrap_or_default();
         // RFC 8441: WebSocket over HTTP/2 is a CONNECT with `:protocol: websocket`.
         let websocket = method == b"CONNECT"
-            && f
-                .protocol
+            && f.protocol
                 .as_deref()
                 .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
         // CONNECT has no `:path` unless extended; HTTP/1 writes its authority as target.
@@ -443,13 +446,12 @@ struct Fields {
 }
 
 impl Fields {
-    fn add(&mut self, dir: usize, name: &Cow<'_, [u8]>, value: &Cow<'_, [u8]>) {
+    fn add(&mut self, dir: usize, name: &[u8], value: &[u8]) {
         let set = |slot: &mut Option<Vec<u8>>| {
             if slot.is_none() {
                 *slot = Some(value.to_vec());
             }
         };
-        let name: &[u8] = name;
         if dir == READ {
             match name {
                 b":method" => set(&mut self.method),
@@ -480,9 +482,7 @@ impl Fields {
             HeaderId::ContentType => set(&mut self.content_type),
             HeaderId::XContentTypeOptions => set(&mut self.x_content_type_options),
             HeaderId::ContentLength if self.content_length.is_none() => {
-                self.content_length = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse().ok());
+                self.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             }
             _ => {}
         }

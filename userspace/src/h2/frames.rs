@@ -71,7 +71,7 @@ pub enum FrameError {
 
 /// A frame whose end was reached. `payload` is what was kept of it: all of a header block
 /// fragment (padding and priority fields removed), the first bytes of a DATA frame's data
-/// (padding removed), nothing of other frames.
+/// (padding removed), a GOAWAY's last stream id, nothing of other frames.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
     pub header: FrameHeader,
@@ -151,6 +151,9 @@ impl FrameReader {
             header.len
         } else if header.kind == kind::DATA {
             header.len.min(DATA_KEEP)
+        } else if header.kind == kind::GOAWAY {
+            // The last stream id the sender processed.
+            header.len.min(4)
         } else {
             0
         };
@@ -214,8 +217,8 @@ fn strip<'a, E>(h: &FrameHeader, kept: &'a [u8], lost: bool) -> Result<&'a [u8],
     let bad = || FeedError::Frame(FrameError::BadPadding);
     let mut start = 0usize;
     let mut pad = 0usize;
-    let padded = h.has(flag::PADDED)
-        && matches!(h.kind, kind::DATA | kind::HEADERS | kind::PUSH_PROMISE);
+    let padded =
+        h.has(flag::PADDED) && matches!(h.kind, kind::DATA | kind::HEADERS | kind::PUSH_PROMISE);
     if padded {
         if h.len == 0 {
             return Err(bad());
@@ -241,6 +244,8 @@ fn strip<'a, E>(h: &FrameHeader, kept: &'a [u8], lost: bool) -> Result<&'a [u8],
     let data_end = len - pad;
     let end = data_end.min(kept.len());
     if lost && h.kind != kind::DATA {
+        // A GOAWAY whose last stream id was not captured: ending the wrong streams
+        // would be a guess.
         return Err(FeedError::Frame(FrameError::Gap));
     }
     Ok(kept.get(start..end).unwrap_or(&[]))
@@ -326,11 +331,7 @@ mod tests {
         let h = frame(kind::HEADERS, flag::END_HEADERS, 3, b"\x82");
         // 1024 captured of the DATA frame, the rest a gap, then the next frame.
         let mut r = FrameReader::default();
-        let got = feed_all(
-            &mut r,
-            &[(&d[..1024], (d.len() - 1024) as u64), (&h, 0)],
-        )
-        .unwrap();
+        let got = feed_all(&mut r, &[(&d[..1024], (d.len() - 1024) as u64), (&h, 0)]).unwrap();
         assert_eq!(got.len(), 2);
         assert!(!got[0].2, "the kept prefix was captured");
         assert_eq!(got[1].1, b"\x82");
@@ -355,7 +356,7 @@ mod tests {
         );
         // A gap over the start of a DATA payload marks the prefix lost.
         let mut r = FrameReader::default();
-        let got = feed_all(&mut r, &[(&d[..12], 3988)]).unwrap();
+        let got = feed_all(&mut r, &[(&d[..12], 3997)]).unwrap();
         assert_eq!(got[0].1, b"xxx");
         assert!(got[0].2);
     }

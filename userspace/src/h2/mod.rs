@@ -43,6 +43,8 @@
 pub mod capture;
 pub mod conn;
 pub mod frames;
+#[cfg(test)]
+mod tests;
 
 use crate::flows::ClientRequest;
 use crate::http::ResponseHead;
@@ -128,6 +130,9 @@ impl H2Stats {
 }
 
 /// What a connection yields, in order.
+// Like `FlowEvent`: the exchange is the common and large variant, boxing would allocate
+// per response.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum H2Event {
     Exchange {
@@ -223,7 +228,9 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
         if self.buffered > MAX_BUFFERED {
             let held = c.buffered();
             c.lose(dir, Reason::BufferLimit, stats);
-            self.buffered = self.buffered.saturating_sub(held.saturating_sub(c.buffered()));
+            self.buffered = self
+                .buffered
+                .saturating_sub(held.saturating_sub(c.buffered()));
         }
         true
     }
