@@ -1500,6 +1500,39 @@ async fn traefik_websecure_h2_frames_are_captured() -> Result<()> {
             "{t:?}"
         );
     }
+
+    // Cost of copying every frame: uprobe hits, cost per hit and records per request,
+    // over a few hundred streams of one connection (compare the HTTP/1.1 test's numbers).
+    let before = bench.sensor.tls_run_stats();
+    let n = 300;
+    let codes = tokio::task::spawn_blocking(move || {
+        tls::curl_https_h2(websecure, "routed.test", &[scenario::path::ROOT; 300])
+    })
+    .await??;
+    ensure!(codes == vec![200; n], "curl got {codes:?}");
+    let got = bench.drain().await;
+    let records = got
+        .iter()
+        .filter(|(o, k)| o.tgid == pid && matches!(k, EventKind::Data { .. }))
+        .count();
+    eprintln!(
+        "h2 capture (Traefik 3.7.15, {n} streams on one connection): {records} records, {:.1} per request",
+        records as f64 / n as f64
+    );
+    for s in bench.sensor.tls_run_stats() {
+        let Some(b) = before.iter().find(|b| b.program == s.program) else {
+            continue;
+        };
+        let runs = s.runs - b.runs;
+        let ns = (s.run_time - b.run_time).as_nanos();
+        eprintln!(
+            "uprobe cost (Traefik 3.7.15, HTTP/2, {n} streams): {}: {runs} runs, {} ns per hit, {} ns per request",
+            s.program,
+            ns.checked_div(u128::from(runs))
+                .map_or("-".into(), |n| n.to_string()),
+            ns / n as u128
+        );
+    }
     child.stop(Duration::from_secs(5));
     drop(server);
     Ok(())
