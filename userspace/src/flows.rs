@@ -643,9 +643,13 @@ impl Flows {
         bytes: &[u8],
         out: &mut Vec<FlowEvent>,
     ) -> bool {
+        let preface = dir == Direction::Read && bytes.starts_with(h2::PREFACE);
+        if !preface && self.h2.is_empty() {
+            return false;
+        }
         let mut h2_out = std::mem::take(&mut self.h2_buf);
         h2_out.clear();
-        if dir == Direction::Read && bytes.starts_with(h2::PREFACE) {
+        if preface {
             // A *tls.Conn address reused without its Close seen ends the old connection.
             if let Some(old) = self.remove_conn(key) {
                 self.stats.reused_without_close += 1;
