@@ -1,5 +1,5 @@
 //! TLS for the test bed: a self-signed certificate made with the `openssl` CLI, and
-//! HTTPS requests made with `curl` (HTTP/1.1 only, certificate not verified).
+//! HTTPS requests made with `curl` (HTTP/1.1 or HTTP/2, certificate not verified).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,13 +58,29 @@ impl Certificate {
 /// One `curl --http1.1` run over TLS to `addr` with SNI and Host `host`, fetching every
 /// path in turn on one keep-alive connection. Returns the status codes.
 pub fn curl_https(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u16>> {
+    curl_https_as(addr, host, paths, "--http1.1", "1.1")
+}
+
+/// Like [`curl_https`] but over HTTP/2 (negotiated with ALPN): every path is a stream of
+/// one connection. Fails unless curl really spoke HTTP/2.
+pub fn curl_https_h2(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u16>> {
+    curl_https_as(addr, host, paths, "--http2", "2")
+}
+
+fn curl_https_as(
+    addr: SocketAddr,
+    host: &str,
+    paths: &[&str],
+    flag: &str,
+    want_version: &str,
+) -> Result<Vec<u16>> {
     let curl = paths::which("curl").context("curl not found (apt-get install curl)")?;
     let mut cmd = Command::new(curl);
-    cmd.args(["--silent", "--show-error", "--insecure", "--http1.1"])
+    cmd.args(["--silent", "--show-error", "--insecure", flag])
         .args(["--max-time", "10"])
         .arg("--resolve")
         .arg(format!("{host}:{}:{}", addr.port(), addr.ip()))
-        .args(["--write-out", "%{http_code}\\n"]);
+        .args(["--write-out", "%{http_code} %{http_version}\\n"]);
     for p in paths {
         // One --output per URL: each applies to the next URL only.
         cmd.args(["--output", "/dev/null"])
@@ -81,8 +97,11 @@ pub fn curl_https(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u1
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
-            l.trim()
-                .parse::<u16>()
+            let (code, version) = l.trim().split_once(' ').unwrap_or((l, ""));
+            if version != want_version {
+                bail!("curl spoke HTTP/{version}, not HTTP/{want_version}");
+            }
+            code.parse::<u16>()
                 .with_context(|| format!("curl status {l:?}"))
         })
         .collect()

@@ -2,8 +2,10 @@
 //! second missing the router of one host for HTTP and WebSocket alike) reached through
 //! each replica's `websecure` entrypoint, so the socket hooks only ever see ciphertext and
 //! every count must come from the Go `crypto/tls` uprobes. Clients are `curl --http1.1`
-//! (HTTP keep-alive, and `wss` upgrades). The agent's counters must match the plan and
-//! each replica's own access log exactly.
+//! (HTTP keep-alive, and `wss` upgrades) and `curl --http2` (streams of one h2 connection,
+//! decoded from the frames by the agent's HPACK tracker). The agent's counters must match
+//! the plan and each replica's own access log exactly, with no h2 stream left
+//! unclassified.
 //!
 //! Run as root after building the agent:
 //! `cargo test -p routeskew-testbed --test e2e_tls`.
@@ -25,6 +27,8 @@ const WS_HOLD: Duration = Duration::from_millis(500);
 enum Kind {
     /// `n` requests on one keep-alive connection.
     Http,
+    /// `n` requests as streams of one HTTP/2 connection.
+    Http2,
     /// `n` upgrades, each on its own connection.
     Ws,
 }
@@ -166,6 +170,72 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         503,
         "server_error",
     );
+    // The same shapes over HTTP/2, again with counts per replica that differ from each
+    // other and from the HTTP/1.1 ones.
+    let missing_h2 = [4, 5, 1];
+    for r in bed.replicas() {
+        let i = r.index;
+        step(
+            i,
+            &sc.app_host,
+            path::ROOT,
+            Kind::Http2,
+            2 + 2 * i,
+            200,
+            "ok",
+        );
+        let (status, class) = if r.routes(&sc.missing_host) {
+            (200, "ok")
+        } else {
+            (404, "router_miss")
+        };
+        step(
+            i,
+            &sc.missing_host,
+            path::ROOT,
+            Kind::Http2,
+            missing_h2[i],
+            status,
+            class,
+        );
+        // A Go backend's own http.NotFound and a JSON 404, relayed over h2: never a miss.
+        step(
+            i,
+            &sc.notfound_host,
+            path::NOTFOUND,
+            Kind::Http2,
+            1 + i,
+            404,
+            "client_error",
+        );
+        step(
+            i,
+            &sc.notfound_host,
+            path::MISSING,
+            Kind::Http2,
+            1,
+            404,
+            "client_error",
+        );
+        step(
+            i,
+            UNROUTED_HOST,
+            path::ROOT,
+            Kind::Http2,
+            2,
+            404,
+            "router_miss",
+        );
+    }
+    step(
+        2,
+        &sc.unavailable_host,
+        path::ROOT,
+        Kind::Http2,
+        3,
+        503,
+        "server_error",
+    );
     steps
 }
 
@@ -190,6 +260,7 @@ async fn send(addr: SocketAddr, s: &Step) -> Vec<u16> {
     let (host, path, n, kind) = (s.host.clone(), s.path, s.n, s.kind);
     tokio::task::spawn_blocking(move || match kind {
         Kind::Http => tls::curl_https(addr, &host, &vec![path; n]),
+        Kind::Http2 => tls::curl_https_h2(addr, &host, &vec![path; n]),
         Kind::Ws => (0..n)
             .map(|_| tls::curl_wss_upgrade(addr, &host, path, WS_HOLD))
             .collect(),
@@ -342,6 +413,11 @@ async fn agent_pins_router_misses_over_tls() {
     assert!(tls_events > 0.0, "no TLS uprobe events counted");
     let lost = m.sum("routeskew_sensor_lost_events_total", &[]);
     assert_eq!(lost, 0.0, "routeskew_sensor_lost_events_total");
+    let unclassified = m.sum("routeskew_pipeline_h2_unclassified_total", &[]);
+    assert_eq!(
+        unclassified, 0.0,
+        "h2 streams left unclassified; agent log:\n{log}"
+    );
     assert_eq!(
         m.get("routeskew_targets", &[("state", "attached")])
             .unwrap(),

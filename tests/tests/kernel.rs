@@ -1206,40 +1206,36 @@ async fn go_tls_server_plaintext_is_captured() -> Result<()> {
     Ok(())
 }
 
-/// The real Traefik release binary (stripped, Go 1.26) with a `websecure` entrypoint:
-/// its own router-miss 404 and a routed request's 503, read from inside TLS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
-    use routeskew_testbed::{net, paths, process::ManagedChild, scenario, tls, traefik};
-    let _serial = SERIAL.lock().await;
+/// The real Traefik release binary in the bench's cgroup with a `websecure` entrypoint
+/// (`cert`) routing `routes` (`backend` is where `Upstream::Backend` routes go), its TLS
+/// uprobes attached. Returns it, its pid and the `websecure` address.
+fn start_traefik_websecure(
+    bench: &mut Bench,
+    dir: &Path,
+    cert: &routeskew_testbed::tls::Certificate,
+    routes: &[routeskew_testbed::scenario::Route],
+    backend: SocketAddr,
+) -> Result<(routeskew_testbed::process::ManagedChild, u32, SocketAddr)> {
+    use routeskew_testbed::{net, paths, process::ManagedChild, traefik};
     let traefik_bin = paths::traefik_binary()?;
-    let mut bench = Bench::new("traefiktls").await?;
-    let _stats = routeskew::sensor::enable_run_stats()?;
-    let dir = tempfile::tempdir()?;
-    let cert = tls::Certificate::self_signed(dir.path())?;
-    let routes = [scenario::Route {
-        name: "routed".into(),
-        host: "routed.test".into(),
-        upstream: scenario::Upstream::NoServer,
-    }];
     let (web, websecure, api) = (
         net::loopback(net::free_port()?),
         net::loopback(net::free_port()?),
         net::loopback(net::free_port()?),
     );
-    let dynamic_file = dir.path().join("dynamic.yml");
+    let dynamic_file = dir.join("dynamic.yml");
     std::fs::write(
         &dynamic_file,
         traefik::dynamic_yaml(&traefik::DynamicConfig {
-            routes: &routes,
-            backend: web,
+            routes,
+            backend,
             refused: web,
             slow_timeout: Duration::from_secs(1),
-            tls: Some(&cert),
+            tls: Some(cert),
         }),
     )?;
-    let static_file = dir.path().join("traefik.yml");
-    let log_file = dir.path().join("traefik.log");
+    let static_file = dir.join("traefik.yml");
+    let log_file = dir.join("traefik.log");
     std::fs::write(
         &static_file,
         traefik::static_yaml(&traefik::StaticConfig {
@@ -1259,7 +1255,7 @@ async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
     let mut child = ManagedChild::spawn(
         "traefik",
         cmd,
-        &dir.path().join("traefik.out"),
+        &dir.join("traefik.out"),
         Some(&bench.cgroup.path),
     )?;
     let pid = child.pid();
@@ -1281,6 +1277,27 @@ async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
         .clone()
         .map_err(|e| anyhow!("uprobes not attached: {e}"))?;
     ensure!(version == "go1.26.9", "{version}");
+    Ok((child, pid, websecure))
+}
+
+/// The real Traefik release binary (stripped, Go 1.26) with a `websecure` entrypoint:
+/// its own router-miss 404 and a routed request's 503, read from inside TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
+    use routeskew_testbed::{net, scenario, tls};
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("traefiktls").await?;
+    let _stats = routeskew::sensor::enable_run_stats()?;
+    let dir = tempfile::tempdir()?;
+    let cert = tls::Certificate::self_signed(dir.path())?;
+    let routes = [scenario::Route {
+        name: "routed".into(),
+        host: "routed.test".into(),
+        upstream: scenario::Upstream::NoServer,
+    }];
+    let web = net::loopback(net::free_port()?);
+    let (mut child, pid, websecure) =
+        start_traefik_websecure(&mut bench, dir.path(), &cert, &routes, web)?;
     // Whatever Traefik did while starting is not part of the test.
     let _ = bench.drain().await;
 
@@ -1350,6 +1367,174 @@ async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
         );
     }
     child.stop(Duration::from_secs(5));
+    Ok(())
+}
+
+/// The records of one TLS connection in the fixture format of `routeskew::h2::capture`.
+fn tls_records(tls: &[(ConnId, EventKind)], conn: ConnId) -> Vec<routeskew::h2::capture::Record> {
+    use routeskew::h2::capture::Record;
+    tls.iter()
+        .filter(|(c, _)| *c == conn)
+        .filter_map(|(_, k)| match k {
+            EventKind::Data {
+                direction,
+                total_len,
+                bytes,
+                ..
+            } => Some(Record::Data {
+                direction: *direction,
+                total_len: *total_len,
+                bytes: bytes.to_vec(),
+            }),
+            EventKind::Closed { .. } => Some(Record::Closed),
+            _ => None,
+        })
+        .collect()
+}
+
+/// HTTP/2 through the real Traefik's `websecure` entrypoint (curl negotiates h2 with
+/// ALPN): once the client preface is read, every Read and Write of the connection is
+/// copied, so the frame streams of both directions decode completely: each request's
+/// HEADERS with its `:authority`, each response's HEADERS with its `:status`, and the
+/// router-miss body. With `ROUTESKEW_H2_FIXTURES=<dir>` the records are also written
+/// there (how `userspace/src/h2/fixtures` was made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_websecure_h2_frames_are_captured() -> Result<()> {
+    use routeskew::h2::capture;
+    use routeskew_testbed::{backend, scenario, tls};
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::new("traefikh2").await?;
+    let _stats = routeskew::sensor::enable_run_stats()?;
+    let dir = tempfile::tempdir()?;
+    let cert = tls::Certificate::self_signed(dir.path())?;
+    let bin = backend::build()?;
+    let server = backend::Backend::start(&bin, &dir.path().join("backend.log"))?;
+    let routes = [scenario::Route {
+        name: "routed".into(),
+        host: "routed.test".into(),
+        upstream: scenario::Upstream::Backend,
+    }];
+    let (mut child, pid, websecure) =
+        start_traefik_websecure(&mut bench, dir.path(), &cert, &routes, server.addr)?;
+    let _ = bench.drain().await;
+
+    let miss_paths = ["/nothing-here", "/still-nothing"];
+    let routed_paths = [
+        scenario::path::MISSING,
+        scenario::path::NOTFOUND,
+        scenario::path::ROOT,
+    ];
+    let codes = tokio::task::spawn_blocking(move || {
+        let miss = tls::curl_https_h2(websecure, "missing.test", &miss_paths)?;
+        let routed = tls::curl_https_h2(websecure, "routed.test", &routed_paths)?;
+        anyhow::Ok((miss, routed))
+    })
+    .await??;
+    ensure!(
+        codes == (vec![404, 404], vec![404, 404, 200]),
+        "curl got {codes:?}"
+    );
+    let got = bench.drain().await;
+    report_uprobe_cost(&mut bench.sensor, "Traefik 3.7.15, HTTP/2");
+    let all = show(&got);
+    let (tls_events, _) = split_tls(&got, pid);
+    let mut conns: Vec<ConnId> = Vec::new();
+    for (c, _) in &tls_events {
+        if !conns.contains(c) {
+            conns.push(*c);
+        }
+    }
+    ensure!(conns.len() == 2, "expected two TLS connections:\n{all}");
+    let fixtures = std::env::var_os("ROUTESKEW_H2_FIXTURES").map(PathBuf::from);
+    for (conn, (name, host, paths, statuses)) in conns.iter().zip([
+        (
+            "traefik_h2_router_miss",
+            "missing.test",
+            &miss_paths[..],
+            &[404u16, 404][..],
+        ),
+        (
+            "traefik_h2_routed",
+            "routed.test",
+            &routed_paths[..],
+            &[404, 404, 200][..],
+        ),
+    ]) {
+        let records = tls_records(&tls_events, *conn);
+        if let Some(dir) = &fixtures {
+            std::fs::write(dir.join(format!("{name}.bin")), capture::encode(&records))?;
+        }
+        let exchanges = capture::replay(&records);
+        ensure!(
+            exchanges.desync.is_none(),
+            "{name}: decoder lost sync: {:?}\n{all}",
+            exchanges.desync
+        );
+        ensure!(
+            exchanges.pairs.len() == paths.len(),
+            "{name}: {} exchanges decoded, {} sent: {:?}",
+            exchanges.pairs.len(),
+            paths.len(),
+            exchanges.pairs
+        );
+        for (i, (got, (path, status))) in exchanges
+            .pairs
+            .iter()
+            .zip(paths.iter().zip(statuses))
+            .enumerate()
+        {
+            ensure!(
+                got.is_get(host, path) && got.status() == Some(*status),
+                "{name} stream {i}: {got:?}, sent {host}{path} → {status}"
+            );
+        }
+        ensure!(
+            records.last() == Some(&capture::Record::Closed),
+            "{name}: no close"
+        );
+    }
+    let totals = bench.sensor.totals()?;
+    for t in totals.iter().filter(|t| t.program.starts_with("go_tls")) {
+        ensure!(
+            t.lost == 0 && t.read_failures == 0 && t.map_full == 0,
+            "{t:?}"
+        );
+    }
+
+    // Cost of copying every frame: uprobe hits, cost per hit and records per request,
+    // over a few hundred streams of one connection (compare the HTTP/1.1 test's numbers).
+    let before = bench.sensor.tls_run_stats();
+    let n = 300;
+    let codes = tokio::task::spawn_blocking(move || {
+        tls::curl_https_h2(websecure, "routed.test", &[scenario::path::ROOT; 300])
+    })
+    .await??;
+    ensure!(codes == vec![200; n], "curl got {codes:?}");
+    let got = bench.drain().await;
+    let records = got
+        .iter()
+        .filter(|(o, k)| o.tgid == pid && matches!(k, EventKind::Data { .. }))
+        .count();
+    eprintln!(
+        "h2 capture (Traefik 3.7.15, {n} streams on one connection): {records} records, {:.1} per request",
+        records as f64 / n as f64
+    );
+    for s in bench.sensor.tls_run_stats() {
+        let Some(b) = before.iter().find(|b| b.program == s.program) else {
+            continue;
+        };
+        let runs = s.runs - b.runs;
+        let ns = (s.run_time - b.run_time).as_nanos();
+        eprintln!(
+            "uprobe cost (Traefik 3.7.15, HTTP/2, {n} streams): {}: {runs} runs, {} ns per hit, {} ns per request",
+            s.program,
+            ns.checked_div(u128::from(runs))
+                .map_or("-".into(), |n| n.to_string()),
+            ns / n as u128
+        );
+    }
+    child.stop(Duration::from_secs(5));
+    drop(server);
     Ok(())
 }
 

@@ -20,10 +20,17 @@
 //! reached directly (not through Traefik) does produce the same bytes, which is why a match
 //! is also checked against the upstream requests Traefik wrote for the same request: if
 //! there was one, Traefik routed it and the 404 is not a router miss.
+//!
+//! Over HTTP/2 (decoded by [`crate::h2`]) the same handler's answer, as Go's h2 server
+//! writes it, is `:status 404`, `content-type`, `x-content-type-options`,
+//! `content-length: 19`, `date`, then a DATA frame with the same body (captured from
+//! Traefik 3.7.15 in `h2/fixtures/traefik_h2_router_miss.bin`). A backend's 404 relayed over
+//! h2, including a Go backend's own `http.NotFound`, comes out with `date` before
+//! `x-content-type-options` or without it, and never matches.
 
 use crate::event::{Origin, UpstreamFailureReason};
 use crate::flows::FlowEvent;
-use crate::http::{HeaderId, Host, ResponseHead};
+use crate::http::{HeaderId, Host, ResponseHead, Version};
 
 pub const ROUTER_MISS_BODY: &[u8] = b"404 page not found\n";
 const ROUTER_MISS_HEADERS: [HeaderId; 4] = [
@@ -31,6 +38,13 @@ const ROUTER_MISS_HEADERS: [HeaderId; 4] = [
     HeaderId::XContentTypeOptions,
     HeaderId::Date,
     HeaderId::ContentLength,
+];
+/// Go's h2 server writes the handler's headers first, then the length and date it adds.
+const ROUTER_MISS_HEADERS_H2: [HeaderId; 4] = [
+    HeaderId::ContentType,
+    HeaderId::XContentTypeOptions,
+    HeaderId::ContentLength,
+    HeaderId::Date,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,14 +135,20 @@ pub enum Signature {
 
 /// Compare a response with Traefik's router-miss 404.
 pub fn router_miss_signature(r: &ResponseHead) -> Signature {
-    let headers_match = match r.headers.as_slice() {
-        [a, b, c, d] => [*a, *b, *c, *d] == ROUTER_MISS_HEADERS,
-        [a, b, c, d, HeaderId::Connection] => [*a, *b, *c, *d] == ROUTER_MISS_HEADERS,
-        _ => false,
+    let (headers_match, reason_match) = if r.version == Version::H2 {
+        // No reason phrase, no connection-specific headers in HTTP/2.
+        (r.headers.as_slice() == ROUTER_MISS_HEADERS_H2, true)
+    } else {
+        let headers = match r.headers.as_slice() {
+            [a, b, c, d] => [*a, *b, *c, *d] == ROUTER_MISS_HEADERS,
+            [a, b, c, d, HeaderId::Connection] => [*a, *b, *c, *d] == ROUTER_MISS_HEADERS,
+            _ => false,
+        };
+        (headers, r.reason.as_str() == "Not Found")
     };
     if r.status != 404
         || r.truncated
-        || r.reason.as_str() != "Not Found"
+        || !reason_match
         || !headers_match
         // Compared as bytes: no UTF-8 check on the per-response path.
         || r.content_type.as_ref().map(|v| v.as_bytes())
@@ -207,9 +227,12 @@ fn http_class(status: u16, miss: bool) -> HttpClass {
     }
 }
 
-fn ws_outcome(status: u16, class: HttpClass) -> WsOutcome {
+fn ws_outcome(status: u16, version: Version, class: HttpClass) -> WsOutcome {
     match (status, class) {
         (101, _) => WsOutcome::Upgraded,
+        // RFC 8441: an extended CONNECT is accepted with a 2xx, and the stream carries
+        // the WebSocket from then on.
+        (200..=299, _) if version == Version::H2 => WsOutcome::Upgraded,
         (_, HttpClass::RouterMiss) => WsOutcome::RouterMiss,
         (_, HttpClass::ServerError) => WsOutcome::Failed,
         // Any other answer, including a 2xx or a redirect to a login page, means the server
@@ -254,7 +277,7 @@ impl Classifier {
                     out.push(Observation::Ws {
                         origin,
                         host: request.host.clone(),
-                        outcome: ws_outcome(response.status, class),
+                        outcome: ws_outcome(response.status, response.version, class),
                         source,
                     });
                 }

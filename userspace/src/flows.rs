@@ -26,6 +26,10 @@
 //! of upstream requests per process. Everything dropped on the way is counted in
 //! [`FlowStats`].
 //!
+//! HTTP/2 connections (a Go TLS connection whose first read is the client preface) are
+//! followed by [`h2`] instead, which yields the same exchanges; their state is kept apart
+//! and bounded there.
+//!
 //! This runs for every kernel event, so the common path allocates nothing: connections live
 //! in a hash map with a fast hasher, recency is an append-only queue compacted now and then
 //! (instead of a sorted set updated on every event), parsed messages go to a reused buffer,
@@ -35,6 +39,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use crate::h2::{self, H2Conns, H2Event, H2Stats};
 use crate::http::{self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail};
 
 /// Upstream requests remembered per process for corroboration.
@@ -186,6 +191,8 @@ pub struct FlowStats {
     pub invalid_hosts: u64,
     /// Upstream requests not logged because too many processes already have a log.
     pub upstream_log_full: u64,
+    /// HTTP/2 connections (see [`h2`]).
+    pub h2: H2Stats,
 }
 
 impl FlowStats {
@@ -304,6 +311,9 @@ pub struct Flows {
     stash_bytes: usize,
     /// Parsed messages of the syscall at hand; kept to reuse its allocation.
     msg_buf: Vec<Message>,
+    h2: H2Conns<ConnKey>,
+    /// Output of the h2 tracker for the record at hand; kept to reuse its allocation.
+    h2_buf: Vec<H2Event>,
     stats: FlowStats,
 }
 
@@ -317,14 +327,16 @@ fn dir_index(d: Direction) -> usize {
 impl Flows {
     pub fn new(cfg: FlowConfig) -> Self {
         Flows {
-            cfg,
             conns: foldhash::HashMap::default(),
             age: VecDeque::new(),
             next_age_seq: 0,
             upstream_log: foldhash::HashMap::default(),
             stash_bytes: 0,
             msg_buf: Vec::new(),
+            h2: H2Conns::new(h2::MAX_CONNECTIONS.min(cfg.max_connections)),
+            h2_buf: Vec::new(),
             stats: FlowStats::default(),
+            cfg,
         }
     }
 
@@ -332,9 +344,9 @@ impl Flows {
         &self.stats
     }
 
-    /// Connections currently tracked.
+    /// Connections currently tracked (HTTP/1 and HTTP/2).
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len() + self.h2.len()
     }
 
     pub fn handle(&mut self, ev: &Event, out: &mut Vec<FlowEvent>) {
@@ -390,6 +402,20 @@ impl Flows {
                 }
             }
         }
+        let mut h2_out = std::mem::take(&mut self.h2_buf);
+        h2_out.clear();
+        if !self.h2.is_empty() {
+            self.h2.expire(horizon, &mut h2_out);
+            self.stats.h2 = *self.h2.stats();
+            // Nothing to report from expiry but unanswered requests (never WebSocket
+            // resets: an idle connection did not reset anything).
+            for ev in h2_out.drain(..) {
+                if let H2Event::Unanswered { .. } = ev {
+                    self.stats.unanswered_client_requests += 1;
+                }
+            }
+        }
+        self.h2_buf = h2_out;
         self.upstream_log.retain(|_, log| {
             while log.front().is_some_and(|e| e.ts_ns < horizon) {
                 log.pop_front();
@@ -462,6 +488,11 @@ impl Flows {
         out: &mut Vec<FlowEvent>,
     ) {
         let key = (origin.tgid, conn);
+        if let ConnId::GoTls(_) = conn {
+            if self.on_h2_data(ts, origin, key, dir, total_len, bytes, out) {
+                return;
+            }
+        }
         let d = dir_index(dir);
         if let Some(c) = self.conns.get(&key) {
             if c.upgraded.is_some() {
@@ -594,6 +625,89 @@ impl Flows {
                     self.stash_bytes += head.len();
                     c.expect[d] = Expect::Message;
                     c.stash[d] = Some(head);
+                }
+            }
+        }
+    }
+
+    /// Data of an HTTP/2 connection, or the preface that starts one. Returns false when
+    /// the connection is not HTTP/2.
+    #[allow(clippy::too_many_arguments)]
+    fn on_h2_data(
+        &mut self,
+        ts: u64,
+        origin: Origin,
+        key: ConnKey,
+        dir: Direction,
+        total_len: u64,
+        bytes: &[u8],
+        out: &mut Vec<FlowEvent>,
+    ) -> bool {
+        let preface = dir == Direction::Read && bytes.starts_with(h2::PREFACE);
+        if !preface && self.h2.is_empty() {
+            return false;
+        }
+        let mut h2_out = std::mem::take(&mut self.h2_buf);
+        h2_out.clear();
+        if preface {
+            // A *tls.Conn address reused without its Close seen ends the old connection.
+            if let Some(old) = self.remove_conn(key) {
+                self.stats.reused_without_close += 1;
+                self.stats.unanswered_client_requests += old.pending.len() as u64;
+            }
+            self.h2.open(key, ts, &mut h2_out);
+        }
+        let d = match dir {
+            Direction::Read => h2::READ,
+            Direction::Write => h2::WRITE,
+        };
+        let tracked = self.h2.feed(key, d, ts, bytes, total_len, &mut h2_out);
+        if tracked {
+            self.stats.h2 = *self.h2.stats();
+            self.emit_h2(key, origin, &mut h2_out, out);
+        }
+        self.h2_buf = h2_out;
+        tracked
+    }
+
+    /// Turns what the h2 tracker ended into flow events, as for HTTP/1.
+    fn emit_h2(
+        &mut self,
+        key: ConnKey,
+        origin: Origin,
+        events: &mut Vec<H2Event>,
+        out: &mut Vec<FlowEvent>,
+    ) {
+        for ev in events.drain(..) {
+            match ev {
+                H2Event::Exchange {
+                    request,
+                    response,
+                    ts_ns,
+                } => {
+                    self.stats.client_requests += 1;
+                    self.stats.client_responses += 1;
+                    let upstream_seen =
+                        response.status == 404 && self.upstream_seen(key.0, &request, ts_ns);
+                    out.push(FlowEvent::Exchange {
+                        origin,
+                        request,
+                        response,
+                        response_ts_ns: ts_ns,
+                        upstream_seen,
+                    });
+                }
+                H2Event::Unanswered { request, ts_ns } => {
+                    self.stats.client_requests += 1;
+                    if request.websocket {
+                        out.push(FlowEvent::WsReset {
+                            origin,
+                            request,
+                            ts_ns,
+                        });
+                    } else {
+                        self.stats.unanswered_client_requests += 1;
+                    }
                 }
             }
         }
@@ -819,6 +933,15 @@ impl Flows {
         out: &mut Vec<FlowEvent>,
     ) {
         let key = (origin.tgid, conn);
+        let mut h2_out = std::mem::take(&mut self.h2_buf);
+        h2_out.clear();
+        if self.h2.close(key, ts, &mut h2_out) {
+            self.stats.h2 = *self.h2.stats();
+            self.emit_h2(key, origin, &mut h2_out, out);
+            self.h2_buf = h2_out;
+            return;
+        }
+        self.h2_buf = h2_out;
         // Heads still waiting for their rest are all there will be.
         for dir in [Direction::Read, Direction::Write] {
             let stash = self

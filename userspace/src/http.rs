@@ -111,6 +111,8 @@ impl ParseError {
 pub enum Version {
     Http10,
     Http11,
+    /// Decoded from HTTP/2 frames (`h2`): no reason phrase, lowercase header names.
+    H2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,7 +130,7 @@ pub enum Method {
 }
 
 impl Method {
-    fn from_token(token: &[u8]) -> Self {
+    pub(crate) fn from_token(token: &[u8]) -> Self {
         match token {
             b"GET" => Self::Get,
             b"HEAD" => Self::Head,
@@ -474,7 +476,7 @@ pub enum HeaderId {
 }
 
 impl HeaderId {
-    fn from_name(name: &str) -> Self {
+    pub(crate) fn from_name(name: &str) -> Self {
         // Dispatch on the length first: one comparison per header instead of seven.
         let (want, id) = match name.len() {
             4 => ("date", HeaderId::Date),

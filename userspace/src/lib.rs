@@ -2,7 +2,7 @@
 //! fails WebSocket upgrades, from kernel observations of the replicas' sockets.
 //!
 //! Stages, in data-flow order: [`discovery`] → [`sensor`] → [`event`] → [`flows`] (with
-//! [`http`]) → [`classify`] → [`aggregate`] → [`metrics`]. Only `sensor` touches aya;
+//! [`http`] and [`h2`]) → [`classify`] → [`aggregate`] → [`metrics`]. Only `sensor` touches aya;
 //! everything after it is driven by plain [`event::Event`] values and tested with canned
 //! events. [`pipeline`] strings the post-sensor stages together and [`agent`] runs it all.
 
@@ -13,6 +13,7 @@ pub mod config;
 pub mod discovery;
 pub mod event;
 pub mod flows;
+pub mod h2;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

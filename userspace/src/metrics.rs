@@ -156,7 +156,7 @@ pub struct PipelineMetrics {
     pub evicted_connections: Family<ReasonLabels, Counter>,
     /// Requests not tracked because a connection had too many in flight.
     pub pending_overflow: Counter,
-    /// Data events not parsed (`after_upgrade`, `continuation`).
+    /// Data events not parsed (`after_upgrade`, `continuation`, `h2_desync`).
     pub skipped_data: Family<ReasonLabels, Counter>,
     /// Connection-level oddities (`reused_without_close`, `untracked_close`,
     /// `unseen_upgrade`, `interim_response`, `upstream_log_full`).
@@ -172,6 +172,8 @@ pub struct PipelineMetrics {
     pub signature_without_body: Counter,
     /// Client requests with a present but invalid Host.
     pub invalid_hosts: Counter,
+    /// HTTP/2 streams that could not be classified, by [`crate::h2::Reason`].
+    pub h2_unclassified: Family<ReasonLabels, Counter>,
     /// Connections currently tracked.
     pub connections: Gauge,
     /// Replicas whose series were removed after they left the target set.
@@ -195,6 +197,7 @@ impl PipelineMetrics {
             signature_with_upstream: Counter::default(),
             signature_without_body: Counter::default(),
             invalid_hosts: Counter::default(),
+            h2_unclassified: Family::default(),
             connections: Gauge::default(),
             removed_replicas: Counter::default(),
         };
@@ -214,7 +217,12 @@ impl PipelineMetrics {
                 .evicted_connections
                 .get_or_create(&ReasonLabels { reason });
         }
-        for reason in ["after_upgrade", "continuation"] {
+        for r in crate::h2::Reason::ALL {
+            let _ = m
+                .h2_unclassified
+                .get_or_create(&ReasonLabels { reason: r.as_str() });
+        }
+        for reason in ["after_upgrade", "continuation", "h2_desync"] {
             let _ = m.skipped_data.get_or_create(&ReasonLabels { reason });
         }
         for kind in [
@@ -296,6 +304,11 @@ impl PipelineMetrics {
             "invalid_hosts",
             "Client requests with an invalid Host header",
             m.invalid_hosts.clone(),
+        );
+        r.register(
+            "h2_unclassified",
+            "HTTP/2 streams not classified (decoder out of sync, limits), by reason",
+            m.h2_unclassified.clone(),
         );
         r.register(
             "connections",

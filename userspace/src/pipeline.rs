@@ -74,6 +74,8 @@ struct StatCounters {
     evicted_idle: Counter,
     skipped_after_upgrade: Counter,
     skipped_continuation: Counter,
+    skipped_h2_desync: Counter,
+    h2_unclassified: [Counter; crate::h2::Reason::ALL.len()],
     reused_without_close: Counter,
     untracked_close: Counter,
     unseen_upgrade: Counter,
@@ -103,6 +105,9 @@ impl StatCounters {
             evicted_idle: get(&p.evicted_connections, reason("idle")),
             skipped_after_upgrade: get(&p.skipped_data, reason("after_upgrade")),
             skipped_continuation: get(&p.skipped_data, reason("continuation")),
+            skipped_h2_desync: get(&p.skipped_data, reason("h2_desync")),
+            h2_unclassified: crate::h2::Reason::ALL
+                .map(|r| get(&p.h2_unclassified, reason(r.as_str()))),
             reused_without_close: get(&p.connection_anomalies, kind("reused_without_close")),
             untracked_close: get(&p.connection_anomalies, kind("untracked_close")),
             unseen_upgrade: get(&p.connection_anomalies, kind("unseen_upgrade")),
@@ -370,6 +375,26 @@ impl Pipeline {
                 was.upstream_log_full,
             );
             add(&p.invalid_hosts, now.invalid_hosts, was.invalid_hosts);
+            let (h2, h2_was) = (&now.h2, &was.h2);
+            for (i, counter) in c.h2_unclassified.iter().enumerate() {
+                add(counter, h2.unclassified[i], h2_was.unclassified[i]);
+            }
+            add(
+                &c.skipped_h2_desync,
+                h2.skipped_records,
+                h2_was.skipped_records,
+            );
+            add(
+                &c.unmatched_client,
+                h2.unmatched_responses,
+                h2_was.unmatched_responses,
+            );
+            add(
+                &c.interim_response,
+                h2.interim_responses,
+                h2_was.interim_responses,
+            );
+            add(&p.invalid_hosts, h2.invalid_hosts, h2_was.invalid_hosts);
             self.synced_flows = *now;
         }
         let now_c = *self.classifier.stats();

@@ -96,6 +96,10 @@ pub mod conn_flags {
     /// The watched process wrote a request on it before anything else was captured: the
     /// far end is an upstream, so what the process reads from it are responses.
     pub const UPSTREAM: u32 = 2;
+    /// Go TLS only: the process read the HTTP/2 client preface on it. Every later
+    /// Read/Write is copied (up to the capture length), whatever it starts with: HPACK
+    /// needs every header block of the connection, in order.
+    pub const H2: u32 = 4;
 }
 
 /// Emitted when a process closes an fd (or a Go TLS connection) that carried captured

@@ -1,5 +1,7 @@
 //! The capture decision shared by every data hook: copy the head of a buffer that starts
-//! an HTTP/1.x message, and keep the per-connection upgrade mark.
+//! an HTTP/1.x message, and keep the per-connection upgrade mark. On a Go TLS connection
+//! that started with the HTTP/2 client preface, copy every buffer: the frame stream is
+//! parsed in userspace (`h2`), where HPACK needs all of it.
 
 use core::ffi::c_void;
 
@@ -14,7 +16,7 @@ use routeskew_common::{
 };
 
 use crate::{
-    filter::{http_start, is_http_response, Start, STATUS_101},
+    filter::{http_start, is_h2_preface, is_http_response, Start, STATUS_101},
     maps::{cfg, count, submit_flags, Counter, CONFIG, CONNS, EVENTS, SOCK_CONNS, TLS_CONNS},
 };
 
@@ -67,6 +69,10 @@ pub fn capture(
             if f & conn_flags::UPGRADED != 0 {
                 return;
             }
+            if f & conn_flags::H2 != 0 {
+                emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, conn);
+                return;
+            }
             (true, f & conn_flags::UPSTREAM != 0)
         }
         None => (false, false),
@@ -97,9 +103,18 @@ pub fn capture(
     let Some((start, reported, upgraded)) = outcome else {
         return;
     };
-    if upgraded || (reported && !known) {
+    if upgraded || start == Start::H2Preface || (reported && !known) {
         let upstream = dir == direction::WRITE && start == Start::Request;
-        remember(prog, conn, cgroup_id, id, fd, upgraded, upstream);
+        let state = if upgraded {
+            conn_flags::UPGRADED
+        } else if start == Start::H2Preface {
+            conn_flags::H2
+        } else if upstream {
+            conn_flags::UPSTREAM
+        } else {
+            0
+        };
+        remember(prog, conn, cgroup_id, id, fd, state);
     }
 }
 
@@ -120,10 +135,18 @@ fn copy_len(ret: u64) -> u32 {
 }
 
 /// Whether a head starts a message, and whether it is a `101` status line. `next` holds
-/// bytes 8..12 when `has_status`.
+/// bytes 8..12 when `has_status`. The HTTP/2 preface only counts where it is read from a
+/// Go TLS connection (the one source whose h2 frames userspace follows).
 #[inline(always)]
-fn judge(head: u64, next: u32, has_status: bool) -> (Start, bool) {
+fn judge(head: u64, next: u32, has_status: bool, dir: u32, conn: Conn) -> (Start, bool) {
     let start = http_start(head);
+    if start == Start::Other
+        && dir == direction::READ
+        && matches!(conn, Conn::Tls(_))
+        && is_h2_preface(head)
+    {
+        return (Start::H2Preface, false);
+    }
     let upgraded = has_status && is_http_response(head) && next == STATUS_101;
     (start, upgraded)
 }
@@ -131,6 +154,7 @@ fn judge(head: u64, next: u32, has_status: bool) -> (Start, bool) {
 #[inline(always)]
 fn reported(start: Start, dir: u32) -> bool {
     start == Start::Request
+        || start == Start::H2Preface
         || dir == direction::WRITE
         || cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES != 0
 }
@@ -169,7 +193,7 @@ fn copy_first(
     } else {
         0
     };
-    let (start, upgraded) = judge(head, next, has_status);
+    let (start, upgraded) = judge(head, next, has_status, dir, conn);
     if start == Start::Other {
         entry.discard(submit_flags());
         return None;
@@ -211,7 +235,7 @@ fn head_first(
         count(prog, Counter::ReadFailure);
         return None;
     };
-    let (start, upgraded) = judge(head, next as u32, ret >= 12);
+    let (start, upgraded) = judge(head, next as u32, ret >= 12, dir, conn);
     if start == Start::Other {
         return None;
     }
@@ -222,26 +246,12 @@ fn head_first(
     Some((start, report, upgraded))
 }
 
-/// Records the connection: known (so that its close is reported), or upgraded (so that
-/// its frames are never copied).
+/// Records the connection: known (so that its close is reported), upgraded (so that its
+/// frames are never copied) or HTTP/2 (so that all of it is).
 #[inline(always)]
-fn remember(
-    prog: u32,
-    conn: Conn,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    upgraded: bool,
-    upstream: bool,
-) {
-    let state = if upgraded {
-        conn_flags::UPGRADED
-    } else if upstream {
-        conn_flags::UPSTREAM
-    } else {
-        0
-    };
-    let mode = u64::from(if upgraded { BPF_ANY } else { BPF_NOEXIST });
+fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, state: u32) {
+    let overrides = state & (conn_flags::UPGRADED | conn_flags::H2) != 0;
+    let mode = u64::from(if overrides { BPF_ANY } else { BPF_NOEXIST });
     let inserted = match conn {
         Conn::Fd(key) => CONNS.insert(
             key,

@@ -96,6 +96,8 @@ pub enum Start {
     Request,
     /// A status line (`HTTP/1.`).
     Response,
+    /// The HTTP/2 client preface, read on a Go TLS connection.
+    H2Preface,
 }
 
 /// Classifies the first 8 bytes of a buffer (little-endian).
@@ -119,6 +121,13 @@ pub fn http_start(head: u64) -> Start {
 #[inline(always)]
 pub fn is_http_response(head: u64) -> bool {
     head == word(b"HTTP/1.1") || head == word(b"HTTP/1.0")
+}
+
+/// Whether the first 8 bytes start the HTTP/2 client preface
+/// (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). Go's h2 server reads the 24 bytes in one Read.
+#[inline(always)]
+pub fn is_h2_preface(head: u64) -> bool {
+    head == word(b"PRI * HT")
 }
 
 /// Bytes 8..12 of a `101 Switching Protocols` status line.

@@ -32,6 +32,22 @@ use crate::{
 };
 
 #[inline(always)]
+fn tls_flags(id: u64, conn: u64) -> Option<u32> {
+    let key = TlsConnKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        conn,
+    };
+    TLS_CONNS.get_ptr(&key).map(|s| unsafe { (*s).flags })
+}
+
+/// An HTTP/2 connection whose frames are all copied.
+#[inline(always)]
+fn is_h2(flags: Option<u32>) -> bool {
+    matches!(flags, Some(f) if f & (conn_flags::H2 | conn_flags::UPGRADED) == conn_flags::H2)
+}
+
+#[inline(always)]
 fn tls_key(id: u64, conn: u64) -> Conn {
     Conn::Tls(TlsConnKey {
         tgid: (id >> 32) as u32,
@@ -48,10 +64,24 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
     };
     let regs = unsafe { &*ctx.regs };
     let (conn, buf, len) = (regs.rax, regs.rbx, regs.rcx as i64);
+    let id = pid_tgid();
     if len < MIN_LEN {
+        // Only an HTTP/2 connection wants short writes (a frame split by Go's buffered
+        // writer); the lookup is paid by short writes alone.
+        if len > 0 && is_h2(tls_flags(id, conn)) {
+            emit_data(
+                program::GO_TLS_WRITE,
+                direction::WRITE,
+                cgroup_id,
+                id,
+                0,
+                buf,
+                len as u64,
+                tls_key(id, conn),
+            );
+        }
         return 0;
     }
-    let id = pid_tgid();
     capture(
         program::GO_TLS_WRITE,
         direction::WRITE,
@@ -115,8 +145,25 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
     if ahead.is_some() {
         let _ = TLS_AHEAD.remove(&conn);
     }
-    if n == 1 {
-        keep_ahead(prog, conn, read.buf);
+    // Short reads: an HTTP/2 frame header's rest or a small payload (WINDOW_UPDATE,
+    // RST_STREAM), or Go's 1-byte background read of an HTTP/1 connection. One lookup
+    // tells them apart; longer reads get it in `capture`.
+    if n == 1 || (ahead.is_none() && n > 0 && n < MIN_LEN) {
+        let flags = TLS_CONNS.get_ptr(&conn).map(|s| unsafe { (*s).flags });
+        if is_h2(flags) {
+            emit_data(
+                prog,
+                direction::READ,
+                read.cgroup_id,
+                id,
+                0,
+                read.buf,
+                n as u64,
+                Conn::Tls(conn),
+            );
+        } else if n == 1 {
+            keep_ahead(prog, conn, read.buf, flags);
+        }
         return 0;
     }
     match ahead {
@@ -141,11 +188,11 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
 /// A 1-byte Read on a connection that carried HTTP (Go's background read while a handler
 /// runs): keep the byte for the connection's next Read.
 #[inline(always)]
-fn keep_ahead(prog: u32, conn: TlsConnKey, buf: u64) {
-    let Some(flags) = TLS_CONNS.get_ptr(&conn).map(|s| unsafe { (*s).flags }) else {
+fn keep_ahead(prog: u32, conn: TlsConnKey, buf: u64, flags: Option<u32>) {
+    let Some(flags) = flags else {
         return;
     };
-    if flags & conn_flags::UPGRADED != 0 {
+    if flags & (conn_flags::UPGRADED | conn_flags::H2) != 0 {
         return;
     }
     let Ok(byte) = (unsafe { bpf_probe_read_user(buf as *const u8) }) else {

@@ -1,0 +1,490 @@
+//! One HTTP/2 connection: its two frame streams, the two HPACK decoders (client → server
+//! for requests, server → client for responses), and the streams waiting for an answer.
+
+use loona_hpack::Decoder;
+
+use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
+use super::{H2Event, H2Stats, Reason};
+use crate::flows::ClientRequest;
+use crate::http::{self, HeaderId, HeaderList, Host, Method, ProbeRef, ResponseHead, Version};
+
+/// The client connection preface (RFC 9113 §3.4), which opens the read direction.
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Largest header block (all its fragments) kept for decoding. Go's server refuses request
+/// header lists above 1 MB, but real blocks are a few hundred bytes: one that is larger is
+/// counted, not buffered.
+pub const MAX_BLOCK: usize = 16 << 10;
+/// Streams of one connection waiting for a response; Go's server allows 250 at once.
+pub const MAX_STREAMS: usize = 256;
+/// Largest dynamic table either side may announce. Go's encoder and decoder stay at 4096
+/// unless configured otherwise; a size update above this is an HPACK error, so each
+/// decoder holds at most this much.
+const MAX_TABLE: usize = 64 << 10;
+
+/// Directions as indices: 0 = Read (client → Traefik), 1 = Write (Traefik → client).
+pub const READ: usize = 0;
+pub const WRITE: usize = 1;
+
+#[derive(Debug)]
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    /// A PUSH_PROMISE's block: decoded for the table's sake, then dropped.
+    promise: bool,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Stream {
+    id: u32,
+    request: ClientRequest,
+    /// A 404 waiting for its body (the router-miss signature needs it).
+    response: Option<ResponseHead>,
+}
+
+struct Inner {
+    decoders: [Decoder<'static>; 2],
+    blocks: [Option<Block>; 2],
+    streams: Vec<Stream>,
+    desync: [Option<Reason>; 2],
+    /// Bytes of the client preface still to check at the start of the read direction.
+    preface_left: usize,
+}
+
+pub struct H2Conn {
+    readers: [FrameReader; 2],
+    inner: Inner,
+    pub last_seen: u64,
+}
+
+impl std::fmt::Debug for H2Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Conn")
+            .field("streams", &self.inner.streams.len())
+            .field("desync", &self.inner.desync)
+            .finish()
+    }
+}
+
+fn decoder() -> Decoder<'static> {
+    let mut d = Decoder::new();
+    d.set_max_allowed_table_size(MAX_TABLE);
+    d
+}
+
+impl H2Conn {
+    pub fn new(ts: u64) -> Self {
+        H2Conn {
+            readers: Default::default(),
+            inner: Inner {
+                decoders: [decoder(), decoder()],
+                blocks: [None, None],
+                streams: Vec::new(),
+                desync: [None, None],
+                preface_left: PREFACE.len(),
+            },
+            last_seen: ts,
+        }
+    }
+
+    /// Bytes held in buffers (frames and header blocks in progress; the HPACK tables are
+    /// bounded separately by `MAX_TABLE`).
+    pub fn buffered(&self) -> usize {
+        self.readers
+            .iter()
+            .map(FrameReader::buffered)
+            .sum::<usize>()
+            + self
+                .inner
+                .blocks
+                .iter()
+                .flatten()
+                .map(|b| b.bytes.capacity())
+                .sum::<usize>()
+    }
+
+    /// Whether a direction lost sync.
+    pub fn desync(&self, dir: usize) -> Option<Reason> {
+        self.inner.desync[dir]
+    }
+
+    /// One record of direction `dir`: `bytes` captured of `total_len` transferred.
+    pub fn feed(
+        &mut self,
+        dir: usize,
+        ts: u64,
+        mut bytes: &[u8],
+        total_len: u64,
+        stats: &mut H2Stats,
+        out: &mut Vec<H2Event>,
+    ) {
+        self.last_seen = self.last_seen.max(ts);
+        if self.inner.desync[dir].is_some() {
+            stats.skipped_records += 1;
+            return;
+        }
+        let gap = total_len.saturating_sub(bytes.len() as u64);
+        if dir == READ && self.inner.preface_left > 0 {
+            let done = PREFACE.len() - self.inner.preface_left;
+            let n = self.inner.preface_left.min(bytes.len());
+            if bytes[..n] != PREFACE[done..done + n] {
+                self.lose(dir, Reason::Frame, stats);
+                return;
+            }
+            self.inner.preface_left -= n;
+            bytes = &bytes[n..];
+            if self.inner.preface_left > 0 && gap > 0 {
+                self.lose(dir, Reason::HeaderGap, stats);
+                return;
+            }
+        }
+        let max_keep =
+            MAX_BLOCK.saturating_sub(self.inner.blocks[dir].as_ref().map_or(0, |b| b.bytes.len()));
+        let inner = &mut self.inner;
+        let result = self.readers[dir].feed(bytes, gap, max_keep, &mut |f: Frame<'_>| {
+            inner.on_frame(dir, ts, f, stats, out)
+        });
+        let reason = match result {
+            Ok(()) => return,
+            Err(FeedError::Frame(FrameError::Gap)) => Reason::HeaderGap,
+            Err(FeedError::Frame(FrameError::BlockTooLarge)) => Reason::BlockTooLarge,
+            Err(FeedError::Frame(FrameError::BadPadding)) => Reason::Frame,
+            Err(FeedError::Handler(r)) => r,
+        };
+        self.lose(dir, reason, stats);
+    }
+
+    /// Gives up on a direction: its frames can no longer be delimited or its header
+    /// blocks decoded. Every stream in flight is counted as unclassified; so is every
+    /// request seen later on this connection.
+    pub fn lose(&mut self, dir: usize, reason: Reason, stats: &mut H2Stats) {
+        if self.inner.desync.iter().all(Option::is_none) {
+            stats.desynced_connections += 1;
+        }
+        self.inner.desync[dir] = Some(reason);
+        stats.unclassify(reason, self.inner.streams.len() as u64);
+        self.inner.streams.clear();
+        self.inner.blocks = [None, None];
+        self.readers[dir] = FrameReader::default();
+        tracing::debug!(
+            direction = dir,
+            reason = reason.as_str(),
+            "HTTP/2 decoder lost sync"
+        );
+    }
+
+    /// The connection ended (closed, expired): a 404 still waiting for its body is
+    /// classified with what came of it, a request without a response is unanswered.
+    pub fn end(self, ts: u64, out: &mut Vec<H2Event>) {
+        for s in self.inner.streams {
+            out.push(s.finish(ts));
+        }
+    }
+
+    /// Ended by eviction: the streams in flight are counted, not guessed.
+    pub fn evict(self, stats: &mut H2Stats) {
+        stats.unclassify(Reason::ConnLimit, self.inner.streams.len() as u64);
+    }
+}
+
+impl Stream {
+    fn finish(self, ts: u64) -> H2Event {
+        match self.response {
+            Some(response) => H2Event::Exchange {
+                request: self.request,
+                response,
+                ts_ns: ts,
+            },
+            None => H2Event::Unanswered {
+                request: self.request,
+                ts_ns: ts,
+            },
+        }
+    }
+}
+
+impl Inner {
+    fn on_frame(
+        &mut self,
+        dir: usize,
+        ts: u64,
+        f: Frame<'_>,
+        stats: &mut H2Stats,
+        out: &mut Vec<H2Event>,
+    ) -> Result<(), Reason> {
+        let h = f.header;
+        if let Some(b) = &mut self.blocks[dir] {
+            // Nothing may come between a header block's frames (RFC 9113 §6.10).
+            if h.kind != kind::CONTINUATION || h.stream != b.stream {
+                return Err(Reason::Frame);
+            }
+            if b.bytes.len() + f.payload.len() > MAX_BLOCK {
+                return Err(Reason::BlockTooLarge);
+            }
+            b.bytes.extend_from_slice(f.payload);
+            if h.has(flag::END_HEADERS) {
+                if let Some(b) = self.blocks[dir].take() {
+                    self.on_block(dir, ts, b, stats, out)?;
+                }
+            }
+            return Ok(());
+        }
+        match h.kind {
+            kind::HEADERS | kind::PUSH_PROMISE => {
+                if h.stream == 0 || (h.kind == kind::PUSH_PROMISE && dir == READ) {
+                    return Err(Reason::Frame);
+                }
+                let b = Block {
+                    stream: h.stream,
+                    end_stream: h.kind == kind::HEADERS && h.has(flag::END_STREAM),
+                    promise: h.kind == kind::PUSH_PROMISE,
+                    bytes: f.payload.to_vec(),
+                };
+                if h.has(flag::END_HEADERS) {
+                    self.on_block(dir, ts, b, stats, out)?;
+                } else {
+                    self.blocks[dir] = Some(b);
+                }
+            }
+            kind::CONTINUATION => return Err(Reason::Frame),
+            kind::DATA if dir == WRITE => self.on_response_data(ts, &f, out),
+            kind::RST_STREAM => {
+                if let Some(i) = self.streams.iter().position(|s| s.id == h.stream) {
+                    let s = self.streams.swap_remove(i);
+                    if s.response.is_none() {
+                        stats.resets += 1;
+                    }
+                    out.push(s.finish(ts));
+                }
+            }
+            kind::GOAWAY if dir == WRITE => {
+                // Streams above the last one the server processed never will be; the
+                // others still get their responses.
+                let last = f.payload.get(..4).map_or(0, |b| {
+                    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff
+                });
+                let mut i = 0;
+                while i < self.streams.len() {
+                    if self.streams[i].id > last {
+                        out.push(self.streams.swap_remove(i).finish(ts));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_response_data(&mut self, ts: u64, f: &Frame<'_>, out: &mut Vec<H2Event>) {
+        let Some(i) = self.streams.iter().position(|s| s.id == f.header.stream) else {
+            return;
+        };
+        let s = &mut self.streams[i];
+        let Some(r) = &mut s.response else {
+            return;
+        };
+        let room = r.body_prefix.remaining_capacity();
+        let _ = r
+            .body_prefix
+            .try_extend_from_slice(&f.payload[..f.payload.len().min(room)]);
+        if f.lost || f.header.has(flag::END_STREAM) || r.body_prefix.is_full() {
+            out.push(self.streams.swap_remove(i).finish(ts));
+        }
+    }
+
+    fn on_block(
+        &mut self,
+        dir: usize,
+        ts: u64,
+        b: Block,
+        stats: &mut H2Stats,
+        out: &mut Vec<H2Event>,
+    ) -> Result<(), Reason> {
+        let mut fields = Fields::default();
+        self.decoders[dir]
+            .decode_with_cb(&b.bytes, |name, value| fields.add(dir, &name, &value))
+            .map_err(|_| Reason::Hpack)?;
+        if b.promise {
+            return Ok(());
+        }
+        if dir == READ {
+            self.on_request(ts, b.stream, fields, stats);
+        } else {
+            self.on_response(ts, b.stream, b.end_stream, fields, stats, out);
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, ts: u64, stream: u32, f: Fields, stats: &mut H2Stats) {
+        if self.streams.iter().any(|s| s.id == stream) {
+            // Trailers of a request body.
+            return;
+        }
+        let Some(method) = f.method else {
+            // Trailers of a stream no longer tracked, or a malformed request.
+            return;
+        };
+        stats.requests += 1;
+        if let Some(reason) = self.desync[WRITE] {
+            // Its response could never be read.
+            stats.unclassify(reason, 1);
+            return;
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            stats.unclassify(Reason::StreamLimit, 1);
+            return;
+        }
+        let host = match (&f.authority, &f.host) {
+            (Some(a), _) => http::normalize_host(a),
+            (None, Some(h)) => http::normalize_host(h),
+            (None, None) => Host::Missing,
+        };
+        if host == Host::Invalid {
+            stats.invalid_hosts += 1;
+        }
+        let path = f.path.as_deref().unwrap_or_default();
+        // RFC 8441: WebSocket over HTTP/2 is a CONNECT with `:protocol: websocket`.
+        let websocket = method == b"CONNECT"
+            && f.protocol
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"));
+        // CONNECT has no `:path` unless extended; HTTP/1 writes its authority as target.
+        let target: &[u8] = if method == b"CONNECT" && f.path.is_none() {
+            f.authority.as_deref().unwrap_or_default()
+        } else {
+            path
+        };
+        let ua = f.user_agent.as_deref().unwrap_or_default();
+        self.streams.push(Stream {
+            id: stream,
+            request: ClientRequest {
+                ts_ns: ts,
+                method: Method::from_token(&method),
+                host,
+                target: http::target_hash(&method, target),
+                websocket,
+                probe: ua.starts_with(http::PROBE_USER_AGENT_PREFIX),
+                probe_ref: if ua.is_empty() {
+                    ProbeRef::None
+                } else {
+                    http::probe_ref_of(ua)
+                },
+            },
+            response: None,
+        });
+    }
+
+    fn on_response(
+        &mut self,
+        ts: u64,
+        stream: u32,
+        end_stream: bool,
+        f: Fields,
+        stats: &mut H2Stats,
+        out: &mut Vec<H2Event>,
+    ) {
+        let Some(i) = self.streams.iter().position(|s| s.id == stream) else {
+            // Trailers, or the answer to a stream not tracked (counted when dropped).
+            if f.status.is_some() && self.desync[READ].is_none() {
+                stats.unmatched_responses += 1;
+            }
+            return;
+        };
+        if self.streams[i].response.is_some() {
+            // Trailers after a 404's headers: the body is complete.
+            out.push(self.streams.swap_remove(i).finish(ts));
+            return;
+        }
+        let Some(status) = f.status else {
+            return;
+        };
+        if (100..200).contains(&status) {
+            stats.interim_responses += 1;
+            return;
+        }
+        stats.responses += 1;
+        let response = ResponseHead {
+            version: Version::H2,
+            status,
+            reason: Default::default(),
+            headers: f.headers,
+            content_type: f.content_type.map(|v| http::cut_str(&v)),
+            x_content_type_options: f.x_content_type_options.map(|v| http::cut_str(&v)),
+            content_length: f.content_length,
+            chunked: false,
+            body_prefix: Default::default(),
+            truncated: f.too_many_headers,
+        };
+        let s = &mut self.streams[i];
+        s.response = Some(response);
+        // Only a 404's body matters; anything else is classified on its headers.
+        if status != 404 || end_stream {
+            out.push(self.streams.swap_remove(i).finish(ts));
+        }
+    }
+}
+
+/// What a header block says that matters here. Values are owned: the decoder lends them
+/// only for the duration of the callback.
+#[derive(Default)]
+struct Fields {
+    method: Option<Vec<u8>>,
+    authority: Option<Vec<u8>>,
+    host: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    protocol: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+    status: Option<u16>,
+    headers: HeaderList,
+    too_many_headers: bool,
+    content_type: Option<Vec<u8>>,
+    x_content_type_options: Option<Vec<u8>>,
+    content_length: Option<u64>,
+}
+
+impl Fields {
+    fn add(&mut self, dir: usize, name: &[u8], value: &[u8]) {
+        let set = |slot: &mut Option<Vec<u8>>| {
+            if slot.is_none() {
+                *slot = Some(value.to_vec());
+            }
+        };
+        if dir == READ {
+            match name {
+                b":method" => set(&mut self.method),
+                b":authority" => set(&mut self.authority),
+                b":path" => set(&mut self.path),
+                b":protocol" => set(&mut self.protocol),
+                b"host" => set(&mut self.host),
+                b"user-agent" => set(&mut self.user_agent),
+                _ => {}
+            }
+            return;
+        }
+        if name == b":status" {
+            self.status = std::str::from_utf8(value)
+                .ok()
+                .filter(|s| s.len() == 3)
+                .and_then(|s| s.parse().ok());
+            return;
+        }
+        if name.starts_with(b":") {
+            return;
+        }
+        let id = std::str::from_utf8(name).map_or(HeaderId::Other, HeaderId::from_name);
+        if self.headers.try_push(id).is_err() {
+            self.too_many_headers = true;
+        }
+        match id {
+            HeaderId::ContentType => set(&mut self.content_type),
+            HeaderId::XContentTypeOptions => set(&mut self.x_content_type_options),
+            HeaderId::ContentLength if self.content_length.is_none() => {
+                self.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! HTTP/2 inside Go TLS connections: Traefik negotiates h2 (ALPN) with every TLS client
+//! that offers it, so on `websecure` most browser, curl and cloudflared traffic is h2.
+//!
+//! # Method: HPACK decoding of the captured frames
+//!
+//! The kernel marks a Go TLS connection as h2 when `crypto/tls.(*Conn).Read` returns the
+//! client preface, and from then on copies every Read and Write of it (up to the capture
+//! length). Here each direction is rebuilt as a frame stream ([`frames`]), the header
+//! blocks are decoded with a real HPACK decoder per direction ([`conn`]), and each
+//! stream's request (`:method`, `:authority`, `:path`, `:protocol`) is paired with its
+//! response (`:status`, header names in order, the first bytes of a 404's DATA) to give
+//! the same [`crate::flows::FlowEvent::Exchange`] as HTTP/1, classified by the same rules.
+//!
+//! The alternative, uprobes on Go's `net/http` h2 internals (`writeResHeaders`,
+//! `http.NotFound`, the server's stream state), would need field offsets of unexported
+//! structs of each Go version; the release binary is stripped of DWARF, so those offsets
+//! could only be hard-coded per Go version and would silently break on the next one. The
+//! frame format and HPACK are fixed by RFCs and need nothing from the binary beyond the
+//! two `crypto/tls` functions the HTTP/1 capture already uses. The price is copying every
+//! frame of h2 connections instead of message heads only, and the honesty rule below.
+//!
+//! # Honest resynchronisation
+//!
+//! HPACK state is cumulative: a header block can only be decoded if every earlier block
+//! of the same direction was. A capture gap (a Read/Write longer than the capture length)
+//! inside a DATA payload is skipped exactly, since the frame lengths are known; a gap that
+//! covers a frame header or part of a header block, an HPACK error or a malformed frame
+//! sequence ends that direction for the rest of the connection. Every stream in flight
+//! then, and every request seen afterwards, is counted in [`H2Stats::unclassified`] by
+//! [`Reason`], never classified on a guess. The connection's next preface (a new
+//! connection at the same address) starts afresh.
+//!
+//! # Limits
+//!
+//! Connections with h2 state, streams per connection and header block bytes are capped
+//! (`MAX_CONNECTIONS`, [`conn::MAX_STREAMS`], [`conn::MAX_BLOCK`], and all buffers together
+//! by `MAX_BUFFERED`); whatever a cap drops is counted with its own reason. The server's
+//! first SETTINGS frame is written before the preface is read and is not seen; nothing
+//! here needs it (table size changes are announced inside the header blocks). WebSocket
+//! over h2 (RFC 8441 extended CONNECT) is recognised and its answer classified, but the
+//! stream's later life (early close) is not followed.
+
+pub mod capture;
+pub mod conn;
+pub mod frames;
+#[cfg(test)]
+mod tests;
+
+use crate::flows::ClientRequest;
+use crate::http::ResponseHead;
+
+pub use conn::{H2Conn, PREFACE, READ, WRITE};
+
+/// Why streams could not be classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A capture gap covered a frame header or part of a header block.
+    HeaderGap,
+    /// The HPACK decoder rejected a header block.
+    Hpack,
+    /// Frames in an order or shape HTTP/2 forbids (garbage, or a misread stream).
+    Frame,
+    /// A header block larger than [`conn::MAX_BLOCK`].
+    BlockTooLarge,
+    /// More than [`conn::MAX_STREAMS`] streams waiting on one connection.
+    StreamLimit,
+    /// The connection's state was evicted to make room for another one.
+    ConnLimit,
+    /// All h2 connections together buffered more than the global limit.
+    BufferLimit,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Self::HeaderGap,
+        Self::Hpack,
+        Self::Frame,
+        Self::BlockTooLarge,
+        Self::StreamLimit,
+        Self::ConnLimit,
+        Self::BufferLimit,
+    ];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeaderGap => "header_gap",
+            Self::Hpack => "hpack",
+            Self::Frame => "frame",
+            Self::BlockTooLarge => "block_too_large",
+            Self::StreamLimit => "stream_limit",
+            Self::ConnLimit => "connection_limit",
+            Self::BufferLimit => "buffer_limit",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Counters of the h2 tracker. Monotonic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct H2Stats {
+    /// Streams that could not be classified, indexed like [`Reason::ALL`].
+    pub unclassified: [u64; Reason::ALL.len()],
+    pub connections: u64,
+    pub requests: u64,
+    pub responses: u64,
+    /// Requests ended by RST_STREAM before any response.
+    pub resets: u64,
+    pub interim_responses: u64,
+    /// Responses on streams whose request was never seen.
+    pub unmatched_responses: u64,
+    pub invalid_hosts: u64,
+    /// Connections on which a direction lost sync.
+    pub desynced_connections: u64,
+    /// Records of a direction that had lost sync, not parsed.
+    pub skipped_records: u64,
+}
+
+impl H2Stats {
+    pub fn unclassified_of(&self, r: Reason) -> u64 {
+        self.unclassified[r.index()]
+    }
+
+    fn unclassify(&mut self, r: Reason, streams: u64) {
+        self.unclassified[r.index()] += streams;
+    }
+}
+
+/// What a connection yields, in order.
+// Like `FlowEvent`: the exchange is the common and large variant, boxing would allocate
+// per response.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum H2Event {
+    Exchange {
+        request: ClientRequest,
+        response: ResponseHead,
+        ts_ns: u64,
+    },
+    /// A request ended without a response: RST_STREAM, GOAWAY above its id, or the
+    /// connection's end.
+    Unanswered { request: ClientRequest, ts_ns: u64 },
+}
+
+/// Connections with h2 state (each holds two HPACK tables of a few KiB).
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Frame and header block buffers of all connections together.
+pub const MAX_BUFFERED: usize = 8 << 20;
+
+/// The h2 state of every connection, keyed like the flow tracker's connections.
+pub struct H2Conns<K> {
+    conns: foldhash::HashMap<K, H2Conn>,
+    buffered: usize,
+    max_connections: usize,
+    stats: H2Stats,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
+    pub fn new(max_connections: usize) -> Self {
+        H2Conns {
+            conns: foldhash::HashMap::default(),
+            buffered: 0,
+            max_connections: max_connections.max(1),
+            stats: H2Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &H2Stats {
+        &self.stats
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.conns.contains_key(key)
+    }
+
+    /// Starts tracking `key`, whose read direction begins with the preface. A connection
+    /// already tracked under the key (its close was lost) ends first.
+    pub fn open(&mut self, key: K, ts: u64, out: &mut Vec<H2Event>) {
+        self.close(key, ts, out);
+        while self.conns.len() >= self.max_connections {
+            // Rare (at capacity only): a scan is cheaper than keeping an order.
+            let Some(oldest) = self
+                .conns
+                .iter()
+                .min_by_key(|(_, c)| c.last_seen)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(c) = self.conns.remove(&oldest) {
+                self.buffered = self.buffered.saturating_sub(c.buffered());
+                c.evict(&mut self.stats);
+            }
+        }
+        self.stats.connections += 1;
+        self.conns.insert(key, H2Conn::new(ts));
+    }
+
+    /// A record of a tracked connection (`false` when `key` is not tracked).
+    pub fn feed(
+        &mut self,
+        key: K,
+        dir: usize,
+        ts: u64,
+        bytes: &[u8],
+        total_len: u64,
+        out: &mut Vec<H2Event>,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        let before = c.buffered();
+        let stats = &mut self.stats;
+        c.feed(dir, ts, bytes, total_len, stats, out);
+        let after = c.buffered();
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        if self.buffered > MAX_BUFFERED {
+            let held = c.buffered();
+            c.lose(dir, Reason::BufferLimit, stats);
+            self.buffered = self
+                .buffered
+                .saturating_sub(held.saturating_sub(c.buffered()));
+        }
+        true
+    }
+
+    /// The connection closed: its open streams end.
+    pub fn close(&mut self, key: K, ts: u64, out: &mut Vec<H2Event>) -> bool {
+        let Some(c) = self.conns.remove(&key) else {
+            return false;
+        };
+        self.buffered = self.buffered.saturating_sub(c.buffered());
+        c.end(ts, out);
+        true
+    }
+
+    /// Ends connections idle since before `horizon`.
+    pub fn expire(&mut self, horizon: u64, out: &mut Vec<H2Event>) {
+        let stale: Vec<K> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_seen < horizon)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.close(k, horizon, out);
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! Golden captures of real Traefik 3.7.15 h2 connections (curl over `websecure`, written
+//! by the kernel test `traefik_websecure_h2_frames_are_captured`), and synthetic frame
+//! streams built with an HPACK encoder for the shapes curl does not produce.
+
+#![allow(clippy::unwrap_used)]
+
+use loona_hpack::Encoder;
+
+use super::capture::{self, Record};
+use super::frames::{flag, kind};
+use super::*;
+use crate::classify::{router_miss_signature, Classifier, HttpClass, Observation, Signature};
+use crate::event::{ConnId, Direction, Event, EventKind, Origin};
+use crate::flows::{FlowConfig, FlowEvent, Flows};
+
+const ROUTER_MISS: &[u8] = include_bytes!("fixtures/traefik_h2_router_miss.bin");
+const ROUTED: &[u8] = include_bytes!("fixtures/traefik_h2_routed.bin");
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.push(kind);
+    v.push(flags);
+    v.extend_from_slice(&stream.to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn read(bytes: &[u8]) -> Record {
+    Record::Data {
+        direction: Direction::Read,
+        total_len: bytes.len() as u64,
+        bytes: bytes.to_vec(),
+    }
+}
+
+fn write(bytes: &[u8]) -> Record {
+    Record::Data {
+        direction: Direction::Write,
+        total_len: bytes.len() as u64,
+        bytes: bytes.to_vec(),
+    }
+}
+
+/// A record of which only the first `captured` bytes were copied.
+fn write_cut(bytes: &[u8], captured: usize) -> Record {
+    Record::Data {
+        direction: Direction::Write,
+        total_len: bytes.len() as u64,
+        bytes: bytes[..captured].to_vec(),
+    }
+}
+
+/// Both sides' encoders, which keep dynamic tables like Go's and curl's do.
+struct Peer {
+    client: Encoder<'static>,
+    server: Encoder<'static>,
+}
+
+impl Peer {
+    fn new() -> Self {
+        Peer {
+            client: Encoder::new(),
+            server: Encoder::new(),
+        }
+    }
+
+    fn request(&mut self, host: &str, path: &str) -> Vec<u8> {
+        self.client.encode([
+            (b":method".as_slice(), b"GET".as_slice()),
+            (b":scheme", b"https"),
+            (b":authority", host.as_bytes()),
+            (b":path", path.as_bytes()),
+            (b"user-agent", b"curl/7.88.1"),
+        ])
+    }
+
+    fn router_miss(&mut self) -> Vec<u8> {
+        self.server.encode([
+            (b":status".as_slice(), b"404".as_slice()),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"content-length", b"19"),
+            (b"date", b"Sun, 22 Nov 2026 18:16:00 GMT"),
+        ])
+    }
+
+    fn ok(&mut self) -> Vec<u8> {
+        self.server.encode([
+            (b":status".as_slice(), b"200".as_slice()),
+            (b"content-type", b"text/plain"),
+        ])
+    }
+}
+
+fn preface() -> Record {
+    read(PREFACE)
+}
+
+fn statuses(r: &capture::Replay) -> Vec<Option<u16>> {
+    r.pairs.iter().map(|p| p.status()).collect()
+}
+
+#[test]
+fn real_router_miss_over_h2_matches_the_signature() {
+    let records = capture::decode(ROUTER_MISS).unwrap();
+    let r = capture::replay(&records);
+    assert_eq!(r.desync, None);
+    assert_eq!(statuses(&r), [Some(404), Some(404)]);
+    for (p, path) in r.pairs.iter().zip(["/nothing-here", "/still-nothing"]) {
+        assert!(p.is_get("missing.test", path), "{p:?}");
+        let resp = p.response.as_ref().unwrap();
+        assert_eq!(router_miss_signature(resp), Signature::Full, "{resp:?}");
+    }
+    // The second response's header block is five fields in five bytes: all but `:status`
+    // come from the dynamic table the first response filled, so decoding it proves the
+    // table is carried across streams.
+    let second_block = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Data {
+                direction: Direction::Write,
+                bytes,
+                ..
+            } if bytes.get(3) == Some(&kind::HEADERS) => Some(bytes.clone()),
+            _ => None,
+        })
+        .nth(1)
+        .unwrap();
+    let block = &second_block[9..];
+    assert_eq!(block.len(), 5);
+    assert!(
+        block.iter().filter(|&&b| b >= 0x80 | 62).count() >= 4,
+        "{block:x?}"
+    );
+}
+
+#[test]
+fn relayed_backend_404s_over_h2_do_not_match() {
+    let r = capture::replay(&capture::decode(ROUTED).unwrap());
+    assert_eq!(r.desync, None);
+    assert_eq!(statuses(&r), [Some(404), Some(404), Some(200)]);
+    let sig = |i: usize| router_miss_signature(r.pairs[i].response.as_ref().unwrap());
+    // The backend's JSON 404, and a Go backend's own http.NotFound: same body as Traefik's,
+    // other header order.
+    assert!(r.pairs[0].is_get("routed.test", "/missing"));
+    assert_eq!(sig(0), Signature::NoMatch);
+    assert!(r.pairs[1].is_get("routed.test", "/notfound"));
+    assert_eq!(
+        r.pairs[1].response.as_ref().unwrap().body_prefix.as_slice(),
+        crate::classify::ROUTER_MISS_BODY
+    );
+    assert_eq!(sig(1), Signature::NoMatch);
+    assert_eq!(sig(2), Signature::NoMatch);
+}
+
+fn tls_events(records: &[Record], conn: u64, first_ts: u64) -> Vec<Event> {
+    let origin = Origin {
+        tgid: 7,
+        cgroup_id: 9,
+    };
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Event {
+            ts_ns: first_ts + i as u64,
+            origin,
+            kind: match r {
+                Record::Data {
+                    direction,
+                    total_len,
+                    bytes,
+                } => EventKind::Data {
+                    conn: ConnId::GoTls(conn),
+                    direction: *direction,
+                    total_len: *total_len,
+                    bytes: bytes::Bytes::copy_from_slice(bytes),
+                },
+                Record::Closed => EventKind::Closed {
+                    conn: ConnId::GoTls(conn),
+                    upgraded: false,
+                },
+            },
+        })
+        .collect()
+}
+
+/// The captures through the flow tracker and classifier, interleaved as two concurrent
+/// connections: router miss only for the host Traefik had no router for.
+#[test]
+fn captures_classify_through_the_pipeline() {
+    let miss = tls_events(&capture::decode(ROUTER_MISS).unwrap(), 0xc000_1000, 100);
+    let routed = tls_events(&capture::decode(ROUTED).unwrap(), 0xc000_2000, 100);
+    let mut events: Vec<Event> = miss.into_iter().chain(routed).collect();
+    events.sort_by_key(|e| e.ts_ns);
+    let mut flows = Flows::new(FlowConfig::default());
+    let mut classifier = Classifier::new();
+    let mut fe = Vec::new();
+    for e in &events {
+        flows.handle(e, &mut fe);
+    }
+    let mut obs = Vec::new();
+    for e in fe {
+        classifier.classify(e, &mut obs);
+    }
+    let mut got: Vec<(String, HttpClass)> = obs
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Http { host, class, .. } => {
+                Some((host.name().unwrap_or("-").to_string(), *class))
+            }
+            _ => None,
+        })
+        .collect();
+    got.sort_by_key(|(h, c)| (h.clone(), c.as_str()));
+    assert_eq!(
+        got,
+        [
+            ("missing.test".to_string(), HttpClass::RouterMiss),
+            ("missing.test".to_string(), HttpClass::RouterMiss),
+            ("routed.test".to_string(), HttpClass::ClientError),
+            ("routed.test".to_string(), HttpClass::ClientError),
+            ("routed.test".to_string(), HttpClass::Ok),
+        ]
+    );
+    assert_eq!(flows.connections(), 0, "closes end the h2 state");
+    assert_eq!(flows.stats().h2.requests, 5);
+    assert_eq!(flows.stats().unanswered_client_requests, 0);
+}
+
+#[test]
+fn continuation_and_padding() {
+    let mut peer = Peer::new();
+    let req = peer.request("a.test", "/x");
+    let (a, b) = req.split_at(4);
+    let (b, c) = b.split_at(3);
+    let mut reads = frame(kind::HEADERS, flag::END_STREAM, 1, a);
+    reads.extend(frame(kind::CONTINUATION, 0, 1, b));
+    reads.extend(frame(kind::CONTINUATION, flag::END_HEADERS, 1, c));
+    let resp = peer.router_miss();
+    // Padded and with priority fields, then a padded DATA frame.
+    let mut p = vec![4u8, 0, 0, 0, 0, 16];
+    p.extend_from_slice(&resp);
+    p.extend_from_slice(&[0; 4]);
+    let mut writes = frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::PADDED | flag::PRIORITY,
+        1,
+        &p,
+    );
+    let mut d = vec![3u8];
+    d.extend_from_slice(crate::classify::ROUTER_MISS_BODY);
+    d.extend_from_slice(&[0; 3]);
+    writes.extend(frame(kind::DATA, flag::PADDED | flag::END_STREAM, 1, &d));
+    let r = capture::replay(&[preface(), read(&reads), write(&writes)]);
+    assert_eq!(r.desync, None);
+    assert!(r.pairs[0].is_get("a.test", "/x"));
+    assert_eq!(
+        router_miss_signature(r.pairs[0].response.as_ref().unwrap()),
+        Signature::Full
+    );
+    // Something between a HEADERS and its CONTINUATION is a protocol error.
+    let mut bad = frame(kind::HEADERS, 0, 3, a);
+    bad.extend(frame(8, 0, 0, &[0, 0, 0, 1]));
+    let r = capture::replay(&[preface(), read(&bad)]);
+    assert_eq!(r.desync, Some(Reason::Frame));
+}
+
+#[test]
+fn gap_inside_data_stays_in_sync() {
+    let mut peer = Peer::new();
+    let mut records = vec![preface()];
+    records.push(read(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &peer.request("a.test", "/big"),
+    )));
+    let mut w = frame(kind::HEADERS, flag::END_HEADERS, 1, &peer.ok());
+    w.extend(frame(kind::DATA, 0, 1, &[b'x'; 16000]));
+    // 1 KiB captured of a 16 KiB write: the rest is inside the DATA payload.
+    records.push(write_cut(&w, 1024));
+    records.push(write(&frame(kind::DATA, flag::END_STREAM, 1, b"end")));
+    records.push(read(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &peer.request("a.test", "/miss"),
+    )));
+    let mut w = frame(kind::HEADERS, flag::END_HEADERS, 3, &peer.router_miss());
+    w.extend(frame(
+        kind::DATA,
+        flag::END_STREAM,
+        3,
+        crate::classify::ROUTER_MISS_BODY,
+    ));
+    records.push(write(&w));
+    let r = capture::replay(&records);
+    assert_eq!(r.desync, None);
+    assert_eq!(statuses(&r), [Some(200), Some(404)]);
+    assert_eq!(
+        router_miss_signature(r.pairs[1].response.as_ref().unwrap()),
+        Signature::Full
+    );
+}
+
+#[test]
+fn gap_in_a_header_block_desyncs_and_counts() {
+    let mut peer = Peer::new();
+    let mut records = vec![preface()];
+    for (id, path) in [(1u32, "/a"), (3, "/b")] {
+        records.push(read(&frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            id,
+            &peer.request("a.test", path),
+        )));
+    }
+    // Stream 1's response header block is cut by the capture: the response table is lost.
+    let big = peer.server.encode([
+        (b":status".as_slice(), b"200".as_slice()),
+        (b"x-big", &[b'v'; 3000][..]),
+    ]);
+    let w = frame(kind::HEADERS, flag::END_HEADERS, 1, &big);
+    records.push(write_cut(&w, 1024));
+    // Stream 3's answer and a later request: never guessed.
+    records.push(write(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        3,
+        &peer.ok(),
+    )));
+    records.push(read(&frame(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        5,
+        &peer.request("a.test", "/c"),
+    )));
+    records.push(Record::Closed);
+    let r = capture::replay(&records);
+    assert_eq!(r.desync, Some(Reason::HeaderGap));
+    assert!(r.pairs.is_empty(), "{:?}", r.pairs);
+    assert_eq!(r.stats.unclassified_of(Reason::HeaderGap), 3);
+    assert_eq!(r.stats.skipped_records, 1);
+    assert_eq!(r.stats.desynced_connections, 1);
+}
+
+#[test]
+fn interleaved_streams_pair_by_id() {
+    let mut peer = Peer::new();
+    let mut reads = Vec::new();
+    for (id, path) in [(1u32, "/one"), (3, "/two"), (5, "/three")] {
+        reads.extend(frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            id,
+            &peer.request("a.test", path),
+        ));
+    }
+    let mut w = frame(kind::HEADERS, flag::END_HEADERS, 5, &peer.ok());
+    w.extend(frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        3,
+        &peer.router_miss(),
+    ));
+    w.extend(frame(kind::DATA, 0, 3, b"404 page "));
+    w.extend(frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &peer.router_miss(),
+    ));
+    w.extend(frame(kind::DATA, 0, 1, b"404 page not found\n"));
+    w.extend(frame(kind::DATA, flag::END_STREAM, 3, b"not found\n"));
+    w.extend(frame(kind::DATA, flag::END_STREAM, 1, b""));
+    w.extend(frame(kind::DATA, flag::END_STREAM, 5, b"ok"));
+    // Split into records at arbitrary points, as Go's buffered writer may.
+    let (w1, w2) = w.split_at(50);
+    let r = capture::replay(&[preface(), read(&reads), write(w1), write(w2)]);
+    assert_eq!(r.desync, None);
+    let by_path: Vec<(bool, Option<u16>, Signature)> = ["/one", "/two", "/three"]
+        .iter()
+        .map(|p| {
+            let pair = r.pairs.iter().find(|x| x.is_get("a.test", p)).unwrap();
+            let resp = pair.response.as_ref().unwrap();
+            (true, pair.status(), router_miss_signature(resp))
+        })
+        .collect();
+    assert_eq!(
+        by_path,
+        [
+            (true, Some(404), Signature::Full),
+            (true, Some(404), Signature::Full),
+            (true, Some(200), Signature::NoMatch),
+        ]
+    );
+}
+
+#[test]
+fn resets_goaway_and_close_end_streams() {
+    let mut peer = Peer::new();
+    let mut reads = Vec::new();
+    for (id, path) in [(1u32, "/reset"), (3, "/late"), (5, "/beyond"), (7, "/open")] {
+        reads.extend(frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            id,
+            &peer.request("a.test", path),
+        ));
+    }
+    let mut w = frame(kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]);
+    // GOAWAY with last stream 3: 5 and 7 were never processed.
+    w.extend(frame(kind::GOAWAY, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0]));
+    w.extend(frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        3,
+        &peer.router_miss(),
+    ));
+    let r = capture::replay(&[preface(), read(&reads), write(&w), Record::Closed]);
+    assert_eq!(r.desync, None);
+    // Reset, the two above the GOAWAY, then at close the 404 still waiting for its body.
+    assert_eq!(r.pairs.len(), 4);
+    assert!(r.pairs[0].is_get("a.test", "/reset") && r.pairs[0].response.is_none());
+    assert_eq!(r.stats.resets, 1);
+    let late = r
+        .pairs
+        .iter()
+        .find(|p| p.is_get("a.test", "/late"))
+        .unwrap();
+    assert_eq!(
+        router_miss_signature(late.response.as_ref().unwrap()),
+        Signature::HeadersOnly
+    );
+    for p in ["/beyond", "/open"] {
+        let x = r.pairs.iter().find(|x| x.is_get("a.test", p)).unwrap();
+        assert!(x.response.is_none());
+    }
+}
+
+#[test]
+fn websocket_over_h2_and_its_reset() {
+    let mut peer = Peer::new();
+    let connect = |peer: &mut Peer, host: &str| {
+        peer.client.encode([
+            (b":method".as_slice(), b"CONNECT".as_slice()),
+            (b":protocol", b"websocket"),
+            (b":scheme", b"https"),
+            (b":authority", host.as_bytes()),
+            (b":path", b"/ws"),
+        ])
+    };
+    let mut reads = frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &connect(&mut peer, "ws.test"),
+    );
+    reads.extend(frame(
+        kind::HEADERS,
+        flag::END_HEADERS,
+        3,
+        &connect(&mut peer, "ws.test"),
+    ));
+    let mut w = frame(kind::HEADERS, flag::END_HEADERS, 1, &peer.ok());
+    w.extend(frame(kind::RST_STREAM, 0, 3, &[0, 0, 0, 2]));
+    let events = tls_events(&[preface(), read(&reads), write(&w)], 0xc000_3000, 10);
+    let mut flows = Flows::new(FlowConfig::default());
+    let mut out = Vec::new();
+    for e in &events {
+        flows.handle(e, &mut out);
+    }
+    let mut obs = Vec::new();
+    let mut classifier = Classifier::new();
+    for e in out {
+        if let FlowEvent::Exchange { request, .. } | FlowEvent::WsReset { request, .. } = &e {
+            assert!(request.websocket);
+        }
+        classifier.classify(e, &mut obs);
+    }
+    let outcomes: Vec<&str> = obs
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Ws { outcome, .. } => Some(outcome.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, ["upgraded", "reset"]);
+}
+
+/// Deterministic pseudo-random bytes.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn garbage_is_counted_never_classified() {
+    for seed in 0..500u64 {
+        let g = noise(seed, 64 + (seed as usize % 900));
+        let mut hdr = frame(kind::HEADERS, flag::END_HEADERS, 1, &g[..g.len().min(200)]);
+        hdr.truncate(9 + g.len().min(200));
+        for records in [
+            vec![preface(), read(&g), write(&g)],
+            vec![preface(), read(&hdr), write(&g)],
+        ] {
+            let r = capture::replay(&records);
+            // Whatever noise decodes to, nothing comes out with a response unless a
+            // request and a response were both decoded for the same stream.
+            for p in &r.pairs {
+                assert!(r.stats.requests >= 1 && (p.response.is_none() || r.stats.responses >= 1));
+            }
+        }
+    }
+    // A preface that is not one.
+    let r = capture::replay(&[read(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")]);
+    assert_eq!(r.desync, Some(Reason::Frame));
+    // A CONTINUATION out of nowhere.
+    let r = capture::replay(&[preface(), read(&frame(kind::CONTINUATION, 4, 1, b"\x82"))]);
+    assert_eq!(r.desync, Some(Reason::Frame));
+    // An index beyond both tables.
+    let r = capture::replay(&[
+        preface(),
+        read(&frame(kind::HEADERS, flag::END_HEADERS, 1, b"\xff\x7f")),
+    ]);
+    assert_eq!(r.desync, Some(Reason::Hpack));
+}
+
+#[test]
+fn limits_are_counted() {
+    // Streams per connection.
+    let mut peer = Peer::new();
+    let mut reads = Vec::new();
+    for i in 0..(conn::MAX_STREAMS as u32 + 3) {
+        reads.extend(frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            2 * i + 1,
+            &peer.request("a.test", "/"),
+        ));
+    }
+    let r = capture::replay(&[preface(), read(&reads)]);
+    assert_eq!(r.stats.unclassified_of(Reason::StreamLimit), 3);
+    assert_eq!(r.pairs.len(), conn::MAX_STREAMS, "the rest end unanswered");
+
+    // A header block larger than the buffer, in CONTINUATIONs.
+    let mut reads = frame(kind::HEADERS, 0, 1, &[0x82; 8000]);
+    reads.extend(frame(kind::CONTINUATION, 0, 1, &[0x82; 8000]));
+    reads.extend(frame(
+        kind::CONTINUATION,
+        flag::END_HEADERS,
+        1,
+        &[0x82; 8000],
+    ));
+    let r = capture::replay(&[preface(), read(&reads)]);
+    assert_eq!(r.desync, Some(Reason::BlockTooLarge));
+
+    // Connections with h2 state: the oldest is evicted, its stream counted.
+    let mut conns: H2Conns<u32> = H2Conns::new(2);
+    let mut out = Vec::new();
+    for k in 0..3u32 {
+        conns.open(k, u64::from(k), &mut out);
+        let block = Encoder::new().encode([
+            (b":method".as_slice(), b"GET".as_slice()),
+            (b":authority", b"a.test"),
+            (b":path", b"/"),
+        ]);
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &block,
+        ));
+        assert!(conns.feed(k, READ, u64::from(k), &bytes, bytes.len() as u64, &mut out));
+    }
+    assert_eq!(conns.len(), 2);
+    assert_eq!(conns.stats().unclassified_of(Reason::ConnLimit), 1);
+    assert!(!conns.contains(&0));
+}
