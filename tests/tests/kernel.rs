@@ -38,6 +38,8 @@ const HELPER_TEST: &str = "helper_process";
 
 const REQUEST: &[u8] = b"GET /kernel-test HTTP/1.1\r\nHost: kernel.test\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 19\r\n\r\n404 page not found\n";
+/// The next request on a keep-alive connection.
+const SECOND_REQUEST: &[u8] = b"GET /second HTTP/1.1\r\nHost: kernel.test\r\n\r\n";
 const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: kernel.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 const UPGRADE_RESPONSE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 /// Sent after the 101: starts like HTTP, so only the in-kernel upgrade mark keeps it out.
@@ -611,6 +613,83 @@ async fn raw_sys_exit_reports_a_request_read_on_an_upstream_connection() -> Resu
 async fn classic_fallback_reports_a_request_read_on_an_upstream_connection() -> Result<()> {
     let _serial = SERIAL.lock().await;
     request_read_on_upstream_connection(Capture::Classic).await
+}
+
+/// Go's background read on a keep-alive connection: while a handler runs, the server
+/// reads one byte; when the client's next request arrives in that window, that byte is
+/// its first and the next read returns the rest (`ET /second ...`). The request is still
+/// reported whole, on every data path.
+async fn read_ahead_restores_the_request(path: Capture) -> Result<()> {
+    let mut bench = Bench::with("readahead", path, false).await?;
+    let run = bench.run_helper("read_ahead", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, data(c, Direction::Write, SECOND_REQUEST)),
+            (o, data(s, Direction::Read, SECOND_REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+    let totals = bench.sensor.totals()?;
+    assert!(
+        totals
+            .iter()
+            .all(|t| t.lost == 0 && t.map_full == 0 && t.read_failures == 0),
+        "{totals:?}"
+    );
+    assert_eq!(bench.sensor.decode_errors(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_split_by_a_one_byte_read_is_reported_whole() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    read_ahead_restores_the_request(Capture::Sock).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sys_exit_reports_a_request_split_by_a_one_byte_read_whole() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    read_ahead_restores_the_request(Capture::Raw).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_fallback_reports_a_request_split_by_a_one_byte_read_whole() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    read_ahead_restores_the_request(Capture::Classic).await
+}
+
+/// A 1-byte read on a connection that never carried HTTP keeps nothing: the read after
+/// it (`ET /kernel-test ...`) is not taken for a request. Only the control exchange on a
+/// second connection is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_byte_read_on_a_fresh_connection_reports_nothing() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::everything("onebyte", Capture::Sock).await?;
+    let run = bench.run_helper("one_byte_fresh", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, data(s, Direction::Write, RESPONSE)),
+            (o, data(c, Direction::Read, RESPONSE)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+    Ok(())
 }
 
 /// The copied prefix is `capture_len` bytes. From 16 bytes up the kernel copies first and
@@ -1592,6 +1671,8 @@ fn helper_process() {
         "refused" => scenario_refused(),
         "reset" => scenario_reset(),
         "non_http" => scenario_non_http(),
+        "read_ahead" => scenario_read_ahead(),
+        "one_byte_fresh" => scenario_one_byte_fresh(),
         "no_answer" => scenario_no_answer(),
         other => Err(anyhow!("unknown helper scenario {other}")),
     };
@@ -1692,6 +1773,56 @@ fn scenario_request_back() -> Result<()> {
     drop(server);
     println!("RESULT client_fd={cfd} server_fd={sfd}");
     Ok(())
+}
+
+/// One read(2) of a single byte, as Go's background read does it.
+fn raw_read_one(fd: i32) -> Result<u8> {
+    let mut byte = 0u8;
+    // SAFETY: one byte of valid memory.
+    let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+    ensure!(
+        n == 1,
+        "1-byte read returned {n}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(byte)
+}
+
+/// A keep-alive connection served the way Go's net/http does when the next request
+/// arrives while a handler runs: the server reads the second request's first byte on its
+/// own, then the rest with a normal read (both read(2)).
+fn scenario_read_ahead() -> Result<()> {
+    let (client, mut server) = connected_pair()?;
+    let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
+    raw_write(cfd, REQUEST)?;
+    raw_read_exact(sfd, REQUEST)?;
+    server.write_all(RESPONSE)?;
+    raw_read_exact(cfd, RESPONSE)?;
+    raw_write(cfd, SECOND_REQUEST)?;
+    ensure!(raw_read_one(sfd)? == SECOND_REQUEST[0], "wrong first byte");
+    raw_read_exact(sfd, &SECOND_REQUEST[1..])?;
+    server.write_all(RESPONSE)?;
+    raw_read_exact(cfd, RESPONSE)?;
+    drop(client);
+    drop(server);
+    println!("RESULT client_fd={cfd} server_fd={sfd}");
+    Ok(())
+}
+
+/// The same split on a connection that carried nothing before: the client sends the
+/// request's first byte and the rest in two writes (neither looks like HTTP to the
+/// kernel), the server reads them in two reads. Then a real exchange on a second
+/// connection.
+fn scenario_one_byte_fresh() -> Result<()> {
+    {
+        let (client, server) = connected_pair()?;
+        let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
+        raw_write(cfd, &REQUEST[..1])?;
+        raw_write(cfd, &REQUEST[1..])?;
+        ensure!(raw_read_one(sfd)? == REQUEST[0], "wrong first byte");
+        raw_read_exact(sfd, &REQUEST[1..])?;
+    }
+    scenario_http(false)
 }
 
 fn scenario_refused() -> Result<()> {

@@ -56,6 +56,10 @@ enum Task {
         /// little cost of their own, so the headline ratio is measured without them).
         #[arg(long)]
         bpf_stats: bool,
+        /// Which entrypoint to load: `plain` (HTTP/1.1 on `web`), `tls` (HTTP/1.1 over TLS
+        /// on `websecure`, the Go crypto/tls uprobes) or `both`, one after the other.
+        #[arg(long, value_enum, default_value_t = run::Transport::Both)]
+        transport: run::Transport,
     },
     /// cargo fmt --check and clippy -D warnings on the workspace.
     Lint,
@@ -82,7 +86,8 @@ fn main() -> Result<()> {
             rounds,
             duration,
             bpf_stats,
-        } => run::bench(rounds, duration, bpf_stats),
+            transport,
+        } => run::bench(rounds, duration, bpf_stats, transport),
         Task::Lint => run::lint(),
         Task::DeployCheck => run::deploy_check(),
         Task::GenRules => deploy::gen_rules(),

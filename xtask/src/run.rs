@@ -288,7 +288,15 @@ pub fn demo(seconds: u64) -> Result<()> {
     )
 }
 
-pub fn bench(rounds: u32, duration: u32, bpf_stats: bool) -> Result<()> {
+/// `cargo xtask bench --transport`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Transport {
+    Plain,
+    Tls,
+    Both,
+}
+
+pub fn bench(rounds: u32, duration: u32, bpf_stats: bool, transport: Transport) -> Result<()> {
     require_root("bench")?;
     let built = build(true, true)?;
     // callgrind gives the pipeline's instructions per event, a number the machine's
@@ -303,9 +311,15 @@ pub fn bench(rounds: u32, duration: u32, bpf_stats: bool) -> Result<()> {
     if bpf_stats {
         args.push("--bpf-stats".to_string());
     }
+    let transport = match transport {
+        Transport::Plain => "plain",
+        Transport::Tls => "tls",
+        Transport::Both => "both",
+    };
+    args.extend(["--transport".to_string(), transport.to_string()]);
     run(
         testbed_program("bench", true, &args, &built),
-        "bench: Traefik under wrk, without and with the agent",
+        "bench: Traefik under wrk (plaintext and/or TLS), without and with the agent",
     )?;
     run(
         testbed_program("pipeline_bench", true, &[], &built),

@@ -55,13 +55,16 @@ pub mod conn_source {
     pub const GO_TLS: u32 = 1;
 }
 
-/// In a Go TLS [`DataEvent`]'s `fd`: the byte in the low 8 bits belongs before `data`.
+/// In [`DataEvent::ahead`] (and in the kernel's per-connection state until the next
+/// read): the byte in the low 8 bits belongs before `data`.
 ///
 /// Go's `net/http` server reads one byte in the background while a handler runs (to
 /// notice a client that went away); when the client's next request on a keep-alive
 /// connection arrives before the handler is done, that byte is the request's first, and
-/// the next `Read` returns the rest (`ET / HTTP/1.1...`). The kernel keeps such a byte
-/// per connection and judges the next `Read` with it in front.
+/// the next read returns the rest (`ET / HTTP/1.1...`). On every data path (socket
+/// hooks, syscall hooks, Go TLS uprobes) the kernel keeps such a byte with the state of a
+/// connection that already carried captured HTTP, and judges the connection's next read
+/// with it in front.
 pub const READ_AHEAD: u32 = 0x100;
 
 /// A prefix of a buffer that starts an HTTP/1.x request or response: passed through
@@ -70,9 +73,7 @@ pub const READ_AHEAD: u32 = 0x100;
 #[derive(Clone, Copy)]
 pub struct DataEvent {
     pub header: EventHeader,
-    /// With [`conn_source::FD`]: the fd. With [`conn_source::GO_TLS`]:
-    /// [`READ_AHEAD`] `| byte` when the message's first byte came in an earlier 1-byte
-    /// `Read` (and is not in `data`), else 0.
+    /// With [`conn_source::FD`]: the fd. With [`conn_source::GO_TLS`]: 0.
     pub fd: u32,
     /// [`direction::READ`] or [`direction::WRITE`].
     pub direction: u32,
@@ -85,6 +86,10 @@ pub struct DataEvent {
     pub source: u32,
     /// With [`conn_source::GO_TLS`]: the `*tls.Conn`.
     pub tls_conn: u64,
+    /// [`READ_AHEAD`] `| byte` when the message's first byte came in an earlier 1-byte
+    /// read (and is neither in `data` nor counted in `total_len`), else 0.
+    pub ahead: u32,
+    pub _pad: u32,
     pub data: [u8; DATA_CAP],
 }
 
@@ -160,15 +165,19 @@ pub struct SockConn {
     pub tgid: u32,
     pub fd: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// [`READ_AHEAD`] `| byte` kept from a 1-byte read, until the next read; else 0.
+    pub ahead: u32,
 }
 
-/// Value of the kernel's per-connection map, keyed by [`ConnKey`].
+/// Value of the kernel's per-connection maps keyed by [`ConnKey`] and [`TlsConnKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnState {
     pub flags: u32,
-    pub _pad: u32,
+    /// [`READ_AHEAD`] `| byte` kept from a 1-byte read, until the next read; else 0.
+    /// Kept here rather than in a map of its own so that a normal read, which looks the
+    /// connection up anyway, pays one load and a branch for it.
+    pub ahead: u32,
 }
 
 #[repr(C)]
@@ -197,15 +206,6 @@ pub struct GoroutineKey {
     pub tgid: u32,
     pub _pad: u32,
     pub g: u64,
-}
-
-/// A byte a 1-byte `crypto/tls.(*Conn).Read` returned on a connection that carried HTTP
-/// (see [`READ_AHEAD`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TlsAhead {
-    pub byte: u32,
-    pub _pad: u32,
 }
 
 /// What `Read`'s entry leaves for its RET sites.
@@ -481,12 +481,11 @@ pub struct PendingIo {
 
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 32);
-    assert!(core::mem::size_of::<DataEvent>() == 32 + 32 + DATA_CAP);
+    assert!(core::mem::size_of::<DataEvent>() == 32 + 40 + DATA_CAP);
     assert!(core::mem::size_of::<CloseEvent>() == 56);
     assert!(core::mem::size_of::<TlsConnKey>() == 16);
     assert!(core::mem::size_of::<GoroutineKey>() == 16);
     assert!(core::mem::size_of::<TlsRead>() == 24);
-    assert!(core::mem::size_of::<TlsAhead>() == 8);
     assert!(core::mem::size_of::<UpstreamEvent>() == 32 + 16 + 16);
     assert!(core::mem::size_of::<ConnState>() == 8);
     assert!(core::mem::size_of::<SockConn>() == 24);
@@ -514,5 +513,4 @@ mod pod {
     unsafe impl aya::Pod for super::TlsConnKey {}
     unsafe impl aya::Pod for super::GoroutineKey {}
     unsafe impl aya::Pod for super::TlsRead {}
-    unsafe impl aya::Pod for super::TlsAhead {}
 }

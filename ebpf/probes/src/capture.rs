@@ -1,7 +1,8 @@
 //! The capture decision shared by every data hook: copy the head of a buffer that starts
-//! an HTTP/1.x message, and keep the per-connection upgrade mark. On a Go TLS connection
-//! that started with the HTTP/2 client preface, copy every buffer: the frame stream is
-//! parsed in userspace (`h2`), where HPACK needs all of it.
+//! an HTTP/1.x message, keep the per-connection upgrade mark, and keep the byte of a
+//! 1-byte read for the connection's next read (see `routeskew_common::READ_AHEAD`). On a
+//! Go TLS connection that started with the HTTP/2 client preface, copy every buffer: the
+//! frame stream is parsed in userspace (`h2`), where HPACK needs all of it.
 
 use core::ffi::c_void;
 
@@ -12,7 +13,7 @@ use aya_ebpf::{
 };
 use routeskew_common::{
     config_flags, conn_flags, conn_source, direction, event_kind, ConnKey, ConnState, DataEvent,
-    EventHeader, SockConn, TlsConnKey, DATA_CAP,
+    EventHeader, SockConn, TlsConnKey, DATA_CAP, READ_AHEAD,
 };
 
 use crate::{
@@ -34,6 +35,26 @@ pub enum Conn {
     /// `struct sock` address.
     Sock(u64),
     Tls(TlsConnKey),
+}
+
+/// The state of a connection that carried captured HTTP: its flags, and where its kept
+/// read-ahead byte lives (in the map value, updated in place).
+#[inline(always)]
+fn conn_state(conn: Conn) -> Option<(u32, *mut u32)> {
+    // SAFETY: a map value pointer stays valid for the rest of the program's run.
+    unsafe {
+        match conn {
+            Conn::Fd(key) => CONNS
+                .get_ptr_mut(key)
+                .map(|s| ((*s).flags, core::ptr::addr_of_mut!((*s).ahead))),
+            Conn::Sock(sk) => SOCK_CONNS
+                .get_ptr_mut(sk)
+                .map(|s| ((*s).flags, core::ptr::addr_of_mut!((*s).ahead))),
+            Conn::Tls(key) => TLS_CONNS
+                .get_ptr_mut(key)
+                .map(|s| ((*s).flags, core::ptr::addr_of_mut!((*s).ahead))),
+        }
+    }
 }
 
 /// A read/write-family syscall of a watched process moved `ret >= MIN_LEN` bytes through
@@ -59,19 +80,23 @@ pub fn capture(
     ret: i64,
     conn: Conn,
 ) {
-    let flags = match conn {
-        Conn::Fd(key) => CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }),
-        Conn::Sock(sk) => SOCK_CONNS.get_ptr(sk).map(|s| unsafe { (*s).flags }),
-        Conn::Tls(key) => TLS_CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }),
-    };
-    let (known, upstream) = match flags {
-        Some(f) => {
+    let (known, upstream) = match conn_state(conn) {
+        Some((f, ahead)) => {
             if f & conn_flags::UPGRADED != 0 {
                 return;
             }
             if f & conn_flags::H2 != 0 {
-                emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, conn);
+                emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, 0, conn);
                 return;
+            }
+            if dir == direction::READ {
+                // SAFETY: points into the map value found above.
+                let kept = unsafe { *ahead };
+                if kept != 0 {
+                    unsafe { *ahead = 0 };
+                    read_after_ahead(prog, cgroup_id, id, fd, buf, ret, kept, conn);
+                    return;
+                }
             }
             (true, f & conn_flags::UPSTREAM != 0)
         }
@@ -116,6 +141,78 @@ pub fn capture(
         };
         remember(prog, conn, cgroup_id, id, fd, state);
     }
+}
+
+/// A 1-byte read on a connection that carried captured HTTP (Go's background read while
+/// a handler runs): keep the byte in the connection's state for its next read. Nothing
+/// is kept for connections that never carried HTTP, nor for upstream or upgraded ones.
+#[inline(always)]
+pub fn keep_ahead(prog: u32, conn: Conn, buf: u64) {
+    let Some((flags, ahead)) = conn_state(conn) else {
+        return;
+    };
+    // HTTP/2 frames are all copied as they are; a 1-byte read there is not a
+    // background read.
+    if flags & (conn_flags::UPGRADED | conn_flags::UPSTREAM | conn_flags::H2) != 0 {
+        return;
+    }
+    let Ok(byte) = (unsafe { bpf_probe_read_user(buf as *const u8) }) else {
+        count(prog, Counter::ReadFailure);
+        return;
+    };
+    // SAFETY: points into the map value found above.
+    unsafe {
+        // A byte still kept was never followed by a read long enough to judge: whatever
+        // message it began is lost.
+        if *ahead != 0 {
+            count(prog, Counter::Lost);
+        }
+        *ahead = READ_AHEAD | u32::from(byte);
+    }
+}
+
+/// A read on a connection whose previous read returned one byte: judged with that byte
+/// in front, and reported with it in the record's `ahead` (the agent puts it back). Only
+/// a request is looked for: bytes are only kept on connections that are not upstreams.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn read_after_ahead(
+    prog: u32,
+    cgroup_id: u64,
+    id: u64,
+    fd: u32,
+    buf: u64,
+    ret: i64,
+    ahead: u32,
+    conn: Conn,
+) {
+    let mut head = [0u8; 8];
+    head[0] = ahead as u8;
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            head.as_mut_ptr().add(1).cast::<c_void>(),
+            7,
+            buf as *const c_void,
+        )
+    };
+    if rc != 0 {
+        count(prog, Counter::ReadFailure);
+        return;
+    }
+    if http_start(u64::from_le_bytes(head)) != Start::Request {
+        return;
+    }
+    emit_data(
+        prog,
+        direction::READ,
+        cgroup_id,
+        id,
+        fd,
+        buf,
+        ret as u64,
+        ahead,
+        conn,
+    );
 }
 
 /// Bytes to copy: `min(ret, capture_len)` in `[1, DATA_CAP]`, in a form the verifier can
@@ -200,7 +297,7 @@ fn copy_first(
     }
     let report = reported(start, dir);
     if report {
-        unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n, conn) };
+        unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n, 0, conn) };
         entry.submit(submit_flags());
         count(prog, Counter::Emitted);
     } else {
@@ -241,7 +338,7 @@ fn head_first(
     }
     let report = may_emit && reported(start, dir);
     if report {
-        emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, conn);
+        emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, 0, conn);
     }
     Some((start, report, upgraded))
 }
@@ -257,7 +354,7 @@ fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, state: u32)
             key,
             ConnState {
                 flags: state,
-                _pad: 0,
+                ahead: 0,
             },
             mode,
         ),
@@ -268,7 +365,7 @@ fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, state: u32)
                 tgid: (id >> 32) as u32,
                 fd,
                 flags: state,
-                _pad: 0,
+                ahead: 0,
             },
             mode,
         ),
@@ -276,7 +373,7 @@ fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, state: u32)
             key,
             ConnState {
                 flags: state,
-                _pad: 0,
+                ahead: 0,
             },
             mode,
         ),
@@ -303,6 +400,7 @@ unsafe fn fill(
     fd: u32,
     ret: u64,
     n: u32,
+    ahead: u32,
     conn: Conn,
 ) {
     let (source, tls_conn) = match conn {
@@ -324,6 +422,8 @@ unsafe fn fill(
         core::ptr::addr_of_mut!((*ev).captured_len).write(n);
         core::ptr::addr_of_mut!((*ev).source).write(source);
         core::ptr::addr_of_mut!((*ev).tls_conn).write(tls_conn);
+        core::ptr::addr_of_mut!((*ev).ahead).write(ahead);
+        core::ptr::addr_of_mut!((*ev)._pad).write(0);
     }
 }
 
@@ -337,6 +437,7 @@ pub fn emit_data(
     fd: u32,
     buf: u64,
     ret: u64,
+    ahead: u32,
     conn: Conn,
 ) {
     let n = copy_len(ret);
@@ -357,7 +458,7 @@ pub fn emit_data(
         count(prog, Counter::ReadFailure);
         return;
     }
-    unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret, n, conn) };
+    unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret, n, ahead, conn) };
     entry.submit(submit_flags());
     count(prog, Counter::Emitted);
 }

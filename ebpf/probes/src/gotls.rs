@@ -13,22 +13,16 @@
 //! may resume on another thread). A stack growth restarts the function from its entry,
 //! which only rewrites the same stash.
 
-use core::ffi::c_void;
-
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
-    macros::uprobe,
-    programs::ProbeContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
 use routeskew_common::{
     conn_flags, conn_source, direction, event_kind, program, CloseEvent, EventHeader, GoroutineKey,
-    TlsAhead, TlsConnKey, TlsRead, READ_AHEAD,
+    TlsConnKey, TlsRead,
 };
 
 use crate::{
-    capture::{capture, emit_data, Conn, MIN_LEN},
-    filter::{http_start, pid_tgid, watched_cgroup, Start},
-    maps::{count, submit_flags, Counter, EVENTS, TLS_AHEAD, TLS_CONNS, TLS_READS},
+    capture::{capture, emit_data, keep_ahead, Conn, MIN_LEN},
+    filter::{pid_tgid, watched_cgroup},
+    maps::{count, submit_flags, Counter, EVENTS, TLS_CONNS, TLS_READS},
 };
 
 #[inline(always)]
@@ -77,6 +71,7 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
                 0,
                 buf,
                 len as u64,
+                0,
                 tls_key(id, conn),
             );
         }
@@ -140,17 +135,12 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
         conn: read.conn,
     };
     let prog = program::GO_TLS_READ_RET;
-    // A byte left by the previous Read of this connection goes in front of this one.
-    let ahead = TLS_AHEAD.get_ptr(&conn).map(|a| unsafe { (*a).byte });
-    if ahead.is_some() {
-        let _ = TLS_AHEAD.remove(&conn);
-    }
     // Short reads: an HTTP/2 frame header's rest or a small payload (WINDOW_UPDATE,
-    // RST_STREAM), or Go's 1-byte background read of an HTTP/1 connection. One lookup
-    // tells them apart; longer reads get it in `capture`.
-    if n == 1 || (ahead.is_none() && n > 0 && n < MIN_LEN) {
-        let flags = TLS_CONNS.get_ptr(&conn).map(|s| unsafe { (*s).flags });
-        if is_h2(flags) {
+    // RST_STREAM), or Go's 1-byte background read of an HTTP/1 connection (see
+    // `routeskew_common::READ_AHEAD`). One lookup tells them apart; longer reads get it
+    // in `capture`.
+    if n > 0 && n < MIN_LEN {
+        if is_h2(tls_flags(id, read.conn)) {
             emit_data(
                 prog,
                 direction::READ,
@@ -159,18 +149,14 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
                 0,
                 read.buf,
                 n as u64,
+                0,
                 Conn::Tls(conn),
             );
         } else if n == 1 {
-            keep_ahead(prog, conn, read.buf, flags);
+            keep_ahead(prog, Conn::Tls(conn), read.buf);
         }
-        return 0;
-    }
-    match ahead {
-        Some(byte) if n >= MIN_LEN - 1 => {
-            read_after_ahead(prog, read.cgroup_id, id, conn, read.buf, n, byte)
-        }
-        _ if n >= MIN_LEN => capture(
+    } else if n >= MIN_LEN {
+        capture(
             prog,
             direction::READ,
             read.cgroup_id,
@@ -179,75 +165,9 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
             read.buf,
             n,
             Conn::Tls(conn),
-        ),
-        _ => {}
+        );
     }
     0
-}
-
-/// A 1-byte Read on a connection that carried HTTP (Go's background read while a handler
-/// runs): keep the byte for the connection's next Read.
-#[inline(always)]
-fn keep_ahead(prog: u32, conn: TlsConnKey, buf: u64, flags: Option<u32>) {
-    let Some(flags) = flags else {
-        return;
-    };
-    if flags & (conn_flags::UPGRADED | conn_flags::H2) != 0 {
-        return;
-    }
-    let Ok(byte) = (unsafe { bpf_probe_read_user(buf as *const u8) }) else {
-        count(prog, Counter::ReadFailure);
-        return;
-    };
-    let ahead = TlsAhead {
-        byte: u32::from(byte),
-        _pad: 0,
-    };
-    if TLS_AHEAD.insert(&conn, &ahead, 0).is_err() {
-        count(prog, Counter::MapFull);
-    }
-}
-
-/// A Read whose message began with the byte kept from the previous Read: judged with that
-/// byte in front, and reported with it in the record's `fd` (the agent puts it back).
-#[inline(always)]
-fn read_after_ahead(
-    prog: u32,
-    cgroup_id: u64,
-    id: u64,
-    conn: TlsConnKey,
-    buf: u64,
-    n: i64,
-    byte: u32,
-) {
-    let mut head = [0u8; 8];
-    head[0] = byte as u8;
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            head.as_mut_ptr().add(1).cast::<c_void>(),
-            7,
-            buf as *const c_void,
-        )
-    };
-    if rc != 0 {
-        count(prog, Counter::ReadFailure);
-        return;
-    }
-    // Server side, a client's Read is a request; upstream responses over TLS are not
-    // captured.
-    if http_start(u64::from_le_bytes(head)) != Start::Request {
-        return;
-    }
-    emit_data(
-        prog,
-        direction::READ,
-        cgroup_id,
-        id,
-        READ_AHEAD | byte,
-        buf,
-        n as u64,
-        Conn::Tls(conn),
-    );
 }
 
 /// Entry of `(*Conn).Close`: the end of a connection that carried captured HTTP.

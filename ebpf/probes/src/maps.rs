@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use routeskew_common::{
     program, Config, ConnKey, ConnState, GoroutineKey, PendingIo, ProgramCounters, SockConn,
-    TcpSock, TlsAhead, TlsConnKey, TlsRead, WatchedSet,
+    TcpSock, TlsConnKey, TlsRead, WatchedSet,
 };
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
@@ -61,11 +61,6 @@ pub static TLS_CONNS: LruHashMap<TlsConnKey, ConnState> = LruHashMap::with_max_e
 /// cannot fill it.
 #[map]
 pub static TLS_READS: LruHashMap<GoroutineKey, TlsRead> = LruHashMap::with_max_entries(16384, 0);
-
-/// The byte of a 1-byte `Read` on a Go TLS connection that carried HTTP, until that
-/// connection's next `Read` (see `routeskew_common::READ_AHEAD`).
-#[map]
-pub static TLS_AHEAD: LruHashMap<TlsConnKey, TlsAhead> = LruHashMap::with_max_entries(16384, 0);
 
 /// Outgoing TCP sockets of watched processes, keyed by `struct sock` address.
 #[map]

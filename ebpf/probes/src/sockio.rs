@@ -13,7 +13,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use routeskew_common::{direction, program};
 
 use crate::{
-    capture::{capture, Conn, MIN_LEN},
+    capture::{capture, keep_ahead, Conn, MIN_LEN},
     filter::{pid_tgid, watched_cgroup},
     maps::{cfg, CONFIG},
     regs,
@@ -45,8 +45,10 @@ pub fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_sock_io(sk: u64, ret: i32, dir: u32) {
-    // EAGAIN from non-blocking reads and short transfers leave first, for free.
-    if i64::from(ret) < MIN_LEN {
+    // EAGAIN from non-blocking reads and short transfers leave first, for free; a 1-byte
+    // read may be Go's background read (see `capture::keep_ahead`).
+    let one = dir == direction::READ && ret == 1;
+    if i64::from(ret) < MIN_LEN && !one {
         return;
     }
     let Some(cgroup_id) = watched_cgroup() else {
@@ -72,8 +74,12 @@ fn on_sock_io(sk: u64, ret: i32, dir: u32) {
     } else {
         return;
     };
-    let fd = regs::load(r, &c.regs_arg0_off) as u32;
     let buf = regs::load(r, &c.regs_arg1_off);
+    if one {
+        keep_ahead(prog, Conn::Sock(sk), buf);
+        return;
+    }
+    let fd = regs::load(r, &c.regs_arg0_off) as u32;
     capture(
         prog,
         dir,

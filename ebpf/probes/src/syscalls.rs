@@ -31,7 +31,7 @@ use routeskew_common::{
 };
 
 use crate::{
-    capture::{capture, Conn, MIN_LEN},
+    capture::{capture, keep_ahead, Conn, MIN_LEN},
     filter::{pid_tgid, watched_cgroup},
     maps::{cfg, count, submit_flags, Counter, CLOSING, CONFIG, CONNS, EVENTS, PENDING_IO},
     regs,
@@ -73,8 +73,10 @@ fn on_raw_exit(regs: u64, ret: i64) {
         // always has BTF, so `inet_sock_set_state` reads the registers instead of a mark.
         return;
     };
-    // Go's non-blocking reads return EAGAIN constantly: filtered before the cgroup.
-    if ret < MIN_LEN {
+    // Go's non-blocking reads return EAGAIN constantly: filtered before the cgroup. A
+    // 1-byte read may be Go's background read (see `capture::keep_ahead`).
+    let one = dir == direction::READ && ret == 1;
+    if ret < MIN_LEN && !one {
         return;
     }
     let Some(cgroup_id) = watched_cgroup() else {
@@ -92,6 +94,10 @@ fn on_raw_exit(regs: u64, ret: i64) {
         tgid: (id >> 32) as u32,
         fd: fd as u32,
     };
+    if one {
+        keep_ahead(prog, Conn::Fd(key), buf);
+        return;
+    }
     capture(prog, dir, cgroup_id, id, fd as u32, buf, ret, Conn::Fd(key));
 }
 
@@ -207,13 +213,18 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(cfg(&CONFIG.sys_exit_ret_off) as usize) }) else {
         return;
     };
-    if ret < MIN_LEN {
+    let one = dir == direction::READ && ret == 1;
+    if ret < MIN_LEN && !one {
         return;
     }
     let key = ConnKey {
         tgid: (id >> 32) as u32,
         fd: pending.fd,
     };
+    if one {
+        keep_ahead(prog, Conn::Fd(key), pending.buf);
+        return;
+    }
     capture(
         prog,
         dir,

@@ -6,6 +6,11 @@
 //! then with/without) so slow drift of the machine does not favour one side. Reports per
 //! round, the median of the per-round throughput ratios and p99 latencies, as a markdown
 //! block for BENCHMARKS.md.
+//!
+//! Two runs, chosen with `--transport plain|tls|both` (default both): plaintext HTTP/1.1
+//! against the replica's `web` entrypoint (the agent's socket hooks), and HTTP/1.1 over
+//! TLS against its `websecure` entrypoint (the Go `crypto/tls` uprobes; the socket hooks
+//! only see ciphertext there).
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,7 +18,36 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use routeskew_testbed::{paths, Agent, AgentConfig, Testbed, TestbedConfig};
 
+/// Which entrypoint wrk loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `web`: plaintext HTTP/1.1.
+    Plain,
+    /// `websecure`: HTTP/1.1 over TLS (Debian's wrk is built with OpenSSL).
+    Tls,
+}
+
+impl Transport {
+    fn title(self) -> &'static str {
+        match self {
+            Transport::Plain => "plaintext HTTP/1.1 (`web` entrypoint)",
+            Transport::Tls => "HTTP/1.1 over TLS (`websecure` entrypoint)",
+        }
+    }
+}
+
+/// `--transport` values.
+fn parse_transports(v: &str) -> Result<Vec<Transport>> {
+    Ok(match v {
+        "plain" => vec![Transport::Plain],
+        "tls" => vec![Transport::Tls],
+        "both" => vec![Transport::Plain, Transport::Tls],
+        other => bail!("--transport takes plain, tls or both, not {other:?}"),
+    })
+}
+
 struct Args {
+    transports: Vec<Transport>,
     rounds: u32,
     duration: u32,
     warmup: u32,
@@ -27,6 +61,7 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
+        transports: vec![Transport::Plain, Transport::Tls],
         rounds: 5,
         duration: 10,
         warmup: 3,
@@ -45,8 +80,12 @@ fn parse_args() -> Result<Args> {
             a.bpf_stats = true;
             continue;
         }
+        if flag == "--transport" {
+            a.transports = parse_transports(&it.next().context("--transport needs a value")?)?;
+            continue;
+        }
         if flag == "-h" || flag == "--help" {
-            println!("usage: bench [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats]");
+            println!("usage: bench [--transport plain|tls|both] [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats]");
             std::process::exit(0);
         }
         let v: u32 = it
@@ -155,7 +194,7 @@ fn per_request_us(t: Duration, requests: u64) -> String {
 }
 
 /// Kernel program cost per request over all rounds (`--bpf-stats`).
-fn kernel_table(rounds: &[Round]) -> String {
+fn kernel_table(rounds: &[Round], transport: Transport) -> String {
     let mut requests = 0u64;
     let mut per_prog: Vec<(String, u64, Duration)> = Vec::new();
     for r in rounds {
@@ -179,6 +218,10 @@ fn kernel_table(rounds: &[Round]) -> String {
     let mut md = String::from(
         "\nKernel programs during the runs with the agent (BPF_ENABLE_STATS on, which adds a little to each run):\n\n| program | runs/request | ns/run | µs/request |\n| --- | ---: | ---: | ---: |\n",
     );
+    if transport == Transport::Tls {
+        // Uprobes first: they are what this run measures.
+        per_prog.sort_by_key(|(name, _, _)| !name.starts_with("rs_go_tls"));
+    }
     let mut total = Duration::ZERO;
     for (name, runs, time) in &per_prog {
         total += *time;
@@ -278,14 +321,36 @@ fn process_cpu(pid: u32) -> Result<Duration> {
     ))
 }
 
-/// Accumulated runs and run time of the agent's kernel programs (names start with `rs_`).
-fn kernel_program_stats() -> Vec<(String, u64, Duration)> {
+/// Ids of the BPF programs process `pid` holds (program and link fds name them in their
+/// fdinfo). Other sensors on a shared machine load programs of the same names; only the
+/// benchmarked agent's are counted.
+fn program_ids_of(pid: u32) -> std::collections::HashSet<u32> {
+    let mut ids = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        ids.extend(text.lines().filter_map(|l| {
+            l.strip_prefix("prog_id:")
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        }));
+    }
+    ids
+}
+
+/// Accumulated runs and run time of the agent's kernel programs (names start with `rs_`),
+/// those of process `pid` only.
+fn kernel_program_stats(pid: u32) -> Vec<(String, u64, Duration)> {
+    let ours = program_ids_of(pid);
     let mut out: Vec<(String, u64, Duration)> = Vec::new();
     for info in aya::programs::loaded_programs().flatten() {
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        if !name.starts_with("rs_") {
+        if !name.starts_with("rs_") || !ours.contains(&info.id()) {
             continue;
         }
         match out.iter_mut().find(|(n, _, _)| n == name) {
@@ -345,13 +410,13 @@ async fn measure_with_agent(
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
     let kernel_before = if a.bpf_stats {
-        kernel_program_stats()
+        kernel_program_stats(agent.pid())
     } else {
         Vec::new()
     };
     let result = run_wrk(a, url, host, a.duration);
     let kernel_after = if a.bpf_stats {
-        kernel_program_stats()
+        kernel_program_stats(agent.pid())
     } else {
         Vec::new()
     };
@@ -382,96 +447,16 @@ async fn measure_with_agent(
     Ok((result?, view))
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
-    let a = parse_args()?;
-    paths::require_root()?;
-    // Statistics stay on while this descriptor is open.
-    let _stats = if a.bpf_stats {
-        Some(
-            aya::sys::enable_stats(aya::sys::Stats::RunTime)
-                .context("enabling BPF run-time statistics")?,
-        )
-    } else {
-        None
-    };
-    let traefik = paths::traefik_binary()?;
-    let agent_bin = if a.no_agent {
-        None
-    } else {
-        Some(paths::agent_binary()?)
-    };
+/// The machine and tool versions, printed with every result block.
+struct Setting {
+    date: String,
+    kernel: String,
+    nproc: usize,
+    traefik_version: String,
+    wrk_version: String,
+}
 
-    let bed = Testbed::start(TestbedConfig {
-        replicas: 1,
-        broken_replica: None,
-        // wrk's requests would fill the disk with access-log lines and cost Traefik time
-        // that is not the agent's.
-        access_log: false,
-        traefik_log_level: "ERROR".into(),
-        ..TestbedConfig::default()
-    })
-    .await?;
-    let replica = &bed.replicas()[0];
-    let host = bed.scenario().app_host.clone();
-    let url = format!("http://{}/", replica.web_addr);
-    eprintln!(
-        "bench: {} (pid {}, cgroup {}) at {url}, Host: {host}; agent: {}",
-        replica.name,
-        replica.pid,
-        replica.cgroup_path.display(),
-        agent_bin
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "none (--no-agent)".into())
-    );
-
-    eprintln!("warm-up {} s ...", a.warmup);
-    if a.warmup > 0 {
-        run_wrk(&a, &url, &host, a.warmup)?;
-    }
-    let mut rounds = Vec::new();
-    for i in 0..a.rounds {
-        let agent_first = !a.no_agent && i % 2 == 1;
-        let mut with = None;
-        let mut counted = None;
-        if agent_first {
-            let (w, c) = measure_with_agent(&a, &bed, &url, &host).await?;
-            with = Some(w);
-            counted = Some(c);
-        }
-        let without = run_wrk(&a, &url, &host, a.duration)?;
-        if !a.no_agent && !agent_first {
-            let (w, c) = measure_with_agent(&a, &bed, &url, &host).await?;
-            with = Some(w);
-            counted = Some(c);
-        }
-        eprintln!(
-            "round {}: without {:.0} req/s p99 {:.2} ms{}",
-            i + 1,
-            without.rps,
-            without.p99_ms,
-            with.map(|w| format!("; with {:.0} req/s p99 {:.2} ms", w.rps, w.p99_ms))
-                .unwrap_or_default()
-        );
-        rounds.push(Round {
-            without,
-            with,
-            agent: counted,
-        });
-    }
-
-    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let traefik_version = command_output(traefik.to_str().unwrap_or("traefik"), &["version"])
-        .lines()
-        .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
-        .unwrap_or_else(|| "unknown".into());
+fn setting(traefik: &std::path::Path) -> Setting {
     let wrk_version = Command::new("wrk")
         .arg("-v")
         .output()
@@ -492,13 +477,77 @@ async fn main() -> Result<()> {
                 .to_string()
         })
         .unwrap_or_else(|| "unknown".into());
+    Setting {
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into()),
+        nproc: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        traefik_version: command_output(traefik.to_str().unwrap_or("traefik"), &["version"])
+            .lines()
+            .find_map(|l| l.strip_prefix("Version:").map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| "unknown".into()),
+        wrk_version,
+    }
+}
 
+/// Warm-up, then `a.rounds` alternating (without, with) measurements against `url`.
+async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<Round>> {
+    eprintln!("warm-up {} s against {url} ...", a.warmup);
+    if a.warmup > 0 {
+        run_wrk(a, url, host, a.warmup)?;
+    }
+    let mut rounds = Vec::new();
+    for i in 0..a.rounds {
+        let agent_first = !a.no_agent && i % 2 == 1;
+        let mut with = None;
+        let mut counted = None;
+        if agent_first {
+            let (w, c) = measure_with_agent(a, bed, url, host).await?;
+            with = Some(w);
+            counted = Some(c);
+        }
+        let without = run_wrk(a, url, host, a.duration)?;
+        if !a.no_agent && !agent_first {
+            let (w, c) = measure_with_agent(a, bed, url, host).await?;
+            with = Some(w);
+            counted = Some(c);
+        }
+        eprintln!(
+            "round {}: without {:.0} req/s p99 {:.2} ms{}",
+            i + 1,
+            without.rps,
+            without.p99_ms,
+            with.map(|w| format!("; with {:.0} req/s p99 {:.2} ms", w.rps, w.p99_ms))
+                .unwrap_or_default()
+        );
+        rounds.push(Round {
+            without,
+            with,
+            agent: counted,
+        });
+    }
+    Ok(rounds)
+}
+
+/// One markdown block for BENCHMARKS.md.
+fn report(a: &Args, transport: Transport, rounds: &[Round], host: &str, env: &Setting) -> String {
     let mut md = String::new();
     md.push_str(&format!(
-        "### routeskew overhead on Traefik {traefik_version} ({date})\n\n"
+        "### routeskew overhead on Traefik {}, {} ({})\n\n",
+        env.traefik_version,
+        transport.title(),
+        env.date
     ));
+    let transport_flag = match a.transports.as_slice() {
+        [Transport::Plain] => " --transport plain",
+        [Transport::Tls] => " --transport tls",
+        _ => "",
+    };
     md.push_str(&format!(
-        "Command: `cargo xtask bench --rounds {} --duration {}{}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
+        "Command: `cargo xtask bench --rounds {} --duration {}{}{transport_flag}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
         a.rounds,
         a.duration,
         if a.bpf_stats { " --bpf-stats" } else { "" },
@@ -508,8 +557,11 @@ async fn main() -> Result<()> {
         a.warmup
     ));
     md.push_str(&format!(
-        "Machine: {nproc} CPUs ({}), kernel {kernel}; {wrk_version}; load generator, Traefik, backend and agent share the machine.\n\n",
-        cpu_model()
+        "Machine: {} CPUs ({}), kernel {}; {}; load generator, Traefik, backend and agent share the machine.\n\n",
+        env.nproc,
+        cpu_model(),
+        env.kernel,
+        env.wrk_version
     ));
     md.push_str("| round | without: req/s | without: p99 ms | with: req/s | with: p99 ms | ratio (with/without) | agent counted / wrk requests | lost events | agent CPU µs/request |\n");
     md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -567,7 +619,7 @@ async fn main() -> Result<()> {
         ));
     }
     if a.bpf_stats {
-        md.push_str(&kernel_table(&rounds));
+        md.push_str(&kernel_table(rounds, transport));
     }
     let errors: u64 = rounds
         .iter()
@@ -578,7 +630,71 @@ async fn main() -> Result<()> {
             "\n**Warning:** {errors} failed requests (non-2xx/3xx or socket errors) across runs.\n"
         ));
     }
-    println!("{md}");
+    md
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let a = parse_args()?;
+    paths::require_root()?;
+    // Statistics stay on while this descriptor is open.
+    let _stats = if a.bpf_stats {
+        Some(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling BPF run-time statistics")?,
+        )
+    } else {
+        None
+    };
+    let traefik = paths::traefik_binary()?;
+    let agent_bin = if a.no_agent {
+        None
+    } else {
+        Some(paths::agent_binary()?)
+    };
+
+    let bed = Testbed::start(TestbedConfig {
+        replicas: 1,
+        broken_replica: None,
+        // wrk's requests would fill the disk with access-log lines and cost Traefik time
+        // that is not the agent's.
+        access_log: false,
+        traefik_log_level: "ERROR".into(),
+        // A `websecure` entrypoint only when it is loaded: the plaintext-only run stays
+        // the configuration earlier results were measured with.
+        tls: a.transports.contains(&Transport::Tls),
+        ..TestbedConfig::default()
+    })
+    .await?;
+    let replica = &bed.replicas()[0];
+    let host = bed.scenario().app_host.clone();
+    eprintln!(
+        "bench: {} (pid {}, cgroup {}), Host: {host}; agent: {}",
+        replica.name,
+        replica.pid,
+        replica.cgroup_path.display(),
+        agent_bin
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none (--no-agent)".into())
+    );
+    let env = setting(&traefik);
+    let mut blocks = Vec::new();
+    for &t in &a.transports {
+        let url = match t {
+            Transport::Plain => format!("http://{}/", replica.web_addr),
+            Transport::Tls => format!(
+                "https://{}/",
+                replica
+                    .websecure_addr
+                    .context("the replica has no websecure entrypoint")?
+            ),
+        };
+        eprintln!("== {} at {url}", t.title());
+        let rounds = measure(&a, &bed, &url, &host).await?;
+        blocks.push(report(&a, t, &rounds, &host, &env));
+    }
+    println!("{}", blocks.join("\n"));
     drop(bed);
     Ok(())
 }
@@ -598,6 +714,20 @@ mod tests {
         assert_eq!(parse_duration_ms("812.00us"), Some(0.812));
         assert_eq!(parse_duration_ms("2.00s"), Some(2000.0));
         assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn transport_choice() {
+        assert_eq!(
+            parse_transports("both").expect("both"),
+            [Transport::Plain, Transport::Tls]
+        );
+        assert_eq!(parse_transports("tls").expect("tls"), [Transport::Tls]);
+        assert_eq!(
+            parse_transports("plain").expect("plain"),
+            [Transport::Plain]
+        );
+        assert!(parse_transports("h2").is_err());
     }
 
     #[test]

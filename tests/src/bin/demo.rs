@@ -1,8 +1,11 @@
 //! `cargo xtask demo`: three real Traefik replicas, the second missing the router of one
 //! host (its HTTP and its WebSocket endpoint, as in the incident), the agent watching them,
-//! and client traffic spread over the replicas like a Service does. Prints a per-replica
-//! table from the agent's /metrics that points at the broken replica, then keeps
-//! everything running with light traffic until Ctrl-C or `--seconds N`.
+//! and client traffic spread over the replicas like a Service does: first plaintext to
+//! their `web` entrypoints, then HTTPS (HTTP/1.1) and `wss` to their `websecure`
+//! entrypoints, where the agent only sees the plaintext through its Go `crypto/tls`
+//! uprobes. Prints a per-replica table from the agent's /metrics for each phase, both
+//! pointing at the broken replica, then keeps everything running with light traffic of
+//! both kinds until Ctrl-C or `--seconds N`.
 //!
 //! `--no-agent` runs the same test bed and traffic and tabulates what the clients saw
 //! (useful to check the test bed where the agent cannot run).
@@ -12,9 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use routeskew_testbed::{
-    path, Agent, AgentConfig, Metrics, RoundRobin, Scenario, Testbed, TestbedConfig,
+    path, tls, Agent, AgentConfig, Metrics, RoundRobin, Scenario, Testbed, TestbedConfig,
 };
 use tokio::signal::unix::{signal, SignalKind};
+
+/// How long curl keeps an upgraded `wss` connection open (it speaks no WebSocket).
+const WSS_HOLD: Duration = Duration::from_millis(300);
 
 struct Args {
     seconds: u64,
@@ -52,6 +58,9 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
+/// What the clients saw per replica index.
+type Tally = BTreeMap<usize, ClientTally>;
+
 /// What the clients saw per replica, for `--no-agent` and as a cross-check.
 #[derive(Default, Clone)]
 struct ClientTally {
@@ -62,13 +71,50 @@ struct ClientTally {
     bad_gateway: u64,
 }
 
+/// One round of TLS traffic through the `websecure` entrypoints: a page load (three
+/// requests on one keep-alive HTTPS connection), a request and a `wss` upgrade for the host
+/// the broken replica lacks, and an upgrade that every replica routes. curl makes the
+/// requests (see `routeskew_testbed::tls`), off the async runtime.
+async fn tls_round(rr: &mut RoundRobin, sc: &Scenario, tally: &mut Tally) -> Result<()> {
+    let (i, addr) = rr.pick();
+    let host = sc.app_host.clone();
+    let codes = tokio::task::spawn_blocking(move || {
+        tls::curl_https(addr, &host, &[path::ROOT, path::ROOT, path::ROOT])
+    })
+    .await??;
+    tally.entry(i).or_default().requests += codes.len() as u64;
+
+    let (i, addr) = rr.pick();
+    let host = sc.missing_host.clone();
+    let codes =
+        tokio::task::spawn_blocking(move || tls::curl_https(addr, &host, &[path::ROOT])).await??;
+    let t = tally.entry(i).or_default();
+    t.requests += codes.len() as u64;
+    // The host is routed everywhere but on the broken replica: a 404 is its router miss.
+    t.traefik_404 += codes.iter().filter(|&&c| c == 404).count() as u64;
+
+    for host in [&sc.missing_host, &sc.ws_host] {
+        let (i, addr) = rr.pick();
+        let host = host.clone();
+        let code = tokio::task::spawn_blocking(move || {
+            tls::curl_wss_upgrade(addr, &host, path::WS, WSS_HOLD)
+        })
+        .await??;
+        let t = tally.entry(i).or_default();
+        t.requests += 1;
+        t.ws_upgraded += u64::from(code == 101);
+        t.ws_404 += u64::from(code == 404);
+    }
+    Ok(())
+}
+
 /// One round of mixed traffic: what an app whose terminal page fetches a token and opens
 /// a WebSocket does, plus ordinary page loads and the odd broken link.
 async fn one_round(
     rr: &mut RoundRobin,
     sc: &Scenario,
     round: u64,
-    tally: &mut BTreeMap<usize, ClientTally>,
+    tally: &mut Tally,
 ) -> Result<()> {
     for _ in 0..3 {
         let (i, _) = rr.get(&sc.app_host, path::ROOT).await?;
@@ -102,6 +148,7 @@ async fn one_round(
     Ok(())
 }
 
+#[derive(Clone)]
 struct Row {
     replica: String,
     requests: f64,
@@ -155,7 +202,23 @@ fn rows_from_metrics(m: &Metrics, bed: &Testbed) -> Vec<Row> {
         .collect()
 }
 
-fn rows_from_clients(tally: &BTreeMap<usize, ClientTally>, bed: &Testbed) -> Vec<Row> {
+/// What changed from `before` to `after` (same replicas, same order): one phase's traffic.
+fn rows_since(after: &[Row], before: &[Row]) -> Vec<Row> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| Row {
+            replica: a.replica.clone(),
+            requests: a.requests - b.requests,
+            router_miss: a.router_miss - b.router_miss,
+            ws_upgraded: a.ws_upgraded - b.ws_upgraded,
+            ws_router_miss: a.ws_router_miss - b.ws_router_miss,
+            upstream: a.upstream - b.upstream,
+        })
+        .collect()
+}
+
+fn rows_from_clients(tally: &Tally, bed: &Testbed) -> Vec<Row> {
     bed.replicas()
         .iter()
         .map(|r| {
@@ -208,19 +271,25 @@ fn print_table(title: &str, rows: &[Row]) {
     }
 }
 
-async fn show(agent: Option<&Agent>, tally: &BTreeMap<usize, ClientTally>, bed: &Testbed) {
+/// The current totals: from the agent's /metrics, or (`--no-agent`) from the clients.
+async fn rows(agent: Option<&Agent>, tally: &Tally, bed: &Testbed) -> Result<Vec<Row>> {
+    Ok(match agent {
+        Some(a) => rows_from_metrics(&a.scrape().await?, bed),
+        None => rows_from_clients(tally, bed),
+    })
+}
+
+fn source(agent: Option<&Agent>) -> &'static str {
     match agent {
-        Some(a) => match a.scrape().await {
-            Ok(m) => print_table(
-                "routeskew (from the agent's /metrics)",
-                &rows_from_metrics(&m, bed),
-            ),
-            Err(e) => println!("scrape failed: {e:#}"),
-        },
-        None => print_table(
-            "what the clients saw (--no-agent)",
-            &rows_from_clients(tally, bed),
-        ),
+        Some(_) => "routeskew, from the agent's /metrics",
+        None => "what the clients saw (--no-agent)",
+    }
+}
+
+async fn show(agent: Option<&Agent>, tally: &Tally, bed: &Testbed) {
+    match rows(agent, tally, bed).await {
+        Ok(r) => print_table(&format!("{}: all traffic so far", source(agent)), &r),
+        Err(e) => println!("scrape failed: {e:#}"),
     }
 }
 
@@ -230,14 +299,21 @@ async fn main() -> Result<()> {
     routeskew_testbed::paths::require_root()?;
 
     println!("starting 3 Traefik replicas (one missing a router) and the backend ...");
-    let mut bed = Testbed::start(TestbedConfig::default()).await?;
+    let mut bed = Testbed::start(TestbedConfig {
+        tls: true,
+        ..TestbedConfig::default()
+    })
+    .await?;
     let sc = bed.scenario().clone();
     for r in bed.replicas() {
         println!(
-            "  {:<10} pid {:<7} web http://{}  api http://{}  cgroup {}{}",
+            "  {:<10} pid {:<7} web http://{}  websecure https://{}  api http://{}  cgroup {}{}",
             r.name,
             r.pid,
             r.web_addr,
+            r.websecure_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.api_addr,
             r.cgroup_path.display(),
             if r.broken {
@@ -263,22 +339,65 @@ async fn main() -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut rr = bed.round_robin();
-    let mut tally = BTreeMap::new();
+    let mut rr_tls = RoundRobin::new(
+        bed.replicas()
+            .iter()
+            .filter_map(|r| r.websecure_addr)
+            .collect(),
+    );
+    let mut tally = Tally::new();
     let mut round = 0u64;
-    println!("sending mixed traffic round-robin for {} s ...", args.burst);
+    let start = rows(agent.as_ref(), &tally, &bed).await?;
+    println!(
+        "sending mixed plaintext traffic (web) round-robin for {} s ...",
+        args.burst
+    );
     let burst_end = Instant::now() + Duration::from_secs(args.burst);
     while Instant::now() < burst_end {
         one_round(&mut rr, &sc, round, &mut tally).await?;
         round += 1;
     }
-
     tokio::time::sleep(Duration::from_millis(500)).await;
-    show(agent.as_ref(), &tally, &bed).await;
+    let after_plain = rows(agent.as_ref(), &tally, &bed).await?;
+    print_table(
+        &format!("{}: plaintext (web)", source(agent.as_ref())),
+        &rows_since(&after_plain, &start),
+    );
+
+    println!(
+        "\nsending HTTPS and wss traffic (websecure, HTTP/1.1) round-robin for {} s ...",
+        args.burst
+    );
+    let burst_end = Instant::now() + Duration::from_secs(args.burst);
+    while Instant::now() < burst_end {
+        tls_round(&mut rr_tls, &sc, &mut tally).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_tls = rows(agent.as_ref(), &tally, &bed).await?;
+    let tls_rows = rows_since(&after_tls, &after_plain);
+    print_table(
+        &format!(
+            "{}: TLS (websecure; seen through the Go crypto/tls uprobes)",
+            source(agent.as_ref())
+        ),
+        &tls_rows,
+    );
+    if agent.is_some() && tls_rows.iter().all(|r| r.requests == 0.0) {
+        println!(
+            "  the agent saw none of the TLS traffic: its uprobes are not attached \
+             (see routeskew_targets{{state=\"failed\"}} and its log)"
+        );
+    }
 
     if let Some(a) = &agent {
         let broken = bed
             .broken()
             .map(|r| r.web_addr.to_string())
+            .unwrap_or_default();
+        let broken_tls = bed
+            .broken()
+            .and_then(|r| r.websecure_addr)
+            .map(|a| a.port())
             .unwrap_or_default();
         println!("\nmetrics: {}", a.metrics_url());
         println!("try:");
@@ -287,9 +406,13 @@ async fn main() -> Result<()> {
             a.metrics_url()
         );
         println!("  curl -si -H 'Host: {}' http://{broken}/", sc.missing_host);
+        println!(
+            "  curl -sik --resolve {h}:{broken_tls}:127.0.0.1 https://{h}:{broken_tls}/",
+            h = sc.missing_host
+        );
     }
     if args.seconds == 0 {
-        println!("\nkeeping everything up with light traffic; Ctrl-C to stop");
+        println!("\nkeeping everything up with light traffic (plaintext and TLS); Ctrl-C to stop");
     } else {
         println!(
             "\nkeeping everything up with light traffic for {} s",
@@ -316,6 +439,12 @@ async fn main() -> Result<()> {
             _ = light.tick() => {
                 if let Err(e) = one_round(&mut rr, &sc, round, &mut tally).await {
                     println!("traffic error: {e:#}");
+                }
+                // TLS rounds start curl processes: every fourth tick.
+                if round.is_multiple_of(4) {
+                    if let Err(e) = tls_round(&mut rr_tls, &sc, &mut tally).await {
+                        println!("TLS traffic error: {e:#}");
+                    }
                 }
                 round += 1;
             }

@@ -113,10 +113,11 @@ fn decode_data(rec: &[u8]) -> Result<EventKind, DecodeError> {
     let conn = conn_id(source, fd, u64_at(rec, offset_of!(DataEvent, tls_conn)))?;
     let data = offset_of!(DataEvent, data);
     let captured = &rec[data..data + captured as usize];
-    if source == conn_source::GO_TLS && fd & READ_AHEAD != 0 {
-        // The message's first byte came in the previous Read (Go's background read).
+    let ahead = u32_at(rec, offset_of!(DataEvent, ahead));
+    if ahead & READ_AHEAD != 0 {
+        // The message's first byte came in the previous read (Go's background read).
         let mut bytes = Vec::with_capacity(captured.len() + 1);
-        bytes.push(fd as u8);
+        bytes.push(ahead as u8);
         bytes.extend_from_slice(captured);
         return Ok(EventKind::Data {
             conn,
@@ -222,6 +223,8 @@ mod tests {
             captured_len: captured,
             source: conn_source::FD,
             tls_conn: 0,
+            ahead: 0,
+            _pad: 0,
             data,
         }
     }
@@ -251,6 +254,22 @@ mod tests {
             ev.kind,
             EventKind::Data { direction: Direction::Read, ref bytes, .. } if bytes.as_ref() == b"HTTP"
         ));
+
+        // A plaintext request whose first byte came in an earlier 1-byte read(2).
+        let mut ahead = DataEvent {
+            ahead: READ_AHEAD | u32::from(b'G'),
+            ..data_event(13, 13, direction::READ)
+        };
+        ahead.data[..13].copy_from_slice(b"ET / HTTP/1.1");
+        assert_eq!(
+            decode(&bytes_of(&ahead)).expect("decode").kind,
+            EventKind::Data {
+                conn: ConnId::Fd(9),
+                direction: Direction::Read,
+                total_len: 14,
+                bytes: Bytes::from_static(b"GET / HTTP/1.1"),
+            }
+        );
     }
 
     #[test]
@@ -286,7 +305,7 @@ mod tests {
         );
         // A request whose first byte came in an earlier 1-byte Read.
         let mut ahead = DataEvent {
-            fd: READ_AHEAD | u32::from(b'G'),
+            ahead: READ_AHEAD | u32::from(b'G'),
             source: conn_source::GO_TLS,
             tls_conn: 0xc000_1234_5678,
             ..data_event(13, 400, direction::READ)
