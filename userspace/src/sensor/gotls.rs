@@ -4,14 +4,16 @@
 //! put the functions elsewhere). A uprobe fires in every process mapping the file; the
 //! kernel programs keep only watched cgroups.
 //!
-//! A binary whose resolution or attachment fails is remembered with its error (the same
-//! inode will not resolve differently next scan) and its replicas keep their plaintext
-//! capture.
+//! A binary whose resolution or attachment fails is remembered with its error and tried
+//! again after a doubling wait (the same file rarely resolves differently, but a
+//! transient failure must not blind the agent for good); its replicas keep their
+//! plaintext capture meanwhile.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt,
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -106,12 +108,23 @@ struct Attached {
     exe: PathBuf,
     /// Go version, or the error.
     outcome: Result<(String, Links), String>,
+    /// After a failure: when to try this binary again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
 }
+
+/// First wait before a binary whose resolution failed is tried again. Resolution reads
+/// the file only, so a failure usually repeats: the waits double up to
+/// [`RETRY_MAX`], which still recovers from a transient one (a process caught while it
+/// was exec'ing, a file read while it was replaced).
+const RETRY_FIRST: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// The uprobes' state across discovery scans.
 #[derive(Default)]
 pub struct TlsProbes {
     binaries: BTreeMap<BinaryId, Attached>,
+    /// The wait after the next failure of a binary that failed before.
+    next_wait: BTreeMap<BinaryId, Duration>,
     loaded: Option<Result<(), String>>,
 }
 
@@ -222,9 +235,11 @@ impl TlsProbes {
             .copied()
             .collect();
         for id in gone {
+            self.next_wait.remove(&id);
             if let Some(Attached {
                 exe,
                 outcome: Ok((_, links)),
+                ..
             }) = self.binaries.remove(&id)
             {
                 tracing::info!(exe = %exe.display(), "no watched replica runs this binary any more; TLS uprobes detached");
@@ -232,7 +247,20 @@ impl TlsProbes {
             }
         }
         let mut out = Vec::with_capacity(in_use.len());
+        let now = Instant::now();
         for (id, (exe, pids)) in in_use {
+            let retry = match self.binaries.get(&id) {
+                Some(Attached {
+                    retry: Some((at, wait)),
+                    ..
+                }) if now >= *at => Some(*wait),
+                _ => None,
+            };
+            if let Some(wait) = retry {
+                self.binaries.remove(&id);
+                tracing::info!(exe = %exe.display(), dev = id.dev, inode = id.ino, "trying the TLS uprobes on this binary again");
+                self.next_wait.insert(id, (wait * 2).min(RETRY_MAX));
+            }
             if !self.binaries.contains_key(&id) {
                 let loaded = self.loaded.get_or_insert_with(|| load_all(ebpf)).clone();
                 let outcome =
@@ -254,11 +282,19 @@ impl TlsProbes {
                         "TLS uprobes not attached: this binary's TLS traffic goes unseen (plaintext capture continues)"
                     ),
                 }
+                let retry = outcome.is_err().then(|| {
+                    let wait = self.next_wait.get(&id).copied().unwrap_or(RETRY_FIRST);
+                    (now + wait, wait)
+                });
+                if outcome.is_ok() {
+                    self.next_wait.remove(&id);
+                }
                 self.binaries.insert(
                     id,
                     Attached {
                         exe: exe.clone(),
                         outcome,
+                        retry,
                     },
                 );
             }
