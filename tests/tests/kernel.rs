@@ -692,6 +692,36 @@ async fn a_one_byte_read_on_a_fresh_connection_reports_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A socket whose first bytes were a TLS record is not looked at again (socket path):
+/// nothing at all is reported for it, not even its close. The fd-keyed paths do not
+/// mark (an fd number outlives its connection when closed without close(2)) and still
+/// judge every buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciphertext_sockets_are_left_alone() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut bench = Bench::with("cipher", Capture::Sock, false).await?;
+    let run = bench.run_helper("cipher", Placement::InCgroup, false)?;
+    let got = bench.drain().await;
+    assert_events(&got, &[]);
+    drop(run);
+
+    let mut bench = Bench::with("cipherfd", Capture::Raw, false).await?;
+    let run = bench.run_helper("cipher", Placement::InCgroup, false)?;
+    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
+    let o = bench.origin(run.pid);
+    let got = bench.drain().await;
+    assert_events(
+        &got,
+        &[
+            (o, data(c, Direction::Write, REQUEST)),
+            (o, data(s, Direction::Read, REQUEST)),
+            (o, closed(c, false)),
+            (o, closed(s, false)),
+        ],
+    );
+    Ok(())
+}
+
 /// The copied prefix is `capture_len` bytes. From 16 bytes up the kernel copies first and
 /// judges the copy; below that it reads the head on its own first: both ways give the
 /// same events.
@@ -1668,6 +1698,7 @@ fn helper_process() {
         "http" => scenario_http(false),
         "upgrade" => scenario_http(true),
         "request_back" => scenario_request_back(),
+        "cipher" => scenario_cipher(),
         "refused" => scenario_refused(),
         "reset" => scenario_reset(),
         "non_http" => scenario_non_http(),
@@ -1823,6 +1854,25 @@ fn scenario_one_byte_fresh() -> Result<()> {
         raw_read_exact(sfd, &REQUEST[1..])?;
     }
     scenario_http(false)
+}
+
+/// TLS records both ways (a handshake and application data, as on a TLS entrypoint's
+/// socket), then bytes that look like a request on the same connection.
+fn scenario_cipher() -> Result<()> {
+    const HELLO: &[u8] = b"\x16\x03\x01\x00\x2a\x01\x00\x00\x26\x03\x03abcdefghijklmnop";
+    const RECORD: &[u8] = b"\x17\x03\x03\x00\x20ciphertext-ciphertext-ciphertext";
+    let (client, mut server) = connected_pair()?;
+    let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
+    raw_write(cfd, HELLO)?;
+    std_read_exact(&mut server, HELLO)?;
+    server.write_all(RECORD)?;
+    raw_read_exact(cfd, RECORD)?;
+    raw_write(cfd, REQUEST)?;
+    std_read_exact(&mut server, REQUEST)?;
+    drop(client);
+    drop(server);
+    println!("RESULT client_fd={cfd} server_fd={sfd}");
+    Ok(())
 }
 
 fn scenario_refused() -> Result<()> {

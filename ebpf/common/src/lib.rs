@@ -105,6 +105,10 @@ pub mod conn_flags {
     /// Read/Write is copied (up to the capture length), whatever it starts with: HPACK
     /// needs every header block of the connection, in order.
     pub const H2: u32 = 4;
+    /// Socket path only: the first bytes judged on it were a TLS handshake record. The socket
+    /// carries ciphertext (its plaintext, if any, comes from the Go crypto/tls uprobes),
+    /// so nothing on it is looked at again and its close is not reported.
+    pub const CIPHER: u32 = 8;
 }
 
 /// Emitted when a process closes an fd (or a Go TLS connection) that carried captured

@@ -17,7 +17,7 @@ use routeskew_common::{
 };
 
 use crate::{
-    filter::{http_start, is_h2_preface, is_http_response, Start, STATUS_101},
+    filter::{http_start, is_h2_preface, is_http_response, is_tls_record, Start, STATUS_101},
     maps::{cfg, count, submit_flags, Counter, CONFIG, CONNS, EVENTS, SOCK_CONNS, TLS_CONNS},
 };
 
@@ -82,7 +82,7 @@ pub fn capture(
 ) {
     let (known, upstream) = match conn_state(conn) {
         Some((f, ahead)) => {
-            if f & conn_flags::UPGRADED != 0 {
+            if f & (conn_flags::UPGRADED | conn_flags::CIPHER) != 0 {
                 return;
             }
             if f & conn_flags::H2 != 0 {
@@ -128,6 +128,12 @@ pub fn capture(
     let Some((start, reported, upgraded)) = outcome else {
         return;
     };
+    if start == Start::TlsRecord {
+        if !known {
+            remember(prog, conn, cgroup_id, id, fd, conn_flags::CIPHER);
+        }
+        return;
+    }
     if upgraded || start == Start::H2Preface || (reported && !known) {
         let upstream = dir == direction::WRITE && start == Start::Request;
         let state = if upgraded {
@@ -244,6 +250,13 @@ fn judge(head: u64, next: u32, has_status: bool, dir: u32, conn: Conn) -> (Start
     {
         return (Start::H2Preface, false);
     }
+    // Traefik's TLS entrypoints: every read and write of such a socket would be copied and
+    // discarded again (a reserved record, a user-memory read) without this mark. Socket
+    // path only: there the mark lives exactly as long as the socket, while an fd number
+    // closed without close(2) could pass a stale mark to the next connection.
+    if start == Start::Other && matches!(conn, Conn::Sock(_)) && is_tls_record(head) {
+        return (Start::TlsRecord, false);
+    }
     let upgraded = has_status && is_http_response(head) && next == STATUS_101;
     (start, upgraded)
 }
@@ -295,6 +308,10 @@ fn copy_first(
         entry.discard(submit_flags());
         return None;
     }
+    if start == Start::TlsRecord {
+        entry.discard(submit_flags());
+        return Some((start, false, false));
+    }
     let report = reported(start, dir);
     if report {
         unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n, 0, conn) };
@@ -335,6 +352,9 @@ fn head_first(
     let (start, upgraded) = judge(head, next as u32, ret >= 12, dir, conn);
     if start == Start::Other {
         return None;
+    }
+    if start == Start::TlsRecord {
+        return Some((start, false, false));
     }
     let report = may_emit && reported(start, dir);
     if report {

@@ -98,6 +98,8 @@ pub enum Start {
     Response,
     /// The HTTP/2 client preface, read on a Go TLS connection.
     H2Preface,
+    /// A TLS record on a socket (ciphertext; the uprobes see its plaintext).
+    TlsRecord,
 }
 
 /// Classifies the first 8 bytes of a buffer (little-endian).
@@ -128,6 +130,17 @@ pub fn is_http_response(head: u64) -> bool {
 #[inline(always)]
 pub fn is_h2_preface(head: u64) -> bool {
     head == word(b"PRI * HT")
+}
+
+/// Whether the first bytes are a TLS handshake record header (content type 22, version
+/// 3.0–3.4): how a TLS connection starts, in both directions. Only the start marks a
+/// socket as ciphertext: a mark set by a record late in a connection's life (an alert
+/// around its close) was seen to outlive the socket and blind the next one that got its
+/// address (`e2e_probe`'s TLS test catches that).
+#[inline(always)]
+pub fn is_tls_record(head: u64) -> bool {
+    let b = head.to_le_bytes();
+    b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
 }
 
 /// Bytes 8..12 of a `101 Switching Protocols` status line.

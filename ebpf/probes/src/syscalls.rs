@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use routeskew_common::{
-    config_flags, conn_source, direction, event_kind, program, CloseEvent, ConnKey, EventHeader,
-    PendingIo,
+    config_flags, conn_flags, conn_source, direction, event_kind, program, CloseEvent, ConnKey,
+    EventHeader, PendingIo,
 };
 
 use crate::{
@@ -265,6 +265,9 @@ fn on_close(ctx: &TracePointContext) {
     let Some(s) = CONNS.get_ptr(key) else { return };
     let flags = unsafe { (*s).flags };
     let _ = CONNS.remove(key);
+    if flags & conn_flags::CIPHER != 0 {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count(prog, Counter::Lost);
         return;

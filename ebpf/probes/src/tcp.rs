@@ -20,8 +20,8 @@ use aya_ebpf::{
     bindings::BPF_ANY, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
 };
 use routeskew_common::{
-    config_flags, conn_source, event_kind, program, upstream_reason, CloseEvent, EventHeader,
-    TcpSock, UpstreamEvent,
+    config_flags, conn_flags, conn_source, event_kind, program, upstream_reason, CloseEvent,
+    EventHeader, TcpSock, UpstreamEvent,
 };
 
 use crate::{
@@ -193,6 +193,9 @@ fn end_sock_conn(skaddr: u64, new: u32) {
     };
     let conn = unsafe { *s };
     let _ = SOCK_CONNS.remove(skaddr);
+    if conn.flags & conn_flags::CIPHER != 0 {
+        return;
+    }
     let prog = program::INET_SOCK_SET_STATE;
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count(prog, Counter::Lost);
