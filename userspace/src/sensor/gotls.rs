@@ -154,9 +154,9 @@ fn attach_points(exe: &std::path::Path) -> Result<(String, Points), GoBinError> 
     let read = bin.function(READ)?;
     let close = bin.function(CLOSE)?;
     let mut points = vec![
-        (PROG_WRITE, write.entry_offset),
-        (PROG_READ, read.entry_offset),
-        (PROG_CLOSE, close.entry_offset),
+        (PROG_WRITE, write.probe_offset),
+        (PROG_READ, read.probe_offset),
+        (PROG_CLOSE, close.probe_offset),
     ];
     points.extend(read.ret_offsets.iter().map(|&o| (PROG_READ_RET, o)));
     let version = bin.go_version.clone().unwrap_or_else(|| "unknown".into());

@@ -119,8 +119,12 @@ pub struct GoFunction {
     pub address: u64,
     /// Bytes up to the next function.
     pub size: u64,
-    /// File offset of the entry: what a uprobe is attached at.
+    /// File offset of the entry.
     pub entry_offset: u64,
+    /// File offset of the first instruction after Go's stack-bound check, where an entry
+    /// uprobe is cheapest (see [`retsites::after_stack_check`]); the entry when the
+    /// prologue has another shape.
+    pub probe_offset: u64,
     /// File offsets of every `RET` instruction.
     pub ret_offsets: Vec<u64>,
 }
@@ -279,11 +283,13 @@ impl GoBinary {
             .into_iter()
             .map(|a| a - address + entry_offset)
             .collect();
+        let probe_offset = retsites::after_stack_check(code, address) - address + entry_offset;
         Ok(GoFunction {
             name: name.to_owned(),
             address,
             size,
             entry_offset,
+            probe_offset,
             ret_offsets,
         })
     }

@@ -44,7 +44,10 @@ fn starts_with_stack_check(code: &[u8]) -> bool {
         .any(|w| matches!(w, [0x49 | 0x4d, 0x3b, 0x66, 0x10]))
 }
 
-fn check_tls_functions(bin: &GoBinary, bytes: &[u8]) -> Vec<GoFunction> {
+/// `push_prologue`: the Go version builds frames with `push rbp` right after the stack
+/// check (Go 1.21 and later), so the entry probes move there; earlier versions keep them
+/// at the entry.
+fn check_tls_functions(bin: &GoBinary, bytes: &[u8], push_prologue: bool) -> Vec<GoFunction> {
     TLS_FUNCS
         .iter()
         .map(|name| {
@@ -56,6 +59,17 @@ fn check_tls_functions(bin: &GoBinary, bytes: &[u8]) -> Vec<GoFunction> {
                 f.address,
                 &bytes[entry..entry + 12]
             );
+            if push_prologue {
+                assert!(
+                    f.probe_offset > f.entry_offset && f.probe_offset < f.entry_offset + 16,
+                    "{name}: probe offset {:#x}, entry {:#x}",
+                    f.probe_offset,
+                    f.entry_offset
+                );
+                assert_eq!(bytes[f.probe_offset as usize], 0x55, "{name}: push rbp");
+            } else {
+                assert_eq!(f.probe_offset, f.entry_offset, "{name}");
+            }
             assert!(!f.ret_offsets.is_empty(), "{name}: no RET");
             for &r in &f.ret_offsets {
                 assert!(r > f.entry_offset && r < f.entry_offset + f.size);
@@ -93,7 +107,7 @@ fn real_traefik_release_binary() {
     assert_eq!(header.layout(), "go1.20+");
     assert_eq!(header.header_text_start(), None);
     assert!(bin.function_count().unwrap() > 100_000);
-    let fs = check_tls_functions(&bin, &bytes);
+    let fs = check_tls_functions(&bin, &bytes, true);
     for f in &fs {
         eprintln!(
             "{}: entry {:#x} (file offset {:#x}), size {}, {} RET sites",
@@ -284,7 +298,7 @@ fn compare_with_nm(truth_of: &Path, builds: &[&PathBuf]) {
             funcs.len()
         );
         let bytes = std::fs::read(path).unwrap();
-        check_tls_functions(&bin, &bytes);
+        check_tls_functions(&bin, &bytes, false);
     }
 }
 
