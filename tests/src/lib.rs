@@ -19,6 +19,7 @@ pub mod paths;
 pub mod process;
 pub mod prometheus;
 pub mod scenario;
+pub mod tally;
 pub mod tls;
 pub mod traefik;
 pub mod traffic;

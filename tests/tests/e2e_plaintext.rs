@@ -8,11 +8,11 @@
 //! and ROUTESKEW_EBPF_OBJECT locate the pieces; see `routeskew_testbed::paths`).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::path;
+use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
 use routeskew_testbed::{
     expect, paths, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
 };
@@ -36,54 +36,6 @@ struct Step {
     n: usize,
     status: u16,
     class: &'static str,
-}
-
-type Table = BTreeMap<(String, String, String), u64>;
-
-fn add(t: &mut Table, a: &str, b: &str, c: &str, n: u64) {
-    if n > 0 {
-        *t.entry((a.into(), b.into(), c.into())).or_default() += n;
-    }
-}
-
-/// Non-zero samples of `name` for the given replicas, keyed by (replica, `label2`,
-/// `label3`), restricted to passive traffic where the metric has a source.
-fn table(m: &Metrics, name: &str, replicas: &[String], label2: &str, label3: &str) -> Table {
-    let mut t = Table::new();
-    for s in m.select(name, &[]) {
-        let Some(replica) = s.labels.get("replica") else {
-            continue;
-        };
-        if !replicas.contains(replica) || s.labels.get("source").is_some_and(|v| v != "passive") {
-            continue;
-        }
-        let get = |k: &str| {
-            s.labels
-                .get(k)
-                .cloned()
-                .unwrap_or_else(|| format!("<no {k}>"))
-        };
-        add(&mut t, replica, &get(label2), &get(label3), s.value as u64);
-    }
-    t
-}
-
-fn host_label(scenario_hosts: &[String], host: &str) -> String {
-    if scenario_hosts.iter().any(|h| h == host) {
-        host.to_string()
-    } else {
-        "other".to_string()
-    }
-}
-
-fn class_of_status(status: u16, router_miss: bool) -> &'static str {
-    match status {
-        404 if router_miss => "router_miss",
-        421 => "misdirected",
-        100..=399 => "ok",
-        400..=499 => "client_error",
-        _ => "server_error",
-    }
 }
 
 fn plan(bed: &Testbed) -> Vec<Step> {
@@ -218,23 +170,6 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         "server_error",
     );
     steps
-}
-
-fn diff(want: &Table, got: &Table) -> String {
-    let mut out = String::new();
-    let keys: std::collections::BTreeSet<_> = want.keys().chain(got.keys()).collect();
-    for k in keys {
-        let (w, g) = (
-            want.get(k).copied().unwrap_or(0),
-            got.get(k).copied().unwrap_or(0),
-        );
-        let mark = if w == g { "  " } else { "!!" };
-        out.push_str(&format!(
-            "{mark} {:<10} {:<18} {:<13} want {w:>3} got {g:>3}\n",
-            k.0, k.1, k.2
-        ));
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
