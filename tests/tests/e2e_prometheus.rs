@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use routeskew_testbed::http::HttpConn;
 use routeskew_testbed::prometheus::{self, Prometheus, PrometheusConfig, Sample};
 use routeskew_testbed::scenario::Scenario;
+use routeskew_testbed::tally::{add, diff, Table};
 use routeskew_testbed::{expect, path, paths, process, Agent, AgentConfig, Metrics};
 use routeskew_testbed::{Testbed, TestbedConfig};
 
@@ -31,32 +32,6 @@ const SCRAPED_TIMEOUT: Duration = Duration::from_secs(20);
 /// Wide enough to hold the zero samples scraped before the traffic however slow the
 /// run, which `increase` needs to see the step.
 const WINDOW: &str = "5m";
-
-/// (replica, label, label) → value; only non-zero entries.
-type Table = BTreeMap<(String, String, String), u64>;
-
-fn add(t: &mut Table, a: &str, b: &str, c: &str, n: u64) {
-    if n > 0 {
-        *t.entry((a.into(), b.into(), c.into())).or_default() += n;
-    }
-}
-
-fn diff(want: &Table, got: &Table) -> String {
-    let mut out = String::new();
-    let keys: BTreeSet<_> = want.keys().chain(got.keys()).collect();
-    for k in keys {
-        let (w, g) = (
-            want.get(k).copied().unwrap_or(0),
-            got.get(k).copied().unwrap_or(0),
-        );
-        let mark = if w == g { "  " } else { "!!" };
-        out.push_str(&format!(
-            "{mark} {:<10} {:<18} {:<13} want {w:>3} got {g:>3}\n",
-            k.0, k.1, k.2
-        ));
-    }
-    out
-}
 
 /// A `sum by (k0, k1, k2)` result as a table (zero elements left out).
 fn table(samples: &[Sample], keys: [&str; 3]) -> Table {
