@@ -421,6 +421,30 @@ impl Bench {
     }
 }
 
+/// One test per data path (socket tracepoints, raw `sys_exit`, classic syscall
+/// tracepoints), each running `scenario` on its own path.
+macro_rules! on_every_data_path {
+    ($scenario:ident: $sock:ident, $raw:ident, $classic:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sock() -> Result<()> {
+            let _serial = SERIAL.lock().await;
+            $scenario(Capture::Sock).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $raw() -> Result<()> {
+            let _serial = SERIAL.lock().await;
+            $scenario(Capture::Raw).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $classic() -> Result<()> {
+            let _serial = SERIAL.lock().await;
+            $scenario(Capture::Classic).await
+        }
+    };
+}
+
 fn data(fd: u32, direction: Direction, bytes: &[u8]) -> EventKind {
     EventKind::Data {
         conn: ConnId::Fd(fd),
@@ -517,23 +541,12 @@ async fn request_response_and_close(path: Capture) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn captures_request_response_and_close() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    request_response_and_close(Capture::Sock).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_sys_exit_captures_request_response_and_close() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    request_response_and_close(Capture::Raw).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_fallback_captures_request_response_and_close() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    request_response_and_close(Capture::Classic).await
-}
+on_every_data_path!(
+    request_response_and_close:
+    captures_request_response_and_close,
+    raw_sys_exit_captures_request_response_and_close,
+    classic_fallback_captures_request_response_and_close
+);
 
 /// By default a response a watched process *reads* (an upstream's answer) is not
 /// reported; requests both ways and responses it writes are.
@@ -556,23 +569,12 @@ async fn upstream_responses_left_out(path: Capture) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_responses_are_not_reported_by_default() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    upstream_responses_left_out(Capture::Sock).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_sys_exit_leaves_out_upstream_responses() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    upstream_responses_left_out(Capture::Raw).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_fallback_leaves_out_upstream_responses() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    upstream_responses_left_out(Capture::Classic).await
-}
+on_every_data_path!(
+    upstream_responses_left_out:
+    upstream_responses_are_not_reported_by_default,
+    raw_sys_exit_leaves_out_upstream_responses,
+    classic_fallback_leaves_out_upstream_responses
+);
 
 /// A request read on a connection the kernel took for an upstream one (it wrote a request
 /// first) is still reported, on every data path.
@@ -597,23 +599,12 @@ async fn request_read_on_upstream_connection(path: Capture) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_read_on_an_upstream_connection_is_reported() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    request_read_on_upstream_connection(Capture::Sock).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_sys_exit_reports_a_request_read_on_an_upstream_connection() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    request_read_on_upstream_connection(Capture::Raw).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_fallback_reports_a_request_read_on_an_upstream_connection() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    request_read_on_upstream_connection(Capture::Classic).await
-}
+on_every_data_path!(
+    request_read_on_upstream_connection:
+    request_read_on_an_upstream_connection_is_reported,
+    raw_sys_exit_reports_a_request_read_on_an_upstream_connection,
+    classic_fallback_reports_a_request_read_on_an_upstream_connection
+);
 
 /// Go's background read on a keep-alive connection: while a handler runs, the server
 /// reads one byte; when the client's next request arrives in that window, that byte is
@@ -649,23 +640,12 @@ async fn read_ahead_restores_the_request(path: Capture) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_split_by_a_one_byte_read_is_reported_whole() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    read_ahead_restores_the_request(Capture::Sock).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_sys_exit_reports_a_request_split_by_a_one_byte_read_whole() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    read_ahead_restores_the_request(Capture::Raw).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_fallback_reports_a_request_split_by_a_one_byte_read_whole() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    read_ahead_restores_the_request(Capture::Classic).await
-}
+on_every_data_path!(
+    read_ahead_restores_the_request:
+    a_request_split_by_a_one_byte_read_is_reported_whole,
+    raw_sys_exit_reports_a_request_split_by_a_one_byte_read_whole,
+    classic_fallback_reports_a_request_split_by_a_one_byte_read_whole
+);
 
 /// A 1-byte read on a connection that never carried HTTP keeps nothing: the read after
 /// it (`ET /kernel-test ...`) is not taken for a request. Only the control exchange on a
@@ -1088,23 +1068,12 @@ async fn connect_failures(path: Capture) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_timeouts_and_unreachable_are_classified() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    connect_failures(Capture::Sock).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_sys_exit_classifies_connect_failures() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    connect_failures(Capture::Raw).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_fallback_classifies_connect_failures() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    connect_failures(Capture::Classic).await
-}
+on_every_data_path!(
+    connect_failures:
+    connect_timeouts_and_unreachable_are_classified,
+    raw_sys_exit_classifies_connect_failures,
+    classic_fallback_classifies_connect_failures
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_sensor_releases_every_kernel_object() -> Result<()> {
