@@ -368,10 +368,16 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
         "probe series without a prober: {probes:?}"
     );
 
-    // The sensor saw the traffic and lost none of it.
-    let events = m.sum("routeskew_sensor_events_total", &[]);
+    // The sensor saw the traffic and lost none of it. The kernel's counters reach /metrics
+    // on the agent's 1 s housekeeping tick, so they may trail the traffic counts.
+    let events = |m: &Metrics| m.sum("routeskew_sensor_events_total", &[]);
+    let kernel = agent
+        .scrape_until(Duration::from_secs(5), |m| events(m) > 0.0)
+        .await
+        .unwrap();
+    let events = events(&kernel);
     assert!(events > 0.0, "routeskew_sensor_events_total is {events}");
-    let lost = m.sum("routeskew_sensor_lost_events_total", &[]);
+    let lost = kernel.sum("routeskew_sensor_lost_events_total", &[]);
     assert_eq!(lost, 0.0, "routeskew_sensor_lost_events_total");
     assert_eq!(
         m.get("routeskew_targets", &[("state", "attached")])

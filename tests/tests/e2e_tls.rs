@@ -337,16 +337,23 @@ async fn agent_pins_router_misses_over_tls() {
     }
 
     // Every count above came from the TLS uprobes; the replicas share one binary, which
-    // was resolved and attached once.
-    let tls_events = m.sum(
-        "routeskew_sensor_events_total",
-        &[("program", "go_tls_write")],
-    ) + m.sum(
-        "routeskew_sensor_events_total",
-        &[("program", "go_tls_read_ret")],
-    );
-    assert!(tls_events > 0.0, "no TLS uprobe events counted");
-    let lost = m.sum("routeskew_sensor_lost_events_total", &[]);
+    // was resolved and attached once. The kernel's counters reach /metrics on the agent's
+    // 1 s housekeeping tick, so they may trail the traffic counts by that much.
+    let tls_events = |m: &Metrics| {
+        m.sum(
+            "routeskew_sensor_events_total",
+            &[("program", "go_tls_write")],
+        ) + m.sum(
+            "routeskew_sensor_events_total",
+            &[("program", "go_tls_read_ret")],
+        )
+    };
+    let kernel = agent
+        .scrape_until(Duration::from_secs(5), |m| tls_events(m) > 0.0)
+        .await
+        .unwrap();
+    assert!(tls_events(&kernel) > 0.0, "no TLS uprobe events counted");
+    let lost = kernel.sum("routeskew_sensor_lost_events_total", &[]);
     assert_eq!(lost, 0.0, "routeskew_sensor_lost_events_total");
     let unclassified = m.sum("routeskew_pipeline_h2_unclassified_total", &[]);
     assert_eq!(
