@@ -315,6 +315,11 @@ impl Bench {
         Ok(Bench { sensor, rx, cgroup })
     }
 
+    /// Runs of the loaded programs the kernel skipped so far, summed.
+    fn misses(&self) -> u64 {
+        self.sensor.program_misses().iter().map(|(_, m)| m).sum()
+    }
+
     fn origin(&self, pid: u32) -> Origin {
         Origin {
             tgid: pid,
@@ -1024,6 +1029,29 @@ async fn starts_from_the_embedded_object() -> Result<()> {
 /// path.
 async fn connect_failures(path: Capture) -> Result<()> {
     let mut bench = Bench::with("noanswer", path, false).await?;
+    // The TCP tracepoints fire in softirqs; on the classic path one that interrupts our
+    // syscall tracepoint program of another process is skipped by the kernel, which
+    // counts it. Such a run proves nothing either way and is repeated; an event missing
+    // without a counted skip fails at once.
+    for attempt in 1..=3 {
+        let misses = bench.misses();
+        let (got, want) = connect_failures_once(&mut bench).await?;
+        let skipped = bench.misses() - misses;
+        if got == want || skipped == 0 || attempt == 3 {
+            assert_events(&got, &want);
+            return Ok(());
+        }
+        eprintln!(
+            "attempt {attempt}: the kernel skipped {skipped} program runs (counted in \
+             routeskew_sensor_program_misses_total), events differ; running again"
+        );
+    }
+    unreachable!("the last attempt returns")
+}
+
+type Events = Vec<(Origin, EventKind)>;
+
+async fn connect_failures_once(bench: &mut Bench) -> Result<(Events, Events)> {
     let run = bench.run_helper("no_answer", Placement::InCgroup, true)?;
     let o = bench.origin(run.pid);
     let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
@@ -1038,34 +1066,31 @@ async fn connect_failures(path: Capture) -> Result<()> {
             },
         )
     };
-    assert_events(
-        &got,
-        &[
-            // The application gave up (closed the connecting socket).
-            upstream(UpstreamFailureReason::Timeout, 0, [203, 0, 113, 3]),
-            // Written right after giving up, with no TCP state change in between: the
-            // give-up is reported ahead of it only when the close(2) mark worked.
-            // Without it the close would wait in the per-CPU slot for the next
-            // state change (the next connect) and come after this.
-            (o, data(c, Direction::Write, REQUEST)),
-            (o, data(s, Direction::Read, REQUEST)),
-            // The kernel gave up after its SYN retries.
-            upstream(
-                UpstreamFailureReason::Timeout,
-                libc::ETIMEDOUT,
-                [203, 0, 113, 4],
-            ),
-            // Neighbour resolution failed: ICMP host unreachable.
-            upstream(
-                UpstreamFailureReason::Unreachable,
-                libc::EHOSTUNREACH,
-                [203, 0, 113, 2],
-            ),
-            (o, closed(c, false)),
-            (o, closed(s, false)),
-        ],
-    );
-    Ok(())
+    let want = vec![
+        // The application gave up (closed the connecting socket).
+        upstream(UpstreamFailureReason::Timeout, 0, [203, 0, 113, 3]),
+        // Written right after giving up, with no TCP state change in between: the
+        // give-up is reported ahead of it only when the close(2) mark worked.
+        // Without it the close would wait in the per-CPU slot for the next
+        // state change (the next connect) and come after this.
+        (o, data(c, Direction::Write, REQUEST)),
+        (o, data(s, Direction::Read, REQUEST)),
+        // The kernel gave up after its SYN retries.
+        upstream(
+            UpstreamFailureReason::Timeout,
+            libc::ETIMEDOUT,
+            [203, 0, 113, 4],
+        ),
+        // Neighbour resolution failed: ICMP host unreachable.
+        upstream(
+            UpstreamFailureReason::Unreachable,
+            libc::EHOSTUNREACH,
+            [203, 0, 113, 2],
+        ),
+        (o, closed(c, false)),
+        (o, closed(s, false)),
+    ];
+    Ok((got, want))
 }
 
 on_every_data_path!(
@@ -1074,6 +1099,26 @@ on_every_data_path!(
     raw_sys_exit_classifies_connect_failures,
     classic_fallback_classifies_connect_failures
 );
+
+/// The kernel's count of skipped runs is readable for every loaded program (it is what
+/// `routeskew_sensor_program_misses_total` exports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_runs_are_readable_for_every_program() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let bench = Bench::new("misses").await?;
+    let misses = bench.sensor.program_misses();
+    let names: std::collections::BTreeSet<&str> = misses.iter().map(|(n, _)| n.as_str()).collect();
+    for program in [
+        "rs_sock_send",
+        "rs_sock_recv",
+        "rs_inet_sock_set_state",
+        "rs_tcp_receive_reset",
+        "rs_inet_sk_error_report",
+    ] {
+        ensure!(names.contains(program), "{program} missing from {misses:?}");
+    }
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_sensor_releases_every_kernel_object() -> Result<()> {

@@ -408,6 +408,7 @@ pub struct Metrics {
     sensor_lost_events: Family<ProgramLabels, Counter>,
     sensor_read_failures: Family<ProgramLabels, Counter>,
     sensor_map_full: Family<ProgramLabels, Counter>,
+    sensor_program_misses: Family<ProgramLabels, Counter>,
     sensor_decode_errors: Counter,
     sensor_hooks: Family<HookLabels, Gauge>,
     sensor_blind_probes: Family<ReplicaLabels, Counter>,
@@ -417,6 +418,8 @@ pub struct Metrics {
     /// Last totals seen per program.
     sensor_last: Mutex<HashMap<String, SensorTotals>>,
     decode_errors_last: Mutex<u64>,
+    /// Last skipped-run totals seen per kernel program.
+    misses_last: Mutex<HashMap<String, u64>>,
     ready: AtomicBool,
     ready_reason: Mutex<String>,
     /// Shown under "ready" (e.g. the API server is unreachable and state is stale).
@@ -438,6 +441,7 @@ impl Metrics {
         let sensor_lost_events = Family::<ProgramLabels, Counter>::default();
         let sensor_read_failures = Family::<ProgramLabels, Counter>::default();
         let sensor_map_full = Family::<ProgramLabels, Counter>::default();
+        let sensor_program_misses = Family::<ProgramLabels, Counter>::default();
         let sensor_decode_errors = Counter::default();
         let sensor_hooks = Family::<HookLabels, Gauge>::default();
         let sensor_blind_probes = Family::<ReplicaLabels, Counter>::default();
@@ -500,6 +504,11 @@ impl Metrics {
             sensor_map_full.clone(),
         );
         registry.register(
+            "sensor_program_misses",
+            "Runs of each kernel program the kernel skipped because another BPF program was running on the CPU (their events are lost)",
+            sensor_program_misses.clone(),
+        );
+        registry.register(
             "sensor_decode_errors",
             "Kernel records the agent could not decode",
             sensor_decode_errors.clone(),
@@ -546,6 +555,7 @@ impl Metrics {
             sensor_lost_events,
             sensor_read_failures,
             sensor_map_full,
+            sensor_program_misses,
             sensor_decode_errors,
             sensor_hooks,
             sensor_blind_probes,
@@ -554,6 +564,7 @@ impl Metrics {
             discovery,
             sensor_last: Mutex::new(HashMap::new()),
             decode_errors_last: Mutex::new(0),
+            misses_last: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             ready_reason: Mutex::new("starting".to_string()),
             ready_note: Mutex::new(String::new()),
@@ -604,6 +615,23 @@ impl Metrics {
             family.get_or_create(&labels).inc_by(total_delta(new, old));
         }
         last.insert(program.to_string(), totals);
+    }
+
+    /// Record a kernel program's running count of skipped runs (the kernel's own count,
+    /// which restarts when the program is reloaded).
+    pub fn set_program_misses(&self, program: &str, total: u64) {
+        let mut last = self
+            .misses_last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prev = last.get(program).copied().unwrap_or_default();
+        let labels = ProgramLabels {
+            program: program.to_string(),
+        };
+        self.sensor_program_misses
+            .get_or_create(&labels)
+            .inc_by(total_delta(total, prev));
+        last.insert(program.to_string(), total);
     }
 
     /// The sensor's running count of undecodable records.
@@ -942,6 +970,20 @@ mod tests {
             line(&t, "routeskew_sensor_events_total{program=\"sys_write\"}"),
             Some("routeskew_sensor_events_total{program=\"sys_write\"} 3")
         );
+    }
+
+    #[test]
+    fn program_misses_follow_the_kernel_total_across_reloads() {
+        let m = metrics();
+        let series = "routeskew_sensor_program_misses_total{program=\"inet_sock_set_state\"}";
+        m.set_program_misses("inet_sock_set_state", 0);
+        assert_eq!(line(&m.encode(), series), Some(&*format!("{series} 0")));
+        m.set_program_misses("inet_sock_set_state", 2);
+        m.set_program_misses("inet_sock_set_state", 5);
+        assert_eq!(line(&m.encode(), series), Some(&*format!("{series} 5")));
+        // Reloaded program: its count starts again, and all of it is new.
+        m.set_program_misses("inet_sock_set_state", 1);
+        assert_eq!(line(&m.encode(), series), Some(&*format!("{series} 6")));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod btf;
 pub mod decode;
 pub mod gobin;
 pub mod gotls;
+pub mod prog_info;
 pub mod tracefs;
 
 use std::{
@@ -21,6 +22,7 @@ use std::{
     collections::BTreeSet,
     fmt::Write as _,
     io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -741,6 +743,20 @@ impl Sensor {
             out.push(t);
         }
         Ok(out)
+    }
+
+    /// Per loaded program, the runs the kernel skipped because another BPF program was
+    /// running on the CPU (their events are lost). Programs whose counters cannot be read
+    /// are left out.
+    pub fn program_misses(&self) -> Vec<(String, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let fd = p.fd().ok()?;
+                let misses = prog_info::recursion_misses(fd.as_fd()).ok()?;
+                Some((name.to_string(), misses))
+            })
+            .collect()
     }
 
     /// Records the reader could not decode (counted, never fatal).
