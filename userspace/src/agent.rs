@@ -183,9 +183,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     tracing::error!("sensor reader stopped; exiting");
                     break;
                 }
-                for ev in batch.drain(..) {
-                    pipeline.handle(&ev);
-                }
+                pipeline.handle_batch(&batch);
+                batch.clear();
             }
             _ = rescan.tick() => {
                 apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);
@@ -262,7 +261,7 @@ fn sync_tls(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
 
 /// Where replicas come from.
 enum Discovery {
-    Local(LocalDiscovery),
+    Local(Box<LocalDiscovery>),
     Kubernetes(Box<KubeDiscovery>),
 }
 
@@ -279,9 +278,11 @@ impl Discovery {
                 cgroups: args.cgroups.clone(),
                 namespace: args.namespace.clone(),
                 proc_root: "/proc".into(),
+                endpoint_refresh: (!args.probe_interval.is_zero())
+                    .then_some(crate::discovery::local::ENDPOINT_REFRESH),
             })?;
             tracing::info!(cgroup2 = %d.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
-            return Ok(Discovery::Local(d));
+            return Ok(Discovery::Local(Box::new(d)));
         }
         let node_name = args.node_name.clone().ok_or(KubeError::NoNodeName)?;
         let kube_config = crate::discovery::kubernetes::infer_config().await?;

@@ -411,9 +411,11 @@ fn valid_port_suffix(rest: &[u8]) -> bool {
 
 /// Process-wide key, so that target hashes cannot be precomputed by a client trying to make
 /// a router miss look corroborated.
-fn hash_state() -> &'static std::collections::hash_map::RandomState {
-    static STATE: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
-    STATE.get_or_init(std::collections::hash_map::RandomState::new)
+/// Seeded once per process: the hashes only pair messages within one agent, and
+/// foldhash is a fraction of SipHash's cost on these short keys.
+fn hash_state() -> &'static foldhash::quality::RandomState {
+    static STATE: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+    STATE.get_or_init(foldhash::quality::RandomState::default)
 }
 
 /// Keyed hash of `method SP request-target` (what was captured of it). Stable within the

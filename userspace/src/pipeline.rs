@@ -179,6 +179,20 @@ impl Pipeline {
     }
 
     pub fn handle(&mut self, event: &Event) {
+        self.handle_unsynced(event);
+        self.sync_stats();
+    }
+
+    /// [`Pipeline::handle`] for a batch, with the stage counters carried over to the
+    /// exported ones once at the end rather than after every event.
+    pub fn handle_batch(&mut self, events: &[Event]) {
+        for event in events {
+            self.handle_unsynced(event);
+        }
+        self.sync_stats();
+    }
+
+    fn handle_unsynced(&mut self, event: &Event) {
         // Origins are resolved again when observations are counted, not here: a request
         // read just before discovery caught up with a new replica is still paired with
         // its response.
@@ -205,7 +219,6 @@ impl Pipeline {
         }
         self.flow_buf = flow_buf;
         self.record_observations();
-        self.sync_stats();
     }
 
     /// Decides whether a flow event that may stem from the agent's own requests is
@@ -288,7 +301,7 @@ impl Pipeline {
     fn sync_stats(&mut self) {
         let p = self.metrics.pipeline();
         let c = &self.counters;
-        // By reference: the stats are a few hundred bytes and this runs for every event.
+        // By reference: the stats are a few hundred bytes.
         let now = self.flows.stats();
         let was = &self.synced_flows;
         if now != was {

@@ -397,13 +397,17 @@ fn pipeline(upstream_responses: bool) -> (Pipeline, Arc<Metrics>) {
 /// with the agent's once-a-second housekeeping.
 #[inline(never)]
 fn routeskew_bench_feed(p: &mut Pipeline, events: &[Event], next_tick: &mut u64) {
-    for ev in events {
-        p.handle(black_box(ev));
+    // As the agent does: a batch at a time, housekeeping between batches when it is due.
+    let mut start = 0;
+    for (i, ev) in events.iter().enumerate() {
         if ev.ts_ns >= *next_tick {
+            p.handle_batch(black_box(&events[start..=i]));
+            start = i + 1;
             p.tick(ev.ts_ns);
             *next_tick = ev.ts_ns + S;
         }
     }
+    p.handle_batch(black_box(&events[start..]));
 }
 
 /// The warm-up's feeding, under another name so that callgrind does not count it. Its body
@@ -411,9 +415,7 @@ fn routeskew_bench_feed(p: &mut Pipeline, events: &[Event], next_tick: &mut u64)
 /// compiler merges identical functions into one symbol.
 #[inline(never)]
 fn routeskew_bench_warmup(p: &mut Pipeline, events: &[Event], next_tick: &mut u64) {
-    for ev in events {
-        p.handle(black_box(ev));
-    }
+    p.handle_batch(black_box(events));
     if let Some(last) = events.last() {
         if last.ts_ns >= *next_tick {
             p.tick(last.ts_ns);

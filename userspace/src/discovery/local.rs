@@ -5,12 +5,15 @@
 //! is resolved to the cgroup v2 directory its process lives in; the id is that directory's
 //! inode number.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use super::{endpoints, Attribution, Replica, Target, TargetSet};
+use super::endpoints;
+use super::{Attribution, Endpoint, Replica, Target, TargetSet};
 
 /// Environment variable a replica process may carry to name itself.
 pub const REPLICA_ENV: &str = "ROUTESKEW_REPLICA";
@@ -35,7 +38,16 @@ pub struct LocalConfig {
     pub namespace: String,
     /// `/proc` normally; a fixture tree in tests.
     pub proc_root: PathBuf,
+    /// How long a process's listening endpoints (for the prober) are reused before they
+    /// are read again; `None` when nothing probes, so they are never read. Reading them
+    /// walks the kernel's whole TCP established hash (`/proc/<pid>/net/tcp`), which
+    /// costs milliseconds of CPU on a busy node, too much for every rescan.
+    pub endpoint_refresh: Option<Duration>,
 }
+
+/// How often the prober's endpoints are read again by default: listening sockets change
+/// when Traefik restarts (a new pid, read at once), rarely otherwise.
+pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(30);
 
 /// A replica that was asked for but could not be resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +65,8 @@ pub struct Scan {
 pub struct LocalDiscovery {
     cfg: LocalConfig,
     cgroup2_root: PathBuf,
+    /// Listening endpoints per pid, and when they were read.
+    endpoint_cache: Mutex<HashMap<u32, (Instant, Vec<Endpoint>)>>,
 }
 
 impl LocalDiscovery {
@@ -68,7 +82,42 @@ impl LocalDiscovery {
     }
 
     pub fn with_cgroup2_root(cfg: LocalConfig, cgroup2_root: PathBuf) -> Self {
-        LocalDiscovery { cfg, cgroup2_root }
+        LocalDiscovery {
+            cfg,
+            cgroup2_root,
+            endpoint_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The listening endpoints of `pid`, from the cache while fresh.
+    fn endpoints_of(&self, pid: u32) -> Vec<Endpoint> {
+        let Some(refresh) = self.cfg.endpoint_refresh else {
+            return Vec::new();
+        };
+        let mut cache = self
+            .endpoint_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, eps)) = cache.get(&pid) {
+            if at.elapsed() < refresh {
+                return eps.clone();
+            }
+        }
+        let eps = endpoints::listening_endpoints(&self.cfg.proc_root, pid);
+        cache.insert(pid, (Instant::now(), eps.clone()));
+        eps
+    }
+
+    /// Forgets the endpoints of processes no longer among the targets.
+    fn prune_endpoints(&self, targets: &[Target]) {
+        let live: HashSet<u32> = targets
+            .iter()
+            .flat_map(|t| t.pids.iter().copied())
+            .collect();
+        self.endpoint_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|pid, _| live.contains(pid));
     }
 
     pub fn cgroup2_root(&self) -> &Path {
@@ -117,6 +166,7 @@ impl LocalDiscovery {
         targets.extend(cgroup_targets);
         dedup_names(&mut targets);
         targets.sort_by(|a, b| a.replica.cmp(&b.replica));
+        self.prune_endpoints(&targets);
         Scan {
             targets: TargetSet::new(targets),
             failures,
@@ -205,7 +255,7 @@ impl LocalDiscovery {
             .collect();
         let mut endpoints: Vec<_> = pids
             .iter()
-            .flat_map(|&pid| endpoints::listening_endpoints(&self.cfg.proc_root, pid))
+            .flat_map(|&pid| self.endpoints_of(pid))
             .collect();
         endpoints.sort();
         endpoints.dedup();
@@ -253,7 +303,7 @@ impl LocalDiscovery {
                     cgroup_id: f.cgroup_id,
                     pids: vec![pid],
                     attribution: Attribution::Pids,
-                    endpoints: endpoints::listening_endpoints(&self.cfg.proc_root, pid),
+                    endpoints: self.endpoints_of(pid),
                 }
             })
             .collect()
@@ -423,6 +473,7 @@ mod tests {
                 cgroups: vec![],
                 namespace: "local".into(),
                 proc_root: self.proc_root(),
+                endpoint_refresh: Some(Duration::ZERO),
             };
             cfg(&mut c);
             LocalDiscovery::with_cgroup2_root(c, self.cg_root())
@@ -433,6 +484,61 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.root);
         }
+    }
+
+    /// Process `pid` listens on 127.0.0.1:8080 when `listening`, on nothing otherwise.
+    fn listener(f: &Fixture, pid: u32, listening: bool) {
+        let dir = f.proc_root().join(pid.to_string());
+        fs::create_dir_all(dir.join("net")).expect("mkdir");
+        fs::create_dir_all(dir.join("fd")).expect("mkdir");
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let row = "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 51234 1 0000000000000000 100 0 0 10 0\n";
+        let text = if listening {
+            format!("{header}{row}")
+        } else {
+            header.to_string()
+        };
+        fs::write(dir.join("net/tcp"), text).expect("write");
+        let link = dir.join("fd/3");
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("socket:[51234]", link).expect("symlink");
+        }
+    }
+
+    fn endpoint_addrs(scan: &Scan) -> Vec<String> {
+        scan.targets
+            .targets()
+            .iter()
+            .flat_map(|t| t.endpoints.iter().map(|e| e.addr.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn listening_endpoints_are_cached_and_not_read_without_a_prober() {
+        let f = Fixture::new("endpoints");
+        f.cgroup("kubepods/traefik-a", &[42]);
+        f.process(42, "traefik", "kubepods/traefik-a", &[]);
+        listener(&f, 42, true);
+
+        let cached = f.discovery(|c| c.endpoint_refresh = Some(Duration::from_secs(3600)));
+        let fresh = f.discovery(|c| c.endpoint_refresh = Some(Duration::ZERO));
+        let none = f.discovery(|c| c.endpoint_refresh = None);
+        assert_eq!(endpoint_addrs(&cached.scan()), ["127.0.0.1:8080"]);
+        assert_eq!(endpoint_addrs(&fresh.scan()), ["127.0.0.1:8080"]);
+        assert!(endpoint_addrs(&none.scan()).is_empty());
+
+        // The listener goes: only a discovery whose copy is stale reads that.
+        listener(&f, 42, false);
+        assert_eq!(endpoint_addrs(&cached.scan()), ["127.0.0.1:8080"]);
+        assert!(endpoint_addrs(&fresh.scan()).is_empty());
+
+        // A process that is no longer a target is forgotten, so a new one reusing its
+        // pid is read afresh.
+        fs::remove_dir_all(f.proc_root().join("42")).expect("rm");
+        assert!(cached.scan().targets.targets().is_empty());
+        f.process(42, "traefik", "kubepods/traefik-a", &[]);
+        listener(&f, 42, false);
+        assert!(endpoint_addrs(&cached.scan()).is_empty());
     }
 
     fn names(scan: &Scan) -> Vec<String> {
