@@ -11,12 +11,17 @@
 //! against the replica's `web` entrypoint (the agent's socket hooks), and HTTP/1.1 over
 //! TLS against its `websecure` entrypoint (the Go `crypto/tls` uprobes; the socket hooks
 //! only see ciphertext there).
+//!
+//! With the TLS run comes the cost of one uprobe hit on this machine apart from any BPF
+//! program (`uprobe_cost`), which `--bpf-stats` cannot show.
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use routeskew_testbed::{paths, Agent, AgentConfig, Testbed, TestbedConfig};
+
+mod uprobe_cost;
 
 /// Which entrypoint wrk loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -694,8 +699,21 @@ async fn main() -> Result<()> {
         let rounds = measure(&a, &bed, &url, &host).await?;
         blocks.push(report(&a, t, &rounds, &host, &env));
     }
-    println!("{}", blocks.join("\n"));
     drop(bed);
+    if a.transports.contains(&Transport::Tls) {
+        eprintln!("== cost of one uprobe hit");
+        match uprobe_cost::measure() {
+            Ok(cost) => blocks.push(uprobe_cost::report(&cost)),
+            // The throughput results stand without it; say why it is missing.
+            Err(e) => blocks.push(format!(
+                "### Cost of one uprobe hit
+
+not measured: {e:#}
+"
+            )),
+        }
+    }
+    println!("{}", blocks.join("\n"));
     Ok(())
 }
 
