@@ -104,7 +104,13 @@ impl LocalDiscovery {
             }
         }
         let eps = endpoints::listening_endpoints(&self.cfg.proc_root, pid);
-        cache.insert(pid, (Instant::now(), eps.clone()));
+        // A Traefik that has just started may not listen yet: read it again next scan
+        // rather than leave the prober without endpoints for a whole refresh period.
+        if eps.is_empty() {
+            cache.remove(&pid);
+        } else {
+            cache.insert(pid, (Instant::now(), eps.clone()));
+        }
         eps
     }
 
@@ -539,6 +545,9 @@ mod tests {
         f.process(42, "traefik", "kubepods/traefik-a", &[]);
         listener(&f, 42, false);
         assert!(endpoint_addrs(&cached.scan()).is_empty());
+        // Not listening yet is not remembered: the next scan sees the listener.
+        listener(&f, 42, true);
+        assert_eq!(endpoint_addrs(&cached.scan()), ["127.0.0.1:8080"]);
     }
 
     fn names(scan: &Scan) -> Vec<String> {
