@@ -265,6 +265,15 @@ struct Bench {
     cgroup: TestCgroup,
 }
 
+/// What [`Bench::exchange`] saw: the helper's origin, its client and server fds, and the
+/// events reported.
+struct Exchange {
+    o: Origin,
+    c: u32,
+    s: u32,
+    got: Vec<(Origin, EventKind)>,
+}
+
 /// Hook names in `Sensor::hooks()`.
 const RAW_HOOK: &str = "raw_tracepoint/sys_exit";
 const SOCK_HOOKS: [&str; 2] = [
@@ -313,6 +322,18 @@ impl Bench {
         check_hooks(&sensor, requested)?;
         sensor.set_watched_cgroups(&[cgroup.id])?;
         Ok(Bench { sensor, rx, cgroup })
+    }
+
+    /// Runs a helper scenario in the watched cgroup that reports the client and server
+    /// fds of its connection, and drains what the sensor reported about it.
+    async fn exchange(&mut self, scenario: &str, own_netns: bool) -> Result<Exchange> {
+        let run = self.run_helper(scenario, Placement::InCgroup, own_netns)?;
+        Ok(Exchange {
+            o: self.origin(run.pid),
+            c: run.get("client_fd")?,
+            s: run.get("server_fd")?,
+            got: self.drain().await,
+        })
     }
 
     /// Runs of the loaded programs the kernel skipped so far, summed.
@@ -502,10 +523,7 @@ fn assert_events(got: &[(Origin, EventKind)], want: &[(Origin, EventKind)]) {
 /// std's recvfrom/sendto, then both closes.
 async fn request_response_and_close(path: Capture) -> Result<()> {
     let mut bench = Bench::everything("http", path).await?;
-    let run = bench.run_helper("http", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("http", false).await?;
     assert_events(
         &got,
         &[
@@ -557,10 +575,7 @@ on_every_data_path!(
 /// reported; requests both ways and responses it writes are.
 async fn upstream_responses_left_out(path: Capture) -> Result<()> {
     let mut bench = Bench::with("noupresp", path, false).await?;
-    let run = bench.run_helper("http", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("http", false).await?;
     assert_events(
         &got,
         &[
@@ -585,10 +600,7 @@ on_every_data_path!(
 /// first) is still reported, on every data path.
 async fn request_read_on_upstream_connection(path: Capture) -> Result<()> {
     let mut bench = Bench::with("reqback", path, false).await?;
-    let run = bench.run_helper("request_back", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("request_back", false).await?;
     assert_events(
         &got,
         &[
@@ -617,10 +629,7 @@ on_every_data_path!(
 /// reported whole, on every data path.
 async fn read_ahead_restores_the_request(path: Capture) -> Result<()> {
     let mut bench = Bench::with("readahead", path, false).await?;
-    let run = bench.run_helper("read_ahead", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("read_ahead", false).await?;
     assert_events(
         &got,
         &[
@@ -659,10 +668,7 @@ on_every_data_path!(
 async fn a_one_byte_read_on_a_fresh_connection_reports_nothing() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mut bench = Bench::everything("onebyte", Capture::Sock).await?;
-    let run = bench.run_helper("one_byte_fresh", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("one_byte_fresh", false).await?;
     assert_events(
         &got,
         &[
@@ -691,10 +697,7 @@ async fn ciphertext_sockets_are_left_alone() -> Result<()> {
     drop(run);
 
     let mut bench = Bench::with("cipherfd", Capture::Raw, false).await?;
-    let run = bench.run_helper("cipher", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("cipher", false).await?;
     assert_events(
         &got,
         &[
@@ -755,10 +758,7 @@ async fn short_capture_still_sees_upgrades() -> Result<()> {
         ..SensorConfig::default()
     };
     let mut bench = Bench::start("shortcap", cfg).await?;
-    let run = bench.run_helper("upgrade", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("upgrade", false).await?;
     let head = |fd, direction, msg: &[u8]| EventKind::Data {
         conn: ConnId::Fd(fd),
         direction,
@@ -783,10 +783,7 @@ async fn short_capture_still_sees_upgrades() -> Result<()> {
 /// 101 it read was not reported (`upstream_responses` off).
 async fn upgrade_stops_copying(path: Capture, upstream_responses: bool) -> Result<()> {
     let mut bench = Bench::with("upgrade", path, upstream_responses).await?;
-    let run = bench.run_helper("upgrade", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("upgrade", false).await?;
     let mut want = vec![
         (o, data(c, Direction::Write, UPGRADE_REQUEST)),
         (o, data(s, Direction::Read, UPGRADE_REQUEST)),
@@ -960,10 +957,7 @@ async fn many_watched_cgroups_use_the_hash_map() -> Result<()> {
 async fn non_http_bytes_produce_nothing() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mut bench = Bench::everything("nonhttp", Capture::Sock).await?;
-    let run = bench.run_helper("non_http", Placement::InCgroup, false)?;
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let o = bench.origin(run.pid);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("non_http", false).await?;
     // Only the HTTP exchange on the second connection (the control) is reported.
     assert_events(
         &got,
@@ -1052,10 +1046,7 @@ async fn connect_failures(path: Capture) -> Result<()> {
 type Events = Vec<(Origin, EventKind)>;
 
 async fn connect_failures_once(bench: &mut Bench) -> Result<(Events, Events)> {
-    let run = bench.run_helper("no_answer", Placement::InCgroup, true)?;
-    let o = bench.origin(run.pid);
-    let (c, s): (u32, u32) = (run.get("client_fd")?, run.get("server_fd")?);
-    let got = bench.drain().await;
+    let Exchange { o, c, s, got } = bench.exchange("no_answer", true).await?;
     let upstream = |reason, errno, ip: [u8; 4]| {
         (
             o,
