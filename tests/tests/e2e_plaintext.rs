@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::path;
-use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
+use routeskew_testbed::tally::{self, add, class_of_status, diff, host_label, table, Plan, Table};
 use routeskew_testbed::{
     expect, paths, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
 };
@@ -26,39 +26,18 @@ enum Kind {
     Ws,
 }
 
-/// `n` requests of one kind to one replica, and what each must produce.
-#[derive(Debug, Clone)]
-struct Step {
-    replica: usize,
-    host: String,
-    path: &'static str,
-    kind: Kind,
-    n: usize,
-    status: u16,
-    class: &'static str,
-}
+type Step = tally::Step<Kind>;
 
 fn plan(bed: &Testbed) -> Vec<Step> {
     let sc = bed.scenario();
-    let mut steps = Vec::new();
-    let mut step = |replica: usize, host: &str, path, kind, n, status, class| {
-        steps.push(Step {
-            replica,
-            host: host.to_string(),
-            path,
-            kind,
-            n,
-            status,
-            class,
-        })
-    };
+    let mut steps = Plan::default();
     // Different counts per replica, so traffic attributed to the wrong replica shows.
     let missing_http = [2, 7, 3];
     let missing_ws = [2, 3, 4];
     let ws_ok = [1, 2, 1];
     for r in bed.replicas() {
         let i = r.index;
-        step(
+        steps.step(
             i,
             &sc.app_host,
             path::ROOT,
@@ -67,7 +46,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             200,
             "ok",
         );
-        step(
+        steps.step(
             i,
             &sc.app_host,
             path::ROOT,
@@ -81,7 +60,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         } else {
             (404, "router_miss")
         };
-        step(
+        steps.step(
             i,
             &sc.missing_host,
             path::ROOT,
@@ -95,7 +74,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         } else {
             (404, "router_miss")
         };
-        step(
+        steps.step(
             i,
             &sc.missing_host,
             path::WS,
@@ -104,8 +83,8 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             status,
             class,
         );
-        step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
-        step(
+        steps.step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
+        steps.step(
             i,
             &sc.notfound_host,
             path::NOTFOUND,
@@ -114,7 +93,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             404,
             "client_error",
         );
-        step(
+        steps.step(
             i,
             &sc.notfound_host,
             path::MISSING,
@@ -123,7 +102,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             404,
             "client_error",
         );
-        step(
+        steps.step(
             i,
             UNROUTED_HOST,
             path::ROOT,
@@ -133,7 +112,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             "router_miss",
         );
     }
-    step(
+    steps.step(
         0,
         &sc.app_host,
         path::CHUNKED,
@@ -142,7 +121,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         200,
         "ok",
     );
-    step(
+    steps.step(
         0,
         &sc.unavailable_host,
         path::ROOT,
@@ -151,7 +130,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         503,
         "server_error",
     );
-    step(
+    steps.step(
         1,
         &sc.slow_host,
         path::SLOW,
@@ -160,7 +139,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         504,
         "server_error",
     );
-    step(
+    steps.step(
         2,
         &sc.refused_host,
         path::ROOT,
@@ -169,7 +148,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         502,
         "server_error",
     );
-    steps
+    steps.into_steps()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

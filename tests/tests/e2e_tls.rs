@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
-use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
+use routeskew_testbed::tally::{self, add, class_of_status, diff, host_label, table, Plan, Table};
 use routeskew_testbed::{path, paths, tls, Agent, AgentConfig, Testbed, TestbedConfig};
 
 /// A host no replica routes: Traefik's 404 everywhere, labelled `other` by the agent.
@@ -33,44 +33,24 @@ enum Kind {
     Ws,
 }
 
-#[derive(Debug, Clone)]
-struct Step {
-    replica: usize,
-    host: String,
-    path: &'static str,
-    kind: Kind,
-    n: usize,
-    status: u16,
-    class: &'static str,
-}
+type Step = tally::Step<Kind>;
 
 fn plan(bed: &Testbed) -> Vec<Step> {
     let sc = bed.scenario();
-    let mut steps = Vec::new();
-    let mut step = |replica: usize, host: &str, path, kind, n, status, class| {
-        steps.push(Step {
-            replica,
-            host: host.to_string(),
-            path,
-            kind,
-            n,
-            status,
-            class,
-        })
-    };
+    let mut steps = Plan::default();
     // Different counts per replica, so traffic attributed to the wrong replica shows.
     let missing_http = [2, 7, 3];
     let missing_ws = [2, 3, 4];
     let ws_ok = [1, 2, 1];
     for r in bed.replicas() {
         let i = r.index;
-        step(i, &sc.app_host, path::ROOT, Kind::Http, 3 + i, 200, "ok");
+        steps.step(i, &sc.app_host, path::ROOT, Kind::Http, 3 + i, 200, "ok");
         let (status, class) = if r.routes(&sc.missing_host) {
             (200, "ok")
         } else {
             (404, "router_miss")
         };
-        step(
+        steps.step(
             i,
             &sc.missing_host,
             path::ROOT,
@@ -84,7 +64,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         } else {
             (404, "router_miss")
         };
-        step(
+        steps.step(
             i,
             &sc.missing_host,
             path::WS,
@@ -93,8 +73,8 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             status,
             class,
         );
-        step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
-        step(
+        steps.step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
+        steps.step(
             i,
             &sc.notfound_host,
             path::NOTFOUND,
@@ -103,7 +83,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             404,
             "client_error",
         );
-        step(
+        steps.step(
             i,
             UNROUTED_HOST,
             path::ROOT,
@@ -113,7 +93,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             "router_miss",
         );
     }
-    step(
+    steps.step(
         0,
         &sc.unavailable_host,
         path::ROOT,
@@ -127,7 +107,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
     let missing_h2 = [4, 5, 1];
     for r in bed.replicas() {
         let i = r.index;
-        step(
+        steps.step(
             i,
             &sc.app_host,
             path::ROOT,
@@ -141,7 +121,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         } else {
             (404, "router_miss")
         };
-        step(
+        steps.step(
             i,
             &sc.missing_host,
             path::ROOT,
@@ -151,7 +131,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             class,
         );
         // A Go backend's own http.NotFound and a JSON 404, relayed over h2: never a miss.
-        step(
+        steps.step(
             i,
             &sc.notfound_host,
             path::NOTFOUND,
@@ -160,7 +140,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             404,
             "client_error",
         );
-        step(
+        steps.step(
             i,
             &sc.notfound_host,
             path::MISSING,
@@ -169,7 +149,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             404,
             "client_error",
         );
-        step(
+        steps.step(
             i,
             UNROUTED_HOST,
             path::ROOT,
@@ -179,7 +159,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             "router_miss",
         );
     }
-    step(
+    steps.step(
         2,
         &sc.unavailable_host,
         path::ROOT,
@@ -188,7 +168,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
         503,
         "server_error",
     );
-    steps
+    steps.into_steps()
 }
 
 async fn send(addr: SocketAddr, s: &Step) -> Vec<u16> {
