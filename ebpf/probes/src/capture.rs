@@ -37,6 +37,24 @@ pub enum Conn {
     Tls(TlsConnKey),
 }
 
+/// One read or write a data hook saw: the program reporting it, its direction, whose it
+/// is, and where its bytes are.
+#[derive(Clone, Copy)]
+pub struct Transfer {
+    pub prog: u32,
+    pub dir: u32,
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid()`.
+    pub id: u64,
+    /// 0 for Go TLS plaintext, which has no fd.
+    pub fd: u32,
+    /// The user buffer.
+    pub buf: u64,
+    /// Bytes moved (positive).
+    pub ret: i64,
+    pub conn: Conn,
+}
+
 /// The state of a connection that carried captured HTTP: its flags, and where its kept
 /// read-ahead byte lives (in the map value, updated in place).
 #[inline(always)]
@@ -68,25 +86,16 @@ fn conn_state(conn: Conn) -> Option<(u32, *mut u32)> {
 /// turns out not to be reported is discarded. Only when the copy
 /// cannot hold the first 16 bytes (a `capture_len` below 16) or the ring is full is the
 /// head read on its own first.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn capture(
-    prog: u32,
-    dir: u32,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    buf: u64,
-    ret: i64,
-    conn: Conn,
-) {
-    let (known, upstream) = match conn_state(conn) {
+pub fn capture(t: Transfer) {
+    let (prog, dir, ret) = (t.prog, t.dir, t.ret);
+    let (known, upstream) = match conn_state(t.conn) {
         Some((f, ahead)) => {
             if f & (conn_flags::UPGRADED | conn_flags::CIPHER) != 0 {
                 return;
             }
             if f & conn_flags::H2 != 0 {
-                emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, 0, conn);
+                emit_data(t, 0);
                 return;
             }
             if dir == direction::READ {
@@ -94,7 +103,7 @@ pub fn capture(
                 let kept = unsafe { *ahead };
                 if kept != 0 {
                     unsafe { *ahead = 0 };
-                    read_after_ahead(prog, cgroup_id, id, fd, buf, ret, kept, conn);
+                    read_after_ahead(t, kept);
                     return;
                 }
             }
@@ -112,25 +121,25 @@ pub fn capture(
         && upstream
         && cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES == 0;
     let outcome = if skim {
-        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true, conn)
+        head_first(t, true)
     } else if n >= 16 || u64::from(n) == ret as u64 {
         match EVENTS.reserve::<DataEvent>(0) {
-            Some(entry) => copy_first(entry, prog, dir, cgroup_id, id, fd, buf, ret, n, conn),
+            Some(entry) => copy_first(entry, t, n),
             None => {
                 // Ring full: nothing can be reported, but an upgrade must still be seen.
                 count(prog, Counter::Lost);
-                head_first(prog, dir, cgroup_id, id, fd, buf, ret, false, conn)
+                head_first(t, false)
             }
         }
     } else {
-        head_first(prog, dir, cgroup_id, id, fd, buf, ret, true, conn)
+        head_first(t, true)
     };
     let Some((start, reported, upgraded)) = outcome else {
         return;
     };
     if start == Start::TlsRecord {
         if !known {
-            remember(prog, conn, cgroup_id, id, fd, conn_flags::CIPHER);
+            remember(t, conn_flags::CIPHER);
         }
         return;
     }
@@ -145,7 +154,7 @@ pub fn capture(
         } else {
             0
         };
-        remember(prog, conn, cgroup_id, id, fd, state);
+        remember(t, state);
     }
 }
 
@@ -180,45 +189,25 @@ pub fn keep_ahead(prog: u32, conn: Conn, buf: u64) {
 /// A read on a connection whose previous read returned one byte: judged with that byte
 /// in front, and reported with it in the record's `ahead` (the agent puts it back). Only
 /// a request is looked for: bytes are only kept on connections that are not upstreams.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn read_after_ahead(
-    prog: u32,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    buf: u64,
-    ret: i64,
-    ahead: u32,
-    conn: Conn,
-) {
+fn read_after_ahead(t: Transfer, ahead: u32) {
     let mut head = [0u8; 8];
     head[0] = ahead as u8;
     let rc = unsafe {
         generated::bpf_probe_read_user(
             head.as_mut_ptr().add(1).cast::<c_void>(),
             7,
-            buf as *const c_void,
+            t.buf as *const c_void,
         )
     };
     if rc != 0 {
-        count(prog, Counter::ReadFailure);
+        count(t.prog, Counter::ReadFailure);
         return;
     }
     if http_start(u64::from_le_bytes(head)) != Start::Request {
         return;
     }
-    emit_data(
-        prog,
-        direction::READ,
-        cgroup_id,
-        id,
-        fd,
-        buf,
-        ret as u64,
-        ahead,
-        conn,
-    );
+    emit_data(t, ahead);
 }
 
 /// Bytes to copy: `min(ret, capture_len)` in `[1, DATA_CAP]`, in a form the verifier can
@@ -271,27 +260,19 @@ fn reported(start: Start, dir: u32) -> bool {
 
 /// Copies `n` bytes into `entry`, then judges them there. Returns (start, reported,
 /// upgraded), or None when the bytes are no HTTP start (or unreadable).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn copy_first(
     mut entry: RingBufEntry<DataEvent>,
-    prog: u32,
-    dir: u32,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    buf: u64,
-    ret: i64,
+    t: Transfer,
     n: u32,
-    conn: Conn,
 ) -> Option<(Start, bool, bool)> {
     let ev = entry.as_mut_ptr();
     let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
     let rc =
-        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, buf as *const c_void) };
+        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, t.buf as *const c_void) };
     if rc != 0 {
         entry.discard(submit_flags());
-        count(prog, Counter::ReadFailure);
+        count(t.prog, Counter::ReadFailure);
         return None;
     }
     // n >= 8 here (ret >= MIN_LEN and n is 16 or more, or all of ret); bytes past n in
@@ -303,7 +284,7 @@ fn copy_first(
     } else {
         0
     };
-    let (start, upgraded) = judge(head, next, has_status, dir, conn);
+    let (start, upgraded) = judge(head, next, has_status, t.dir, t.conn);
     if start == Start::Other {
         entry.discard(submit_flags());
         return None;
@@ -312,11 +293,11 @@ fn copy_first(
         entry.discard(submit_flags());
         return Some((start, false, false));
     }
-    let report = reported(start, dir);
+    let report = reported(start, t.dir);
     if report {
-        unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret as u64, n, 0, conn) };
+        unsafe { fill(ev, t, n, 0) };
         entry.submit(submit_flags());
-        count(prog, Counter::Emitted);
+        count(t.prog, Counter::Emitted);
     } else {
         entry.discard(submit_flags());
     }
@@ -324,19 +305,9 @@ fn copy_first(
 }
 
 /// Reads the first bytes on their own, then (when `may_emit`) copies into a new record.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn head_first(
-    prog: u32,
-    dir: u32,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    buf: u64,
-    ret: i64,
-    may_emit: bool,
-    conn: Conn,
-) -> Option<(Start, bool, bool)> {
+fn head_first(t: Transfer, may_emit: bool) -> Option<(Start, bool, bool)> {
+    let (buf, ret) = (t.buf, t.ret);
     let first = if ret >= 16 {
         unsafe { bpf_probe_read_user(buf as *const [u64; 2]) }
     } else if ret >= 12 {
@@ -346,19 +317,19 @@ fn head_first(
         unsafe { bpf_probe_read_user(buf as *const u64) }.map(|h| [h, 0])
     };
     let Ok([head, next]) = first else {
-        count(prog, Counter::ReadFailure);
+        count(t.prog, Counter::ReadFailure);
         return None;
     };
-    let (start, upgraded) = judge(head, next as u32, ret >= 12, dir, conn);
+    let (start, upgraded) = judge(head, next as u32, ret >= 12, t.dir, t.conn);
     if start == Start::Other {
         return None;
     }
     if start == Start::TlsRecord {
         return Some((start, false, false));
     }
-    let report = may_emit && reported(start, dir);
+    let report = may_emit && reported(start, t.dir);
     if report {
-        emit_data(prog, dir, cgroup_id, id, fd, buf, ret as u64, 0, conn);
+        emit_data(t, 0);
     }
     Some((start, report, upgraded))
 }
@@ -366,7 +337,15 @@ fn head_first(
 /// Records the connection: known (so that its close is reported), upgraded (so that its
 /// frames are never copied) or HTTP/2 (so that all of it is).
 #[inline(always)]
-fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, state: u32) {
+fn remember(t: Transfer, state: u32) {
+    let Transfer {
+        prog,
+        conn,
+        cgroup_id,
+        id,
+        fd,
+        ..
+    } = t;
     let overrides = state & (conn_flags::UPGRADED | conn_flags::H2) != 0;
     let mode = u64::from(if overrides { BPF_ANY } else { BPF_NOEXIST });
     let inserted = match conn {
@@ -409,36 +388,24 @@ fn remember(prog: u32, conn: Conn, cgroup_id: u64, id: u64, fd: u32, state: u32)
 ///
 /// # Safety
 /// `ev` points into a reserved ring-buffer record.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn fill(
-    ev: *mut DataEvent,
-    prog: u32,
-    dir: u32,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    ret: u64,
-    n: u32,
-    ahead: u32,
-    conn: Conn,
-) {
-    let (source, tls_conn) = match conn {
+unsafe fn fill(ev: *mut DataEvent, t: Transfer, n: u32, ahead: u32) {
+    let (source, tls_conn) = match t.conn {
         Conn::Tls(key) => (conn_source::GO_TLS, key.conn),
         Conn::Fd(_) | Conn::Sock(_) => (conn_source::FD, 0),
     };
     unsafe {
         core::ptr::addr_of_mut!((*ev).header).write(EventHeader {
             kind: event_kind::DATA,
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            program: prog,
-            cgroup_id,
+            tgid: (t.id >> 32) as u32,
+            tid: t.id as u32,
+            program: t.prog,
+            cgroup_id: t.cgroup_id,
             ts_ns: bpf_ktime_get_ns(),
         });
-        core::ptr::addr_of_mut!((*ev).fd).write(fd);
-        core::ptr::addr_of_mut!((*ev).direction).write(dir);
-        core::ptr::addr_of_mut!((*ev).total_len).write(ret);
+        core::ptr::addr_of_mut!((*ev).fd).write(t.fd);
+        core::ptr::addr_of_mut!((*ev).direction).write(t.dir);
+        core::ptr::addr_of_mut!((*ev).total_len).write(t.ret as u64);
         core::ptr::addr_of_mut!((*ev).captured_len).write(n);
         core::ptr::addr_of_mut!((*ev).source).write(source);
         core::ptr::addr_of_mut!((*ev).tls_conn).write(tls_conn);
@@ -447,22 +414,13 @@ unsafe fn fill(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Copies the head of the transfer into a new record, with the read-ahead byte that
+/// belongs in front of it (`ahead`, or 0).
 #[inline(always)]
-pub fn emit_data(
-    prog: u32,
-    dir: u32,
-    cgroup_id: u64,
-    id: u64,
-    fd: u32,
-    buf: u64,
-    ret: u64,
-    ahead: u32,
-    conn: Conn,
-) {
-    let n = copy_len(ret);
+pub fn emit_data(t: Transfer, ahead: u32) {
+    let n = copy_len(t.ret as u64);
     let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
-        count(prog, Counter::Lost);
+        count(t.prog, Counter::Lost);
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -470,15 +428,15 @@ pub fn emit_data(
         generated::bpf_probe_read_user(
             core::ptr::addr_of_mut!((*ev).data).cast::<c_void>(),
             n,
-            buf as *const c_void,
+            t.buf as *const c_void,
         )
     };
     if rc != 0 {
         entry.discard(submit_flags());
-        count(prog, Counter::ReadFailure);
+        count(t.prog, Counter::ReadFailure);
         return;
     }
-    unsafe { fill(ev, prog, dir, cgroup_id, id, fd, ret, n, ahead, conn) };
+    unsafe { fill(ev, t, n, ahead) };
     entry.submit(submit_flags());
-    count(prog, Counter::Emitted);
+    count(t.prog, Counter::Emitted);
 }

@@ -20,7 +20,7 @@ use routeskew_common::{
 };
 
 use crate::{
-    capture::{capture, emit_data, keep_ahead, Conn, MIN_LEN},
+    capture::{capture, emit_data, keep_ahead, Conn, Transfer, MIN_LEN},
     filter::{pid_tgid, watched_cgroup},
     maps::{count, submit_flags, Counter, EVENTS, TLS_CONNS, TLS_READS},
 };
@@ -59,34 +59,25 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
     let regs = unsafe { &*ctx.regs };
     let (conn, buf, len) = (regs.rax, regs.rbx, regs.rcx as i64);
     let id = pid_tgid();
+    let t = Transfer {
+        prog: program::GO_TLS_WRITE,
+        dir: direction::WRITE,
+        cgroup_id,
+        id,
+        fd: 0,
+        buf,
+        ret: len,
+        conn: tls_key(id, conn),
+    };
     if len < MIN_LEN {
         // Only an HTTP/2 connection wants short writes (a frame split by Go's buffered
         // writer); the lookup is paid by short writes alone.
         if len > 0 && is_h2(tls_flags(id, conn)) {
-            emit_data(
-                program::GO_TLS_WRITE,
-                direction::WRITE,
-                cgroup_id,
-                id,
-                0,
-                buf,
-                len as u64,
-                0,
-                tls_key(id, conn),
-            );
+            emit_data(t, 0);
         }
         return 0;
     }
-    capture(
-        program::GO_TLS_WRITE,
-        direction::WRITE,
-        cgroup_id,
-        id,
-        0,
-        buf,
-        len,
-        tls_key(id, conn),
-    );
+    capture(t);
     0
 }
 
@@ -139,33 +130,24 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
     // RST_STREAM), or Go's 1-byte background read of an HTTP/1 connection (see
     // `routeskew_common::READ_AHEAD`). One lookup tells them apart; longer reads get it
     // in `capture`.
+    let t = Transfer {
+        prog,
+        dir: direction::READ,
+        cgroup_id: read.cgroup_id,
+        id,
+        fd: 0,
+        buf: read.buf,
+        ret: n,
+        conn: Conn::Tls(conn),
+    };
     if n > 0 && n < MIN_LEN {
         if is_h2(tls_flags(id, read.conn)) {
-            emit_data(
-                prog,
-                direction::READ,
-                read.cgroup_id,
-                id,
-                0,
-                read.buf,
-                n as u64,
-                0,
-                Conn::Tls(conn),
-            );
+            emit_data(t, 0);
         } else if n == 1 {
             keep_ahead(prog, Conn::Tls(conn), read.buf);
         }
     } else if n >= MIN_LEN {
-        capture(
-            prog,
-            direction::READ,
-            read.cgroup_id,
-            id,
-            0,
-            read.buf,
-            n,
-            Conn::Tls(conn),
-        );
+        capture(t);
     }
     0
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use routeskew_common::{direction, program};
 
 use crate::{
-    capture::{capture, keep_ahead, Conn, MIN_LEN},
+    capture::{capture, keep_ahead, Conn, Transfer, MIN_LEN},
     filter::{pid_tgid, watched_cgroup},
     maps::{cfg, CONFIG},
     regs,
@@ -80,14 +80,14 @@ fn on_sock_io(sk: u64, ret: i32, dir: u32) {
         return;
     }
     let fd = regs::load(r, &c.regs_arg0_off) as u32;
-    capture(
+    capture(Transfer {
         prog,
         dir,
         cgroup_id,
-        pid_tgid(),
+        id: pid_tgid(),
         fd,
         buf,
-        i64::from(ret),
-        Conn::Sock(sk),
-    );
+        ret: i64::from(ret),
+        conn: Conn::Sock(sk),
+    });
 }

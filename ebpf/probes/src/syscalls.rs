@@ -31,7 +31,7 @@ use routeskew_common::{
 };
 
 use crate::{
-    capture::{capture, keep_ahead, Conn, MIN_LEN},
+    capture::{capture, keep_ahead, Conn, Transfer, MIN_LEN},
     filter::{pid_tgid, watched_cgroup},
     maps::{cfg, count, submit_flags, Counter, CLOSING, CONFIG, CONNS, EVENTS, PENDING_IO},
     regs,
@@ -98,7 +98,16 @@ fn on_raw_exit(regs: u64, ret: i64) {
         keep_ahead(prog, Conn::Fd(key), buf);
         return;
     }
-    capture(prog, dir, cgroup_id, id, fd as u32, buf, ret, Conn::Fd(key));
+    capture(Transfer {
+        prog,
+        dir,
+        cgroup_id,
+        id,
+        fd: fd as u32,
+        buf,
+        ret,
+        conn: Conn::Fd(key),
+    });
 }
 
 /// This thread left close(2) (classic path): the "inside close" mark set at entry is
@@ -225,16 +234,16 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
         keep_ahead(prog, Conn::Fd(key), pending.buf);
         return;
     }
-    capture(
+    capture(Transfer {
         prog,
         dir,
         cgroup_id,
         id,
-        pending.fd,
-        pending.buf,
+        fd: pending.fd,
+        buf: pending.buf,
         ret,
-        Conn::Fd(key),
-    );
+        conn: Conn::Fd(key),
+    });
 }
 
 /// `syscalls/sys_enter_close`, on both syscall paths (see the module comment).
