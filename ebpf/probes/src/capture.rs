@@ -55,6 +55,25 @@ pub struct Transfer {
     pub conn: Conn,
 }
 
+/// Whether a transfer of `ret` bytes is worth looking at: long enough to start a message,
+/// or a 1-byte read, which may be Go's background read (see [`keep_ahead`]). EAGAIN from
+/// non-blocking reads and short transfers leave here, before any lookup.
+#[inline(always)]
+pub fn worth_a_look(dir: u32, ret: i64) -> bool {
+    ret >= MIN_LEN || (dir == direction::READ && ret == 1)
+}
+
+/// A transfer [`worth_a_look`] let through, from the syscall and socket hooks: a 1-byte
+/// read is kept for the connection's next read, anything longer judged for capture.
+#[inline(always)]
+pub fn take(t: Transfer) {
+    if t.dir == direction::READ && t.ret == 1 {
+        keep_ahead(t.prog, t.conn, t.buf);
+    } else {
+        capture(t);
+    }
+}
+
 /// The state of a connection that carried captured HTTP: its flags, and where its kept
 /// read-ahead byte lives (in the map value, updated in place).
 #[inline(always)]

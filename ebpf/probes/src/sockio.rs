@@ -13,7 +13,7 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use routeskew_common::{direction, program};
 
 use crate::{
-    capture::{capture, keep_ahead, Conn, Transfer, MIN_LEN},
+    capture::{take, worth_a_look, Conn, Transfer},
     filter::{pid_tgid, watched_cgroup},
     maps::{cfg, CONFIG},
     regs,
@@ -45,10 +45,8 @@ pub fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_sock_io(sk: u64, ret: i32, dir: u32) {
-    // EAGAIN from non-blocking reads and short transfers leave first, for free; a 1-byte
-    // read may be Go's background read (see `capture::keep_ahead`).
-    let one = dir == direction::READ && ret == 1;
-    if i64::from(ret) < MIN_LEN && !one {
+    // First, for free: no lookup for EAGAIN and short transfers.
+    if !worth_a_look(dir, i64::from(ret)) {
         return;
     }
     let Some(cgroup_id) = watched_cgroup() else {
@@ -74,19 +72,13 @@ fn on_sock_io(sk: u64, ret: i32, dir: u32) {
     } else {
         return;
     };
-    let buf = regs::load(r, &c.regs_arg1_off);
-    if one {
-        keep_ahead(prog, Conn::Sock(sk), buf);
-        return;
-    }
-    let fd = regs::load(r, &c.regs_arg0_off) as u32;
-    capture(Transfer {
+    take(Transfer {
         prog,
         dir,
         cgroup_id,
         id: pid_tgid(),
-        fd,
-        buf,
+        fd: regs::load(r, &c.regs_arg0_off) as u32,
+        buf: regs::load(r, &c.regs_arg1_off),
         ret: i64::from(ret),
         conn: Conn::Sock(sk),
     });

@@ -31,7 +31,7 @@ use routeskew_common::{
 };
 
 use crate::{
-    capture::{capture, keep_ahead, Conn, Transfer, MIN_LEN},
+    capture::{take, worth_a_look, Conn, Transfer},
     filter::{pid_tgid, watched_cgroup},
     maps::{cfg, count, submit_flags, Counter, CLOSING, CONFIG, CONNS, EVENTS, PENDING_IO},
     regs,
@@ -73,10 +73,8 @@ fn on_raw_exit(regs: u64, ret: i64) {
         // always has BTF, so `inet_sock_set_state` reads the registers instead of a mark.
         return;
     };
-    // Go's non-blocking reads return EAGAIN constantly: filtered before the cgroup. A
-    // 1-byte read may be Go's background read (see `capture::keep_ahead`).
-    let one = dir == direction::READ && ret == 1;
-    if ret < MIN_LEN && !one {
+    // Go's non-blocking reads return EAGAIN constantly: filtered before the cgroup.
+    if !worth_a_look(dir, ret) {
         return;
     }
     let Some(cgroup_id) = watched_cgroup() else {
@@ -89,24 +87,19 @@ fn on_raw_exit(regs: u64, ret: i64) {
         count(program::RAW_SYS_EXIT, Counter::ReadFailure);
         return;
     };
-    let id = pid_tgid();
-    let key = ConnKey {
-        tgid: (id >> 32) as u32,
-        fd: fd as u32,
-    };
-    if one {
-        keep_ahead(prog, Conn::Fd(key), buf);
-        return;
-    }
-    capture(Transfer {
+    let (id, fd) = (pid_tgid(), fd as u32);
+    take(Transfer {
         prog,
         dir,
         cgroup_id,
         id,
-        fd: fd as u32,
+        fd,
         buf,
         ret,
-        conn: Conn::Fd(key),
+        conn: Conn::Fd(ConnKey {
+            tgid: (id >> 32) as u32,
+            fd,
+        }),
     });
 }
 
@@ -222,19 +215,10 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(cfg(&CONFIG.sys_exit_ret_off) as usize) }) else {
         return;
     };
-    let one = dir == direction::READ && ret == 1;
-    if ret < MIN_LEN && !one {
+    if !worth_a_look(dir, ret) {
         return;
     }
-    let key = ConnKey {
-        tgid: (id >> 32) as u32,
-        fd: pending.fd,
-    };
-    if one {
-        keep_ahead(prog, Conn::Fd(key), pending.buf);
-        return;
-    }
-    capture(Transfer {
+    take(Transfer {
         prog,
         dir,
         cgroup_id,
@@ -242,7 +226,10 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
         fd: pending.fd,
         buf: pending.buf,
         ret,
-        conn: Conn::Fd(key),
+        conn: Conn::Fd(ConnKey {
+            tgid: (id >> 32) as u32,
+            fd: pending.fd,
+        }),
     });
 }
 
