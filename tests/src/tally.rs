@@ -57,6 +57,16 @@ impl<K> Plan<K> {
     }
 }
 
+/// What a request for a host gets from a replica: 200 `ok` where the replica routes the
+/// host, Traefik's own 404 (`router_miss`) where it does not.
+pub fn routed_or_miss(routes: bool) -> (u16, &'static str) {
+    if routes {
+        (200, "ok")
+    } else {
+        (404, "router_miss")
+    }
+}
+
 /// Counts keyed by (replica, second label, third label).
 pub type Table = BTreeMap<(String, String, String), u64>;
 

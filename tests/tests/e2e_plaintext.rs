@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::path;
-use routeskew_testbed::tally::{self, add, class_of_status, diff, host_label, table, Plan, Table};
+use routeskew_testbed::tally::{
+    self, add, class_of_status, diff, host_label, routed_or_miss, table, Plan, Table,
+};
 use routeskew_testbed::{
     expect, paths, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
 };
@@ -55,11 +57,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             200,
             "ok",
         );
-        let (status, class) = if r.routes(&sc.missing_host) {
-            (200, "ok")
-        } else {
-            (404, "router_miss")
-        };
+        let (status, class) = routed_or_miss(r.routes(&sc.missing_host));
         steps.step(
             i,
             &sc.missing_host,

@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
-use routeskew_testbed::tally::{self, add, class_of_status, diff, host_label, table, Plan, Table};
+use routeskew_testbed::tally::{
+    self, add, class_of_status, diff, host_label, routed_or_miss, table, Plan, Table,
+};
 use routeskew_testbed::{path, paths, tls, Agent, AgentConfig, Testbed, TestbedConfig};
 
 /// A host no replica routes: Traefik's 404 everywhere, labelled `other` by the agent.
@@ -45,11 +47,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
     for r in bed.replicas() {
         let i = r.index;
         steps.step(i, &sc.app_host, path::ROOT, Kind::Http, 3 + i, 200, "ok");
-        let (status, class) = if r.routes(&sc.missing_host) {
-            (200, "ok")
-        } else {
-            (404, "router_miss")
-        };
+        let (status, class) = routed_or_miss(r.routes(&sc.missing_host));
         steps.step(
             i,
             &sc.missing_host,
@@ -116,11 +114,7 @@ fn plan(bed: &Testbed) -> Vec<Step> {
             200,
             "ok",
         );
-        let (status, class) = if r.routes(&sc.missing_host) {
-            (200, "ok")
-        } else {
-            (404, "router_miss")
-        };
+        let (status, class) = routed_or_miss(r.routes(&sc.missing_host));
         steps.step(
             i,
             &sc.missing_host,
