@@ -1100,11 +1100,11 @@ async fn skipped_runs_are_readable_for_every_program() -> Result<()> {
     let misses = bench.sensor.program_misses();
     let names: std::collections::BTreeSet<&str> = misses.iter().map(|(n, _)| n.as_str()).collect();
     for program in [
-        "rs_sock_send",
-        "rs_sock_recv",
-        "rs_inet_sock_set_state",
-        "rs_tcp_receive_reset",
-        "rs_inet_sk_error_report",
+        "sock_send",
+        "sock_recv",
+        "inet_sock_set_state",
+        "tcp_receive_reset",
+        "inet_sk_error_report",
     ] {
         ensure!(names.contains(program), "{program} missing from {misses:?}");
     }

@@ -214,8 +214,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                         }
                         metrics.set_decode_errors(sensor.decode_errors());
                         for (program, misses) in sensor.program_misses() {
-                            let program = program.strip_prefix("rs_").unwrap_or(&program);
-                            metrics.set_program_misses(program, misses);
+                            metrics.set_program_misses(&program, misses);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),

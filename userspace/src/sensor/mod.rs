@@ -745,16 +745,16 @@ impl Sensor {
         Ok(out)
     }
 
-    /// Per loaded program, the runs the kernel skipped because another BPF program was
-    /// running on the CPU (their events are lost). Programs whose counters cannot be read
-    /// are left out.
+    /// Per loaded program (named without the object's `rs_` prefix), the runs the kernel
+    /// skipped because another BPF program was running on the CPU (their events are
+    /// lost). Programs whose counters cannot be read are left out.
     pub fn program_misses(&self) -> Vec<(String, u64)> {
         self.ebpf
             .programs()
             .filter_map(|(name, p)| {
                 let fd = p.fd().ok()?;
                 let misses = prog_info::recursion_misses(fd.as_fd()).ok()?;
-                Some((name.to_string(), misses))
+                Some((name.strip_prefix("rs_").unwrap_or(name).to_string(), misses))
             })
             .collect()
     }
