@@ -60,6 +60,19 @@ enum Task {
         /// on `websecure`, the Go crypto/tls uprobes) or `both`, one after the other.
         #[arg(long, value_enum, default_value_t = run::Transport::Both)]
         transport: run::Transport,
+        /// Attach the agent's hooks but watch an empty cgroup: the cost every process on
+        /// the machine pays before anything is captured.
+        #[arg(long)]
+        hooks_only: bool,
+        /// One agent for the whole run; Traefik moves in and out of the cgroup it watches
+        /// between runs, so captured and not captured alternate every few seconds
+        /// (plaintext only; the hooks stay attached in both halves).
+        #[arg(long, conflicts_with = "hooks_only")]
+        toggle: bool,
+        /// An extra argument for the agent (repeatable), e.g.
+        /// `--agent-arg=--ring-buffer-bytes=1048576`.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// cargo fmt --check and clippy -D warnings on the workspace.
     Lint,
@@ -87,7 +100,17 @@ fn main() -> Result<()> {
             duration,
             bpf_stats,
             transport,
-        } => run::bench(rounds, duration, bpf_stats, transport),
+            hooks_only,
+            toggle,
+            agent_args,
+        } => run::bench(
+            rounds,
+            duration,
+            bpf_stats,
+            transport,
+            run::BenchMode { hooks_only, toggle },
+            &agent_args,
+        ),
         Task::Lint => run::lint(),
         Task::DeployCheck => run::deploy_check(),
         Task::GenRules => deploy::gen_rules(),

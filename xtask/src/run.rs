@@ -296,7 +296,21 @@ pub enum Transport {
     Both,
 }
 
-pub fn bench(rounds: u32, duration: u32, bpf_stats: bool, transport: Transport) -> Result<()> {
+/// What `cargo xtask bench` compares (see the bench binary's `--hooks-only`, `--toggle`).
+#[derive(Debug, Clone, Copy)]
+pub struct BenchMode {
+    pub hooks_only: bool,
+    pub toggle: bool,
+}
+
+pub fn bench(
+    rounds: u32,
+    duration: u32,
+    bpf_stats: bool,
+    transport: Transport,
+    mode: BenchMode,
+    agent_args: &[String],
+) -> Result<()> {
     require_root("bench")?;
     let built = build(true, true)?;
     // callgrind gives the pipeline's instructions per event, a number the machine's
@@ -311,6 +325,13 @@ pub fn bench(rounds: u32, duration: u32, bpf_stats: bool, transport: Transport) 
     if bpf_stats {
         args.push("--bpf-stats".to_string());
     }
+    if mode.hooks_only {
+        args.push("--hooks-only".to_string());
+    }
+    if mode.toggle {
+        args.push("--toggle".to_string());
+    }
+    args.extend(agent_args.iter().map(|v| format!("--agent-arg={v}")));
     let transport = match transport {
         Transport::Plain => "plain",
         Transport::Tls => "tls",

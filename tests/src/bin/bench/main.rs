@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use routeskew_testbed::{paths, Agent, AgentConfig, Testbed, TestbedConfig};
 
+mod toggle;
 mod uprobe_cost;
 
 /// Which entrypoint wrk loads.
@@ -62,9 +63,21 @@ struct Args {
     /// Also account the kernel programs' run time (BPF_ENABLE_STATS adds two clock reads
     /// per program run, so it is off for the headline ratio).
     bpf_stats: bool,
+    /// Extra agent arguments (`--agent-arg=--ring-buffer-bytes=1048576`), to compare
+    /// settings.
+    agent_args: Vec<String>,
+    /// The agent watches an empty cgroup instead of the replica: what the hooks cost every
+    /// process on the machine before any capture (the floor of this design).
+    hooks_only: bool,
+    /// One agent, Traefik moved in and out of its watched cgroup between runs (`toggle`).
+    toggle: bool,
 }
 
 fn parse_args() -> Result<Args> {
+    parse_args_from(std::env::args().skip(1))
+}
+
+fn parse_args_from(mut it: impl Iterator<Item = String>) -> Result<Args> {
     let mut a = Args {
         transports: vec![Transport::Plain, Transport::Tls],
         rounds: 5,
@@ -74,8 +87,10 @@ fn parse_args() -> Result<Args> {
         connections: 32,
         no_agent: false,
         bpf_stats: false,
+        agent_args: Vec::new(),
+        hooks_only: false,
+        toggle: false,
     };
-    let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--no-agent" {
             a.no_agent = true;
@@ -85,12 +100,24 @@ fn parse_args() -> Result<Args> {
             a.bpf_stats = true;
             continue;
         }
+        if flag == "--toggle" {
+            a.toggle = true;
+            continue;
+        }
+        if flag == "--hooks-only" {
+            a.hooks_only = true;
+            continue;
+        }
+        if let Some(v) = flag.strip_prefix("--agent-arg=") {
+            a.agent_args.push(v.to_string());
+            continue;
+        }
         if flag == "--transport" {
             a.transports = parse_transports(&it.next().context("--transport needs a value")?)?;
             continue;
         }
         if flag == "-h" || flag == "--help" {
-            println!("usage: bench [--transport plain|tls|both] [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats]");
+            println!("usage: bench [--transport plain|tls|both] [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats] [--hooks-only | --toggle] [--agent-arg=ARG ...]");
             std::process::exit(0);
         }
         let v: u32 = it
@@ -106,6 +133,9 @@ fn parse_args() -> Result<Args> {
             "--connections" => a.connections = v,
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if a.toggle && (a.hooks_only || a.no_agent || a.transports != [Transport::Plain]) {
+        bail!("--toggle measures the plaintext capture alone: use it with --transport plain, without --hooks-only or --no-agent");
     }
     if a.rounds == 0 || a.duration == 0 || a.threads == 0 || a.connections < a.threads {
         bail!("rounds, duration and threads must be positive and connections >= threads");
@@ -255,6 +285,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// First and third quartiles (linear interpolation between the closest ranks).
+fn quartiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let pos = q * (v.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    (at(0.25), at(0.75))
 }
 
 fn command_output(cmd: &str, args: &[&str]) -> String {
@@ -411,7 +455,7 @@ async fn measure_with_agent(
     url: &str,
     host: &str,
 ) -> Result<(WrkResult, AgentView)> {
-    let mut agent = Agent::start(AgentConfig::for_testbed(bed)).await?;
+    let mut agent = Agent::start(agent_config(a, bed)?).await?;
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
     let kernel_before = if a.bpf_stats {
@@ -450,6 +494,24 @@ async fn measure_with_agent(
         kernel: kernel_delta(&kernel_before, &kernel_after),
     };
     Ok((result?, view))
+}
+
+/// The test bed's agent, with `--agent-arg`s; with `--hooks-only`, watching an empty cgroup
+/// of the test bed's tree instead of the replica.
+fn agent_config(a: &Args, bed: &Testbed) -> Result<AgentConfig> {
+    let mut config = AgentConfig::for_testbed(bed);
+    config.extra_args.extend(a.agent_args.iter().cloned());
+    if a.hooks_only {
+        let root = bed
+            .cgroup_root()
+            .context("--hooks-only needs the test bed's cgroup tree")?;
+        let empty = root.join("bench-empty");
+        if !empty.exists() {
+            routeskew_testbed::cgroup::create(&empty)?;
+        }
+        config.discovery = routeskew_testbed::agent::Discovery::Cgroups(vec![empty]);
+    }
+    Ok(config)
 }
 
 /// The machine and tool versions, printed with every result block.
@@ -537,6 +599,21 @@ async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<R
     Ok(rounds)
 }
 
+/// `--hooks-only` and `--agent-arg`s as given, for the command line in the report.
+fn agent_flags(a: &Args) -> String {
+    let mut flags = String::new();
+    if a.hooks_only {
+        flags.push_str(" --hooks-only");
+    }
+    if a.toggle {
+        flags.push_str(" --toggle");
+    }
+    for v in &a.agent_args {
+        flags.push_str(&format!(" --agent-arg={v}"));
+    }
+    flags
+}
+
 /// One markdown block for BENCHMARKS.md.
 fn report(a: &Args, transport: Transport, rounds: &[Round], host: &str, env: &Setting) -> String {
     let mut md = String::new();
@@ -552,15 +629,22 @@ fn report(a: &Args, transport: Transport, rounds: &[Round], host: &str, env: &Se
         _ => "",
     };
     md.push_str(&format!(
-        "Command: `cargo xtask bench --rounds {} --duration {}{}{transport_flag}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
+        "Command: `cargo xtask bench --rounds {} --duration {}{}{transport_flag}{}` (wrk `-t{} -c{} -d{}s --latency`, keep-alive, `Host: {host}` → backend `/`, {} s warm-up)\n\n",
         a.rounds,
         a.duration,
         if a.bpf_stats { " --bpf-stats" } else { "" },
+        agent_flags(a),
         a.threads,
         a.connections,
         a.duration,
         a.warmup
     ));
+    if a.toggle {
+        md.push_str("One agent ran throughout; \"without\" is Traefik moved out of the cgroup the agent watches (hooks attached, nothing captured), \"with\" is Traefik back in it.\n\n");
+    }
+    if a.hooks_only {
+        md.push_str("\"With\" is the agent watching an empty cgroup: its hooks attached, nothing captured.\n\n");
+    }
     md.push_str(&format!(
         "Machine: {} CPUs ({}), kernel {}; {}; load generator, Traefik, backend and agent share the machine.\n\n",
         env.nproc,
@@ -619,8 +703,18 @@ fn report(a: &Args, transport: Transport, rounds: &[Round], host: &str, env: &Se
         md.push_str(&format!(
             "Median throughput ratio with/without: **{:.3}** ({:+.1} %). Median p99: {med_without_p99:.2} ms without, {:.2} ms with.\n",
             median(ratios.clone()),
-            (median(ratios) - 1.0) * 100.0,
+            (median(ratios.clone()) - 1.0) * 100.0,
             median(with_p99)
+        ));
+        let (q1, q3) = quartiles(ratios.clone());
+        let total =
+            |side: fn(&Round) -> Option<u64>| -> u64 { rounds.iter().filter_map(side).sum() };
+        let served_with = total(|r| r.with.map(|w| w.requests));
+        let served_without = total(|r| r.with.map(|_| r.without.requests));
+        md.push_str(&format!(
+            "Spread of the {} per-round ratios: quartiles {q1:.3} to {q3:.3}. All requests served with / without: {:.3}.\n",
+            ratios.len(),
+            served_with as f64 / served_without.max(1) as f64
         ));
     }
     if a.bpf_stats {
@@ -696,7 +790,11 @@ async fn main() -> Result<()> {
             ),
         };
         eprintln!("== {} at {url}", t.title());
-        let rounds = measure(&a, &bed, &url, &host).await?;
+        let rounds = if a.toggle {
+            toggle::measure(&a, &bed, &url, &host).await?
+        } else {
+            measure(&a, &bed, &url, &host).await?
+        };
         blocks.push(report(&a, t, &rounds, &host, &env));
     }
     drop(bed);
@@ -746,6 +844,39 @@ mod tests {
             [Transport::Plain]
         );
         assert!(parse_transports("h2").is_err());
+    }
+
+    fn args(v: &[&str]) -> Result<Args> {
+        parse_args_from(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn comparison_modes() {
+        let a = args(&[
+            "--transport",
+            "plain",
+            "--toggle",
+            "--agent-arg=--ring-buffer-bytes=1048576",
+        ])
+        .expect("toggle");
+        assert!(a.toggle && !a.hooks_only);
+        assert_eq!(a.agent_args, ["--ring-buffer-bytes=1048576"]);
+        assert_eq!(
+            agent_flags(&a),
+            " --toggle --agent-arg=--ring-buffer-bytes=1048576"
+        );
+        // Uprobes trap whatever cgroup their process is in: toggling cannot switch them off.
+        assert!(args(&["--toggle"]).is_err());
+        assert!(args(&["--transport", "plain", "--toggle", "--hooks-only"]).is_err());
+        assert!(args(&["--hooks-only"]).expect("hooks-only").hooks_only);
+        assert!(args(&["--rounds", "0"]).is_err());
+    }
+
+    #[test]
+    fn quartiles_interpolate() {
+        assert_eq!(quartiles(vec![4.0, 1.0, 3.0, 2.0, 5.0]), (2.0, 4.0));
+        assert_eq!(quartiles(vec![1.0, 2.0]), (1.25, 1.75));
+        assert!(quartiles(Vec::new()).0.is_nan());
     }
 
     #[test]
