@@ -92,20 +92,15 @@ fn parse_args_from(mut it: impl Iterator<Item = String>) -> Result<Args> {
         toggle: false,
     };
     while let Some(flag) = it.next() {
-        if flag == "--no-agent" {
-            a.no_agent = true;
-            continue;
-        }
-        if flag == "--bpf-stats" {
-            a.bpf_stats = true;
-            continue;
-        }
-        if flag == "--toggle" {
-            a.toggle = true;
-            continue;
-        }
-        if flag == "--hooks-only" {
-            a.hooks_only = true;
+        let switch = match flag.as_str() {
+            "--no-agent" => Some(&mut a.no_agent),
+            "--bpf-stats" => Some(&mut a.bpf_stats),
+            "--toggle" => Some(&mut a.toggle),
+            "--hooks-only" => Some(&mut a.hooks_only),
+            _ => None,
+        };
+        if let Some(on) = switch {
+            *on = true;
             continue;
         }
         if let Some(v) = flag.strip_prefix("--agent-arg=") {
