@@ -491,19 +491,26 @@ async fn measure_with_agent(
     Ok((result?, view))
 }
 
+/// A cgroup of the bench's own in the test bed's tree (removed with the test bed), created
+/// on first use.
+fn bench_cgroup(bed: &Testbed, name: &str) -> Result<std::path::PathBuf> {
+    let path = bed
+        .cgroup_root()
+        .context("the test bed has no cgroup tree")?
+        .join(name);
+    if !path.exists() {
+        routeskew_testbed::cgroup::create(&path)?;
+    }
+    Ok(path)
+}
+
 /// The test bed's agent, with `--agent-arg`s; with `--hooks-only`, watching an empty cgroup
 /// of the test bed's tree instead of the replica.
 fn agent_config(a: &Args, bed: &Testbed) -> Result<AgentConfig> {
     let mut config = AgentConfig::for_testbed(bed);
     config.extra_args.extend(a.agent_args.iter().cloned());
     if a.hooks_only {
-        let root = bed
-            .cgroup_root()
-            .context("--hooks-only needs the test bed's cgroup tree")?;
-        let empty = root.join("bench-empty");
-        if !empty.exists() {
-            routeskew_testbed::cgroup::create(&empty)?;
-        }
+        let empty = bench_cgroup(bed, "bench-empty")?;
         config.discovery = routeskew_testbed::agent::Discovery::Cgroups(vec![empty]);
     }
     Ok(config)
@@ -594,7 +601,7 @@ async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<R
     Ok(rounds)
 }
 
-/// `--hooks-only` and `--agent-arg`s as given, for the command line in the report.
+/// `--hooks-only`, `--toggle` and `--agent-arg`s as given, for the command line in the report.
 fn agent_flags(a: &Args) -> String {
     let mut flags = String::new();
     if a.hooks_only {

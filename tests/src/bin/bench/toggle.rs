@@ -13,9 +13,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use routeskew_testbed::{cgroup, Agent, Testbed};
+use routeskew_testbed::{Agent, Testbed};
 
-use crate::{agent_config, agent_totals, process_cpu, run_wrk, AgentView, Args, Round};
+use crate::{
+    agent_config, agent_totals, bench_cgroup, process_cpu, run_wrk, AgentView, Args, Round,
+};
 
 fn move_to(cg: &Path, pid: u32) -> Result<()> {
     std::fs::write(cg.join("cgroup.procs"), pid.to_string())
@@ -39,13 +41,7 @@ impl Drop for Home<'_> {
 
 pub async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<Round>> {
     let replica = &bed.replicas()[0];
-    let parked = bed
-        .cgroup_root()
-        .context("--toggle needs the test bed's cgroup tree")?
-        .join("bench-parked");
-    if !parked.exists() {
-        cgroup::create(&parked)?;
-    }
+    let parked = bench_cgroup(bed, "bench-parked")?;
     let mut config = agent_config(a, bed)?;
     config.discovery =
         routeskew_testbed::agent::Discovery::Cgroups(vec![replica.cgroup_path.clone()]);
