@@ -261,7 +261,7 @@ impl HelperRun {
 /// hooks) go first, the cgroup last.
 struct Bench {
     sensor: Sensor,
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Vec<Event>>,
     cgroup: TestCgroup,
 }
 
@@ -439,7 +439,7 @@ impl Bench {
         let hard_stop = Instant::now() + Duration::from_secs(10);
         while Instant::now() < hard_stop {
             match tokio::time::timeout(Duration::from_millis(500), self.rx.recv()).await {
-                Ok(Some(ev)) => out.push((ev.origin, ev.kind)),
+                Ok(Some(batch)) => out.extend(batch.into_iter().map(|ev| (ev.origin, ev.kind))),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -866,7 +866,10 @@ async fn the_reader_timer_delivers_a_quiet_stream() -> Result<()> {
     let first = tokio::time::timeout(Duration::from_secs(2), bench.rx.recv())
         .await
         .context("no event within 2 s")?
-        .context("sensor stopped")?;
+        .context("sensor stopped")?
+        .into_iter()
+        .next()
+        .context("an empty batch")?;
     let waited = started.elapsed();
     ensure!(
         matches!(first.kind, EventKind::UpstreamFailure { peer: Some(p), .. } if p.port() == port),

@@ -35,13 +35,12 @@ pub enum AgentError {
     Signal(std::io::Error),
 }
 
-/// Events buffered between the ring-buffer reader and the pipeline. When full, the reader
-/// waits and the kernel ring buffer absorbs the burst (and counts what it drops).
-const EVENT_QUEUE: usize = 16 * 1024;
+/// Batches of events (up to [`crate::sensor::BATCH`] each) buffered between the
+/// ring-buffer reader and the pipeline. When full, the reader waits and the kernel ring
+/// buffer absorbs the burst (and counts what it drops).
+const EVENT_QUEUE: usize = 16;
 /// Probe reports waiting for the pipeline (a round sends one per replica, host and check).
 const PROBE_QUEUE: usize = 1024;
-/// Events handled per wake-up before housekeeping gets a turn.
-const BATCH: usize = 1024;
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
@@ -69,7 +68,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let discovery = Discovery::start(&args, &hosts, &metrics).await?;
 
-    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Vec<Event>>(EVENT_QUEUE);
     // Probe reports are events like the sensor's and go through the same
     // `Pipeline::handle`; their own queue keeps "the sensor's reader stopped" (its channel
     // closed) observable.
@@ -170,7 +169,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     probe_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
-    let mut batch = Vec::with_capacity(BATCH);
     // One future for the whole loop: recreating it each pass could miss a SIGINT
     // that arrives between two passes.
     let ctrl_c = tokio::signal::ctrl_c();
@@ -178,13 +176,12 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     loop {
         tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
+            batch = rx.recv() => {
+                let Some(batch) = batch else {
                     tracing::error!("sensor reader stopped; exiting");
                     break;
-                }
+                };
                 pipeline.handle_batch(&batch);
-                batch.clear();
             }
             _ = rescan.tick() => {
                 apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);

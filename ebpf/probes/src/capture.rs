@@ -208,8 +208,48 @@ pub fn keep_ahead(prog: u32, conn: Conn, buf: u64) {
 /// A read on a connection whose previous read returned one byte: judged with that byte
 /// in front, and reported with it in the record's `ahead` (the agent puts it back). Only
 /// a request is looked for: bytes are only kept on connections that are not upstreams.
+///
+/// Nearly every such read is the rest of a client request, so its head is copied
+/// straight into a reserved record and judged there, one read of user memory instead of
+/// two (see [`capture`]).
 #[inline(always)]
 fn read_after_ahead(t: Transfer, ahead: u32) {
+    let n = copy_len(t.ret as u64);
+    if n < 7 {
+        read_after_ahead_head_first(t, ahead);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        // Ring full: judged on its own, and counted as lost if it was a request.
+        read_after_ahead_head_first(t, ahead);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
+    let rc =
+        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, t.buf as *const c_void) };
+    if rc != 0 {
+        entry.discard(submit_flags());
+        count(t.prog, Counter::ReadFailure);
+        return;
+    }
+    // The kept byte, then the first 7 copied (the 8th is shifted out; with n == 7 it is
+    // a stale byte of the record).
+    let copied = unsafe { core::ptr::read_unaligned(data.cast::<u64>()) };
+    let head = u64::from(ahead as u8) | (copied << 8);
+    if http_start(head) != Start::Request {
+        entry.discard(submit_flags());
+        return;
+    }
+    unsafe { fill(ev, t, n, ahead) };
+    entry.submit(submit_flags());
+    count(t.prog, Counter::Emitted);
+}
+
+/// [`read_after_ahead`] reading the head on its own first: when the copy would be too
+/// short to judge, or the ring is full.
+#[inline(always)]
+fn read_after_ahead_head_first(t: Transfer, ahead: u32) {
     let mut head = [0u8; 8];
     head[0] = ahead as u8;
     let rc = unsafe {

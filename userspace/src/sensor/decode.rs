@@ -8,7 +8,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use routeskew_common::{
     conn_flags, conn_source, direction, event_kind, upstream_reason, CloseEvent, DataEvent,
     EventHeader, UpstreamEvent, DATA_CAP, READ_AHEAD,
@@ -70,8 +70,40 @@ fn need(what: &'static str, rec: &[u8], needed: usize) -> Result<(), DecodeError
     Ok(())
 }
 
-/// Decodes one ring-buffer record.
-pub fn decode(rec: &[u8]) -> Result<Event, DecodeError> {
+/// Bytes of captured data copied into one shared allocation before the next one starts.
+/// Every event's bytes are a slice of it: one malloc for about a hundred records instead
+/// of one each, and none at all once the pipeline has dropped the previous ones (the
+/// allocation is then reused in place).
+const ARENA_CHUNK: usize = 64 * 1024;
+
+/// Decodes ring-buffer records, copying their captured bytes into a shared arena.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    arena: BytesMut,
+}
+
+impl Decoder {
+    /// Decodes one ring-buffer record.
+    pub fn decode(&mut self, rec: &[u8]) -> Result<Event, DecodeError> {
+        decode_with(rec, &mut self.arena)
+    }
+}
+
+/// The arena's next `captured` (after `first`, a byte the kernel kept from the previous
+/// read) as its own [`Bytes`].
+fn take_bytes(arena: &mut BytesMut, first: Option<u8>, captured: &[u8]) -> Bytes {
+    let n = captured.len() + usize::from(first.is_some());
+    if arena.capacity() < n {
+        arena.reserve(ARENA_CHUNK.max(n));
+    }
+    if let Some(b) = first {
+        arena.put_u8(b);
+    }
+    arena.extend_from_slice(captured);
+    arena.split().freeze()
+}
+
+fn decode_with(rec: &[u8], arena: &mut BytesMut) -> Result<Event, DecodeError> {
     need("header", rec, size_of::<EventHeader>())?;
     let kind = u32_at(rec, offset_of!(EventHeader, kind));
     let origin = Origin {
@@ -80,7 +112,7 @@ pub fn decode(rec: &[u8]) -> Result<Event, DecodeError> {
     };
     let ts_ns = u64_at(rec, offset_of!(EventHeader, ts_ns));
     let kind = match kind {
-        event_kind::DATA => decode_data(rec)?,
+        event_kind::DATA => decode_data(rec, arena)?,
         event_kind::CLOSE => decode_close(rec)?,
         event_kind::UPSTREAM => decode_upstream(rec)?,
         other => return Err(DecodeError::UnknownKind(other)),
@@ -92,7 +124,7 @@ pub fn decode(rec: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-fn decode_data(rec: &[u8]) -> Result<EventKind, DecodeError> {
+fn decode_data(rec: &[u8], arena: &mut BytesMut) -> Result<EventKind, DecodeError> {
     need("data record", rec, size_of::<DataEvent>())?;
     let direction = match u32_at(rec, offset_of!(DataEvent, direction)) {
         direction::READ => Direction::Read,
@@ -114,23 +146,14 @@ fn decode_data(rec: &[u8]) -> Result<EventKind, DecodeError> {
     let data = offset_of!(DataEvent, data);
     let captured = &rec[data..data + captured as usize];
     let ahead = u32_at(rec, offset_of!(DataEvent, ahead));
-    if ahead & READ_AHEAD != 0 {
-        // The message's first byte came in the previous read (Go's background read).
-        let mut bytes = Vec::with_capacity(captured.len() + 1);
-        bytes.push(ahead as u8);
-        bytes.extend_from_slice(captured);
-        return Ok(EventKind::Data {
-            conn,
-            direction,
-            total_len: total_len + 1,
-            bytes: Bytes::from(bytes),
-        });
-    }
+    // With READ_AHEAD, the message's first byte came in the previous read (Go's
+    // background read).
+    let first = (ahead & READ_AHEAD != 0).then_some(ahead as u8);
     Ok(EventKind::Data {
         conn,
         direction,
-        total_len,
-        bytes: Bytes::copy_from_slice(captured),
+        total_len: total_len + u64::from(first.is_some()),
+        bytes: take_bytes(arena, first, captured),
     })
 }
 
@@ -193,6 +216,44 @@ fn decode_upstream(rec: &[u8]) -> Result<EventKind, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode(rec: &[u8]) -> Result<Event, DecodeError> {
+        Decoder::default().decode(rec)
+    }
+
+    #[test]
+    fn events_share_the_arena_and_keep_their_bytes() {
+        let mut d = Decoder::default();
+        let a = d
+            .decode(&bytes_of(&data_event(24, 300, direction::WRITE)))
+            .expect("decode");
+        let mut second = data_event(14, 14, direction::READ);
+        second.data[..14].copy_from_slice(b"GET / HTTP/1.1");
+        let b = d.decode(&bytes_of(&second)).expect("decode");
+        let bytes = |e: &Event| match &e.kind {
+            EventKind::Data { bytes, .. } => bytes.clone(),
+            other => panic!("not data: {other:?}"),
+        };
+        assert_eq!(&bytes(&a)[..], b"HTTP/1.1 404 Not Found\r\n");
+        assert_eq!(&bytes(&b)[..], b"GET / HTTP/1.1");
+        // Consecutive in one allocation.
+        assert_eq!(
+            bytes(&a).as_ptr().wrapping_add(24),
+            bytes(&b).as_ptr(),
+            "second record's bytes follow the first's"
+        );
+        // A record larger than what is left starts a new allocation; earlier bytes stay.
+        for _ in 0..ARENA_CHUNK / DATA_CAP + 1 {
+            d.decode(&bytes_of(&data_event(
+                DATA_CAP as u32,
+                5000,
+                direction::WRITE,
+            )))
+            .expect("decode");
+        }
+        assert_eq!(&bytes(&a)[..], b"HTTP/1.1 404 Not Found\r\n");
+        assert_eq!(&bytes(&b)[..], b"GET / HTTP/1.1");
+    }
 
     fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
         // SAFETY: only used with the shared #[repr(C)] record types, which have no padding

@@ -508,9 +508,9 @@ impl Sensor {
     /// Loads, attaches every hook it can (a hook that fails is logged with tracing and
     /// reported in hooks(), others continue; Err only if nothing useful can run), and
     /// spawns a tokio task that reads the ring buffer, decodes records and sends them on
-    /// `events` (awaiting send: back-pressure ends up as counted kernel `lost` events).
-    /// Must be called inside a tokio runtime.
-    pub fn start(cfg: &SensorConfig, events: Sender<Event>) -> Result<Sensor, SensorError> {
+    /// `events` in batches of at most [`BATCH`] (awaiting send: back-pressure ends up as
+    /// counted kernel `lost` events). Must be called inside a tokio runtime.
+    pub fn start(cfg: &SensorConfig, events: Sender<Vec<Event>>) -> Result<Sensor, SensorError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SensorError::NoRuntime)?;
         check_privileges()?;
         raise_memlock_limit();
@@ -1046,7 +1046,7 @@ fn attach_all(
 
 async fn read_ring(
     mut ring: AsyncFd<RingBuf<MapData>>,
-    events: Sender<Event>,
+    events: Sender<Vec<Event>>,
     decode_errors: Arc<AtomicU64>,
     poll_interval: Duration,
 ) {
@@ -1058,6 +1058,7 @@ async fn read_ring(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    let mut decoder = decode::Decoder::default();
     loop {
         let woken = tokio::select! {
             guard = ring.readable_mut() => Some(guard),
@@ -1070,7 +1071,7 @@ async fn read_ring(
         };
         match woken {
             Some(Ok(mut guard)) => {
-                if !drain(guard.get_inner_mut(), &events, &decode_errors).await {
+                if !drain(guard.get_inner_mut(), &mut decoder, &events, &decode_errors).await {
                     return;
                 }
                 guard.clear_ready();
@@ -1080,7 +1081,7 @@ async fn read_ring(
                 return;
             }
             None => {
-                if !drain(ring.get_mut(), &events, &decode_errors).await {
+                if !drain(ring.get_mut(), &mut decoder, &events, &decode_errors).await {
                     return;
                 }
             }
@@ -1088,29 +1089,42 @@ async fn read_ring(
     }
 }
 
-/// Decodes and forwards every record waiting in the ring. False once the receiver is gone.
+/// Events the reader sends to the pipeline at once, at most.
+pub const BATCH: usize = 1024;
+
+/// Decodes and forwards every record waiting in the ring, in batches. False once the
+/// receiver is gone.
 async fn drain(
     ring: &mut RingBuf<MapData>,
-    events: &Sender<Event>,
+    decoder: &mut decode::Decoder,
+    events: &Sender<Vec<Event>>,
     decode_errors: &AtomicU64,
 ) -> bool {
     loop {
-        // The record borrows the ring; decode (which copies) before awaiting the send.
-        let decoded = match ring.next() {
-            Some(record) => decode::decode(&record),
-            None => return true,
-        };
-        match decoded {
-            Ok(event) => {
-                if events.send(event).await.is_err() {
-                    tracing::debug!("event receiver dropped; sensor reader stops");
-                    return false;
+        let mut batch = Vec::new();
+        // Records borrow the ring; a batch is decoded (copied) before the send is awaited.
+        while batch.len() < BATCH {
+            let Some(record) = ring.next() else { break };
+            match decoder.decode(&record) {
+                Ok(event) => {
+                    if batch.capacity() == 0 {
+                        batch.reserve(BATCH.min(64));
+                    }
+                    batch.push(event);
+                }
+                Err(error) => {
+                    decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%error, "undecodable ring buffer record");
                 }
             }
-            Err(error) => {
-                decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, "undecodable ring buffer record");
-            }
+        }
+        let more = batch.len() == BATCH;
+        if !batch.is_empty() && events.send(batch).await.is_err() {
+            tracing::debug!("event receiver dropped; sensor reader stops");
+            return false;
+        }
+        if !more {
+            return true;
         }
     }
 }
