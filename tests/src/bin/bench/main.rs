@@ -145,6 +145,56 @@ struct WrkResult {
     requests: u64,
     /// Non-2xx/3xx answers plus socket errors: a run with any is not comparable.
     errors: u64,
+    /// What the whole machine spent over the run (`/proc/stat`).
+    cpu: MachineCpu,
+}
+
+/// CPU time of the whole machine, from the `cpu` line of `/proc/stat` (USER_HZ ticks).
+/// Busy is everything but idle, iowait and steal: load generator, Traefik, backend,
+/// agent and the kernel's work for all of them. On a saturated machine throughput is
+/// CPUs over busy time per request, and busy time per request does not move with the
+/// CPU time the hypervisor steals, which throughput does.
+#[derive(Debug, Clone, Copy, Default)]
+struct MachineCpu {
+    busy_ticks: u64,
+    steal_ticks: u64,
+}
+
+impl MachineCpu {
+    fn now() -> Result<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        parse_proc_stat(&stat).context("no cpu line in /proc/stat")
+    }
+
+    fn since(self, before: MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy_ticks: self.busy_ticks.saturating_sub(before.busy_ticks),
+            steal_ticks: self.steal_ticks.saturating_sub(before.steal_ticks),
+        }
+    }
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`; guest time is
+/// already part of user time.
+fn parse_proc_stat(stat: &str) -> Option<MachineCpu> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    Some(MachineCpu {
+        busy_ticks: at(0) + at(1) + at(2) + at(5) + at(6),
+        steal_ticks: at(7),
+    })
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
 }
 
 /// wrk prints durations as `812.00us`, `1.23ms`, `2.01s`, `1.5m`.
@@ -191,12 +241,14 @@ fn parse_wrk(out: &str) -> Result<WrkResult> {
         p99_ms: p99.context("wrk output has no 99% latency (was --latency given?)")?,
         requests: requests.context("wrk output has no request count")?,
         errors,
+        cpu: MachineCpu::default(),
     })
 }
 
 fn run_wrk(a: &Args, url: &str, host: &str, seconds: u32) -> Result<WrkResult> {
     let wrk =
         paths::which("wrk").context("wrk not found (apt-get install wrk, or cargo xtask setup)")?;
+    let cpu_before = MachineCpu::now()?;
     let out = Command::new(wrk)
         .args([
             format!("-t{}", a.threads),
@@ -213,7 +265,10 @@ fn run_wrk(a: &Args, url: &str, host: &str, seconds: u32) -> Result<WrkResult> {
     if !out.status.success() {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
-    parse_wrk(&text).with_context(|| format!("parsing wrk output:\n{text}"))
+    let cpu = MachineCpu::now()?.since(cpu_before);
+    let mut result = parse_wrk(&text).with_context(|| format!("parsing wrk output:\n{text}"))?;
+    result.cpu = cpu;
+    Ok(result)
 }
 
 fn per_request_us(t: Duration, requests: u64) -> String {
@@ -223,16 +278,45 @@ fn per_request_us(t: Duration, requests: u64) -> String {
     format!("{:.2}", t.as_secs_f64() * 1e6 / requests as f64)
 }
 
-/// Kernel program cost per request over all rounds (`--bpf-stats`).
+/// Kernel program cost per request over all rounds (`--bpf-stats`): the runs with the
+/// agent capturing and, with `--toggle`, those with nothing captured.
 fn kernel_table(rounds: &[Round], transport: Transport) -> String {
+    let with = kernel_rows(
+        rounds
+            .iter()
+            .filter_map(|r| Some((r.with?.requests, &r.agent.as_ref()?.kernel))),
+        transport,
+    );
+    let Some(with) = with else {
+        return "\nKernel program statistics: none collected.\n".into();
+    };
+    let mut md = format!("\nKernel programs during the runs with the agent (BPF_ENABLE_STATS on, which adds a little to each run):\n\n{with}");
+    if let Some(without) = kernel_rows(
+        rounds
+            .iter()
+            .map(|r| (r.without.requests, &r.kernel_without)),
+        transport,
+    ) {
+        md.push_str(&format!(
+            "\nThe same programs during the runs with Traefik outside the watched cgroup (hooks attached, nothing captured):\n\n{without}"
+        ));
+    }
+    md
+}
+
+/// A table of runs/request, ns/run and µs/request per program, or None without data.
+fn kernel_rows<'a>(
+    runs: impl Iterator<Item = (u64, &'a Vec<(String, u64, Duration)>)>,
+    transport: Transport,
+) -> Option<String> {
     let mut requests = 0u64;
     let mut per_prog: Vec<(String, u64, Duration)> = Vec::new();
-    for r in rounds {
-        let (Some(w), Some(v)) = (r.with, r.agent.as_ref()) else {
+    for (served, kernel) in runs {
+        if kernel.is_empty() {
             continue;
-        };
-        requests += w.requests;
-        for (name, runs, time) in &v.kernel {
+        }
+        requests += served;
+        for (name, runs, time) in kernel {
             match per_prog.iter_mut().find(|(n, _, _)| n == name) {
                 Some(e) => {
                     e.1 += runs;
@@ -243,15 +327,15 @@ fn kernel_table(rounds: &[Round], transport: Transport) -> String {
         }
     }
     if requests == 0 || per_prog.is_empty() {
-        return "\nKernel program statistics: none collected.\n".into();
+        return None;
     }
-    let mut md = String::from(
-        "\nKernel programs during the runs with the agent (BPF_ENABLE_STATS on, which adds a little to each run):\n\n| program | runs/request | ns/run | µs/request |\n| --- | ---: | ---: | ---: |\n",
-    );
     if transport == Transport::Tls {
         // Uprobes first: they are what this run measures.
         per_prog.sort_by_key(|(name, _, _)| !name.starts_with("rs_go_tls"));
     }
+    let mut md = String::from(
+        "| program | runs/request | ns/run | µs/request |\n| --- | ---: | ---: | ---: |\n",
+    );
     let mut total = Duration::ZERO;
     for (name, runs, time) in &per_prog {
         total += *time;
@@ -266,7 +350,7 @@ fn kernel_table(rounds: &[Round], transport: Transport) -> String {
         "| all | | | {} |\n",
         per_request_us(total, requests)
     ));
-    md
+    Some(md)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -323,6 +407,8 @@ struct Round {
     with: Option<WrkResult>,
     /// The agent's own account of its run.
     agent: Option<AgentView>,
+    /// `--toggle --bpf-stats`: the agent's kernel programs during the run without.
+    kernel_without: Vec<(String, u64, Duration)>,
 }
 
 /// What the agent reported about one run.
@@ -358,11 +444,7 @@ fn process_cpu(pid: u32) -> Result<Duration> {
                 .unwrap_or(0)
         })
         .sum();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Ok(Duration::from_nanos(
-        ticks.saturating_mul(1_000_000_000) / hz,
-    ))
+    Ok(ticks_to_duration(ticks))
 }
 
 /// Ids of the BPF programs process `pid` holds (program and link fds name them in their
@@ -596,6 +678,7 @@ async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<R
             without,
             with,
             agent: counted,
+            kernel_without: Vec::new(),
         });
     }
     Ok(rounds)
@@ -614,6 +697,56 @@ fn agent_flags(a: &Args) -> String {
         flags.push_str(&format!(" --agent-arg={v}"));
     }
     flags
+}
+
+/// The machine's busy CPU per request served, with against without, as a throughput-like
+/// ratio (without/with: above 1 means the captured runs were cheaper).
+fn machine_cpu_line(rounds: &[Round]) -> String {
+    let per_request = |r: &WrkResult| {
+        ticks_to_duration(r.cpu.busy_ticks).as_secs_f64() * 1e6 / r.requests.max(1) as f64
+    };
+    let mut ratios = Vec::new();
+    let (mut without, mut with) = (MachineCpu::default(), MachineCpu::default());
+    let (mut served_without, mut served_with) = (0u64, 0u64);
+    let mut wall = (0.0f64, 0.0f64);
+    for r in rounds {
+        let Some(w) = r.with else { continue };
+        if r.without.cpu.busy_ticks == 0 || w.cpu.busy_ticks == 0 {
+            continue;
+        }
+        ratios.push(per_request(&r.without) / per_request(&w));
+        without.busy_ticks += r.without.cpu.busy_ticks;
+        without.steal_ticks += r.without.cpu.steal_ticks;
+        with.busy_ticks += w.cpu.busy_ticks;
+        with.steal_ticks += w.cpu.steal_ticks;
+        served_without += r.without.requests;
+        served_with += w.requests;
+        wall.0 += r.without.requests as f64 / r.without.rps.max(1.0);
+        wall.1 += w.requests as f64 / w.rps.max(1.0);
+    }
+    if ratios.is_empty() {
+        return String::new();
+    }
+    let us = |c: MachineCpu, n: u64| {
+        ticks_to_duration(c.busy_ticks).as_secs_f64() * 1e6 / n.max(1) as f64
+    };
+    let steal = |c: MachineCpu, secs: f64| {
+        100.0 * ticks_to_duration(c.steal_ticks).as_secs_f64() / (secs * num_cpus()).max(1e-9)
+    };
+    let (q1, q3) = quartiles(ratios.clone());
+    format!(
+        "Machine CPU per request (all processes, `/proc/stat` busy time over the wrk runs): {:.1} µs without, {:.1} µs with; without/with **{:.3}** over all runs, per-round median {:.3} (quartiles {q1:.3} to {q3:.3}). CPU stolen by the hypervisor: {:.1} % without, {:.1} % with.\n",
+        us(without, served_without),
+        us(with, served_with),
+        us(without, served_without) / us(with, served_with),
+        median(ratios),
+        steal(without, wall.0),
+        steal(with, wall.1),
+    )
+}
+
+fn num_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// One markdown block for BENCHMARKS.md.
@@ -718,6 +851,7 @@ fn report(a: &Args, transport: Transport, rounds: &[Round], host: &str, env: &Se
             ratios.len(),
             served_with as f64 / served_without.max(1) as f64
         ));
+        md.push_str(&machine_cpu_line(rounds));
     }
     if a.bpf_stats {
         md.push_str(&kernel_table(rounds, transport));
@@ -832,6 +966,21 @@ mod tests {
         assert_eq!(parse_duration_ms("812.00us"), Some(0.812));
         assert_eq!(parse_duration_ms("2.00s"), Some(2000.0));
         assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn machine_cpu_from_proc_stat() {
+        let stat = "cpu  100 5 50 9000 7 3 2 11 0 0\ncpu0 50 2 25 4500 3 1 1 5 0 0\nintr 1\n";
+        let c = parse_proc_stat(stat).expect("cpu line");
+        assert_eq!(c.busy_ticks, 100 + 5 + 50 + 3 + 2);
+        assert_eq!(c.steal_ticks, 11);
+        let later = MachineCpu {
+            busy_ticks: c.busy_ticks + 40,
+            steal_ticks: c.steal_ticks + 1,
+        };
+        assert_eq!(later.since(c).busy_ticks, 40);
+        assert_eq!(c.since(later).busy_ticks, 0);
+        assert!(parse_proc_stat("intr 1\n").is_none());
     }
 
     #[test]

@@ -16,7 +16,8 @@ use anyhow::{Context, Result};
 use routeskew_testbed::{Agent, Testbed};
 
 use crate::{
-    agent_config, agent_totals, bench_cgroup, process_cpu, run_wrk, AgentView, Args, Round,
+    agent_config, agent_totals, bench_cgroup, kernel_delta, kernel_program_stats, process_cpu,
+    run_wrk, AgentView, Args, Round,
 };
 
 fn move_to(cg: &Path, pid: u32) -> Result<()> {
@@ -66,7 +67,9 @@ pub async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<V
             view = Some(v);
         }
         move_to(&parked, replica.pid)?;
+        let kernel_before = kernel_stats(a, &agent);
         let without = run_wrk(a, url, host, a.duration)?;
+        let kernel_without = kernel_delta(&kernel_before, &kernel_stats(a, &agent));
         if !captured_first {
             let (w, v) =
                 captured_run(a, &agent, &replica.cgroup_path, replica.pid, url, host).await?;
@@ -83,12 +86,22 @@ pub async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<V
             without,
             with,
             agent: view,
+            kernel_without,
         });
     }
     if !agent.running() {
         anyhow::bail!("the agent exited during the run:\n{}", agent.log_tail());
     }
     Ok(rounds)
+}
+
+/// The agent's kernel program totals, with `--bpf-stats`.
+fn kernel_stats(a: &Args, agent: &Agent) -> Vec<(String, u64, std::time::Duration)> {
+    if a.bpf_stats {
+        kernel_program_stats(agent.pid())
+    } else {
+        Vec::new()
+    }
 }
 
 async fn captured_run(
@@ -102,7 +115,9 @@ async fn captured_run(
     move_to(watched, pid)?;
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
+    let kernel_before = kernel_stats(a, agent);
     let result = run_wrk(a, url, host, a.duration)?;
+    let kernel = kernel_delta(&kernel_before, &kernel_stats(a, agent));
     // Whatever is still in the ring arrives within the agent's drain period (20 ms).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = agent_totals(&agent.scrape().await?, host);
@@ -113,7 +128,7 @@ async fn captured_run(
             counted: after.counted - before.counted,
             lost: after.lost - before.lost,
             cpu: cpu_after.saturating_sub(cpu_before),
-            kernel: Vec::new(),
+            kernel,
         },
     ))
 }
