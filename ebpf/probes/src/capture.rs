@@ -219,20 +219,14 @@ fn read_after_ahead(t: Transfer, ahead: u32) {
         read_after_ahead_head_first(t, ahead);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+    let Some(entry) = EVENTS.reserve::<DataEvent>(0) else {
         // Ring full: judged on its own, and counted as lost if it was a request.
         read_after_ahead_head_first(t, ahead);
         return;
     };
-    let ev = entry.as_mut_ptr();
-    let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
-    let rc =
-        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, t.buf as *const c_void) };
-    if rc != 0 {
-        entry.discard(submit_flags());
-        count(t.prog, Counter::ReadFailure);
+    let Some((entry, data)) = copy_into(entry, t, n) else {
         return;
-    }
+    };
     // The kept byte, then the first 7 copied (the 8th is shifted out; with n == 7 it is
     // a stale byte of the record).
     let copied = unsafe { core::ptr::read_unaligned(data.cast::<u64>()) };
@@ -241,7 +235,33 @@ fn read_after_ahead(t: Transfer, ahead: u32) {
         entry.discard(submit_flags());
         return;
     }
-    unsafe { fill(ev, t, n, ahead) };
+    submit(entry, t, n, ahead);
+}
+
+/// Copies the first `n` bytes of the transfer into the record's `data`, which it
+/// returns; on failure the record is discarded and the failure counted.
+#[inline(always)]
+fn copy_into(
+    mut entry: RingBufEntry<DataEvent>,
+    t: Transfer,
+    n: u32,
+) -> Option<(RingBufEntry<DataEvent>, *mut u8)> {
+    let ev = entry.as_mut_ptr();
+    let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
+    let rc =
+        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, t.buf as *const c_void) };
+    if rc != 0 {
+        entry.discard(submit_flags());
+        count(t.prog, Counter::ReadFailure);
+        return None;
+    }
+    Some((entry, data))
+}
+
+/// Fills in the rest of a record whose `data` holds `n` bytes, and submits it.
+#[inline(always)]
+fn submit(mut entry: RingBufEntry<DataEvent>, t: Transfer, n: u32, ahead: u32) {
+    unsafe { fill(entry.as_mut_ptr(), t, n, ahead) };
     entry.submit(submit_flags());
     count(t.prog, Counter::Emitted);
 }
@@ -320,20 +340,8 @@ fn reported(start: Start, dir: u32) -> bool {
 /// Copies `n` bytes into `entry`, then judges them there. Returns (start, reported,
 /// upgraded), or None when the bytes are no HTTP start (or unreadable).
 #[inline(always)]
-fn copy_first(
-    mut entry: RingBufEntry<DataEvent>,
-    t: Transfer,
-    n: u32,
-) -> Option<(Start, bool, bool)> {
-    let ev = entry.as_mut_ptr();
-    let data = unsafe { core::ptr::addr_of_mut!((*ev).data) }.cast::<u8>();
-    let rc =
-        unsafe { generated::bpf_probe_read_user(data.cast::<c_void>(), n, t.buf as *const c_void) };
-    if rc != 0 {
-        entry.discard(submit_flags());
-        count(t.prog, Counter::ReadFailure);
-        return None;
-    }
+fn copy_first(entry: RingBufEntry<DataEvent>, t: Transfer, n: u32) -> Option<(Start, bool, bool)> {
+    let (entry, data) = copy_into(entry, t, n)?;
     // n >= 8 here (ret >= MIN_LEN and n is 16 or more, or all of ret); bytes past n in
     // the record are stale and never looked at.
     let head = unsafe { core::ptr::read_unaligned(data.cast::<u64>()) };
@@ -354,9 +362,7 @@ fn copy_first(
     }
     let report = reported(start, t.dir);
     if report {
-        unsafe { fill(ev, t, n, 0) };
-        entry.submit(submit_flags());
-        count(t.prog, Counter::Emitted);
+        submit(entry, t, n, 0);
     } else {
         entry.discard(submit_flags());
     }
@@ -478,24 +484,11 @@ unsafe fn fill(ev: *mut DataEvent, t: Transfer, n: u32, ahead: u32) {
 #[inline(always)]
 pub fn emit_data(t: Transfer, ahead: u32) {
     let n = copy_len(t.ret as u64);
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+    let Some(entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(t.prog, Counter::Lost);
         return;
     };
-    let ev = entry.as_mut_ptr();
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            core::ptr::addr_of_mut!((*ev).data).cast::<c_void>(),
-            n,
-            t.buf as *const c_void,
-        )
-    };
-    if rc != 0 {
-        entry.discard(submit_flags());
-        count(t.prog, Counter::ReadFailure);
-        return;
+    if let Some((entry, _)) = copy_into(entry, t, n) {
+        submit(entry, t, n, ahead);
     }
-    unsafe { fill(ev, t, n, ahead) };
-    entry.submit(submit_flags());
-    count(t.prog, Counter::Emitted);
 }
