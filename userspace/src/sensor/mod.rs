@@ -1101,17 +1101,13 @@ async fn drain(
     decode_errors: &AtomicU64,
 ) -> bool {
     loop {
+        // Allocates only once a record arrives. Records borrow the ring; a batch is
+        // decoded (copied) before the send is awaited.
         let mut batch = Vec::new();
-        // Records borrow the ring; a batch is decoded (copied) before the send is awaited.
         while batch.len() < BATCH {
             let Some(record) = ring.next() else { break };
             match decoder.decode(&record) {
-                Ok(event) => {
-                    if batch.capacity() == 0 {
-                        batch.reserve(BATCH.min(64));
-                    }
-                    batch.push(event);
-                }
+                Ok(event) => batch.push(event),
                 Err(error) => {
                     decode_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, "undecodable ring buffer record");

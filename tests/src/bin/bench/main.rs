@@ -166,6 +166,11 @@ impl MachineCpu {
         parse_proc_stat(&stat).context("no cpu line in /proc/stat")
     }
 
+    fn add(&mut self, other: MachineCpu) {
+        self.busy_ticks += other.busy_ticks;
+        self.steal_ticks += other.steal_ticks;
+    }
+
     fn since(self, before: MachineCpu) -> MachineCpu {
         MachineCpu {
             busy_ticks: self.busy_ticks.saturating_sub(before.busy_ticks),
@@ -469,6 +474,15 @@ fn program_ids_of(pid: u32) -> std::collections::HashSet<u32> {
 
 /// Accumulated runs and run time of the agent's kernel programs (names start with `rs_`),
 /// those of process `pid` only.
+/// With `--bpf-stats`, the kernel programs of agent `pid` so far; else nothing.
+fn kernel_stats(a: &Args, pid: u32) -> Vec<(String, u64, Duration)> {
+    if a.bpf_stats {
+        kernel_program_stats(pid)
+    } else {
+        Vec::new()
+    }
+}
+
 fn kernel_program_stats(pid: u32) -> Vec<(String, u64, Duration)> {
     let ours = program_ids_of(pid);
     let mut out: Vec<(String, u64, Duration)> = Vec::new();
@@ -535,17 +549,9 @@ async fn measure_with_agent(
     let mut agent = Agent::start(agent_config(a, bed)?).await?;
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
-    let kernel_before = if a.bpf_stats {
-        kernel_program_stats(agent.pid())
-    } else {
-        Vec::new()
-    };
+    let kernel_before = kernel_stats(a, agent.pid());
     let result = run_wrk(a, url, host, a.duration);
-    let kernel_after = if a.bpf_stats {
-        kernel_program_stats(agent.pid())
-    } else {
-        Vec::new()
-    };
+    let kernel_after = kernel_stats(a, agent.pid());
     // Read again while the agent drains what the kernel handed over during the run.
     let mut cpu_after = process_cpu(agent.pid())?;
     // The agent may still be draining its ring buffer: read once the count stops moving.
@@ -701,9 +707,9 @@ fn agent_flags(a: &Args) -> String {
 
 /// The machine's busy CPU per request served, with against without, as a throughput-like
 /// ratio (without/with: above 1 means the captured runs were cheaper).
-fn machine_cpu_line(rounds: &[Round]) -> String {
-    let per_request = |r: &WrkResult| {
-        ticks_to_duration(r.cpu.busy_ticks).as_secs_f64() * 1e6 / r.requests.max(1) as f64
+fn machine_cpu_line(rounds: &[Round], nproc: usize) -> String {
+    let us = |c: MachineCpu, requests: u64| {
+        ticks_to_duration(c.busy_ticks).as_secs_f64() * 1e6 / requests.max(1) as f64
     };
     let mut ratios = Vec::new();
     let (mut without, mut with) = (MachineCpu::default(), MachineCpu::default());
@@ -714,11 +720,9 @@ fn machine_cpu_line(rounds: &[Round]) -> String {
         if r.without.cpu.busy_ticks == 0 || w.cpu.busy_ticks == 0 {
             continue;
         }
-        ratios.push(per_request(&r.without) / per_request(&w));
-        without.busy_ticks += r.without.cpu.busy_ticks;
-        without.steal_ticks += r.without.cpu.steal_ticks;
-        with.busy_ticks += w.cpu.busy_ticks;
-        with.steal_ticks += w.cpu.steal_ticks;
+        ratios.push(us(r.without.cpu, r.without.requests) / us(w.cpu, w.requests));
+        without.add(r.without.cpu);
+        with.add(w.cpu);
         served_without += r.without.requests;
         served_with += w.requests;
         wall.0 += r.without.requests as f64 / r.without.rps.max(1.0);
@@ -727,11 +731,8 @@ fn machine_cpu_line(rounds: &[Round]) -> String {
     if ratios.is_empty() {
         return String::new();
     }
-    let us = |c: MachineCpu, n: u64| {
-        ticks_to_duration(c.busy_ticks).as_secs_f64() * 1e6 / n.max(1) as f64
-    };
     let steal = |c: MachineCpu, secs: f64| {
-        100.0 * ticks_to_duration(c.steal_ticks).as_secs_f64() / (secs * num_cpus()).max(1e-9)
+        100.0 * ticks_to_duration(c.steal_ticks).as_secs_f64() / (secs * nproc as f64).max(1e-9)
     };
     let (q1, q3) = quartiles(ratios.clone());
     format!(
@@ -743,10 +744,6 @@ fn machine_cpu_line(rounds: &[Round]) -> String {
         steal(without, wall.0),
         steal(with, wall.1),
     )
-}
-
-fn num_cpus() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// One markdown block for BENCHMARKS.md.
@@ -851,7 +848,7 @@ fn report(a: &Args, transport: Transport, rounds: &[Round], host: &str, env: &Se
             ratios.len(),
             served_with as f64 / served_without.max(1) as f64
         ));
-        md.push_str(&machine_cpu_line(rounds));
+        md.push_str(&machine_cpu_line(rounds, env.nproc));
     }
     if a.bpf_stats {
         md.push_str(&kernel_table(rounds, transport));

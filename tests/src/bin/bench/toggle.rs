@@ -16,8 +16,8 @@ use anyhow::{Context, Result};
 use routeskew_testbed::{Agent, Testbed};
 
 use crate::{
-    agent_config, agent_totals, bench_cgroup, kernel_delta, kernel_program_stats, process_cpu,
-    run_wrk, AgentView, Args, Round,
+    agent_config, agent_totals, bench_cgroup, kernel_delta, kernel_stats, process_cpu, run_wrk,
+    AgentView, Args, Round,
 };
 
 fn move_to(cg: &Path, pid: u32) -> Result<()> {
@@ -67,9 +67,9 @@ pub async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<V
             view = Some(v);
         }
         move_to(&parked, replica.pid)?;
-        let kernel_before = kernel_stats(a, &agent);
+        let kernel_before = kernel_stats(a, agent.pid());
         let without = run_wrk(a, url, host, a.duration)?;
-        let kernel_without = kernel_delta(&kernel_before, &kernel_stats(a, &agent));
+        let kernel_without = kernel_delta(&kernel_before, &kernel_stats(a, agent.pid()));
         if !captured_first {
             let (w, v) =
                 captured_run(a, &agent, &replica.cgroup_path, replica.pid, url, host).await?;
@@ -95,15 +95,6 @@ pub async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<V
     Ok(rounds)
 }
 
-/// The agent's kernel program totals, with `--bpf-stats`.
-fn kernel_stats(a: &Args, agent: &Agent) -> Vec<(String, u64, std::time::Duration)> {
-    if a.bpf_stats {
-        kernel_program_stats(agent.pid())
-    } else {
-        Vec::new()
-    }
-}
-
 async fn captured_run(
     a: &Args,
     agent: &Agent,
@@ -115,9 +106,9 @@ async fn captured_run(
     move_to(watched, pid)?;
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
-    let kernel_before = kernel_stats(a, agent);
+    let kernel_before = kernel_stats(a, agent.pid());
     let result = run_wrk(a, url, host, a.duration)?;
-    let kernel = kernel_delta(&kernel_before, &kernel_stats(a, agent));
+    let kernel = kernel_delta(&kernel_before, &kernel_stats(a, agent.pid()));
     // Whatever is still in the ring arrives within the agent's drain period (20 ms).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = agent_totals(&agent.scrape().await?, host);
