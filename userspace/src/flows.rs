@@ -1428,6 +1428,24 @@ mod tests {
     }
 
     #[test]
+    fn a_body_written_to_a_client_is_not_an_upstream_request() {
+        let mut f = Flows::new(FlowConfig::default());
+        // A response whose 12-byte body is written on its own and starts like a request.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
+        run(
+            &mut f,
+            &[
+                data(S, 5, Direction::Read, &req("a.test", "/x")),
+                data(S + 1, 5, Direction::Write, head),
+                data(S + 2, 5, Direction::Write, b"GET / HTTP/1"),
+            ],
+        );
+        assert_eq!(f.stats().upstream_requests, 0);
+        assert_eq!(f.stats().client_responses, 1);
+        assert!(!f.upstream_log.contains_key(&O.tgid));
+    }
+
+    #[test]
     fn upstream_requests_are_not_pending_without_responses() {
         let upstream = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n";
         let traffic: Vec<Event> = (0..200u64)
