@@ -1487,9 +1487,12 @@ async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
     Ok(())
 }
 
-/// The records of one TLS connection in the fixture format of `routeskew::h2::capture`.
-fn tls_records(tls: &[(ConnId, EventKind)], conn: ConnId) -> Vec<routeskew::h2::capture::Record> {
-    use routeskew::h2::capture::Record;
+/// The records of one TLS connection in the fixture format of `routeskew::pipeline::flows::h2::capture`.
+fn tls_records(
+    tls: &[(ConnId, EventKind)],
+    conn: ConnId,
+) -> Vec<routeskew::pipeline::flows::h2::capture::Record> {
+    use routeskew::pipeline::flows::h2::capture::Record;
     tls.iter()
         .filter(|(c, _)| *c == conn)
         .filter_map(|(_, k)| match k {
@@ -1517,7 +1520,7 @@ fn tls_records(tls: &[(ConnId, EventKind)], conn: ConnId) -> Vec<routeskew::h2::
 /// there (how `userspace/src/h2/fixtures` was made).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_websecure_h2_frames_are_captured() -> Result<()> {
-    use routeskew::h2::capture;
+    use routeskew::pipeline::flows::h2::capture;
     use routeskew_testbed::{backend, scenario, tls};
     let _serial = SERIAL.lock().await;
     let mut bench = Bench::new("traefikh2").await?;

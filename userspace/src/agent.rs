@@ -190,7 +190,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 pipeline.handle(&ev);
             }
             _ = probe_deadlines.tick(), if probing => {
-                pipeline.expire_probes(monotonic_ns());
+                pipeline.expire_probes(crate::event::monotonic_ns());
             }
             _ = discovery.changed() => {
                 apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);
@@ -198,7 +198,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
             _ = housekeeping.tick() => {
                 discovery.report_readiness(&metrics);
-                pipeline.tick(monotonic_ns());
+                pipeline.tick(crate::event::monotonic_ns());
                 match sensor.totals() {
                     Ok(totals) => {
                         for t in totals {
@@ -402,17 +402,6 @@ fn apply_scan(
     pipeline.set_targets(scan.targets.clone());
     published.send_replace(scan.targets.clone());
     *current = scan.targets;
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn kernel_release() -> String {

@@ -153,7 +153,7 @@ pub struct RunArgs {
         env = "ROUTESKEW_PROBE_WS_PATHS",
         value_delimiter = ','
     )]
-    pub probe_ws_paths: Vec<crate::probe::WsPath>,
+    pub probe_ws_paths: Vec<WsPath>,
 
     /// Status that also counts as a successful WebSocket probe, e.g. 302 for an auth
     /// redirect (repeatable).
@@ -288,9 +288,58 @@ pub fn parse_hosts_file(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A WebSocket check: a path, for every host or for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsPath {
+    pub host: Option<String>,
+    pub path: String,
+}
+
+impl std::str::FromStr for WsPath {
+    type Err = String;
+
+    /// `/ws` (every host) or `chat.example.com/ws` (that host only).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.starts_with('/') {
+            return Ok(WsPath {
+                host: None,
+                path: s.to_string(),
+            });
+        }
+        match s.split_once('/') {
+            Some((host, path)) if !host.is_empty() => Ok(WsPath {
+                host: Some(host.to_ascii_lowercase()),
+                path: format!("/{path}"),
+            }),
+            _ => Err(format!("expected /path or host/path, got {s:?}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ws_path_syntax() {
+        assert_eq!(
+            "/ws".parse::<WsPath>().expect("valid"),
+            WsPath {
+                host: None,
+                path: "/ws".into()
+            }
+        );
+        assert_eq!(
+            "Chat.Test/socket/x".parse::<WsPath>().expect("valid"),
+            WsPath {
+                host: Some("chat.test".into()),
+                path: "/socket/x".into()
+            }
+        );
+        assert!("ws".parse::<WsPath>().is_err());
+        assert!("/".parse::<WsPath>().is_ok());
+    }
 
     #[test]
     fn probe_flags() {

@@ -87,7 +87,7 @@ impl ProbeCheck {
 /// it has the replica's origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeReport {
-    /// The id in the probe's User-Agent ([`crate::http::probe_check_user_agent`]), which
+    /// The id in the probe's User-Agent ([`crate::pipeline::http::probe_check_user_agent`]), which
     /// the kernel's copy of the exchange carries too.
     pub id: u64,
     pub check: ProbeCheck,
@@ -146,4 +146,15 @@ impl Event {
             },
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -7,14 +7,9 @@
 //! events. [`pipeline`] strings the post-sensor stages together and [`agent`] runs it all.
 
 pub mod agent;
-pub mod aggregate;
-pub mod classify;
 pub mod config;
 pub mod discovery;
 pub mod event;
-pub mod flows;
-pub mod h2;
-pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod probe;

@@ -22,9 +22,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::classify::{HttpClass, Source, WsOutcome};
 use crate::event::UpstreamFailureReason;
-use crate::http::ParseError;
+use crate::pipeline::classify::{HttpClass, Source, WsOutcome};
+use crate::pipeline::http::ParseError;
 
 /// Running totals one kernel program reports (summed over CPUs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -172,7 +172,7 @@ pub struct PipelineMetrics {
     pub signature_without_body: Counter,
     /// Client requests with a present but invalid Host.
     pub invalid_hosts: Counter,
-    /// HTTP/2 streams that could not be classified, by [`crate::h2::Reason`].
+    /// HTTP/2 streams that could not be classified, by [`crate::pipeline::flows::h2::Reason`].
     pub h2_unclassified: Family<ReasonLabels, Counter>,
     /// Connections currently tracked.
     pub connections: Gauge,
@@ -217,7 +217,7 @@ impl PipelineMetrics {
                 .evicted_connections
                 .get_or_create(&ReasonLabels { reason });
         }
-        for r in crate::h2::Reason::ALL {
+        for r in crate::pipeline::flows::h2::Reason::ALL {
             let _ = m
                 .h2_unclassified
                 .get_or_create(&ReasonLabels { reason: r.as_str() });

@@ -15,8 +15,8 @@ use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
 use routeskew::event::{
     ConnId, Direction, Event, EventKind, Origin, ProbeCheck, ProbeReport, UpstreamFailureReason,
 };
-use routeskew::http;
 use routeskew::metrics::{BuildInfo, Metrics};
+use routeskew::pipeline::http;
 use routeskew::pipeline::{Pipeline, PipelineConfig};
 
 const S: u64 = 1_000_000_000;

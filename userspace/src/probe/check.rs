@@ -4,10 +4,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::classify::{Classifier, HttpClass, Observation, WsOutcome};
 use crate::event::{Origin, ProbeCheck, ProbeReport};
-use crate::flows::{ClientRequest, FlowEvent};
-use crate::http::{self, Message, Method, ProbeRef};
+use crate::pipeline::classify::{Classifier, HttpClass, Observation, WsOutcome};
+use crate::pipeline::flows::FlowEvent;
+use crate::pipeline::probe_report::report_exchange;
 
 /// Bytes of a response body kept for classification (Traefik's 404 body is 19).
 pub const BODY_PREFIX: usize = 64;
@@ -44,33 +44,6 @@ pub fn wire_form<'a>(
     b.put_slice(b"\r\n");
     b.put_slice(&body_prefix[..body_prefix.len().min(BODY_PREFIX)]);
     b.freeze()
-}
-
-/// The exchange a probe report describes, as the flow tracker would have produced it
-/// from the kernel's copy, so that the same classifier judges it. There is no upstream
-/// corroboration for it.
-pub fn report_exchange(origin: Origin, report: &ProbeReport, ts_ns: u64) -> Option<FlowEvent> {
-    let bytes = report.response.as_ref()?;
-    let parsed = http::parse(bytes, bytes.len() as u64).ok()?;
-    let response = parsed.messages.into_iter().find_map(|m| match m {
-        Message::Response(r) => Some(r),
-        Message::Request(_) => None,
-    })?;
-    Some(FlowEvent::Exchange {
-        origin,
-        request: ClientRequest {
-            ts_ns,
-            method: Method::Get,
-            host: http::normalize_host(report.host.as_bytes()),
-            target: 0,
-            websocket: report.check == ProbeCheck::WebSocket,
-            probe: true,
-            probe_ref: ProbeRef::Check(report.id),
-        },
-        response,
-        response_ts_ns: ts_ns,
-        upstream_seen: false,
-    })
 }
 
 /// The verdict on one probe check.

@@ -2,18 +2,16 @@
 //! directly (the replica's own address, never a Service), over HTTP and, where
 //! configured, as a WebSocket upgrade. The verdicts become `routeskew_probe_success`; the
 //! prober's account of each probe enters the pipeline as an event, where it is matched
-//! with the kernel's copy of the same exchange (see [`ledger`]), which makes every probe
+//! with the kernel's copy of the same exchange (see [`crate::pipeline::ledger`]), which makes every probe
 //! a self-test of the sensor. The same task keeps each replica's router inventory from
 //! its Traefik API.
 //!
 //! Submodules: [`client`] (connections, TLS, HTTP and WebSocket), [`check`] (verdicts),
-//! [`inventory`] (router lists, paging, comparison between replicas), [`ledger`] (blind
-//! tracking, used by the pipeline).
+//! [`inventory`] (router lists, paging, comparison between replicas).
 
 pub mod check;
 pub mod client;
 pub mod inventory;
-pub mod ledger;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -23,10 +21,11 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::config::WsPath;
 use crate::discovery::{Endpoint, Replica, Target, TargetSet};
 use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport};
-use crate::http::{self, Host};
 use crate::metrics::{Metrics, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
+use crate::pipeline::http::{self, Host};
 
 use check::Answer;
 use client::{ClientError, Request, Tls};
@@ -39,35 +38,6 @@ const ROUTERS_PATH: &str = "/api/http/routers";
 const ENTRYPOINTS_PATH: &str = "/api/entrypoints";
 /// Go's TLS server answers a plaintext request with this in a 400.
 const PLAINTEXT_TO_TLS: &[u8] = b"HTTP request to an HTTPS server";
-
-/// A WebSocket check: a path, for every host or for one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsPath {
-    pub host: Option<String>,
-    pub path: String,
-}
-
-impl std::str::FromStr for WsPath {
-    type Err = String;
-
-    /// `/ws` (every host) or `chat.example.com/ws` (that host only).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.starts_with('/') {
-            return Ok(WsPath {
-                host: None,
-                path: s.to_string(),
-            });
-        }
-        match s.split_once('/') {
-            Some((host, path)) if !host.is_empty() => Ok(WsPath {
-                host: Some(host.to_ascii_lowercase()),
-                path: format!("/{path}"),
-            }),
-            _ => Err(format!("expected /path or host/path, got {s:?}")),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -698,7 +668,7 @@ impl Prober {
                 st.duration_series.insert(labels);
             }
             let ev = Event {
-                ts_ns: crate::agent::monotonic_ns(),
+                ts_ns: crate::event::monotonic_ns(),
                 origin: job.origin,
                 kind: EventKind::Probe(Box::new(report)),
             };
@@ -849,26 +819,6 @@ async fn fetch_inventory(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn ws_path_syntax() {
-        assert_eq!(
-            "/ws".parse::<WsPath>().unwrap(),
-            WsPath {
-                host: None,
-                path: "/ws".into()
-            }
-        );
-        assert_eq!(
-            "Chat.Test/socket/x".parse::<WsPath>().unwrap(),
-            WsPath {
-                host: Some("chat.test".into()),
-                path: "/socket/x".into()
-            }
-        );
-        assert!("ws".parse::<WsPath>().is_err());
-        assert!("/".parse::<WsPath>().is_ok());
-    }
 
     fn cfg(interval_ms: u64) -> ProbeConfig {
         ProbeConfig {

@@ -36,9 +36,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::pod_cgroup::{CgroupLayout, PodResolver, PodScan};
-use crate::aggregate::MAX_KNOWN_HOSTS;
-use crate::http::{normalize_host, Host};
 use crate::metrics::{Metrics, ResourceLabels};
+use crate::pipeline::aggregate::MAX_KNOWN_HOSTS;
+use crate::pipeline::http::{normalize_host, Host};
 use health::{ApiHealth, ObserveLayer};
 
 pub use objects::CLASS_ANNOTATION;

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::classify::{HttpClass, Observation, Source, WsOutcome};
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, UpstreamFailureReason};
-use crate::http::{self, Host};
 use crate::metrics::{HostLabels, HttpLabels, Metrics, ReplicaLabels, UpstreamLabels, WsLabels};
+use crate::pipeline::classify::{HttpClass, Observation, Source, WsOutcome};
+use crate::pipeline::http::{self, Host};
 
 /// The `host` label of anything not configured.
 pub const OTHER_HOST: &str = "other";

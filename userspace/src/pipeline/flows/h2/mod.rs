@@ -9,7 +9,7 @@
 //! blocks are decoded with a real HPACK decoder per direction ([`conn`]), and each
 //! stream's request (`:method`, `:authority`, `:path`, `:protocol`) is paired with its
 //! response (`:status`, header names in order, the first bytes of a 404's DATA) to give
-//! the same [`crate::flows::FlowEvent::Exchange`] as HTTP/1, classified by the same rules.
+//! the same [`crate::pipeline::flows::FlowEvent::Exchange`] as HTTP/1, classified by the same rules.
 //!
 //! The alternative, uprobes on Go's `net/http` h2 internals (`writeResHeaders`,
 //! `http.NotFound`, the server's stream state), would need field offsets of unexported
@@ -46,8 +46,8 @@ pub mod frames;
 #[cfg(test)]
 mod tests;
 
-use crate::flows::ClientRequest;
-use crate::http::ResponseHead;
+use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::http::ResponseHead;
 
 pub use conn::{H2Conn, PREFACE, READ, WRITE};
 

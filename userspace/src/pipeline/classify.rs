@@ -21,7 +21,7 @@
 //! is also checked against the upstream requests Traefik wrote for the same request: if
 //! there was one, Traefik routed it and the 404 is not a router miss.
 //!
-//! Over HTTP/2 (decoded by [`crate::h2`]) the same handler's answer, as Go's h2 server
+//! Over HTTP/2 (decoded by [`crate::pipeline::flows::h2`]) the same handler's answer, as Go's h2 server
 //! writes it, is `:status 404`, `content-type`, `x-content-type-options`,
 //! `content-length: 19`, `date`, then a DATA frame with the same body (captured from
 //! Traefik 3.7.15 in `h2/fixtures/traefik_h2_router_miss.bin`). A backend's 404 relayed over
@@ -29,8 +29,8 @@
 //! `x-content-type-options` or without it, and never matches.
 
 use crate::event::{Origin, UpstreamFailureReason};
-use crate::flows::FlowEvent;
-use crate::http::{HeaderId, Host, ResponseHead, Version};
+use crate::pipeline::flows::FlowEvent;
+use crate::pipeline::http::{HeaderId, Host, ResponseHead, Version};
 
 pub const ROUTER_MISS_BODY: &[u8] = b"404 page not found\n";
 const ROUTER_MISS_HEADERS: [HeaderId; 4] = [
@@ -317,8 +317,8 @@ impl Classifier {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::flows::ClientRequest;
-    use crate::http::{self, Message, Method};
+    use crate::pipeline::flows::ClientRequest;
+    use crate::pipeline::http::{self, Message, Method};
 
     fn fixture_response(name: &str) -> ResponseHead {
         let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -412,7 +412,7 @@ mod tests {
                 target: 0,
                 websocket,
                 probe,
-                probe_ref: crate::http::ProbeRef::None,
+                probe_ref: crate::pipeline::http::ProbeRef::None,
             },
             response: response(status_raw),
             response_ts_ns: 2,
@@ -531,7 +531,7 @@ mod tests {
             target: 0,
             websocket: true,
             probe: true,
-            probe_ref: crate::http::ProbeRef::None,
+            probe_ref: crate::pipeline::http::ProbeRef::None,
         };
         let origin = Origin {
             tgid: 1,

@@ -35,12 +35,16 @@
 //! (instead of a sorted set updated on every event), parsed messages go to a reused buffer,
 //! and requests and responses keep their few strings inline.
 
+pub mod h2;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
-use crate::h2::{self, H2Conns, H2Event, H2Stats};
-use crate::http::{self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail};
+use crate::pipeline::http::{
+    self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail,
+};
+use h2::{H2Conns, H2Event, H2Stats};
 
 /// Upstream requests remembered per process for corroboration.
 const MAX_UPSTREAM_LOG: usize = 4096;

@@ -5,8 +5,10 @@ use loona_hpack::Decoder;
 
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
 use super::{H2Event, H2Stats, Reason};
-use crate::flows::ClientRequest;
-use crate::http::{self, HeaderId, HeaderList, Host, Method, ProbeRef, ResponseHead, Version};
+use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::http::{
+    self, HeaderId, HeaderList, Host, Method, ProbeRef, ResponseHead, Version,
+};
 
 /// The client connection preface (RFC 9113 §3.4), which opens the read direction.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -6,8 +6,8 @@
 //! the captured bytes.
 
 use crate::event::Direction;
-use crate::flows::ClientRequest;
-use crate::http::{self, Host, ResponseHead};
+use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::http::{self, Host, ResponseHead};
 
 use super::{H2Conns, H2Event, H2Stats, Reason, READ, WRITE};
 

@@ -100,7 +100,7 @@ pub struct FrameReader {
 }
 
 /// DATA bytes kept for the body prefix, plus the pad length byte.
-const DATA_KEEP: u32 = crate::http::MAX_BODY_PREFIX as u32 + 1;
+const DATA_KEEP: u32 = crate::pipeline::http::MAX_BODY_PREFIX as u32 + 1;
 
 impl FrameReader {
     /// Bytes held for a frame in progress.

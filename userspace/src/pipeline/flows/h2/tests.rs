@@ -9,9 +9,11 @@ use loona_hpack::Encoder;
 use super::capture::{self, Record};
 use super::frames::{flag, kind};
 use super::*;
-use crate::classify::{router_miss_signature, Classifier, HttpClass, Observation, Signature};
 use crate::event::{ConnId, Direction, Event, EventKind, Origin};
-use crate::flows::{FlowConfig, FlowEvent, Flows};
+use crate::pipeline::classify::{
+    router_miss_signature, Classifier, HttpClass, Observation, Signature,
+};
+use crate::pipeline::flows::{FlowConfig, FlowEvent, Flows};
 
 const ROUTER_MISS: &[u8] = include_bytes!("fixtures/traefik_h2_router_miss.bin");
 const ROUTED: &[u8] = include_bytes!("fixtures/traefik_h2_routed.bin");
@@ -147,7 +149,7 @@ fn relayed_backend_404s_over_h2_do_not_match() {
     assert!(r.pairs[1].is_get("routed.test", "/notfound"));
     assert_eq!(
         r.pairs[1].response.as_ref().unwrap().body_prefix.as_slice(),
-        crate::classify::ROUTER_MISS_BODY
+        crate::pipeline::classify::ROUTER_MISS_BODY
     );
     assert_eq!(sig(1), Signature::NoMatch);
     assert_eq!(sig(2), Signature::NoMatch);
@@ -248,7 +250,7 @@ fn continuation_and_padding() {
         &p,
     );
     let mut d = vec![3u8];
-    d.extend_from_slice(crate::classify::ROUTER_MISS_BODY);
+    d.extend_from_slice(crate::pipeline::classify::ROUTER_MISS_BODY);
     d.extend_from_slice(&[0; 3]);
     writes.extend(frame(kind::DATA, flag::PADDED | flag::END_STREAM, 1, &d));
     let r = capture::replay(&[preface(), read(&reads), write(&writes)]);
@@ -291,7 +293,7 @@ fn gap_inside_data_stays_in_sync() {
         kind::DATA,
         flag::END_STREAM,
         3,
-        crate::classify::ROUTER_MISS_BODY,
+        crate::pipeline::classify::ROUTER_MISS_BODY,
     ));
     records.push(write(&w));
     let r = capture::replay(&records);

@@ -7,20 +7,27 @@
 //! drains the sensor's channel. Timestamps, including `tick`'s `now_ns`, are
 //! CLOCK_MONOTONIC nanoseconds, the clock of the kernel's event timestamps.
 
+pub mod aggregate;
+pub mod classify;
+pub mod flows;
+pub mod http;
+pub mod ledger;
+pub mod probe_report;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::aggregate::Aggregator;
-use crate::classify::{Classifier, ClassifyStats, Observation};
 use crate::discovery::TargetSet;
 use crate::event::{Event, EventKind, Origin, ProbeReport};
-use crate::flows::{FlowConfig, FlowEvent, FlowStats, Flows};
-use crate::http::{ParseError, ProbeRef};
 use crate::metrics::{KindLabels, LegLabels, Metrics, PipelineMetrics, ReasonLabels};
-use crate::probe::ledger::{Ledger, LedgerStats, Sighting};
+use crate::pipeline::aggregate::Aggregator;
+use crate::pipeline::classify::{Classifier, ClassifyStats, Observation};
+use crate::pipeline::flows::{FlowConfig, FlowEvent, FlowStats, Flows};
+use crate::pipeline::http::{ParseError, ProbeRef};
+use crate::pipeline::ledger::{Ledger, LedgerStats, Sighting};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -75,7 +82,7 @@ struct StatCounters {
     skipped_after_upgrade: Counter,
     skipped_continuation: Counter,
     skipped_h2_desync: Counter,
-    h2_unclassified: [Counter; crate::h2::Reason::ALL.len()],
+    h2_unclassified: [Counter; crate::pipeline::flows::h2::Reason::ALL.len()],
     reused_without_close: Counter,
     untracked_close: Counter,
     unseen_upgrade: Counter,
@@ -106,7 +113,7 @@ impl StatCounters {
             skipped_after_upgrade: get(&p.skipped_data, reason("after_upgrade")),
             skipped_continuation: get(&p.skipped_data, reason("continuation")),
             skipped_h2_desync: get(&p.skipped_data, reason("h2_desync")),
-            h2_unclassified: crate::h2::Reason::ALL
+            h2_unclassified: crate::pipeline::flows::h2::Reason::ALL
                 .map(|r| get(&p.h2_unclassified, reason(r.as_str()))),
             reused_without_close: get(&p.connection_anomalies, kind("reused_without_close")),
             untracked_close: get(&p.connection_anomalies, kind("untracked_close")),
@@ -168,7 +175,7 @@ impl Pipeline {
     }
 
     /// Replace the hosts that get their own `host` label (bounded; see
-    /// [`crate::aggregate::MAX_KNOWN_HOSTS`]).
+    /// [`crate::pipeline::aggregate::MAX_KNOWN_HOSTS`]).
     pub fn set_known_hosts(&mut self, hosts: &[String]) {
         self.aggregator.set_known_hosts(hosts);
     }
@@ -270,7 +277,7 @@ impl Pipeline {
                 continue;
             }
             tracing::debug!(check = report.check.as_str(), host = %report.host, tgid = origin.tgid, "sensor did not report a probe exchange");
-            if let Some(fe) = crate::probe::check::report_exchange(origin, &report, now_ns) {
+            if let Some(fe) = probe_report::report_exchange(origin, &report, now_ns) {
                 self.classifier.classify(fe, &mut self.obs_buf);
             }
         }

@@ -1,0 +1,35 @@
+//! The probe-report conversion: the prober's own account of a probe, turned into the
+//! exchange the flow tracker would have produced from the kernel's copy, so that one
+//! classifier judges both (the pipeline, for a probe the sensor was blind to; the
+//! prober, for its verdict).
+
+use crate::event::{Origin, ProbeCheck, ProbeReport};
+use crate::pipeline::flows::{ClientRequest, FlowEvent};
+use crate::pipeline::http::{self, Message, Method, ProbeRef};
+
+/// The exchange a probe report describes, as the flow tracker would have produced it
+/// from the kernel's copy, so that the same classifier judges it. There is no upstream
+/// corroboration for it.
+pub fn report_exchange(origin: Origin, report: &ProbeReport, ts_ns: u64) -> Option<FlowEvent> {
+    let bytes = report.response.as_ref()?;
+    let parsed = http::parse(bytes, bytes.len() as u64).ok()?;
+    let response = parsed.messages.into_iter().find_map(|m| match m {
+        Message::Response(r) => Some(r),
+        Message::Request(_) => None,
+    })?;
+    Some(FlowEvent::Exchange {
+        origin,
+        request: ClientRequest {
+            ts_ns,
+            method: Method::Get,
+            host: http::normalize_host(report.host.as_bytes()),
+            target: 0,
+            websocket: report.check == ProbeCheck::WebSocket,
+            probe: true,
+            probe_ref: ProbeRef::Check(report.id),
+        },
+        response,
+        response_ts_ns: ts_ns,
+        upstream_seen: false,
+    })
+}
