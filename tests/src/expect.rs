@@ -5,7 +5,7 @@
 //! `Connection: close`, Go's server appends `Connection: close` as the last header line
 //! (see [`closing`]); a classifier must accept both forms.
 
-use crate::pipeline::http::Response;
+use crate::http::Response;
 
 /// Traefik's own "no router matched" answer (Go's `http.NotFound` written by Traefik),
 /// with the `Date` value masked.

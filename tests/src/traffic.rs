@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 
-use crate::pipeline::http::{self, HttpConn, Response};
+use crate::http::{self, HttpConn, Response};
 use crate::ws::{self, WsOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

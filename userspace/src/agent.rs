@@ -2,6 +2,8 @@
 //! target table; sensor events flow through the pipeline; /metrics serves the result.
 
 use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -9,11 +11,14 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{DataHooksArg, DiscoveryMode, RunArgs};
 use crate::discovery::kubernetes::{KubeConfig, KubeDiscovery, KubeError};
 use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan, ScanFailure};
+use crate::discovery::metrics::DiscoveryMetrics;
 use crate::discovery::TargetSet;
 use crate::event::Event;
-use crate::metrics::{self, BuildInfo, Metrics, SensorTotals};
+use crate::metrics::{self, BuildInfo, Contract, Exposition, Readiness};
+use crate::pipeline::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::probe::{ProbeConfig, Prober};
+use crate::sensor::metrics::{SensorMetrics, SensorTotals};
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +40,38 @@ pub enum AgentError {
     Signal(std::io::Error),
 }
 
+/// Every metric of the agent, registered once at start-up: the contract families and each
+/// stage's own.
+pub struct AgentMetrics {
+    pub registry: Registry,
+    pub contract: Contract,
+    pub sensor: SensorMetrics,
+    pub pipeline: PipelineMetrics,
+    pub discovery: DiscoveryMetrics,
+}
+
+impl AgentMetrics {
+    pub fn register(build: BuildInfo) -> Self {
+        let mut registry = Registry::with_prefix("routeskew");
+        let contract = Contract::register(&mut registry, build);
+        let sensor = SensorMetrics::register(&mut registry);
+        let pipeline = PipelineMetrics::register(&mut registry);
+        let discovery = DiscoveryMetrics::register(&mut registry);
+        AgentMetrics {
+            registry,
+            contract,
+            sensor,
+            pipeline,
+            discovery,
+        }
+    }
+
+    /// The exposition `/metrics` serves.
+    pub fn encode(&self) -> String {
+        metrics::encode(&self.registry)
+    }
+}
+
 /// Batches of events (up to [`crate::sensor::BATCH`] each) buffered between the
 /// ring-buffer reader and the pipeline. When full, the reader waits and the kernel ring
 /// buffer absorbs the burst (and counts what it drops).
@@ -46,11 +83,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
     let hosts = args.all_hosts().map_err(AgentError::Config)?;
 
-    let metrics = Arc::new(Metrics::new(BuildInfo {
+    let AgentMetrics {
+        registry,
+        contract,
+        sensor: mut sensor_metrics,
+        pipeline: pipeline_metrics,
+        discovery: discovery_metrics,
+    } = AgentMetrics::register(BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         kernel: kernel_release(),
-    }));
-    metrics.set_ready(false, "starting");
+    });
+    let readiness = Readiness::new("starting");
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -58,15 +101,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             source,
         })?;
     let listen = listener.local_addr().unwrap_or(args.listen);
-    let server_metrics = metrics.clone();
+    let exposition = Arc::new(Exposition {
+        registry,
+        readiness: readiness.clone(),
+    });
     tokio::spawn(async move {
-        if let Err(e) = metrics::serve(listener, server_metrics).await {
+        if let Err(e) = metrics::serve(listener, exposition).await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
     tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
 
-    let discovery = Discovery::start(&args, &hosts, &metrics).await?;
+    let discovery = Discovery::start(&args, &hosts, discovery_metrics).await?;
 
     let (tx, mut rx) = mpsc::channel::<Vec<Event>>(EVENT_QUEUE);
     // Probe reports are events like the sensor's and go through the same
@@ -89,7 +135,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tx,
     )?;
     for hook in sensor.hooks() {
-        metrics.set_hook_attached(&hook.name, hook.attached);
+        sensor_metrics.set_hook_attached(&hook.name, hook.attached);
         match &hook.error {
             None => tracing::info!(hook = %hook.name, "hook attached"),
             Some(e) => {
@@ -122,7 +168,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             probe_deadline: probe_cfg.sensor_deadline(),
             ..PipelineConfig::default()
         },
-        metrics.clone(),
+        contract.clone(),
+        pipeline_metrics,
     );
 
     let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
@@ -144,13 +191,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         &mut watched,
         &mut sensor,
         &mut pipeline,
-        &metrics,
+        &contract,
     );
     discovery.update_hosts(&mut pipeline, &hosts_tx);
-    discovery.report_readiness(&metrics);
+    discovery.report_readiness(&readiness);
     if probing {
         tokio::spawn(
-            Prober::new(probe_cfg, metrics.clone(), probe_tx, targets_rx)
+            Prober::new(probe_cfg, contract.clone(), probe_tx, targets_rx)
                 .with_host_updates(hosts_rx)
                 .run(),
         );
@@ -184,7 +231,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 pipeline.handle_batch(&batch);
             }
             _ = rescan.tick() => {
-                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
             }
             Some(ev) = probe_rx.recv(), if probing => {
                 pipeline.handle(&ev);
@@ -193,25 +240,25 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 pipeline.expire_probes(crate::event::monotonic_ns());
             }
             _ = discovery.changed() => {
-                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &metrics);
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
                 discovery.update_hosts(&mut pipeline, &hosts_tx);
             }
             _ = housekeeping.tick() => {
-                discovery.report_readiness(&metrics);
+                discovery.report_readiness(&readiness);
                 pipeline.tick(crate::event::monotonic_ns());
                 match sensor.totals() {
                     Ok(totals) => {
                         for t in totals {
-                            metrics.set_sensor_totals(t.program, SensorTotals {
+                            sensor_metrics.set_totals(t.program, SensorTotals {
                                 emitted: t.emitted,
                                 lost: t.lost,
                                 read_failures: t.read_failures,
                                 map_full: t.map_full,
                             });
                         }
-                        metrics.set_decode_errors(sensor.decode_errors());
+                        sensor_metrics.set_decode_errors(sensor.decode_errors());
                         for (program, misses) in sensor.program_misses() {
-                            metrics.set_program_misses(&program, misses);
+                            sensor_metrics.set_program_misses(&program, misses);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
@@ -221,7 +268,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = sigterm.recv() => { tracing::info!("terminated; detaching"); break; }
         }
     }
-    metrics.set_ready(false, "shutting down");
+    readiness.set(false, "shutting down");
     drop(sensor);
     Ok(())
 }
@@ -265,7 +312,7 @@ impl Discovery {
     async fn start(
         args: &RunArgs,
         hosts: &[String],
-        metrics: &Arc<Metrics>,
+        metrics: DiscoveryMetrics,
     ) -> Result<Self, AgentError> {
         if args.effective_discovery() != DiscoveryMode::Kubernetes {
             let d = LocalDiscovery::new(LocalConfig {
@@ -296,7 +343,7 @@ impl Discovery {
                 host_proc: k.host_proc.clone(),
                 crd_recheck: Duration::from_secs(300),
             },
-            metrics.clone(),
+            metrics,
         )?;
         tracing::info!(node = %args.node_name.as_deref().unwrap_or("-"), selector = %k.label_selector, "kubernetes discovery");
         Ok(Discovery::Kubernetes(Box::new(d)))
@@ -332,10 +379,10 @@ impl Discovery {
     }
 
     /// The sensor is attached when this is called: readiness is then discovery's.
-    fn report_readiness(&self, metrics: &Metrics) {
+    fn report_readiness(&self, readiness: &Readiness) {
         match self {
-            Discovery::Local(_) => metrics.set_ready(true, "sensor attached, discovery ran"),
-            Discovery::Kubernetes(d) => d.publish_readiness(metrics),
+            Discovery::Local(_) => readiness.set(true, "sensor attached, discovery ran"),
+            Discovery::Kubernetes(d) => d.publish_readiness(readiness),
         }
     }
 }
@@ -357,7 +404,7 @@ fn apply_scan(
     state: &mut Watched,
     sensor: &mut Sensor,
     pipeline: &mut Pipeline,
-    metrics: &Metrics,
+    metrics: &Contract,
 ) {
     let Watched {
         current,

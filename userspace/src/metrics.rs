@@ -1,12 +1,12 @@
-//! The exported metrics (the external contract in DESIGN.md) and the HTTP endpoint serving
-//! them.
+//! The exposition: the registry every stage registers its own metrics in, the external
+//! contract's families (DESIGN.md: the metrics users build dashboards and alerts on),
+//! readiness, and the HTTP endpoint serving them.
 //!
-//! Everything is registered once in [`Metrics::new`]; stages update the families through the
-//! accessors. Counters that the kernel reports as running totals go through
-//! [`Metrics::set_sensor_totals`], which turns totals into increments so that the exported
-//! counters never go backwards, even when the kernel side restarts from zero.
+//! Each stage owns a struct of its health metrics with a `register(&mut Registry)` (the
+//! pipeline's `PipelineMetrics`, the sensor's `SensorMetrics`, discovery's
+//! `DiscoveryMetrics`); the agent registers them all once at start-up. The contract
+//! families live here because several stages fill them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,19 +21,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-use crate::event::UpstreamFailureReason;
-use crate::pipeline::classify::{HttpClass, Source, WsOutcome};
-use crate::pipeline::http::ParseError;
-
-/// Running totals one kernel program reports (summed over CPUs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SensorTotals {
-    pub emitted: u64,
-    pub lost: u64,
-    pub read_failures: u64,
-    pub map_full: u64,
-}
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -98,16 +85,6 @@ pub struct ProbeCheckLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ProgramLabels {
-    pub program: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct HookLabels {
-    pub hook: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -118,21 +95,6 @@ pub struct BuildLabels {
     pub kernel: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct LegLabels {
-    pub leg: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn probe_duration_histogram() -> Histogram {
@@ -140,398 +102,86 @@ fn probe_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 12))
 }
 
-/// Health of the post-sensor pipeline: everything it dropped or could not read.
-pub struct PipelineMetrics {
-    /// Input events by kind (`data`, `closed`, `upstream_failure`).
-    pub events: Family<KindLabels, Counter>,
-    /// Captures that could not be parsed, by [`ParseError::kind`].
-    pub parse_errors: Family<KindLabels, Counter>,
-    /// Heads that did not end inside the capture.
-    pub truncated_heads: Counter,
-    /// Responses without a request to pair with (`client`, `upstream`).
-    pub unmatched_responses: Family<LegLabels, Counter>,
-    /// Requests whose connection closed before a response (`client`, `upstream`).
-    pub unanswered_requests: Family<LegLabels, Counter>,
-    /// Tracked connections dropped (`capacity`, `idle`).
-    pub evicted_connections: Family<ReasonLabels, Counter>,
-    /// Requests not tracked because a connection had too many in flight.
-    pub pending_overflow: Counter,
-    /// Data events not parsed (`after_upgrade`, `continuation`, `h2_desync`).
-    pub skipped_data: Family<ReasonLabels, Counter>,
-    /// Connection-level oddities (`reused_without_close`, `untracked_close`,
-    /// `unseen_upgrade`, `interim_response`, `upstream_log_full`).
-    pub connection_anomalies: Family<KindLabels, Counter>,
-    /// Events whose process/cgroup is not a known replica.
-    pub unknown_origin_events: Counter,
-    /// Observations that could not be attributed to a replica (`unknown_origin`).
-    pub dropped_observations: Family<ReasonLabels, Counter>,
-    /// Router-miss signature on a request Traefik had forwarded upstream (counted as
-    /// client_error, not router_miss).
-    pub signature_with_upstream: Counter,
-    /// Router-miss decided on the headers because the body was not captured.
-    pub signature_without_body: Counter,
-    /// Client requests with a present but invalid Host.
-    pub invalid_hosts: Counter,
-    /// HTTP/2 streams that could not be classified, by [`crate::pipeline::flows::h2::Reason`].
-    pub h2_unclassified: Family<ReasonLabels, Counter>,
-    /// Connections currently tracked.
-    pub connections: Gauge,
-    /// Replicas whose series were removed after they left the target set.
-    pub removed_replicas: Counter,
-}
-
-impl PipelineMetrics {
-    fn register(reg: &mut Registry) -> Self {
-        let m = PipelineMetrics {
-            events: Family::default(),
-            parse_errors: Family::default(),
-            truncated_heads: Counter::default(),
-            unmatched_responses: Family::default(),
-            unanswered_requests: Family::default(),
-            evicted_connections: Family::default(),
-            pending_overflow: Counter::default(),
-            skipped_data: Family::default(),
-            connection_anomalies: Family::default(),
-            unknown_origin_events: Counter::default(),
-            dropped_observations: Family::default(),
-            signature_with_upstream: Counter::default(),
-            signature_without_body: Counter::default(),
-            invalid_hosts: Counter::default(),
-            h2_unclassified: Family::default(),
-            connections: Gauge::default(),
-            removed_replicas: Counter::default(),
-        };
-        // Create every known series at zero so that rates work from the first increment.
-        for kind in ["data", "closed", "upstream_failure"] {
-            let _ = m.events.get_or_create(&KindLabels { kind });
-        }
-        for e in ParseError::ALL {
-            let _ = m.parse_errors.get_or_create(&KindLabels { kind: e.kind() });
-        }
-        for leg in ["client", "upstream"] {
-            let _ = m.unmatched_responses.get_or_create(&LegLabels { leg });
-            let _ = m.unanswered_requests.get_or_create(&LegLabels { leg });
-        }
-        for reason in ["capacity", "idle"] {
-            let _ = m
-                .evicted_connections
-                .get_or_create(&ReasonLabels { reason });
-        }
-        for r in crate::pipeline::flows::h2::Reason::ALL {
-            let _ = m
-                .h2_unclassified
-                .get_or_create(&ReasonLabels { reason: r.as_str() });
-        }
-        for reason in ["after_upgrade", "continuation", "h2_desync"] {
-            let _ = m.skipped_data.get_or_create(&ReasonLabels { reason });
-        }
-        for kind in [
-            "reused_without_close",
-            "untracked_close",
-            "unseen_upgrade",
-            "interim_response",
-            "upstream_log_full",
-        ] {
-            let _ = m.connection_anomalies.get_or_create(&KindLabels { kind });
-        }
-        let _ = m.dropped_observations.get_or_create(&ReasonLabels {
-            reason: "unknown_origin",
-        });
-
-        let r = reg.sub_registry_with_prefix("pipeline");
-        r.register(
-            "events",
-            "Events received from the sensor, by kind",
-            m.events.clone(),
-        );
-        r.register(
-            "parse_errors",
-            "Captured data that could not be parsed as HTTP/1.x, by kind",
-            m.parse_errors.clone(),
-        );
-        r.register(
-            "truncated_heads",
-            "Message heads cut short by the capture or the syscall",
-            m.truncated_heads.clone(),
-        );
-        r.register(
-            "unmatched_responses",
-            "Responses with no request to pair with",
-            m.unmatched_responses.clone(),
-        );
-        r.register(
-            "unanswered_requests",
-            "Requests whose connection closed before a response",
-            m.unanswered_requests.clone(),
-        );
-        r.register(
-            "evicted_connections",
-            "Tracked connections dropped to bound memory",
-            m.evicted_connections.clone(),
-        );
-        r.register(
-            "pending_overflow",
-            "Requests not tracked because too many were in flight on their connection",
-            m.pending_overflow.clone(),
-        );
-        r.register(
-            "skipped_data",
-            "Data events not parsed as a new message",
-            m.skipped_data.clone(),
-        );
-        r.register(
-            "connection_anomalies",
-            "Connection-level inconsistencies between kernel events",
-            m.connection_anomalies.clone(),
-        );
-        r.register(
-            "unknown_origin_events",
-            "Events from processes that are not a known replica",
-            m.unknown_origin_events.clone(),
-        );
-        r.register(
-            "dropped_observations",
-            "Observations that could not be attributed to a replica",
-            m.dropped_observations.clone(),
-        );
-        r.register("signature_with_upstream", "Router-miss 404 signatures for requests Traefik had forwarded upstream (counted as client_error)", m.signature_with_upstream.clone());
-        r.register(
-            "signature_without_body",
-            "Router-miss 404s decided on the headers because the body was not captured",
-            m.signature_without_body.clone(),
-        );
-        r.register(
-            "invalid_hosts",
-            "Client requests with an invalid Host header",
-            m.invalid_hosts.clone(),
-        );
-        r.register(
-            "h2_unclassified",
-            "HTTP/2 streams not classified (decoder out of sync, limits), by reason",
-            m.h2_unclassified.clone(),
-        );
-        r.register(
-            "connections",
-            "Connections currently tracked",
-            m.connections.clone(),
-        );
-        r.register(
-            "removed_replicas",
-            "Replicas whose series were removed after leaving the target set",
-            m.removed_replicas.clone(),
-        );
-        m
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ResourceLabels {
-    pub resource: &'static str,
-}
-
-/// Health of Kubernetes discovery.
-pub struct DiscoveryMetrics {
-    /// 1 while the last request to the API server got an answer, 0 while it is unreachable.
-    pub api_up: Gauge,
-    /// Watch and list failures, by resource (`pods`, `ingresses`, `ingressroutes`, `discovery`).
-    pub api_errors: Family<ResourceLabels, Counter>,
-    /// Hosts learnt from Ingress/IngressRoute objects and flags, in use as `host` labels.
-    pub known_hosts: Gauge,
-    /// Host names dropped by the label bound or invalid.
-    pub dropped_hosts: Gauge,
-    /// IngressRoute rules that could not be parsed (hosts not taken from them).
-    pub unparsable_rules: Gauge,
-}
-
-impl DiscoveryMetrics {
-    fn register(reg: &mut Registry) -> Self {
-        let m = DiscoveryMetrics {
-            api_up: Gauge::default(),
-            api_errors: Family::default(),
-            known_hosts: Gauge::default(),
-            dropped_hosts: Gauge::default(),
-            unparsable_rules: Gauge::default(),
-        };
-        for resource in ["pods", "ingresses", "ingressroutes", "discovery"] {
-            let _ = m.api_errors.get_or_create(&ResourceLabels { resource });
-        }
-        let r = reg.sub_registry_with_prefix("discovery");
-        r.register(
-            "api_up",
-            "Whether the Kubernetes API server answered the last request (1) or is unreachable (0)",
-            m.api_up.clone(),
-        );
-        r.register(
-            "api_errors",
-            "Failed Kubernetes list/watch requests, by resource",
-            m.api_errors.clone(),
-        );
-        r.register(
-            "known_hosts",
-            "Hosts with their own host label (flags, Ingress and IngressRoute rules)",
-            m.known_hosts.clone(),
-        );
-        r.register(
-            "dropped_hosts",
-            "Host names from Kubernetes objects not used as labels (invalid or over the limit)",
-            m.dropped_hosts.clone(),
-        );
-        r.register(
-            "unparsable_rules",
-            "IngressRoute match rules that could not be parsed",
-            m.unparsable_rules.clone(),
-        );
-        m
-    }
-}
-
-/// Increment that takes a counter from `old` to `new`; a smaller `new` means the source
-/// restarted from zero, so all of it is new.
-fn total_delta(new: u64, old: u64) -> u64 {
-    if new >= old {
-        new - old
-    } else {
-        new
-    }
-}
-
-pub struct Metrics {
-    registry: Registry,
-    http_responses: Family<HttpLabels, Counter>,
-    ws_upgrades: Family<WsLabels, Counter>,
-    ws_early_closes: Family<HostLabels, Counter>,
-    upstream_connect_failures: Family<UpstreamLabels, Counter>,
-    probe_success: Family<ProbeLabels, Gauge>,
-    probe_duration: HistogramFamily<ProbeCheckLabels>,
-    replica_routers: Family<ReplicaLabels, Gauge>,
-    sensor_events: Family<ProgramLabels, Counter>,
-    sensor_lost_events: Family<ProgramLabels, Counter>,
-    sensor_read_failures: Family<ProgramLabels, Counter>,
-    sensor_map_full: Family<ProgramLabels, Counter>,
-    sensor_program_misses: Family<ProgramLabels, Counter>,
-    sensor_decode_errors: Counter,
-    sensor_hooks: Family<HookLabels, Gauge>,
-    sensor_blind_probes: Family<ReplicaLabels, Counter>,
+/// The families of the external contract, shared by the stages that fill them (cheap to
+/// clone: every family is a handle).
+#[derive(Clone)]
+pub struct Contract {
+    /// Filled by the pipeline's aggregator.
+    pub http_responses: Family<HttpLabels, Counter>,
+    pub ws_upgrades: Family<WsLabels, Counter>,
+    pub ws_early_closes: Family<HostLabels, Counter>,
+    pub upstream_connect_failures: Family<UpstreamLabels, Counter>,
+    /// Filled by the pipeline's aggregator from the prober's probe reports.
+    pub sensor_blind_probes: Family<ReplicaLabels, Counter>,
+    /// Filled by the prober.
+    pub probe_success: Family<ProbeLabels, Gauge>,
+    pub probe_duration: HistogramFamily<ProbeCheckLabels>,
+    /// Filled by the replica API poller.
+    pub replica_routers: Family<ReplicaLabels, Gauge>,
+    /// Filled by the agent from discovery and attach results.
     targets: Family<StateLabels, Gauge>,
-    pipeline: PipelineMetrics,
-    discovery: DiscoveryMetrics,
-    /// Last totals seen per program.
-    sensor_last: Mutex<HashMap<String, SensorTotals>>,
-    decode_errors_last: Mutex<u64>,
-    /// Last skipped-run totals seen per kernel program.
-    misses_last: Mutex<HashMap<String, u64>>,
-    ready: AtomicBool,
-    ready_reason: Mutex<String>,
-    /// Shown under "ready" (e.g. the API server is unreachable and state is stale).
-    ready_note: Mutex<String>,
 }
 
-impl Metrics {
-    pub fn new(build: BuildInfo) -> Self {
-        let mut registry = Registry::with_prefix("routeskew");
-        let http_responses = Family::<HttpLabels, Counter>::default();
-        let ws_upgrades = Family::<WsLabels, Counter>::default();
-        let ws_early_closes = Family::<HostLabels, Counter>::default();
-        let upstream_connect_failures = Family::<UpstreamLabels, Counter>::default();
-        let probe_success = Family::<ProbeLabels, Gauge>::default();
-        let probe_duration: HistogramFamily<ProbeCheckLabels> =
-            Family::new_with_constructor(probe_duration_histogram);
-        let replica_routers = Family::<ReplicaLabels, Gauge>::default();
-        let sensor_events = Family::<ProgramLabels, Counter>::default();
-        let sensor_lost_events = Family::<ProgramLabels, Counter>::default();
-        let sensor_read_failures = Family::<ProgramLabels, Counter>::default();
-        let sensor_map_full = Family::<ProgramLabels, Counter>::default();
-        let sensor_program_misses = Family::<ProgramLabels, Counter>::default();
-        let sensor_decode_errors = Counter::default();
-        let sensor_hooks = Family::<HookLabels, Gauge>::default();
-        let sensor_blind_probes = Family::<ReplicaLabels, Counter>::default();
-        let targets = Family::<StateLabels, Gauge>::default();
+impl Contract {
+    pub fn register(registry: &mut Registry, build: BuildInfo) -> Self {
+        let c = Contract {
+            http_responses: Family::default(),
+            ws_upgrades: Family::default(),
+            ws_early_closes: Family::default(),
+            upstream_connect_failures: Family::default(),
+            sensor_blind_probes: Family::default(),
+            probe_success: Family::default(),
+            probe_duration: Family::new_with_constructor(probe_duration_histogram),
+            replica_routers: Family::default(),
+            targets: Family::default(),
+        };
         let build_info = Family::<BuildLabels, Gauge>::default();
-
         registry.register(
             "http_responses",
             "Responses Traefik replicas wrote to clients, by class",
-            http_responses.clone(),
+            c.http_responses.clone(),
         );
         registry.register(
             "ws_upgrades",
             "WebSocket upgrade requests by outcome",
-            ws_upgrades.clone(),
+            c.ws_upgrades.clone(),
         );
         registry.register(
             "ws_early_closes",
             "Upgraded WebSocket connections closed within the early-close window",
-            ws_early_closes.clone(),
+            c.ws_early_closes.clone(),
         );
         registry.register(
             "upstream_connect_failures",
             "Failed connections from replicas to upstream servers, by reason",
-            upstream_connect_failures.clone(),
+            c.upstream_connect_failures.clone(),
         );
         registry.register(
             "probe_success",
             "Whether the last active probe of the replica succeeded (1) or not (0)",
-            probe_success.clone(),
+            c.probe_success.clone(),
         );
         registry.register(
             "probe_duration_seconds",
             "Duration of active probes",
-            probe_duration.clone(),
+            c.probe_duration.clone(),
         );
         registry.register(
             "replica_routers",
             "Enabled routers reported by the replica's API",
-            replica_routers.clone(),
-        );
-        registry.register(
-            "sensor_events",
-            "Events emitted by each kernel program",
-            sensor_events.clone(),
-        );
-        registry.register(
-            "sensor_lost_events",
-            "Events each kernel program could not deliver",
-            sensor_lost_events.clone(),
-        );
-        registry.register(
-            "sensor_read_failures",
-            "User-memory reads a kernel program could not make (page not present)",
-            sensor_read_failures.clone(),
-        );
-        registry.register(
-            "sensor_map_full",
-            "State-map inserts a kernel program could not make",
-            sensor_map_full.clone(),
-        );
-        registry.register(
-            "sensor_program_misses",
-            "Runs of each kernel program the kernel skipped because another BPF program was running on the CPU (their events are lost)",
-            sensor_program_misses.clone(),
-        );
-        registry.register(
-            "sensor_decode_errors",
-            "Kernel records the agent could not decode",
-            sensor_decode_errors.clone(),
-        );
-        registry.register(
-            "sensor_hook_attached",
-            "Whether each kernel hook is attached (1) or unavailable on this kernel (0)",
-            sensor_hooks.clone(),
+            c.replica_routers.clone(),
         );
         registry.register(
             "sensor_blind_probes",
             "Probe exchanges the sensor did not report",
-            sensor_blind_probes.clone(),
+            c.sensor_blind_probes.clone(),
         );
         registry.register(
             "targets",
             "Watched replicas by state (failed: not resolvable, or running a binary the TLS uprobes could not be put on)",
-            targets.clone(),
+            c.targets.clone(),
         );
         registry.register("build_info", "Build information", build_info.clone());
-        let pipeline = PipelineMetrics::register(&mut registry);
-        let discovery = DiscoveryMetrics::register(&mut registry);
-
         build_info
             .get_or_create(&BuildLabels {
                 version: build.version,
@@ -539,47 +189,9 @@ impl Metrics {
             })
             .set(1);
         for state in ["attached", "failed"] {
-            let _ = targets.get_or_create(&StateLabels { state });
+            let _ = c.targets.get_or_create(&StateLabels { state });
         }
-
-        Metrics {
-            registry,
-            http_responses,
-            ws_upgrades,
-            ws_early_closes,
-            upstream_connect_failures,
-            probe_success,
-            probe_duration,
-            replica_routers,
-            sensor_events,
-            sensor_lost_events,
-            sensor_read_failures,
-            sensor_map_full,
-            sensor_program_misses,
-            sensor_decode_errors,
-            sensor_hooks,
-            sensor_blind_probes,
-            targets,
-            pipeline,
-            discovery,
-            sensor_last: Mutex::new(HashMap::new()),
-            decode_errors_last: Mutex::new(0),
-            misses_last: Mutex::new(HashMap::new()),
-            ready: AtomicBool::new(false),
-            ready_reason: Mutex::new("starting".to_string()),
-            ready_note: Mutex::new(String::new()),
-        }
-    }
-
-    /// The OpenMetrics text exposition of every metric.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-            // Writing to a String cannot fail; a label encoder could, and then the scrape
-            // gets what was written so far rather than nothing.
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        out
+        c
     }
 
     pub fn set_targets(&self, attached: i64, failed: i64) {
@@ -590,212 +202,93 @@ impl Metrics {
             .get_or_create(&StateLabels { state: "failed" })
             .set(failed);
     }
+}
 
-    /// Record the running totals a kernel program reports. A total lower than the previous
-    /// one means the program's counters restarted; the new total is then all new.
-    pub fn set_sensor_totals(&self, program: &str, totals: SensorTotals) {
-        let mut last = self
-            .sensor_last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let prev = last.get(program).copied().unwrap_or_default();
-        let labels = ProgramLabels {
-            program: program.to_string(),
-        };
-        for (family, new, old) in [
-            (&self.sensor_events, totals.emitted, prev.emitted),
-            (&self.sensor_lost_events, totals.lost, prev.lost),
-            (
-                &self.sensor_read_failures,
-                totals.read_failures,
-                prev.read_failures,
-            ),
-            (&self.sensor_map_full, totals.map_full, prev.map_full),
-        ] {
-            family.get_or_create(&labels).inc_by(total_delta(new, old));
-        }
-        last.insert(program.to_string(), totals);
+/// What `/readyz` says: set by the agent once the sensor is attached and discovery ran,
+/// and by discovery while the API server is unreachable (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<ReadyState>);
+
+#[derive(Default)]
+struct ReadyState {
+    ready: AtomicBool,
+    reason: Mutex<String>,
+    /// Shown under "ready" (e.g. the API server is unreachable and state is stale).
+    note: Mutex<String>,
+}
+
+fn read(m: &Mutex<String>) -> String {
+    m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn write(m: &Mutex<String>, text: &str) {
+    *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = text.to_string();
+}
+
+impl Readiness {
+    /// Not ready, for `reason`.
+    pub fn new(reason: &str) -> Self {
+        let r = Readiness::default();
+        r.set(false, reason);
+        r
     }
 
-    /// Record a kernel program's running count of skipped runs (the kernel's own count,
-    /// which restarts when the program is reloaded).
-    pub fn set_program_misses(&self, program: &str, total: u64) {
-        let mut last = self
-            .misses_last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let prev = last.get(program).copied().unwrap_or_default();
-        let labels = ProgramLabels {
-            program: program.to_string(),
-        };
-        self.sensor_program_misses
-            .get_or_create(&labels)
-            .inc_by(total_delta(total, prev));
-        last.insert(program.to_string(), total);
-    }
-
-    /// The sensor's running count of undecodable records.
-    pub fn set_decode_errors(&self, total: u64) {
-        let mut last = self
-            .decode_errors_last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.sensor_decode_errors.inc_by(total_delta(total, *last));
-        *last = total;
-    }
-
-    pub fn set_hook_attached(&self, hook: &str, attached: bool) {
-        self.sensor_hooks
-            .get_or_create(&HookLabels {
-                hook: hook.to_string(),
-            })
-            .set(i64::from(attached));
-    }
-
-    /// The agent sets this once the sensor is attached and discovery ran; `reason` says why
-    /// not when `ready` is false.
-    pub fn set_ready(&self, ready: bool, reason: &str) {
-        *self
-            .ready_reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason.to_string();
-        self.ready.store(ready, Ordering::SeqCst);
+    /// `reason` says why not when `ready` is false.
+    pub fn set(&self, ready: bool, reason: &str) {
+        write(&self.0.reason, reason);
+        self.0.ready.store(ready, Ordering::SeqCst);
     }
 
     /// A degraded-but-ready condition shown in the `/readyz` body ("" for none).
-    pub fn set_ready_note(&self, note: &str) {
-        *self
-            .ready_note
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = note.to_string();
-    }
-
-    fn ready_note(&self) -> String {
-        self.ready_note
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    pub fn set_note(&self, note: &str) {
+        write(&self.0.note, note);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    fn ready_reason(&self) -> String {
-        self.ready_reason
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn http_responses(&self) -> &Family<HttpLabels, Counter> {
-        &self.http_responses
-    }
-
-    pub fn ws_upgrades(&self) -> &Family<WsLabels, Counter> {
-        &self.ws_upgrades
-    }
-
-    pub fn ws_early_closes(&self) -> &Family<HostLabels, Counter> {
-        &self.ws_early_closes
-    }
-
-    pub fn upstream_connect_failures(&self) -> &Family<UpstreamLabels, Counter> {
-        &self.upstream_connect_failures
-    }
-
-    /// Filled by the prober.
-    pub fn probe_success(&self) -> &Family<ProbeLabels, Gauge> {
-        &self.probe_success
-    }
-
-    /// Filled by the prober.
-    pub fn probe_duration(&self) -> &Family<ProbeCheckLabels, Histogram, fn() -> Histogram> {
-        &self.probe_duration
-    }
-
-    /// Filled by the replica API poller.
-    pub fn replica_routers(&self) -> &Family<ReplicaLabels, Gauge> {
-        &self.replica_routers
-    }
-
-    /// Filled by the prober's sensor self-test.
-    pub fn sensor_blind_probes(&self) -> &Family<ReplicaLabels, Counter> {
-        &self.sensor_blind_probes
-    }
-
-    pub fn pipeline(&self) -> &PipelineMetrics {
-        &self.pipeline
-    }
-
-    pub fn discovery(&self) -> &DiscoveryMetrics {
-        &self.discovery
-    }
-
-    pub fn http_labels(
-        replica: &str,
-        namespace: &str,
-        host: &str,
-        class: HttpClass,
-        source: Source,
-    ) -> HttpLabels {
-        HttpLabels {
-            replica: replica.to_string(),
-            namespace: namespace.to_string(),
-            host: host.to_string(),
-            class: class.as_str(),
-            source: source.as_str(),
-        }
-    }
-
-    pub fn ws_labels(
-        replica: &str,
-        namespace: &str,
-        host: &str,
-        outcome: WsOutcome,
-        source: Source,
-    ) -> WsLabels {
-        WsLabels {
-            replica: replica.to_string(),
-            namespace: namespace.to_string(),
-            host: host.to_string(),
-            outcome: outcome.as_str(),
-            source: source.as_str(),
-        }
-    }
-
-    pub fn upstream_labels(
-        replica: &str,
-        namespace: &str,
-        reason: UpstreamFailureReason,
-    ) -> UpstreamLabels {
-        UpstreamLabels {
-            replica: replica.to_string(),
-            namespace: namespace.to_string(),
-            reason: reason.as_str(),
-        }
+        self.0.ready.load(Ordering::SeqCst)
     }
 }
 
+/// The OpenMetrics text exposition of every metric in `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        // Writing to a String cannot fail; a label encoder could, and then the scrape
+        // gets what was written so far rather than nothing.
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+/// What the HTTP endpoints serve: the registry, complete once every stage registered,
+/// and readiness.
+pub struct Exposition {
+    pub registry: Registry,
+    pub readiness: Readiness,
+}
+
 /// The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+pub fn router(exposition: Arc<Exposition>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(ready_handler))
-        .with_state(metrics)
+        .with_state(exposition)
 }
 
-async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn metrics_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        m.encode(),
+        encode(&e.registry),
     )
 }
 
-async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.is_ready() {
-        let note = m.ready_note();
+async fn ready_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {
+    let r = &e.readiness.0;
+    if e.readiness.is_ready() {
+        let note = read(&r.note);
         if note.is_empty() {
             (StatusCode::OK, "ready\n".to_string())
         } else {
@@ -804,7 +297,7 @@ async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", m.ready_reason()),
+            format!("not ready: {}\n", read(&r.reason)),
         )
     }
 }
@@ -812,9 +305,9 @@ async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 /// Serve the endpoints on `listener` until the task is dropped or the listener fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    exposition: Arc<Exposition>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics)).await
+    axum::serve(listener, router(exposition)).await
 }
 
 #[cfg(test)]
@@ -822,48 +315,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn metrics() -> Metrics {
-        Metrics::new(BuildInfo {
-            version: "1.2.3".into(),
-            kernel: "6.18.0".into(),
-        })
+    fn setup() -> (Registry, Contract) {
+        let mut reg = Registry::with_prefix("routeskew");
+        let c = Contract::register(
+            &mut reg,
+            BuildInfo {
+                version: "1.2.3".into(),
+                kernel: "6.18.0".into(),
+            },
+        );
+        (reg, c)
     }
 
-    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-        text.lines().find(|l| l.starts_with(prefix))
+    fn replica_labels() -> ReplicaLabels {
+        ReplicaLabels {
+            replica: "r".into(),
+            namespace: "n".into(),
+        }
     }
 
     #[test]
     fn contract_names_types_and_labels() {
-        let m = metrics();
-        // Families without series are not exposed; give each one a series.
-        let _ = m.http_responses().get_or_create(&Metrics::http_labels(
-            "r",
-            "n",
-            "h",
-            HttpClass::Ok,
-            Source::Passive,
-        ));
-        let _ = m.ws_upgrades().get_or_create(&Metrics::ws_labels(
-            "r",
-            "n",
-            "h",
-            WsOutcome::Reset,
-            Source::Probe,
-        ));
-        let _ = m.ws_early_closes().get_or_create(&HostLabels {
+        let (reg, m) = setup();
+        let _ = m.http_responses.get_or_create(&HttpLabels {
+            replica: "r".into(),
+            namespace: "n".into(),
+            host: "h".into(),
+            class: "ok",
+            source: "passive",
+        });
+        let _ = m.ws_upgrades.get_or_create(&WsLabels {
+            replica: "r".into(),
+            namespace: "n".into(),
+            host: "h".into(),
+            outcome: "reset",
+            source: "probe",
+        });
+        let _ = m.ws_early_closes.get_or_create(&HostLabels {
             replica: "r".into(),
             namespace: "n".into(),
             host: "h".into(),
         });
-        let _ = m
-            .upstream_connect_failures()
-            .get_or_create(&Metrics::upstream_labels(
-                "r",
-                "n",
-                UpstreamFailureReason::Refused,
-            ));
-        m.probe_success()
+        let _ = m.upstream_connect_failures.get_or_create(&UpstreamLabels {
+            replica: "r".into(),
+            namespace: "n".into(),
+            reason: "refused",
+        });
+        m.probe_success
             .get_or_create(&ProbeLabels {
                 replica: "r".into(),
                 namespace: "n".into(),
@@ -871,27 +369,16 @@ mod tests {
                 check: "websocket",
             })
             .set(1);
-        m.probe_duration()
+        m.probe_duration
             .get_or_create(&ProbeCheckLabels {
                 replica: "r".into(),
                 namespace: "n".into(),
                 check: "http",
             })
             .observe(0.02);
-        m.replica_routers()
-            .get_or_create(&ReplicaLabels {
-                replica: "r".into(),
-                namespace: "n".into(),
-            })
-            .set(12);
-        m.sensor_blind_probes()
-            .get_or_create(&ReplicaLabels {
-                replica: "r".into(),
-                namespace: "n".into(),
-            })
-            .inc();
-        m.set_sensor_totals("p", totals(1, 0));
-        let text = m.encode();
+        m.replica_routers.get_or_create(&replica_labels()).set(12);
+        m.sensor_blind_probes.get_or_create(&replica_labels()).inc();
+        let text = encode(&reg);
         for series in [
             "routeskew_http_responses_total{replica=\"r\",namespace=\"n\",host=\"h\",class=\"ok\",source=\"passive\"} 0\n",
             "routeskew_ws_upgrades_total{replica=\"r\",namespace=\"n\",host=\"h\",outcome=\"reset\",source=\"probe\"} 0\n",
@@ -901,8 +388,6 @@ mod tests {
             "routeskew_probe_duration_seconds_count{replica=\"r\",namespace=\"n\",check=\"http\"} 1\n",
             "routeskew_replica_routers{replica=\"r\",namespace=\"n\"} 12\n",
             "routeskew_sensor_blind_probes_total{replica=\"r\",namespace=\"n\"} 1\n",
-            "routeskew_sensor_events_total{program=\"p\"} 1\n",
-            "routeskew_sensor_lost_events_total{program=\"p\"} 0\n",
         ] {
             assert!(text.contains(series), "{series} missing in:\n{text}");
         }
@@ -914,12 +399,9 @@ mod tests {
             ("routeskew_probe_success", "gauge"),
             ("routeskew_probe_duration_seconds", "histogram"),
             ("routeskew_replica_routers", "gauge"),
-            ("routeskew_sensor_events", "counter"),
-            ("routeskew_sensor_lost_events", "counter"),
             ("routeskew_sensor_blind_probes", "counter"),
             ("routeskew_targets", "gauge"),
             ("routeskew_build_info", "gauge"),
-            ("routeskew_pipeline_parse_errors", "counter"),
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} {ty}\n")),
@@ -929,68 +411,13 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
         assert!(text.contains("routeskew_build_info{version=\"1.2.3\",kernel=\"6.18.0\"} 1\n"));
         assert!(text.contains("routeskew_targets{state=\"attached\"} 0\n"));
-        assert!(text.contains("routeskew_pipeline_parse_errors_total{kind=\"not_http\"} 0\n"));
-    }
-
-    fn totals(emitted: u64, lost: u64) -> SensorTotals {
-        SensorTotals {
-            emitted,
-            lost,
-            ..SensorTotals::default()
-        }
-    }
-
-    #[test]
-    fn sensor_totals_never_go_backwards() {
-        let m = metrics();
-        m.set_sensor_totals("sys_read", totals(10, 1));
-        m.set_sensor_totals("sys_read", totals(25, 1));
-        m.set_sensor_totals("sys_write", totals(3, 0));
-        let t = m.encode();
-        assert_eq!(
-            line(&t, "routeskew_sensor_events_total{program=\"sys_read\"}"),
-            Some("routeskew_sensor_events_total{program=\"sys_read\"} 25")
-        );
-        // The kernel side restarted: 4 new events, not -21.
-        m.set_sensor_totals("sys_read", totals(4, 0));
-        m.set_sensor_totals("sys_read", totals(6, 2));
-        let t = m.encode();
-        assert_eq!(
-            line(&t, "routeskew_sensor_events_total{program=\"sys_read\"}"),
-            Some("routeskew_sensor_events_total{program=\"sys_read\"} 31")
-        );
-        assert_eq!(
-            line(
-                &t,
-                "routeskew_sensor_lost_events_total{program=\"sys_read\"}"
-            ),
-            Some("routeskew_sensor_lost_events_total{program=\"sys_read\"} 3")
-        );
-        assert_eq!(
-            line(&t, "routeskew_sensor_events_total{program=\"sys_write\"}"),
-            Some("routeskew_sensor_events_total{program=\"sys_write\"} 3")
-        );
-    }
-
-    #[test]
-    fn program_misses_follow_the_kernel_total_across_reloads() {
-        let m = metrics();
-        let series = "routeskew_sensor_program_misses_total{program=\"inet_sock_set_state\"}";
-        m.set_program_misses("inet_sock_set_state", 0);
-        assert_eq!(line(&m.encode(), series), Some(&*format!("{series} 0")));
-        m.set_program_misses("inet_sock_set_state", 2);
-        m.set_program_misses("inet_sock_set_state", 5);
-        assert_eq!(line(&m.encode(), series), Some(&*format!("{series} 5")));
-        // Reloaded program: its count starts again, and all of it is new.
-        m.set_program_misses("inet_sock_set_state", 1);
-        assert_eq!(line(&m.encode(), series), Some(&*format!("{series} 6")));
     }
 
     #[test]
     fn targets_gauge() {
-        let m = metrics();
+        let (reg, m) = setup();
         m.set_targets(3, 1);
-        let t = m.encode();
+        let t = encode(&reg);
         assert!(t.contains("routeskew_targets{state=\"attached\"} 3\n"));
         assert!(t.contains("routeskew_targets{state=\"failed\"} 1\n"));
     }
@@ -1018,10 +445,18 @@ mod tests {
 
     #[tokio::test]
     async fn serves_endpoints() {
-        let m = Arc::new(metrics());
+        let (registry, m) = setup();
+        let readiness = Readiness::new("starting");
+        let r = readiness.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, m.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Exposition {
+                registry,
+                readiness,
+            }),
+        ));
 
         let (status, _, body) = get(addr, "/healthz").await;
         assert_eq!(status, 200);
@@ -1030,14 +465,14 @@ mod tests {
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!(status, 503);
         assert_eq!(body, "not ready: starting\n");
-        m.set_ready(false, "sensor not attached");
+        r.set(false, "sensor not attached");
         assert_eq!(
             get(addr, "/readyz").await.2,
             "not ready: sensor not attached\n"
         );
-        m.set_ready(true, "");
+        r.set(true, "");
         assert_eq!(get(addr, "/readyz").await.0, 200);
-        m.set_ready_note("kubernetes API unreachable");
+        r.set_note("kubernetes API unreachable");
         assert_eq!(
             get(addr, "/readyz").await,
             (
@@ -1046,7 +481,7 @@ mod tests {
                 "ready\nkubernetes API unreachable\n".into()
             )
         );
-        m.set_ready_note("");
+        r.set_note("");
         assert_eq!(get(addr, "/readyz").await.2, "ready\n");
 
         m.set_targets(2, 0);

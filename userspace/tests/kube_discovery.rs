@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_apiserver::{ingress, ingress_route, pod, FakeApi, Kind, NODE};
+use routeskew::agent::AgentMetrics;
 use routeskew::discovery::kubernetes::{KubeConfig, KubeDiscovery};
-use routeskew::metrics::{BuildInfo, Metrics};
+use routeskew::metrics::{BuildInfo, Exposition, Readiness};
 use routeskew::pipeline::{Pipeline, PipelineConfig};
 
 const UID_A: &str = "3f1d2c4b-5a69-4788-9a6b-5c4d3e2f1a0b";
@@ -61,11 +62,11 @@ impl Drop for Cgroups {
     }
 }
 
-fn metrics() -> Arc<Metrics> {
-    Arc::new(Metrics::new(BuildInfo {
+fn metrics() -> AgentMetrics {
+    AgentMetrics::register(BuildInfo {
         version: "test".into(),
         kernel: "test".into(),
-    }))
+    })
 }
 
 fn config(cgroups: &Path, static_hosts: &[&str]) -> KubeConfig {
@@ -106,8 +107,8 @@ fn targets(d: &KubeDiscovery) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn metric_line(m: &Metrics, prefix: &str) -> Option<String> {
-    m.encode()
+fn metric_line(registry: &prometheus_client::registry::Registry, prefix: &str) -> Option<String> {
+    routeskew::metrics::encode(registry)
         .lines()
         .find(|l| l.starts_with(prefix))
         .map(str::to_string)
@@ -118,7 +119,12 @@ async fn pod_churn_attaches_restarts_and_detaches() {
     let api = FakeApi::start(false).await;
     let cg = Cgroups::new("churn");
     let m = metrics();
-    let d = KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), m.clone()).unwrap();
+    let d = KubeDiscovery::start(
+        api.kube_config(),
+        config(&cg.root, &[]),
+        m.discovery.clone(),
+    )
+    .unwrap();
 
     until("first pod list", || d.readiness().ready.then_some(())).await;
     assert!(targets(&d).is_empty());
@@ -166,7 +172,8 @@ async fn pod_churn_attaches_restarts_and_detaches() {
             series_grace: Duration::from_secs(1),
             ..PipelineConfig::default()
         },
-        m.clone(),
+        m.contract.clone(),
+        m.pipeline.clone(),
     );
     pipeline.set_targets(scan.scan.targets.clone());
     assert!(m
@@ -214,7 +221,12 @@ async fn pod_churn_attaches_restarts_and_detaches() {
 async fn pod_whose_cgroup_is_missing_is_a_failure_until_it_appears() {
     let api = FakeApi::start(false).await;
     let cg = Cgroups::new("missing");
-    let d = KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), metrics()).unwrap();
+    let d = KubeDiscovery::start(
+        api.kube_config(),
+        config(&cg.root, &[]),
+        metrics().discovery,
+    )
+    .unwrap();
     api.put(
         Kind::Pod,
         pod("traefik-a", UID_A, NODE, Some(ID_A1), "10.42.0.11"),
@@ -236,7 +248,7 @@ async fn hosts_follow_ingresses_and_ingress_routes() {
     let d = KubeDiscovery::start(
         api.kube_config(),
         config(&cg.root, &["static.test"]),
-        m.clone(),
+        m.discovery.clone(),
     )
     .unwrap();
     until("first lists", || {
@@ -292,11 +304,11 @@ async fn hosts_follow_ingresses_and_ingress_routes() {
     .await;
     assert_eq!(d.hosts().unparsable_rules, 1);
     assert_eq!(
-        metric_line(&m, "routeskew_discovery_unparsable_rules").as_deref(),
+        metric_line(&m.registry, "routeskew_discovery_unparsable_rules").as_deref(),
         Some("routeskew_discovery_unparsable_rules 1")
     );
     assert_eq!(
-        metric_line(&m, "routeskew_discovery_known_hosts").as_deref(),
+        metric_line(&m.registry, "routeskew_discovery_known_hosts").as_deref(),
         Some("routeskew_discovery_known_hosts 6")
     );
 
@@ -339,7 +351,12 @@ async fn old_crd_group_present_from_the_start() {
         Kind::IngressRoute,
         ingress_route("v3", &["Host(`v3.test`)"]),
     );
-    let d = KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), metrics()).unwrap();
+    let d = KubeDiscovery::start(
+        api.kube_config(),
+        config(&cg.root, &[]),
+        metrics().discovery,
+    )
+    .unwrap();
     until("hosts of both groups", || {
         (d.hosts().hosts == vec!["v2.test", "v2b.test", "v3.test"]).then_some(())
     })
@@ -367,7 +384,13 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn api_outage_keeps_the_last_state_and_recovers() {
     let api = FakeApi::start(false).await;
     let cg = Cgroups::new("outage");
-    let m = metrics();
+    let all = metrics();
+    let discovery_metrics = all.discovery.clone();
+    let readiness = Readiness::new("starting");
+    let m = Arc::new(Exposition {
+        registry: all.registry,
+        readiness: readiness.clone(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(routeskew::metrics::serve(listener, m.clone()));
@@ -378,26 +401,27 @@ async fn api_outage_keeps_the_last_state_and_recovers() {
         pod("traefik-a", UID_A, NODE, Some(ID_A1), "10.42.0.11"),
     );
     api.put(Kind::Ingress, ingress("shop", &["shop.test"], None));
-    let d = KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), m.clone()).unwrap();
+    let d =
+        KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), discovery_metrics).unwrap();
     until("state listed", || {
         (targets(&d).len() == 1 && d.hosts().hosts == vec!["shop.test"]).then_some(())
     })
     .await;
-    d.publish_readiness(&m);
+    d.publish_readiness(&readiness);
     assert_eq!(http_get(addr, "/readyz").await, (200, "ready\n".into()));
     assert_eq!(
-        metric_line(&m, "routeskew_discovery_api_up").as_deref(),
+        metric_line(&m.registry, "routeskew_discovery_api_up").as_deref(),
         Some("routeskew_discovery_api_up 1")
     );
 
     api.stop().await;
     until("api_up 0", || (!d.api_up()).then_some(())).await;
     assert_eq!(
-        metric_line(&m, "routeskew_discovery_api_up").as_deref(),
+        metric_line(&m.registry, "routeskew_discovery_api_up").as_deref(),
         Some("routeskew_discovery_api_up 0")
     );
     let errors = metric_line(
-        &m,
+        &m.registry,
         "routeskew_discovery_api_errors_total{resource=\"pods\"}",
     )
     .unwrap();
@@ -408,7 +432,7 @@ async fn api_outage_keeps_the_last_state_and_recovers() {
     // The last known state stays: the replica is still watched, its host still labelled.
     assert_eq!(targets(&d), vec![("traefik-a".to_string(), a1)]);
     assert_eq!(d.hosts().hosts, vec!["shop.test"]);
-    d.publish_readiness(&m);
+    d.publish_readiness(&readiness);
     let (status, body) = http_get(addr, "/readyz").await;
     assert_eq!(status, 200);
     assert!(
@@ -429,7 +453,7 @@ async fn api_outage_keeps_the_last_state_and_recovers() {
         (targets(&d) == vec![("traefik-a".to_string(), a2)]).then_some(())
     })
     .await;
-    d.publish_readiness(&m);
+    d.publish_readiness(&readiness);
     assert_eq!(http_get(addr, "/readyz").await, (200, "ready\n".into()));
 }
 
@@ -443,7 +467,12 @@ async fn expired_resource_version_forces_a_relist() {
         Kind::Pod,
         pod("traefik-a", UID_A, NODE, Some(ID_A1), "10.42.0.11"),
     );
-    let d = KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), metrics()).unwrap();
+    let d = KubeDiscovery::start(
+        api.kube_config(),
+        config(&cg.root, &[]),
+        metrics().discovery,
+    )
+    .unwrap();
     until("traefik-a", || {
         (targets(&d) == vec![("traefik-a".to_string(), a)]).then_some(())
     })
@@ -494,8 +523,13 @@ async fn not_ready_until_the_first_list() {
     let api = FakeApi::start(false).await;
     api.stop().await;
     let cg = Cgroups::new("notready");
-    let m = metrics();
-    let d = KubeDiscovery::start(api.kube_config(), config(&cg.root, &[]), m.clone()).unwrap();
+    let readiness = Readiness::new("starting");
+    let d = KubeDiscovery::start(
+        api.kube_config(),
+        config(&cg.root, &[]),
+        metrics().discovery,
+    )
+    .unwrap();
     until("api_up 0", || (!d.api_up()).then_some(())).await;
     let r = d.readiness();
     assert!(!r.ready);
@@ -505,12 +539,12 @@ async fn not_ready_until_the_first_list() {
         "{}",
         r.detail
     );
-    d.publish_readiness(&m);
-    assert!(!m.is_ready());
+    d.publish_readiness(&readiness);
+    assert!(!readiness.is_ready());
     api.restart().await;
     until("ready", || d.readiness().ready.then_some(())).await;
-    d.publish_readiness(&m);
-    assert!(m.is_ready());
+    d.publish_readiness(&readiness);
+    assert!(readiness.is_ready());
 }
 
 #[test]

@@ -7,15 +7,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use routeskew::agent::AgentMetrics;
 use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
 use routeskew::event::{
     ConnId, Direction, Event, EventKind, Origin, ProbeCheck, ProbeReport, UpstreamFailureReason,
 };
-use routeskew::metrics::{BuildInfo, Metrics};
+use routeskew::metrics::BuildInfo;
 use routeskew::pipeline::http;
 use routeskew::pipeline::{Pipeline, PipelineConfig};
 
@@ -51,17 +51,17 @@ fn target(i: u32) -> Target {
 
 struct Harness {
     p: Pipeline,
-    m: Arc<Metrics>,
+    m: AgentMetrics,
     ts: u64,
 }
 
 impl Harness {
     fn new(cfg: PipelineConfig, replicas: u32) -> Self {
-        let m = Arc::new(Metrics::new(BuildInfo {
+        let m = AgentMetrics::register(BuildInfo {
             version: "test".into(),
             kernel: "6.18".into(),
-        }));
-        let mut p = Pipeline::new(cfg, m.clone());
+        });
+        let mut p = Pipeline::new(cfg, m.contract.clone(), m.pipeline.clone());
         p.set_targets(TargetSet::new((1..=replicas).map(target).collect()));
         Harness { p, m, ts: S }
     }

@@ -21,14 +21,14 @@
 
 use std::hint::black_box;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use routeskew::agent::AgentMetrics;
 use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
 use routeskew::event::{ConnId, Direction, Event, EventKind, Origin};
-use routeskew::metrics::{BuildInfo, Metrics};
+use routeskew::metrics::BuildInfo;
 use routeskew::pipeline::{Pipeline, PipelineConfig};
 
 macro_rules! fixture {
@@ -376,18 +376,19 @@ impl Messages {
     }
 }
 
-fn pipeline(upstream_responses: bool) -> (Pipeline, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new(BuildInfo {
+fn pipeline(upstream_responses: bool) -> (Pipeline, AgentMetrics) {
+    let metrics = AgentMetrics::register(BuildInfo {
         version: "bench".into(),
         kernel: "bench".into(),
-    }));
+    });
     let mut p = Pipeline::new(
         PipelineConfig {
             known_hosts: KNOWN_HOSTS.iter().map(|h| h.to_string()).collect(),
             upstream_responses,
             ..PipelineConfig::default()
         },
-        metrics.clone(),
+        metrics.contract.clone(),
+        metrics.pipeline.clone(),
     );
     p.set_targets(targets());
     (p, metrics)
@@ -431,7 +432,7 @@ struct RunResult {
 }
 
 /// One run: a fresh pipeline and generator; `warmup` events first (untimed), then `events`.
-fn run(upstream_responses: bool, warmup: usize, events: usize) -> (RunResult, Arc<Metrics>) {
+fn run(upstream_responses: bool, warmup: usize, events: usize) -> (RunResult, AgentMetrics) {
     let (mut p, metrics) = pipeline(upstream_responses);
     let mut gen = Gen::new(upstream_responses);
     let mut batch = Vec::with_capacity(BATCH + 16);

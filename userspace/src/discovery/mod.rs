@@ -3,6 +3,7 @@
 pub mod endpoints;
 pub mod kubernetes;
 pub mod local;
+pub mod metrics;
 pub mod pod_cgroup;
 pub mod traefik_rule;
 

@@ -13,14 +13,13 @@
 //! the replica's series, so a handle never outlives the series it counts into.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, UpstreamFailureReason};
-use crate::metrics::{HostLabels, HttpLabels, Metrics, ReplicaLabels, UpstreamLabels, WsLabels};
+use crate::metrics::{Contract, HostLabels, HttpLabels, ReplicaLabels, UpstreamLabels, WsLabels};
 use crate::pipeline::classify::{HttpClass, Observation, Source, WsOutcome};
 use crate::pipeline::http::{self, Host};
 
@@ -123,8 +122,54 @@ where
     })
 }
 
+fn http_labels(
+    replica: &str,
+    namespace: &str,
+    host: &str,
+    class: HttpClass,
+    source: Source,
+) -> HttpLabels {
+    HttpLabels {
+        replica: replica.to_string(),
+        namespace: namespace.to_string(),
+        host: host.to_string(),
+        class: class.as_str(),
+        source: source.as_str(),
+    }
+}
+
+fn ws_labels(
+    replica: &str,
+    namespace: &str,
+    host: &str,
+    outcome: WsOutcome,
+    source: Source,
+) -> WsLabels {
+    WsLabels {
+        replica: replica.to_string(),
+        namespace: namespace.to_string(),
+        host: host.to_string(),
+        outcome: outcome.as_str(),
+        source: source.as_str(),
+    }
+}
+
+fn upstream_labels(
+    replica: &str,
+    namespace: &str,
+    reason: UpstreamFailureReason,
+) -> UpstreamLabels {
+    UpstreamLabels {
+        replica: replica.to_string(),
+        namespace: namespace.to_string(),
+        reason: reason.as_str(),
+    }
+}
+
 pub struct Aggregator {
-    metrics: Arc<Metrics>,
+    contract: Contract,
+    /// `routeskew_pipeline_removed_replicas_total`.
+    removed_replicas: Counter,
     /// Configured host (its bytes, so that a request's host is looked up without a UTF-8
     /// check) → its index in `host_labels`.
     known_hosts: foldhash::HashMap<Vec<u8>, usize>,
@@ -147,10 +192,16 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// `known_hosts` are normalised like request Hosts; invalid entries are ignored.
-    pub fn new(known_hosts: &[String], series_grace: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        known_hosts: &[String],
+        series_grace: Duration,
+        contract: Contract,
+        removed_replicas: Counter,
+    ) -> Self {
         let (known_hosts, host_labels) = host_table(known_hosts);
         Aggregator {
-            metrics,
+            contract,
+            removed_replicas,
             known_hosts,
             host_labels,
             targets: TargetSet::default(),
@@ -308,42 +359,42 @@ impl Aggregator {
         let Some(s) = self.slots[i].as_mut() else {
             return;
         };
-        let m = &self.metrics;
+        let m = &self.contract;
         let (name, ns) = (&s.replica.name, &s.replica.namespace);
         for (h, host) in self.host_labels.iter().enumerate() {
             for source in Source::ALL {
                 let _ = counter(
                     &mut s.http[Self::http_index(h, HttpClass::RouterMiss, source)],
-                    m.http_responses(),
+                    &m.http_responses,
                     &mut s.series.http,
-                    || Metrics::http_labels(name, ns, host, HttpClass::RouterMiss, source),
+                    || http_labels(name, ns, host, HttpClass::RouterMiss, source),
                 );
                 let _ = counter(
                     &mut s.ws[Self::ws_index(h, WsOutcome::RouterMiss, source)],
-                    m.ws_upgrades(),
+                    &m.ws_upgrades,
                     &mut s.series.ws,
-                    || Metrics::ws_labels(name, ns, host, WsOutcome::RouterMiss, source),
+                    || ws_labels(name, ns, host, WsOutcome::RouterMiss, source),
                 );
             }
         }
         for reason in UpstreamFailureReason::ALL {
             let _ = counter(
                 &mut s.upstream[reason_index(reason)],
-                m.upstream_connect_failures(),
+                &m.upstream_connect_failures,
                 &mut s.series.upstream,
-                || Metrics::upstream_labels(name, ns, reason),
+                || upstream_labels(name, ns, reason),
             );
         }
         let _ = Self::blind_counter(s, m);
     }
 
-    fn blind_counter<'s>(s: &'s mut Slot, m: &Metrics) -> &'s Counter {
+    fn blind_counter<'s>(s: &'s mut Slot, m: &Contract) -> &'s Counter {
         s.blind.get_or_insert_with(|| {
             let l = ReplicaLabels {
                 replica: s.replica.name.clone(),
                 namespace: s.replica.namespace.clone(),
             };
-            let c = Counter::clone(&m.sensor_blind_probes().get_or_create(&l));
+            let c = Counter::clone(&m.sensor_blind_probes.get_or_create(&l));
             s.series.blind = Some(l);
             c
         })
@@ -358,7 +409,7 @@ impl Aggregator {
         let Some(s) = self.slots[i].as_mut() else {
             return false;
         };
-        Self::blind_counter(s, &self.metrics).inc();
+        Self::blind_counter(s, &self.contract).inc();
         true
     }
 
@@ -376,27 +427,27 @@ impl Aggregator {
         let Some(s) = self.slots[i].as_mut() else {
             return false;
         };
-        let m = &self.metrics;
+        let m = &self.contract;
         let host = &self.host_labels[h];
         let (name, ns) = (&s.replica.name, &s.replica.namespace);
         let c = match obs {
             Observation::Http { class, source, .. } => counter(
                 &mut s.http[Self::http_index(h, *class, *source)],
-                m.http_responses(),
+                &m.http_responses,
                 &mut s.series.http,
-                || Metrics::http_labels(name, ns, host, *class, *source),
+                || http_labels(name, ns, host, *class, *source),
             ),
             Observation::Ws {
                 outcome, source, ..
             } => counter(
                 &mut s.ws[Self::ws_index(h, *outcome, *source)],
-                m.ws_upgrades(),
+                &m.ws_upgrades,
                 &mut s.series.ws,
-                || Metrics::ws_labels(name, ns, host, *outcome, *source),
+                || ws_labels(name, ns, host, *outcome, *source),
             ),
             Observation::WsEarlyClose { .. } => counter(
                 &mut s.early[h],
-                m.ws_early_closes(),
+                &m.ws_early_closes,
                 &mut s.series.early,
                 || HostLabels {
                     replica: name.clone(),
@@ -406,9 +457,9 @@ impl Aggregator {
             ),
             Observation::UpstreamFailure { reason, .. } => counter(
                 &mut s.upstream[reason_index(*reason)],
-                m.upstream_connect_failures(),
+                &m.upstream_connect_failures,
                 &mut s.series.upstream,
-                || Metrics::upstream_labels(name, ns, *reason),
+                || upstream_labels(name, ns, *reason),
             ),
         };
         c.inc();
@@ -439,21 +490,21 @@ impl Aggregator {
             self.origins.clear();
             let s = slot.series;
             for l in &s.http {
-                self.metrics.http_responses().remove(l);
+                self.contract.http_responses.remove(l);
             }
             for l in &s.ws {
-                self.metrics.ws_upgrades().remove(l);
+                self.contract.ws_upgrades.remove(l);
             }
             for l in &s.early {
-                self.metrics.ws_early_closes().remove(l);
+                self.contract.ws_early_closes.remove(l);
             }
             for l in &s.upstream {
-                self.metrics.upstream_connect_failures().remove(l);
+                self.contract.upstream_connect_failures.remove(l);
             }
             if let Some(l) = &s.blind {
-                self.metrics.sensor_blind_probes().remove(l);
+                self.contract.sensor_blind_probes.remove(l);
             }
-            self.metrics.pipeline().removed_replicas.inc();
+            self.removed_replicas.inc();
             tracing::info!(replica = %r.name, namespace = %r.namespace, "removed series of departed replica");
         }
     }
@@ -476,26 +527,26 @@ impl Aggregator {
             self.leaving_hosts.remove(h);
         }
         let gone = |host: &String| expired.contains(host);
-        let m = &self.metrics;
+        let m = &self.contract;
         for s in self.slots.iter_mut().flatten() {
             s.series.http.retain(|l| {
                 let keep = !gone(&l.host);
                 if !keep {
-                    m.http_responses().remove(l);
+                    m.http_responses.remove(l);
                 }
                 keep
             });
             s.series.ws.retain(|l| {
                 let keep = !gone(&l.host);
                 if !keep {
-                    m.ws_upgrades().remove(l);
+                    m.ws_upgrades.remove(l);
                 }
                 keep
             });
             s.series.early.retain(|l| {
                 let keep = !gone(&l.host);
                 if !keep {
-                    m.ws_early_closes().remove(l);
+                    m.ws_early_closes.remove(l);
                 }
                 keep
             });
@@ -545,7 +596,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::discovery::{Attribution, Target};
-    use crate::metrics::BuildInfo;
+    use crate::metrics::{encode, BuildInfo};
+    use prometheus_client::registry::Registry;
 
     fn target(name: &str, cg: u64) -> Target {
         Target {
@@ -567,15 +619,20 @@ mod tests {
         }
     }
 
-    fn setup() -> (Aggregator, Arc<Metrics>) {
-        let m = Arc::new(Metrics::new(BuildInfo {
-            version: "t".into(),
-            kernel: "k".into(),
-        }));
+    fn setup() -> (Aggregator, Registry) {
+        let mut m = Registry::with_prefix("routeskew");
+        let contract = Contract::register(
+            &mut m,
+            BuildInfo {
+                version: "t".into(),
+                kernel: "k".into(),
+            },
+        );
         let mut a = Aggregator::new(
             &["App.Example.test.".to_string(), "bad host".to_string()],
             Duration::from_secs(60),
-            m.clone(),
+            contract,
+            crate::pipeline::metrics::PipelineMetrics::register(&mut m).removed_replicas,
         );
         a.set_targets(TargetSet::new(vec![target("r1", 10), target("r2", 20)]));
         (a, m)
@@ -611,7 +668,7 @@ mod tests {
         assert!(a.record(&http(10, app())));
         assert!(a.record(&http(20, Host::Name("zzz.test".into()))));
         assert!(!a.record(&http(30, app())));
-        let t = m.encode();
+        let t = encode(&m);
         assert!(t.contains("routeskew_http_responses_total{replica=\"r1\",namespace=\"ns\",host=\"app.example.test\",class=\"ok\",source=\"passive\"} 2\n"), "{t}");
         assert!(t.contains("routeskew_http_responses_total{replica=\"r2\",namespace=\"ns\",host=\"other\",class=\"ok\",source=\"passive\"} 1\n"));
         // Alerting series exist at zero from the start.
@@ -621,9 +678,9 @@ mod tests {
         a.set_targets(TargetSet::new(vec![target("r2", 20)]));
         a.tick(100 * S);
         a.tick(159 * S);
-        assert!(m.encode().contains("replica=\"r1\""));
+        assert!(encode(&m).contains("replica=\"r1\""));
         a.tick(160 * S);
-        let t = m.encode();
+        let t = encode(&m);
         assert!(!t.contains("replica=\"r1\""), "{t}");
         assert!(t.contains("replica=\"r2\""));
         assert!(t.contains("routeskew_pipeline_removed_replicas_total 1\n"));
@@ -633,7 +690,7 @@ mod tests {
         a.tick(200 * S);
         a.set_targets(TargetSet::new(vec![target("r2", 20)]));
         a.tick(300 * S);
-        assert!(m.encode().contains("replica=\"r2\""));
+        assert!(encode(&m).contains("replica=\"r2\""));
     }
 
     #[test]
@@ -643,8 +700,8 @@ mod tests {
         let series = |replica: &str, host: &str| {
             format!("routeskew_http_responses_total{{replica=\"{replica}\",namespace=\"ns\",host=\"{host}\",class=\"ok\",source=\"passive\"}} ")
         };
-        let value = |m: &Metrics, replica: &str, host: &str| {
-            m.encode()
+        let value = |m: &Registry, replica: &str, host: &str| {
+            encode(m)
                 .lines()
                 .find_map(|l| l.strip_prefix(series(replica, host).as_str()))
                 .map(|v| v.to_string())
@@ -655,7 +712,7 @@ mod tests {
         a.set_known_hosts(&["app.example.test".into(), "NEW.test".into()]);
         assert_eq!(a.host_labels(), ["app.example.test", "new.test", "other"]);
         // Zero router-miss series exist for the new host on every replica.
-        assert!(m.encode().contains("routeskew_http_responses_total{replica=\"r2\",namespace=\"ns\",host=\"new.test\",class=\"router_miss\",source=\"passive\"} 0\n"));
+        assert!(encode(&m).contains("routeskew_http_responses_total{replica=\"r2\",namespace=\"ns\",host=\"new.test\",class=\"router_miss\",source=\"passive\"} 0\n"));
         assert!(a.record(&http(10, host("new.test"))));
         assert!(a.record(&http(10, host("app.example.test"))));
         assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("1"));
@@ -672,7 +729,7 @@ mod tests {
         a.tick(159 * S);
         assert_eq!(value(&m, "r1", "app.example.test").as_deref(), Some("1"));
         a.tick(160 * S);
-        assert!(!m.encode().contains("host=\"app.example.test\""));
+        assert!(!encode(&m).contains("host=\"app.example.test\""));
         assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("2"));
 
         // A host that comes back within the grace continues its series.
@@ -719,8 +776,8 @@ mod tests {
         let series = |replica: &str| {
             format!("routeskew_http_responses_total{{replica=\"{replica}\",namespace=\"ns\",host=\"app.example.test\",class=\"ok\",source=\"passive\"}} ")
         };
-        let value = |m: &Metrics, replica: &str| {
-            let t = m.encode();
+        let value = |m: &Registry, replica: &str| {
+            let t = encode(m);
             t.lines()
                 .find_map(|l| l.strip_prefix(series(replica).as_str()))
                 .map(|v| v.to_string())

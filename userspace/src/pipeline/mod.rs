@@ -12,9 +12,9 @@ pub mod classify;
 pub mod flows;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod probe_report;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -22,12 +22,13 @@ use prometheus_client::metrics::family::Family;
 
 use crate::discovery::TargetSet;
 use crate::event::{Event, EventKind, Origin, ProbeReport};
-use crate::metrics::{KindLabels, LegLabels, Metrics, PipelineMetrics, ReasonLabels};
+use crate::metrics::Contract;
 use crate::pipeline::aggregate::Aggregator;
 use crate::pipeline::classify::{Classifier, ClassifyStats, Observation};
 use crate::pipeline::flows::{FlowConfig, FlowEvent, FlowStats, Flows};
 use crate::pipeline::http::{ParseError, ProbeRef};
 use crate::pipeline::ledger::{Ledger, LedgerStats, Sighting};
+use metrics::{KindLabels, LegLabels, PipelineMetrics, ReasonLabels};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
@@ -129,7 +130,7 @@ pub struct Pipeline {
     flows: Flows,
     classifier: Classifier,
     aggregator: Aggregator,
-    metrics: Arc<Metrics>,
+    metrics: PipelineMetrics,
     counters: StatCounters,
     flow_buf: Vec<FlowEvent>,
     obs_buf: Vec<Observation>,
@@ -145,7 +146,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(cfg: PipelineConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: PipelineConfig, contract: Contract, metrics: PipelineMetrics) -> Self {
         let flows = Flows::new(FlowConfig {
             ws_early_close: cfg.ws_early_close,
             idle_timeout: cfg.idle_timeout,
@@ -156,8 +157,13 @@ impl Pipeline {
         Pipeline {
             flows,
             classifier: Classifier::new(),
-            aggregator: Aggregator::new(&cfg.known_hosts, cfg.series_grace, metrics.clone()),
-            counters: StatCounters::new(metrics.pipeline()),
+            aggregator: Aggregator::new(
+                &cfg.known_hosts,
+                cfg.series_grace,
+                contract,
+                metrics.removed_replicas.clone(),
+            ),
+            counters: StatCounters::new(&metrics),
             metrics,
             flow_buf: Vec::new(),
             obs_buf: Vec::new(),
@@ -204,7 +210,7 @@ impl Pipeline {
         // read just before discovery caught up with a new replica is still paired with
         // its response.
         if !self.aggregator.is_known(event.origin) {
-            self.metrics.pipeline().unknown_origin_events.inc();
+            self.metrics.unknown_origin_events.inc();
         }
         match &event.kind {
             EventKind::Data { bytes, .. } => {
@@ -306,7 +312,7 @@ impl Pipeline {
 
     /// Add what the stage counters gained since the last call to the exported counters.
     fn sync_stats(&mut self) {
-        let p = self.metrics.pipeline();
+        let p = &self.metrics;
         let c = &self.counters;
         // By reference: the stats are a few hundred bytes.
         let now = self.flows.stats();

@@ -15,7 +15,6 @@ pub mod inventory;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -24,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::WsPath;
 use crate::discovery::{Endpoint, Replica, Target, TargetSet};
 use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport};
-use crate::metrics::{Metrics, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
+use crate::metrics::{Contract, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
 use crate::pipeline::http::{self, Host};
 
 use check::Answer;
@@ -182,7 +181,7 @@ pub struct Prober {
     hosts: Vec<String>,
     /// Known hosts as discovery updates them (Kubernetes Ingress/IngressRoute rules).
     host_updates: Option<watch::Receiver<Vec<String>>>,
-    metrics: Arc<Metrics>,
+    metrics: Contract,
     events: mpsc::Sender<Event>,
     targets: watch::Receiver<TargetSet>,
     tls: Option<Tls>,
@@ -214,7 +213,7 @@ fn jittered(interval: Duration) -> Duration {
 impl Prober {
     pub fn new(
         cfg: ProbeConfig,
-        metrics: Arc<Metrics>,
+        metrics: Contract,
         events: mpsc::Sender<Event>,
         targets: watch::Receiver<TargetSet>,
     ) -> Self {
@@ -268,7 +267,7 @@ impl Prober {
             st.probe_series.retain(|l| {
                 let keep = hosts.contains(&l.host);
                 if !keep {
-                    self.metrics.probe_success().remove(l);
+                    self.metrics.probe_success.remove(l);
                 }
                 keep
             });
@@ -342,12 +341,12 @@ impl Prober {
         for r in expired {
             if let Some(st) = self.replicas.remove(&r) {
                 for l in &st.probe_series {
-                    self.metrics.probe_success().remove(l);
+                    self.metrics.probe_success.remove(l);
                 }
                 for l in &st.duration_series {
-                    self.metrics.probe_duration().remove(l);
+                    self.metrics.probe_duration.remove(l);
                 }
-                self.metrics.replica_routers().remove(&ReplicaLabels {
+                self.metrics.replica_routers.remove(&ReplicaLabels {
                     replica: r.name.clone(),
                     namespace: r.namespace.clone(),
                 });
@@ -485,7 +484,7 @@ impl Prober {
                     st.api_missing_logged = false;
                     st.api_retry_at = None;
                     self.metrics
-                        .replica_routers()
+                        .replica_routers
                         .get_or_create(&ReplicaLabels {
                             replica: t.replica.name.clone(),
                             namespace: t.replica.namespace.clone(),
@@ -661,7 +660,7 @@ impl Prober {
                 check: job.check.as_str(),
             };
             self.metrics
-                .probe_duration()
+                .probe_duration
                 .get_or_create(&labels)
                 .observe(r.elapsed.as_secs_f64());
             if let Some(st) = self.replicas.get_mut(&job.replica) {
@@ -684,7 +683,7 @@ impl Prober {
                 check: check.as_str(),
             };
             self.metrics
-                .probe_success()
+                .probe_success
                 .get_or_create(&labels)
                 .set(i64::from(ok));
             if let Some(st) = self.replicas.get_mut(&replica) {
@@ -819,6 +818,8 @@ async fn fetch_inventory(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::metrics::encode;
+    use prometheus_client::registry::Registry;
 
     fn cfg(interval_ms: u64) -> ProbeConfig {
         ProbeConfig {
@@ -885,13 +886,21 @@ mod tests {
     }
 
     fn prober(c: ProbeConfig) -> Prober {
+        prober_with_registry(c).0
+    }
+
+    fn prober_with_registry(c: ProbeConfig) -> (Prober, Registry) {
         let (tx, _rx) = mpsc::channel(1);
         let (_wtx, wrx) = watch::channel(TargetSet::default());
-        let m = Arc::new(Metrics::new(crate::metrics::BuildInfo {
-            version: "t".into(),
-            kernel: "k".into(),
-        }));
-        Prober::new(c, m, tx, wrx)
+        let mut reg = Registry::with_prefix("routeskew");
+        let m = Contract::register(
+            &mut reg,
+            crate::metrics::BuildInfo {
+                version: "t".into(),
+                kernel: "k".into(),
+            },
+        );
+        (Prober::new(c, m, tx, wrx), reg)
     }
 
     #[test]
@@ -981,7 +990,7 @@ mod tests {
     async fn vanished_replica_series_go_after_the_grace_period() {
         let mut c = cfg(1000);
         c.series_grace = Duration::from_millis(0);
-        let mut p = prober(c);
+        let (mut p, reg) = prober_with_registry(c);
         let set = TargetSet::new(vec![target("r1", &[])]);
         p.track_replicas(&set);
         let r = set.targets()[0].replica.clone();
@@ -991,18 +1000,18 @@ mod tests {
             host: "a.test".into(),
             check: "http",
         };
-        p.metrics.probe_success().get_or_create(&labels).set(1);
+        p.metrics.probe_success.get_or_create(&labels).set(1);
         p.replicas.get_mut(&r).unwrap().probe_series.insert(labels);
         p.metrics
-            .replica_routers()
+            .replica_routers
             .get_or_create(&ReplicaLabels {
                 replica: "r1".into(),
                 namespace: "ns".into(),
             })
             .set(3);
-        assert!(p.metrics.encode().contains("routeskew_probe_success{"));
+        assert!(encode(&reg).contains("routeskew_probe_success{"));
         p.track_replicas(&TargetSet::default());
-        let text = p.metrics.encode();
+        let text = encode(&reg);
         assert!(!text.contains("routeskew_probe_success{"), "{text}");
         assert!(!text.contains("routeskew_replica_routers{"), "{text}");
     }
@@ -1010,7 +1019,8 @@ mod tests {
     #[test]
     fn published_hosts_replace_the_configured_ones_and_drop_their_series() {
         let (tx, rx) = watch::channel(Vec::<String>::new());
-        let mut p = prober(cfg(1000)).with_host_updates(rx);
+        let (p, reg) = prober_with_registry(cfg(1000));
+        let mut p = p.with_host_updates(rx);
         assert_eq!(p.hosts, ["a.test", "b.test"]);
         // Unchanged channel: configured hosts stay.
         p.follow_hosts();
@@ -1028,7 +1038,7 @@ mod tests {
                 host: host.into(),
                 check: "http",
             };
-            p.metrics.probe_success().get_or_create(&l).set(1);
+            p.metrics.probe_success.get_or_create(&l).set(1);
             st.probe_series.insert(l);
         }
         p.replicas.insert(replica.clone(), st);
@@ -1042,7 +1052,7 @@ mod tests {
             .map(|l| l.host.as_str())
             .collect();
         assert_eq!(left, ["b.test"]);
-        let text = p.metrics.encode();
+        let text = encode(&reg);
         assert!(!text.contains("host=\"a.test\""), "{text}");
         assert!(text.contains("host=\"b.test\""), "{text}");
     }

@@ -14,6 +14,7 @@ pub mod btf;
 pub mod decode;
 pub mod gobin;
 pub mod gotls;
+pub mod metrics;
 pub mod prog_info;
 pub mod tracefs;
 

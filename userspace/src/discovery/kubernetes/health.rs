@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::metrics::Metrics;
+use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Debug, Clone)]
 struct State {
@@ -23,20 +23,21 @@ struct State {
 /// Reachability of the API server, shared by the client layer and the discovery.
 pub struct ApiHealth {
     state: Mutex<State>,
-    metrics: Arc<Metrics>,
+    /// `routeskew_discovery_api_up`.
+    api_up: Gauge,
 }
 
 impl ApiHealth {
     /// Up until a request fails: readiness waits for the first list anyway.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.discovery().api_up.set(1);
+    pub fn new(api_up: Gauge) -> Self {
+        api_up.set(1);
         ApiHealth {
             state: Mutex::new(State {
                 up: true,
                 since: Instant::now(),
                 last_error: None,
             }),
-            metrics,
+            api_up,
         }
     }
 
@@ -57,7 +58,7 @@ impl ApiHealth {
             tracing::info!(down_for = ?s.since.elapsed(), "kubernetes API reachable again");
             s.up = true;
             s.since = Instant::now();
-            self.metrics.discovery().api_up.set(1);
+            self.api_up.set(1);
         }
     }
 
@@ -67,7 +68,7 @@ impl ApiHealth {
             tracing::warn!(error = %error, "kubernetes API unreachable; keeping the last known state");
             s.up = false;
             s.since = Instant::now();
-            self.metrics.discovery().api_up.set(0);
+            self.api_up.set(0);
         }
         s.last_error = Some(error);
     }

@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::pod_cgroup::{CgroupLayout, PodResolver, PodScan};
-use crate::metrics::{Metrics, ResourceLabels};
+use crate::discovery::metrics::{DiscoveryMetrics, ResourceLabels};
 use crate::pipeline::aggregate::MAX_KNOWN_HOSTS;
 use crate::pipeline::http::{normalize_host, Host};
 use health::{ApiHealth, ObserveLayer};
@@ -96,7 +96,7 @@ struct Synced {
 }
 
 struct Shared {
-    metrics: Arc<Metrics>,
+    metrics: DiscoveryMetrics,
     changed: Notify,
     synced: Synced,
 }
@@ -149,7 +149,7 @@ impl KubeDiscovery {
     pub fn start(
         kube_config: kube::Config,
         cfg: KubeConfig,
-        metrics: Arc<Metrics>,
+        metrics: DiscoveryMetrics,
     ) -> Result<Self, KubeError> {
         if cfg.node_name.is_empty() {
             return Err(KubeError::NoNodeName);
@@ -161,7 +161,7 @@ impl KubeDiscovery {
         }
         let resolver = PodResolver::new(layout, cfg.host_proc.clone());
 
-        let health = Arc::new(ApiHealth::new(metrics.clone()));
+        let health = Arc::new(ApiHealth::new(metrics.api_up.clone()));
         let client = kube::client::ClientBuilder::try_from(kube_config)
             .map_err(|e| KubeError::Client(e.to_string()))?
             .with_layer(&ObserveLayer {
@@ -272,7 +272,7 @@ impl KubeDiscovery {
             }
             set.hosts.push(n.as_str().to_string());
         }
-        let d = self.shared.metrics.discovery();
+        let d = &self.shared.metrics;
         d.known_hosts.set(set.hosts.len() as i64);
         d.dropped_hosts.set(set.dropped as i64);
         d.unparsable_rules.set(unparsable as i64);
@@ -309,14 +309,14 @@ impl KubeDiscovery {
 
     /// Puts [`KubeDiscovery::readiness`] on `/readyz`. Call only once the sensor is
     /// attached: until then the agent is not ready whatever discovery says.
-    pub fn publish_readiness(&self, metrics: &Metrics) {
+    pub fn publish_readiness(&self, readiness: &crate::metrics::Readiness) {
         let r = self.readiness();
         if r.ready {
-            metrics.set_ready_note(&r.detail);
-            metrics.set_ready(true, "");
+            readiness.set_note(&r.detail);
+            readiness.set(true, "");
         } else {
-            metrics.set_ready_note("");
-            metrics.set_ready(false, &r.detail);
+            readiness.set_note("");
+            readiness.set(false, &r.detail);
         }
     }
 
@@ -352,7 +352,6 @@ where
         futures::pin_mut!(stream);
         let errors = shared
             .metrics
-            .discovery()
             .api_errors
             .get_or_create(&ResourceLabels { resource })
             .clone();
@@ -391,7 +390,6 @@ async fn watch_ingress_route_groups(
 ) {
     let errors = shared
         .metrics
-        .discovery()
         .api_errors
         .get_or_create(&ResourceLabels {
             resource: "discovery",

@@ -1,0 +1,234 @@
+//! The sensor's own health metrics (`routeskew_sensor_*` but the blind-probe count, which
+//! the pipeline keeps with the replica's series).
+//!
+//! The kernel reports running totals (per program, summed over CPUs); [`SensorMetrics`]
+//! turns them into increments so that the exported counters never go backwards, even
+//! when the kernel side restarts from zero (a reloaded program).
+
+use std::collections::HashMap;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Running totals one kernel program reports (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SensorTotals {
+    pub emitted: u64,
+    pub lost: u64,
+    pub read_failures: u64,
+    pub map_full: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
+}
+
+/// Increment that takes a counter from `old` to `new`; a smaller `new` means the source
+/// restarted from zero, so all of it is new.
+fn total_delta(new: u64, old: u64) -> u64 {
+    if new >= old {
+        new - old
+    } else {
+        new
+    }
+}
+
+pub struct SensorMetrics {
+    events: Family<ProgramLabels, Counter>,
+    lost_events: Family<ProgramLabels, Counter>,
+    read_failures: Family<ProgramLabels, Counter>,
+    map_full: Family<ProgramLabels, Counter>,
+    program_misses: Family<ProgramLabels, Counter>,
+    decode_errors: Counter,
+    hooks: Family<HookLabels, Gauge>,
+    /// Last totals seen per program.
+    totals_last: HashMap<String, SensorTotals>,
+    /// Last skipped-run totals seen per kernel program.
+    misses_last: HashMap<String, u64>,
+    decode_errors_last: u64,
+}
+
+impl SensorMetrics {
+    pub fn register(reg: &mut Registry) -> Self {
+        let m = SensorMetrics {
+            events: Family::default(),
+            lost_events: Family::default(),
+            read_failures: Family::default(),
+            map_full: Family::default(),
+            program_misses: Family::default(),
+            decode_errors: Counter::default(),
+            hooks: Family::default(),
+            totals_last: HashMap::new(),
+            misses_last: HashMap::new(),
+            decode_errors_last: 0,
+        };
+        let r = reg.sub_registry_with_prefix("sensor");
+        r.register(
+            "events",
+            "Events emitted by each kernel program",
+            m.events.clone(),
+        );
+        r.register(
+            "lost_events",
+            "Events each kernel program could not deliver",
+            m.lost_events.clone(),
+        );
+        r.register(
+            "read_failures",
+            "User-memory reads a kernel program could not make (page not present)",
+            m.read_failures.clone(),
+        );
+        r.register(
+            "map_full",
+            "State-map inserts a kernel program could not make",
+            m.map_full.clone(),
+        );
+        r.register(
+            "program_misses",
+            "Runs of each kernel program the kernel skipped because another BPF program was running on the CPU (their events are lost)",
+            m.program_misses.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Kernel records the agent could not decode",
+            m.decode_errors.clone(),
+        );
+        r.register(
+            "hook_attached",
+            "Whether each kernel hook is attached (1) or unavailable on this kernel (0)",
+            m.hooks.clone(),
+        );
+        m
+    }
+
+    /// Record the running totals a kernel program reports. A total lower than the previous
+    /// one means the program's counters restarted; the new total is then all new.
+    pub fn set_totals(&mut self, program: &str, totals: SensorTotals) {
+        let prev = self.totals_last.get(program).copied().unwrap_or_default();
+        let labels = ProgramLabels {
+            program: program.to_string(),
+        };
+        for (family, new, old) in [
+            (&self.events, totals.emitted, prev.emitted),
+            (&self.lost_events, totals.lost, prev.lost),
+            (
+                &self.read_failures,
+                totals.read_failures,
+                prev.read_failures,
+            ),
+            (&self.map_full, totals.map_full, prev.map_full),
+        ] {
+            family.get_or_create(&labels).inc_by(total_delta(new, old));
+        }
+        self.totals_last.insert(program.to_string(), totals);
+    }
+
+    /// Record a kernel program's running count of skipped runs (the kernel's own count,
+    /// which restarts when the program is reloaded).
+    pub fn set_program_misses(&mut self, program: &str, total: u64) {
+        let prev = self.misses_last.get(program).copied().unwrap_or_default();
+        let labels = ProgramLabels {
+            program: program.to_string(),
+        };
+        self.program_misses
+            .get_or_create(&labels)
+            .inc_by(total_delta(total, prev));
+        self.misses_last.insert(program.to_string(), total);
+    }
+
+    /// The sensor's running count of undecodable records.
+    pub fn set_decode_errors(&mut self, total: u64) {
+        self.decode_errors
+            .inc_by(total_delta(total, self.decode_errors_last));
+        self.decode_errors_last = total;
+    }
+
+    pub fn set_hook_attached(&self, hook: &str, attached: bool) {
+        self.hooks
+            .get_or_create(&HookLabels {
+                hook: hook.to_string(),
+            })
+            .set(i64::from(attached));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn setup() -> (Registry, SensorMetrics) {
+        let mut reg = Registry::with_prefix("routeskew");
+        let m = SensorMetrics::register(&mut reg);
+        (reg, m)
+    }
+
+    use crate::metrics::encode;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    fn totals(emitted: u64, lost: u64) -> SensorTotals {
+        SensorTotals {
+            emitted,
+            lost,
+            ..SensorTotals::default()
+        }
+    }
+
+    #[test]
+    fn sensor_totals_never_go_backwards() {
+        let (reg, mut m) = setup();
+        m.set_totals("sys_read", totals(10, 1));
+        m.set_totals("sys_read", totals(25, 1));
+        m.set_totals("sys_write", totals(3, 0));
+        let t = encode(&reg);
+        assert_eq!(
+            line(&t, "routeskew_sensor_events_total{program=\"sys_read\"}"),
+            Some("routeskew_sensor_events_total{program=\"sys_read\"} 25")
+        );
+        // The kernel side restarted: 4 new events, not -21.
+        m.set_totals("sys_read", totals(4, 0));
+        m.set_totals("sys_read", totals(6, 2));
+        let t = encode(&reg);
+        assert_eq!(
+            line(&t, "routeskew_sensor_events_total{program=\"sys_read\"}"),
+            Some("routeskew_sensor_events_total{program=\"sys_read\"} 31")
+        );
+        assert_eq!(
+            line(
+                &t,
+                "routeskew_sensor_lost_events_total{program=\"sys_read\"}"
+            ),
+            Some("routeskew_sensor_lost_events_total{program=\"sys_read\"} 3")
+        );
+        assert_eq!(
+            line(&t, "routeskew_sensor_events_total{program=\"sys_write\"}"),
+            Some("routeskew_sensor_events_total{program=\"sys_write\"} 3")
+        );
+    }
+
+    #[test]
+    fn program_misses_follow_the_kernel_total_across_reloads() {
+        let (reg, mut m) = setup();
+        let series = "routeskew_sensor_program_misses_total{program=\"inet_sock_set_state\"}";
+        m.set_program_misses("inet_sock_set_state", 0);
+        assert_eq!(line(&encode(&reg), series), Some(&*format!("{series} 0")));
+        m.set_program_misses("inet_sock_set_state", 2);
+        m.set_program_misses("inet_sock_set_state", 5);
+        assert_eq!(line(&encode(&reg), series), Some(&*format!("{series} 5")));
+        // Reloaded program: its count starts again, and all of it is new.
+        m.set_program_misses("inet_sock_set_state", 1);
+        assert_eq!(line(&encode(&reg), series), Some(&*format!("{series} 6")));
+    }
+}
