@@ -420,3 +420,73 @@ fn kernel_release() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// Every sample name the agent's `/metrics` can contain, sorted (`routeskew
+/// metrics-list`; the deploy checks hold the dashboard and the alert rules to it).
+pub fn metric_names() -> std::collections::BTreeSet<String> {
+    metrics::sample_names(&exposition_with_every_family())
+}
+
+/// The exposition of a fresh [`Metrics`] in which every family has a series.
+/// prometheus-client writes a family's `# TYPE` line only once it has one, and the
+/// families below get theirs at run time (per replica, program or hook), so each gets a
+/// placeholder series here; a metrics unit test checks that no registered family is
+/// missing.
+pub(crate) fn exposition_with_every_family() -> String {
+    use crate::classify::{HttpClass, Source, WsOutcome};
+    use crate::event::UpstreamFailureReason;
+    use crate::metrics::{HostLabels, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
+
+    let m = Metrics::new(BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: String::new(),
+    });
+    let replica = || ReplicaLabels {
+        replica: String::new(),
+        namespace: String::new(),
+    };
+    let _ = m.http_responses().get_or_create(&Metrics::http_labels(
+        "",
+        "",
+        "",
+        HttpClass::Ok,
+        Source::Passive,
+    ));
+    let _ = m.ws_upgrades().get_or_create(&Metrics::ws_labels(
+        "",
+        "",
+        "",
+        WsOutcome::Upgraded,
+        Source::Passive,
+    ));
+    let _ = m.ws_early_closes().get_or_create(&HostLabels {
+        replica: String::new(),
+        namespace: String::new(),
+        host: String::new(),
+    });
+    let _ = m
+        .upstream_connect_failures()
+        .get_or_create(&Metrics::upstream_labels(
+            "",
+            "",
+            UpstreamFailureReason::Refused,
+        ));
+    let _ = m.probe_success().get_or_create(&ProbeLabels {
+        replica: String::new(),
+        namespace: String::new(),
+        host: String::new(),
+        check: "http",
+    });
+    let _ = m.probe_duration().get_or_create(&ProbeCheckLabels {
+        replica: String::new(),
+        namespace: String::new(),
+        check: "http",
+    });
+    let _ = m.replica_routers().get_or_create(&replica());
+    let _ = m.sensor_blind_probes().get_or_create(&replica());
+    // The four per-program totals, the skipped runs and the hook gauge.
+    m.set_sensor_totals("", SensorTotals::default());
+    m.set_program_misses("", 0);
+    m.set_hook_attached("", false);
+    m.encode()
+}
