@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod paths;
+pub mod plans;
 pub mod process;
 pub mod prometheus;
 pub mod scenario;
