@@ -1,71 +1,11 @@
-//! Expected-versus-reported counts for the end-to-end tests: the traffic plan whose steps
-//! say what each request must produce, per-replica tables of the agent's passive
-//! counters, the label the agent gives a host and the class it gives a status, and a
-//! readable diff of two tables.
+//! Expected-versus-reported counts for the end-to-end tests: per-replica tables of the
+//! agent's passive counters, the label the agent gives a host and the class it gives a
+//! status, and a readable diff of two tables. The traffic plans the expected tables come
+//! from are in [`crate::plans`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::metrics::Metrics;
-
-/// `n` requests of one kind (the test's own) to one replica, and what each must produce.
-#[derive(Debug, Clone)]
-pub struct Step<K> {
-    pub replica: usize,
-    pub host: String,
-    pub path: &'static str,
-    pub kind: K,
-    pub n: usize,
-    pub status: u16,
-    pub class: &'static str,
-}
-
-/// Steps in the order they are sent.
-#[derive(Debug, Clone)]
-pub struct Plan<K>(Vec<Step<K>>);
-
-impl<K> Default for Plan<K> {
-    fn default() -> Self {
-        Plan(Vec::new())
-    }
-}
-
-impl<K> Plan<K> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn step(
-        &mut self,
-        replica: usize,
-        host: &str,
-        path: &'static str,
-        kind: K,
-        n: usize,
-        status: u16,
-        class: &'static str,
-    ) {
-        self.0.push(Step {
-            replica,
-            host: host.to_string(),
-            path,
-            kind,
-            n,
-            status,
-            class,
-        });
-    }
-
-    pub fn into_steps(self) -> Vec<Step<K>> {
-        self.0
-    }
-}
-
-/// What a request for a host gets from a replica: 200 `ok` where the replica routes the
-/// host, Traefik's own 404 (`router_miss`) where it does not.
-pub fn routed_or_miss(routes: bool) -> (u16, &'static str) {
-    if routes {
-        (200, "ok")
-    } else {
-        (404, "router_miss")
-    }
-}
 
 /// Counts keyed by (replica, second label, third label).
 pub type Table = BTreeMap<(String, String, String), u64>;

@@ -11,143 +11,9 @@
 use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
-use routeskew_testbed::path;
-use routeskew_testbed::tally::{
-    self, add, class_of_status, diff, host_label, routed_or_miss, table, Plan, Table,
-};
-use routeskew_testbed::{
-    expect, paths, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
-};
-
-/// A host no replica routes: Traefik's 404 everywhere, labelled `other` by the agent.
-const UNROUTED_HOST: &str = "nobody.test";
-
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Http(ConnMode),
-    Ws,
-}
-
-type Step = tally::Step<Kind>;
-
-fn plan(bed: &Testbed) -> Vec<Step> {
-    let sc = bed.scenario();
-    let mut steps = Plan::default();
-    // Different counts per replica, so traffic attributed to the wrong replica shows.
-    let missing_http = [2, 7, 3];
-    let missing_ws = [2, 3, 4];
-    let ws_ok = [1, 2, 1];
-    for r in bed.replicas() {
-        let i = r.index;
-        steps.step(
-            i,
-            &sc.app_host,
-            path::ROOT,
-            Kind::Http(ConnMode::KeepAlive),
-            3 + i,
-            200,
-            "ok",
-        );
-        steps.step(
-            i,
-            &sc.app_host,
-            path::ROOT,
-            Kind::Http(ConnMode::NewConnection),
-            2,
-            200,
-            "ok",
-        );
-        let (status, class) = routed_or_miss(r.routes(&sc.missing_host));
-        steps.step(
-            i,
-            &sc.missing_host,
-            path::ROOT,
-            Kind::Http(ConnMode::KeepAlive),
-            missing_http[i],
-            status,
-            class,
-        );
-        let (status, class) = if r.routes(&sc.missing_host) {
-            (101, "ok")
-        } else {
-            (404, "router_miss")
-        };
-        steps.step(
-            i,
-            &sc.missing_host,
-            path::WS,
-            Kind::Ws,
-            missing_ws[i],
-            status,
-            class,
-        );
-        steps.step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
-        steps.step(
-            i,
-            &sc.notfound_host,
-            path::NOTFOUND,
-            Kind::Http(ConnMode::NewConnection),
-            2,
-            404,
-            "client_error",
-        );
-        steps.step(
-            i,
-            &sc.notfound_host,
-            path::MISSING,
-            Kind::Http(ConnMode::KeepAlive),
-            2,
-            404,
-            "client_error",
-        );
-        steps.step(
-            i,
-            UNROUTED_HOST,
-            path::ROOT,
-            Kind::Http(ConnMode::NewConnection),
-            1,
-            404,
-            "router_miss",
-        );
-    }
-    steps.step(
-        0,
-        &sc.app_host,
-        path::CHUNKED,
-        Kind::Http(ConnMode::KeepAlive),
-        1,
-        200,
-        "ok",
-    );
-    steps.step(
-        0,
-        &sc.unavailable_host,
-        path::ROOT,
-        Kind::Http(ConnMode::KeepAlive),
-        2,
-        503,
-        "server_error",
-    );
-    steps.step(
-        1,
-        &sc.slow_host,
-        path::SLOW,
-        Kind::Http(ConnMode::NewConnection),
-        1,
-        504,
-        "server_error",
-    );
-    steps.step(
-        2,
-        &sc.refused_host,
-        path::ROOT,
-        Kind::Http(ConnMode::NewConnection),
-        3,
-        502,
-        "server_error",
-    );
-    steps.into_steps()
-}
+use routeskew_testbed::plans::{self, Plain};
+use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
+use routeskew_testbed::{expect, paths, traffic, Agent, AgentConfig, Testbed, TestbedConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pins_router_misses_on_the_broken_replica() {
@@ -187,16 +53,18 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
     );
 
     // Traffic, checked on the client side first so a test-bed fault is not blamed on the agent.
-    let steps = plan(&bed);
-    let mut want_http = Table::new();
-    let mut want_ws = Table::new();
-    let mut want_early = Table::new();
-    let mut want_upstream = Table::new();
+    let steps = plans::plaintext(&bed);
+    let plans::Expected {
+        http: want_http,
+        ws: want_ws,
+        early_closes: want_early,
+        upstream: want_upstream,
+    } = plans::expected(&steps, bed.replicas(), &sc);
     for s in &steps {
         let r = &bed.replicas()[s.replica];
         let ctx = format!("{} × {}{} via {}", s.n, s.host, s.path, r.name);
         match s.kind {
-            Kind::Http(mode) => {
+            Plain::Http(mode) => {
                 let rs = traffic::send_http(r.web_addr, &s.host, s.path, s.n, mode)
                     .await
                     .expect(&ctx);
@@ -209,7 +77,7 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
                     );
                 }
             }
-            Kind::Ws => {
+            Plain::Ws => {
                 for o in traffic::send_ws(r.web_addr, &s.host, s.path, s.n)
                     .await
                     .expect(&ctx)
@@ -217,29 +85,7 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
                     assert_eq!(o.status, s.status, "{ctx}");
                     assert!(o.status != 101 || o.echoed, "{ctx}: no echo");
                 }
-                let outcome = match s.status {
-                    101 => "upgraded",
-                    _ if s.class == "router_miss" => "router_miss",
-                    500..=599 => "failed",
-                    _ => "rejected",
-                };
-                add(&mut want_ws, &r.name, &s.host, outcome, s.n as u64);
-                // Our clients close right after one echo: well inside the early-close window.
-                if s.status == 101 {
-                    add(&mut want_early, &r.name, &s.host, "-", s.n as u64);
-                }
             }
-        }
-        // Upgrade requests are HTTP exchanges too (101 counts as ok).
-        add(
-            &mut want_http,
-            &r.name,
-            &host_label(&hosts, &s.host),
-            s.class,
-            s.n as u64,
-        );
-        if s.host == sc.refused_host {
-            add(&mut want_upstream, &r.name, "refused", "-", s.n as u64);
         }
     }
 

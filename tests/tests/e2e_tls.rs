@@ -15,162 +15,21 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use routeskew_testbed::metrics::Metrics;
-use routeskew_testbed::tally::{
-    self, add, class_of_status, diff, host_label, routed_or_miss, table, Plan, Table,
-};
-use routeskew_testbed::{path, paths, tls, Agent, AgentConfig, Testbed, TestbedConfig};
+use routeskew_testbed::plans::{self, Tls};
+use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
+use routeskew_testbed::{paths, tls, Agent, AgentConfig, Testbed, TestbedConfig};
 
-/// A host no replica routes: Traefik's 404 everywhere, labelled `other` by the agent.
-const UNROUTED_HOST: &str = "nobody.test";
 /// How long curl keeps an upgraded connection open (well inside the early-close window).
 const WS_HOLD: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// `n` requests on one keep-alive connection.
-    Http,
-    /// `n` requests as streams of one HTTP/2 connection.
-    Http2,
-    /// `n` upgrades, each on its own connection.
-    Ws,
-}
-
-type Step = tally::Step<Kind>;
-
-fn plan(bed: &Testbed) -> Vec<Step> {
-    let sc = bed.scenario();
-    let mut steps = Plan::default();
-    // Different counts per replica, so traffic attributed to the wrong replica shows.
-    let missing_http = [2, 7, 3];
-    let missing_ws = [2, 3, 4];
-    let ws_ok = [1, 2, 1];
-    for r in bed.replicas() {
-        let i = r.index;
-        steps.step(i, &sc.app_host, path::ROOT, Kind::Http, 3 + i, 200, "ok");
-        let (status, class) = routed_or_miss(r.routes(&sc.missing_host));
-        steps.step(
-            i,
-            &sc.missing_host,
-            path::ROOT,
-            Kind::Http,
-            missing_http[i],
-            status,
-            class,
-        );
-        let (status, class) = if r.routes(&sc.missing_host) {
-            (101, "ok")
-        } else {
-            (404, "router_miss")
-        };
-        steps.step(
-            i,
-            &sc.missing_host,
-            path::WS,
-            Kind::Ws,
-            missing_ws[i],
-            status,
-            class,
-        );
-        steps.step(i, &sc.ws_host, path::WS, Kind::Ws, ws_ok[i], 101, "ok");
-        steps.step(
-            i,
-            &sc.notfound_host,
-            path::NOTFOUND,
-            Kind::Http,
-            2,
-            404,
-            "client_error",
-        );
-        steps.step(
-            i,
-            UNROUTED_HOST,
-            path::ROOT,
-            Kind::Http,
-            1,
-            404,
-            "router_miss",
-        );
-    }
-    steps.step(
-        0,
-        &sc.unavailable_host,
-        path::ROOT,
-        Kind::Http,
-        2,
-        503,
-        "server_error",
-    );
-    // The same shapes over HTTP/2, again with counts per replica that differ from each
-    // other and from the HTTP/1.1 ones.
-    let missing_h2 = [4, 5, 1];
-    for r in bed.replicas() {
-        let i = r.index;
-        steps.step(
-            i,
-            &sc.app_host,
-            path::ROOT,
-            Kind::Http2,
-            2 + 2 * i,
-            200,
-            "ok",
-        );
-        let (status, class) = routed_or_miss(r.routes(&sc.missing_host));
-        steps.step(
-            i,
-            &sc.missing_host,
-            path::ROOT,
-            Kind::Http2,
-            missing_h2[i],
-            status,
-            class,
-        );
-        // A Go backend's own http.NotFound and a JSON 404, relayed over h2: never a miss.
-        steps.step(
-            i,
-            &sc.notfound_host,
-            path::NOTFOUND,
-            Kind::Http2,
-            1 + i,
-            404,
-            "client_error",
-        );
-        steps.step(
-            i,
-            &sc.notfound_host,
-            path::MISSING,
-            Kind::Http2,
-            1,
-            404,
-            "client_error",
-        );
-        steps.step(
-            i,
-            UNROUTED_HOST,
-            path::ROOT,
-            Kind::Http2,
-            2,
-            404,
-            "router_miss",
-        );
-    }
-    steps.step(
-        2,
-        &sc.unavailable_host,
-        path::ROOT,
-        Kind::Http2,
-        3,
-        503,
-        "server_error",
-    );
-    steps.into_steps()
-}
+type Step = plans::Step<Tls>;
 
 async fn send(addr: SocketAddr, s: &Step) -> Vec<u16> {
     let (host, path, n, kind) = (s.host.clone(), s.path, s.n, s.kind);
     tokio::task::spawn_blocking(move || match kind {
-        Kind::Http => tls::curl_https(addr, &host, &vec![path; n]),
-        Kind::Http2 => tls::curl_https_h2(addr, &host, &vec![path; n]),
-        Kind::Ws => (0..n)
+        Tls::Http => tls::curl_https(addr, &host, &vec![path; n]),
+        Tls::Http2 => tls::curl_https_h2(addr, &host, &vec![path; n]),
+        Tls::Ws => (0..n)
             .map(|_| tls::curl_wss_upgrade(addr, &host, path, WS_HOLD))
             .collect(),
     })
@@ -204,10 +63,13 @@ async fn agent_pins_router_misses_over_tls() {
     .expect("starting the agent");
     eprintln!("agent: {}", agent.command);
 
-    let steps = plan(&bed);
-    let mut want_http = Table::new();
-    let mut want_ws = Table::new();
-    let mut want_early = Table::new();
+    let steps = plans::tls(&bed);
+    let plans::Expected {
+        http: want_http,
+        ws: want_ws,
+        early_closes: want_early,
+        ..
+    } = plans::expected(&steps, bed.replicas(), &sc);
     for s in &steps {
         let r = &bed.replicas()[s.replica];
         let addr = r.websecure_addr.expect("websecure entrypoint");
@@ -220,25 +82,6 @@ async fn agent_pins_router_misses_over_tls() {
             s.host,
             s.path,
             r.name
-        );
-        if s.kind == Kind::Ws {
-            let outcome = match s.status {
-                101 => "upgraded",
-                _ if s.class == "router_miss" => "router_miss",
-                500..=599 => "failed",
-                _ => "rejected",
-            };
-            add(&mut want_ws, &r.name, &s.host, outcome, s.n as u64);
-            if s.status == 101 {
-                add(&mut want_early, &r.name, &s.host, "-", s.n as u64);
-            }
-        }
-        add(
-            &mut want_http,
-            &r.name,
-            &host_label(&hosts, &s.host),
-            s.class,
-            s.n as u64,
         );
     }
 

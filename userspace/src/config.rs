@@ -31,9 +31,16 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; a Box would only add an indirection"
+)]
 pub enum Command {
     /// Run the agent: discover local Traefik replicas, watch them from the kernel, serve /metrics.
     Run(RunArgs),
+    /// Print every sample name the agent's /metrics can contain, one per line, sorted (the
+    /// deploy checks hold the dashboard and the alert rules to this list).
+    MetricsList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -402,6 +409,9 @@ mod tests {
         let cli = Cli::try_parse_from(std::iter::once("routeskew").chain(args.iter().copied()))?;
         match cli.command {
             Command::Run(r) => Ok(r),
+            Command::MetricsList => {
+                Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+            }
         }
     }
 
@@ -470,5 +480,12 @@ mod tests {
         assert!(r.validate().is_err());
         let r = parse(&["run", "--no-name-match"]).expect("parse");
         assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn metrics_list_takes_no_arguments() {
+        let cli = Cli::try_parse_from(["routeskew", "metrics-list"]).expect("parse");
+        assert!(matches!(cli.command, Command::MetricsList));
+        assert!(Cli::try_parse_from(["routeskew", "metrics-list", "--listen", ":1"]).is_err());
     }
 }

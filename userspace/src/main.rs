@@ -28,6 +28,13 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(routeskew::agent::run(args))?;
         }
+        Command::MetricsList => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            for name in routeskew::agent::metric_names() {
+                writeln!(out, "{name}").context("writing the metric names")?;
+            }
+        }
     }
     Ok(())
 }

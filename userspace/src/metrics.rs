@@ -310,6 +310,36 @@ pub async fn serve(
     axum::serve(listener, router(exposition)).await
 }
 
+/// The sample names an OpenMetrics exposition can hold, from its `# TYPE <name> <type>`
+/// lines: a counter's `<name>_total`, a histogram's `_bucket`, `_sum` and `_count`, an info
+/// metric's `<name>_info`, a gauge's (and any other type's) bare name. Read from the
+/// descriptors, not the samples, so a family's names do not depend on which of its
+/// samples happen to be present; counters' optional `_created` samples are not listed
+/// (the agent writes none).
+pub fn sample_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(descriptor) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut words = descriptor.split_whitespace();
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "gaugehistogram" => &["_bucket", "_gsum", "_gcount"],
+            "summary" => &["", "_sum", "_count"],
+            "info" => &["_info"],
+            // gauge, stateset, unknown: samples carry the family's name.
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -491,5 +521,37 @@ mod tests {
         assert!(body.contains("routeskew_targets{state=\"attached\"} 2\n"));
         assert_eq!(get(addr, "/nope").await.0, 404);
         server.abort();
+    }
+
+    #[test]
+    fn sample_names_follow_the_type_lines() {
+        let text = "# HELP a_requests Requests.\n\
+                    # TYPE a_requests counter\n\
+                    a_requests_total{x=\"1\"} 3\n\
+                    # TYPE a_seconds histogram\n\
+                    # UNIT a_seconds seconds\n\
+                    # TYPE a_up gauge\n\
+                    a_up 1\n\
+                    # TYPE a_build info\n\
+                    # TYPE a_q summary\n\
+                    # TYPE a_odd\n\
+                    a_not_typed 2\n\
+                    # EOF\n";
+        let want: std::collections::BTreeSet<String> = [
+            "a_requests_total",
+            "a_seconds_bucket",
+            "a_seconds_sum",
+            "a_seconds_count",
+            "a_up",
+            "a_build_info",
+            "a_q",
+            "a_q_sum",
+            "a_q_count",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(sample_names(text), want);
+        assert!(sample_names("").is_empty());
     }
 }

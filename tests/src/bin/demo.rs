@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use routeskew_testbed::plans::{self, Mix};
 use routeskew_testbed::{
-    path, tls, Agent, AgentConfig, Metrics, RoundRobin, Scenario, Testbed, TestbedConfig,
+    tls, Agent, AgentConfig, Metrics, RoundRobin, Scenario, Testbed, TestbedConfig,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -71,79 +72,64 @@ struct ClientTally {
     bad_gateway: u64,
 }
 
-/// One round of TLS traffic through the `websecure` entrypoints: a page load (three
-/// requests on one keep-alive HTTPS connection), a request and a `wss` upgrade for the host
-/// the broken replica lacks, and an upgrade that every replica routes. curl makes the
-/// requests (see `routeskew_testbed::tls`), off the async runtime.
+/// One round of TLS traffic through the `websecure` entrypoints
+/// ([`plans::demo_tls_round`]). curl makes the requests (see `routeskew_testbed::tls`),
+/// off the async runtime.
 async fn tls_round(rr: &mut RoundRobin, sc: &Scenario, tally: &mut Tally) -> Result<()> {
-    let (i, addr) = rr.pick();
-    let host = sc.app_host.clone();
-    let codes = tokio::task::spawn_blocking(move || {
-        tls::curl_https(addr, &host, &[path::ROOT, path::ROOT, path::ROOT])
-    })
-    .await??;
-    tally.entry(i).or_default().requests += codes.len() as u64;
-
-    let (i, addr) = rr.pick();
-    let host = sc.missing_host.clone();
-    let codes =
-        tokio::task::spawn_blocking(move || tls::curl_https(addr, &host, &[path::ROOT])).await??;
-    let t = tally.entry(i).or_default();
-    t.requests += codes.len() as u64;
-    // The host is routed everywhere but on the broken replica: a 404 is its router miss.
-    t.traefik_404 += codes.iter().filter(|&&c| c == 404).count() as u64;
-
-    for host in [&sc.missing_host, &sc.ws_host] {
+    for visit in plans::demo_tls_round(sc) {
         let (i, addr) = rr.pick();
-        let host = host.clone();
-        let code = tokio::task::spawn_blocking(move || {
-            tls::curl_wss_upgrade(addr, &host, path::WS, WSS_HOLD)
-        })
-        .await??;
+        let (host, path, n) = (visit.host.clone(), visit.path, visit.n);
         let t = tally.entry(i).or_default();
-        t.requests += 1;
-        t.ws_upgraded += u64::from(code == 101);
-        t.ws_404 += u64::from(code == 404);
+        match visit.kind {
+            Mix::Get => {
+                let codes = tokio::task::spawn_blocking(move || {
+                    tls::curl_https(addr, &host, &vec![path; n])
+                })
+                .await??;
+                t.requests += codes.len() as u64;
+                // Only the host the broken replica lacks answers 404 in this round: a 404
+                // is its router miss.
+                t.traefik_404 += codes.iter().filter(|&&c| c == 404).count() as u64;
+            }
+            Mix::Upgrade => {
+                let code = tokio::task::spawn_blocking(move || {
+                    tls::curl_wss_upgrade(addr, &host, path, WSS_HOLD)
+                })
+                .await??;
+                t.requests += 1;
+                t.ws_upgraded += u64::from(code == 101);
+                t.ws_404 += u64::from(code == 404);
+            }
+        }
     }
     Ok(())
 }
 
-/// One round of mixed traffic: what an app whose terminal page fetches a token and opens
-/// a WebSocket does, plus ordinary page loads and the odd broken link.
+/// One round of mixed plaintext traffic ([`plans::demo_round`]), each request on a new
+/// connection to the next replica.
 async fn one_round(
     rr: &mut RoundRobin,
     sc: &Scenario,
     round: u64,
     tally: &mut Tally,
 ) -> Result<()> {
-    for _ in 0..3 {
-        let (i, _) = rr.get(&sc.app_host, path::ROOT).await?;
-        let t = tally.entry(i).or_default();
-        t.requests += 1;
-    }
-    let (i, r) = rr.get(&sc.missing_host, path::ROOT).await?;
-    let t = tally.entry(i).or_default();
-    t.requests += 1;
-    t.traefik_404 += u64::from(routeskew_testbed::expect::is_traefik_router_miss(&r));
-    let (i, o) = rr.upgrade(&sc.missing_host, path::WS).await?;
-    let t = tally.entry(i).or_default();
-    t.requests += 1;
-    t.ws_upgraded += u64::from(o.upgraded());
-    t.ws_404 += u64::from(o.status == 404);
-    let (i, o) = rr.upgrade(&sc.ws_host, path::WS).await?;
-    let t = tally.entry(i).or_default();
-    t.requests += 1;
-    t.ws_upgraded += u64::from(o.upgraded());
-    t.ws_404 += u64::from(o.status == 404);
-    if round.is_multiple_of(4) {
-        let (i, _) = rr.get(&sc.notfound_host, path::NOTFOUND).await?;
-        tally.entry(i).or_default().requests += 1;
-    }
-    if round.is_multiple_of(10) {
-        let (i, r) = rr.get(&sc.refused_host, path::ROOT).await?;
-        let t = tally.entry(i).or_default();
-        t.requests += 1;
-        t.bad_gateway += u64::from(r.status == 502);
+    for visit in plans::demo_round(sc, round) {
+        match visit.kind {
+            Mix::Get => {
+                let (i, r) = rr.get(&visit.host, visit.path).await?;
+                let t = tally.entry(i).or_default();
+                t.requests += 1;
+                t.traefik_404 += u64::from(routeskew_testbed::expect::is_traefik_router_miss(&r));
+                t.bad_gateway += u64::from(r.status == 502);
+            }
+            Mix::Upgrade => {
+                let (i, o) = rr.upgrade(&visit.host, visit.path).await?;
+                let t = tally.entry(i).or_default();
+                t.requests += 1;
+                t.ws_upgraded += u64::from(o.upgraded());
+                t.ws_404 += u64::from(o.status == 404);
+            }
+        }
     }
     Ok(())
 }

@@ -15,10 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use routeskew_testbed::{Agent, Testbed};
 
-use crate::{
-    agent_config, agent_totals, bench_cgroup, kernel_delta, kernel_stats, process_cpu, run_wrk,
-    AgentView, Args, Round,
+use crate::args::Args;
+use crate::measure::{
+    agent_config, agent_totals, bench_cgroup, kernel_delta, kernel_stats, process_cpu, AgentView,
+    Round,
 };
+use crate::wrk::run_wrk;
 
 fn move_to(cg: &Path, pid: u32) -> Result<()> {
     std::fs::write(cg.join("cgroup.procs"), pid.to_string())
@@ -102,7 +104,7 @@ async fn captured_run(
     pid: u32,
     url: &str,
     host: &str,
-) -> Result<(crate::WrkResult, AgentView)> {
+) -> Result<(crate::wrk::WrkResult, AgentView)> {
     move_to(watched, pid)?;
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
