@@ -16,10 +16,11 @@ fn current_cgroup_id() -> u64 {
     let c = &CONFIG;
     if cfg(&c.flags) & config_flags::CGROUP_BTF != 0 {
         let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
-        let css_set = regs::load(task, &c.task_cgroups_off);
-        let cgroup = regs::load(css_set, &c.css_set_dfl_cgrp_off);
-        let kn = regs::load(cgroup, &c.cgroup_kn_off);
-        regs::load(kn, &c.kernfs_node_id_off)
+        let chain = &c.cgroup;
+        let css_set = regs::load(task, &chain.task_cgroups);
+        let cgroup = regs::load(css_set, &chain.css_set_dfl_cgrp);
+        let kn = regs::load(cgroup, &chain.cgroup_kn);
+        regs::load(kn, &chain.kernfs_node_id)
     } else {
         unsafe { bpf_get_current_cgroup_id() }
     }

@@ -13,16 +13,14 @@
 //! may resume on another thread). A stack growth restarts the function from its entry,
 //! which only rewrites the same stash.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
-use routeskew_common::{
-    conn_flags, conn_source, direction, event_kind, program, CloseEvent, EventHeader, GoroutineKey,
-    TlsConnKey, TlsRead,
-};
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use routeskew_common::{conn_flags, Direction, GoroutineKey, Program, TlsConnKey, TlsRead};
 
 use crate::{
     capture::{capture, emit_data, keep_ahead, Conn, Transfer, MIN_LEN},
+    emit::{self, Closed, Owner},
     filter::{pid_tgid, watched_cgroup},
-    maps::{count, submit_flags, Counter, EVENTS, TLS_CONNS, TLS_READS},
+    maps::{count, Counter, TLS_CONNS, TLS_READS},
 };
 
 #[inline(always)]
@@ -60,8 +58,8 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
     let (conn, buf, len) = (regs.rax, regs.rbx, regs.rcx as i64);
     let id = pid_tgid();
     let t = Transfer {
-        prog: program::GO_TLS_WRITE,
-        dir: direction::WRITE,
+        prog: Program::GoTlsWrite,
+        dir: Direction::Write,
         cgroup_id,
         id,
         fd: 0,
@@ -99,7 +97,7 @@ pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
         buf: regs.rbx,
     };
     if TLS_READS.insert(&key, &read, 0).is_err() {
-        count(program::GO_TLS_READ, Counter::MapFull);
+        count(Program::GoTlsRead, Counter::MapFull);
     }
     0
 }
@@ -125,14 +123,14 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
         _pad: 0,
         conn: read.conn,
     };
-    let prog = program::GO_TLS_READ_RET;
+    let prog = Program::GoTlsReadRet;
     // Short reads: an HTTP/2 frame header's rest or a small payload (WINDOW_UPDATE,
     // RST_STREAM), or Go's 1-byte background read of an HTTP/1 connection (see
     // `routeskew_common::READ_AHEAD`). One lookup tells them apart; longer reads get it
     // in `capture`.
     let t = Transfer {
         prog,
-        dir: direction::READ,
+        dir: Direction::Read,
         cgroup_id: read.cgroup_id,
         id,
         fd: 0,
@@ -170,27 +168,11 @@ pub fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let _ = TLS_CONNS.remove(&key);
-    let prog = program::GO_TLS_CLOSE;
-    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
-        count(prog, Counter::Lost);
-        return 0;
-    };
-    entry.write(CloseEvent {
-        header: EventHeader {
-            kind: event_kind::CLOSE,
-            tgid: key.tgid,
-            tid: id as u32,
-            program: prog,
-            cgroup_id,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
-        fd: 0,
+    emit::close(
+        Program::GoTlsClose,
+        Owner::current(id, cgroup_id),
+        Closed::GoTls(key.conn),
         flags,
-        source: conn_source::GO_TLS,
-        _pad: 0,
-        tls_conn: key.conn,
-    });
-    entry.submit(submit_flags());
-    count(prog, Counter::Emitted);
+    );
     0
 }

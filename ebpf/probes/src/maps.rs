@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use routeskew_common::{
-    program, Config, ConnKey, ConnState, GoroutineKey, PendingIo, ProgramCounters, SockConn,
+    Config, ConnKey, ConnState, GoroutineKey, PendingIo, Program, ProgramCounters, SockConn,
     TcpSock, TlsConnKey, TlsRead, WatchedSet,
 };
 
@@ -72,7 +72,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<ProgramCounters> =
-    PerCpuArray::with_max_entries(program::COUNT, 0);
+    PerCpuArray::with_max_entries(Program::COUNT, 0);
 
 /// Destination and source of a connection, as both `inet_sock_set_state` and
 /// `inet_sk_error_report` report it. The error report has no socket address, so this is
@@ -127,8 +127,8 @@ pub enum Counter {
 }
 
 #[inline(always)]
-pub fn count(prog: u32, which: Counter) {
-    if let Some(c) = COUNTERS.get_ptr_mut(prog) {
+pub fn count(prog: Program, which: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(prog as u32) {
         // Per-CPU slot: no other writer can race with this program on this CPU.
         unsafe {
             match which {
