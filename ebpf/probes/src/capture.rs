@@ -24,14 +24,14 @@ use crate::{
 
 /// Shorter transfers cannot hold a request line or status line worth classifying, and
 /// reading 8 bytes of them could run past the caller's buffer.
-pub const MIN_LEN: i64 = 8;
+pub(crate) const MIN_LEN: i64 = 8;
 
 const EEXIST: i64 = 17;
 
 /// Where a connection's state lives: by (process, fd) on the syscall paths, by socket on
 /// the socket-tracepoint path, by (process, `*tls.Conn`) for Go TLS plaintext.
 #[derive(Clone, Copy)]
-pub enum Conn {
+pub(crate) enum Conn {
     Fd(ConnKey),
     /// `struct sock` address.
     Sock(u64),
@@ -41,33 +41,33 @@ pub enum Conn {
 /// One read or write a data hook saw: the program reporting it, its direction, whose it
 /// is, and where its bytes are.
 #[derive(Clone, Copy)]
-pub struct Transfer {
-    pub prog: Program,
-    pub dir: Direction,
-    pub cgroup_id: u64,
+pub(crate) struct Transfer {
+    pub(crate) prog: Program,
+    pub(crate) dir: Direction,
+    pub(crate) cgroup_id: u64,
     /// `bpf_get_current_pid_tgid()`.
-    pub id: u64,
+    pub(crate) id: u64,
     /// 0 for Go TLS plaintext, which has no fd.
-    pub fd: u32,
+    pub(crate) fd: u32,
     /// The user buffer.
-    pub buf: u64,
+    pub(crate) buf: u64,
     /// Bytes moved (positive).
-    pub ret: i64,
-    pub conn: Conn,
+    pub(crate) ret: i64,
+    pub(crate) conn: Conn,
 }
 
 /// Whether a transfer of `ret` bytes is worth looking at: long enough to start a message,
 /// or a 1-byte read, which may be Go's background read (see [`keep_ahead`]). EAGAIN from
 /// non-blocking reads and short transfers leave here, before any lookup.
 #[inline(always)]
-pub fn worth_a_look(dir: Direction, ret: i64) -> bool {
+pub(crate) fn worth_a_look(dir: Direction, ret: i64) -> bool {
     ret >= MIN_LEN || (dir == Direction::Read && ret == 1)
 }
 
 /// A transfer [`worth_a_look`] let through, from the syscall and socket hooks: a 1-byte
 /// read is kept for the connection's next read, anything longer judged for capture.
 #[inline(always)]
-pub fn take(t: Transfer) {
+pub(crate) fn take(t: Transfer) {
     if t.dir == Direction::Read && t.ret == 1 {
         keep_ahead(t.prog, t.conn, t.buf);
     } else {
@@ -107,7 +107,7 @@ fn conn_state(conn: Conn) -> Option<(u32, *mut u32)> {
 /// cannot hold the first 16 bytes (a `capture_len` below 16) or the ring is full is the
 /// head read on its own first.
 #[inline(always)]
-pub fn capture(t: Transfer) {
+pub(crate) fn capture(t: Transfer) {
     let (prog, dir, ret) = (t.prog, t.dir, t.ret);
     let (known, upstream) = match conn_state(t.conn) {
         Some((f, ahead)) => {
@@ -182,7 +182,7 @@ pub fn capture(t: Transfer) {
 /// a handler runs): keep the byte in the connection's state for its next read. Nothing
 /// is kept for connections that never carried HTTP, nor for upstream or upgraded ones.
 #[inline(always)]
-pub fn keep_ahead(prog: Program, conn: Conn, buf: u64) {
+pub(crate) fn keep_ahead(prog: Program, conn: Conn, buf: u64) {
     let Some((flags, ahead)) = conn_state(conn) else {
         return;
     };
@@ -477,7 +477,7 @@ unsafe fn fill(ev: *mut DataEvent, t: Transfer, n: u32, ahead: u32) {
 /// Copies the head of the transfer into a new record, with the read-ahead byte that
 /// belongs in front of it (`ahead`, or 0).
 #[inline(always)]
-pub fn emit_data(t: Transfer, ahead: u32) {
+pub(crate) fn emit_data(t: Transfer, ahead: u32) {
     let n = copy_len(t.ret as u64);
     let Some(entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(t.prog, Counter::Lost);

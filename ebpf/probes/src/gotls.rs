@@ -30,7 +30,7 @@ fn tls_flags(id: u64, conn: u64) -> Option<u32> {
         _pad: 0,
         conn,
     };
-    TLS_CONNS.get_ptr(&key).map(|s| unsafe { (*s).flags })
+    TLS_CONNS.get_ptr(key).map(|s| unsafe { (*s).flags })
 }
 
 /// An HTTP/2 connection whose frames are all copied.
@@ -50,7 +50,7 @@ fn tls_key(id: u64, conn: u64) -> Conn {
 
 /// Entry of `(*Conn).Write(b)`: the bytes are about to be encrypted and sent.
 #[uprobe]
-pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
     let Some(cgroup_id) = watched_cgroup() else {
         return 0;
     };
@@ -81,7 +81,7 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
 
 /// Entry of `(*Conn).Read(b)`: remember where the plaintext will land.
 #[uprobe]
-pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
     let Some(cgroup_id) = watched_cgroup() else {
         return 0;
     };
@@ -96,7 +96,7 @@ pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
         conn: regs.rax,
         buf: regs.rbx,
     };
-    if TLS_READS.insert(&key, &read, 0).is_err() {
+    if TLS_READS.insert(key, read, 0).is_err() {
         count(Program::GoTlsRead, Counter::MapFull);
     }
     0
@@ -104,7 +104,7 @@ pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
 
 /// A RET instruction of `(*Conn).Read`: RAX holds `n`.
 #[uprobe]
-pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
     let regs = unsafe { &*ctx.regs };
     let id = pid_tgid();
     let key = GoroutineKey {
@@ -113,10 +113,10 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
         g: regs.r14,
     };
     // Only watched processes' entries are stashed: a miss is an unwatched process.
-    let Some(read) = TLS_READS.get_ptr(&key).map(|r| unsafe { *r }) else {
+    let Some(read) = TLS_READS.get_ptr(key).map(|r| unsafe { *r }) else {
         return 0;
     };
-    let _ = TLS_READS.remove(&key);
+    let _ = TLS_READS.remove(key);
     let n = regs.rax as i64;
     let conn = TlsConnKey {
         tgid: key.tgid,
@@ -152,7 +152,7 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
 
 /// Entry of `(*Conn).Close`: the end of a connection that carried captured HTTP.
 #[uprobe]
-pub fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
     let Some(cgroup_id) = watched_cgroup() else {
         return 0;
     };
@@ -164,10 +164,10 @@ pub fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
         conn: regs.rax,
     };
     // Connections that never carried captured HTTP are not reported.
-    let Some(flags) = TLS_CONNS.get_ptr(&key).map(|s| unsafe { (*s).flags }) else {
+    let Some(flags) = TLS_CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }) else {
         return 0;
     };
-    let _ = TLS_CONNS.remove(&key);
+    let _ = TLS_CONNS.remove(key);
     emit::close(
         Program::GoTlsClose,
         Owner::current(id, cgroup_id),

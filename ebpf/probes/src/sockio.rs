@@ -23,7 +23,7 @@ const MSG_PEEK: i32 = 2;
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn rs_sock_recv(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn rs_sock_recv(ctx: RawTracePointContext) -> i32 {
     let flags = ctx.arg::<u64>(2) as i32;
     // Peeked bytes are read again by the next recv.
     if flags & MSG_PEEK == 0 {
@@ -34,7 +34,7 @@ pub fn rs_sock_recv(ctx: RawTracePointContext) -> i32 {
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
     on_sock_io(
         ctx.arg::<u64>(0),
         ctx.arg::<u64>(1) as i32,

@@ -42,7 +42,7 @@ use crate::{
 /// `bpf_probe_read_kernel`: measured cheaper here than the two helper calls that get a BTF
 /// pointer to them (`regs::current()`), on a path that runs for every syscall.
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn rs_sys_exit(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn rs_sys_exit(ctx: RawTracePointContext) -> i32 {
     on_raw_exit(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
     0
 }
@@ -107,8 +107,8 @@ fn on_raw_exit(regs: u64, ret: i64) {
 #[inline(always)]
 fn end_close_mark() {
     let id = pid_tgid();
-    if unsafe { CLOSING.get(&id) }.is_some() {
-        let _ = CLOSING.remove(&id);
+    if unsafe { CLOSING.get(id) }.is_some() {
+        let _ = CLOSING.remove(id);
     }
 }
 
@@ -117,55 +117,55 @@ fn end_close_mark() {
 // ---------------------------------------------------------------------------------------
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn rs_enter_read(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_enter_read(ctx: TracePointContext) -> u32 {
     on_enter(&ctx, Program::SysEnterRead);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
-pub fn rs_exit_read(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_exit_read(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, Program::SysExitRead, Direction::Read);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn rs_enter_write(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_enter_write(ctx: TracePointContext) -> u32 {
     on_enter(&ctx, Program::SysEnterWrite);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn rs_exit_write(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_exit_write(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, Program::SysExitWrite, Direction::Write);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
-pub fn rs_enter_recvfrom(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_enter_recvfrom(ctx: TracePointContext) -> u32 {
     on_enter(&ctx, Program::SysEnterRecvfrom);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
-pub fn rs_exit_recvfrom(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_exit_recvfrom(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, Program::SysExitRecvfrom, Direction::Read);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn rs_enter_sendto(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_enter_sendto(ctx: TracePointContext) -> u32 {
     on_enter(&ctx, Program::SysEnterSendto);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
-pub fn rs_exit_sendto(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_exit_sendto(ctx: TracePointContext) -> u32 {
     on_exit(&ctx, Program::SysExitSendto, Direction::Write);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_close")]
-pub fn rs_exit_close(_ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_exit_close(_ctx: TracePointContext) -> u32 {
     end_close_mark();
     0
 }
@@ -233,7 +233,7 @@ fn on_exit(ctx: &TracePointContext, prog: Program, dir: Direction) {
 
 /// `syscalls/sys_enter_close`, on both syscall paths (see the module comment).
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn rs_enter_close(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_enter_close(ctx: TracePointContext) -> u32 {
     on_close(&ctx);
     0
 }
@@ -248,7 +248,7 @@ fn on_close(ctx: &TracePointContext) {
     let id = pid_tgid();
     // With BTF, inet_sock_set_state reads the registers instead.
     if cfg(&CONFIG.flags) & config_flags::REGS == 0
-        && CLOSING.insert(&id, &fd, u64::from(BPF_ANY)).is_err()
+        && CLOSING.insert(id, fd, u64::from(BPF_ANY)).is_err()
     {
         count(prog, Counter::MapFull);
     }

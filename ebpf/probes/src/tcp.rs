@@ -47,19 +47,19 @@ const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn rs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     on_set_state(&ctx);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn rs_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     on_receive_reset(&ctx);
     0
 }
 
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
-pub fn rs_inet_sk_error_report(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_inet_sk_error_report(ctx: TracePointContext) -> u32 {
     on_error_report(&ctx);
     0
 }
@@ -164,7 +164,7 @@ fn owner_is_closing(tgid: u32) -> bool {
         // replaced by a return value before the syscall ends).
         regs::load(regs::current(), &c.regs.nr) as u32 == cfg(&c.numbers.close)
     } else {
-        unsafe { CLOSING.get(&id) }.is_some()
+        unsafe { CLOSING.get(id) }.is_some()
     }
 }
 
