@@ -9,6 +9,11 @@
 //!
 //! When neither exists, the Debian route is installed (root on Debian/Ubuntu). bpf-linker
 //! comes from PATH or is installed under `target/tools/bpf-linker`.
+//!
+//! [`clippy`] lints the kernel crate for the bpf target on the same route: clippy-driver
+//! is a compiler too and must be built with the rustc whose sysroot holds the bpf core,
+//! so the Debian route uses Debian's `rust-web-clippy` (same source version as
+//! `rustc-web`, pinned by its dependency on `libstd-rust-web`), never a rustup one.
 
 use std::{
     ffi::OsString,
@@ -26,10 +31,14 @@ const TARGET: &str = "bpfel-unknown-none";
 const OBJECT_NAME: &str = "routeskew-probes.o";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+/// From [`DEBIAN_CLIPPY_PACKAGE`]; runs the `clippy-driver` beside it.
+const DEBIAN_CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
+const DEBIAN_CLIPPY_PACKAGE: &str = "rust-web-clippy";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const DEBIAN_TOOLCHAIN_PACKAGES: [&str; 7] = [
+const DEBIAN_TOOLCHAIN_PACKAGES: [&str; 8] = [
     "rustc-web",
     "cargo-web",
+    DEBIAN_CLIPPY_PACKAGE,
     "libstd-rust-web-dev-bpf",
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -304,6 +313,63 @@ pub fn build(_opts: &BuildOptions) -> Result<PathBuf> {
         let _ = f.set_modified(SystemTime::now());
     }
     Ok(object)
+}
+
+/// Debian's cargo-clippy for the Debian route, installed when missing (root on Debian).
+fn debian_cargo_clippy() -> Result<PathBuf> {
+    let path = PathBuf::from(DEBIAN_CARGO_CLIPPY);
+    if path.is_file() {
+        return Ok(path);
+    }
+    if !is_debian_like() || !is_root() {
+        bail!(
+            "{DEBIAN_CARGO_CLIPPY} is missing: clippy for the bpf target needs the clippy built \
+             with {DEBIAN_RUSTC} (as root: `apt-get install {DEBIAN_CLIPPY_PACKAGE}`)"
+        );
+    }
+    step(&format!(
+        "installing {DEBIAN_CLIPPY_PACKAGE} (clippy for {DEBIAN_RUSTC})"
+    ));
+    apt_install(&[DEBIAN_CLIPPY_PACKAGE])?;
+    if !path.is_file() {
+        bail!("installed {DEBIAN_CLIPPY_PACKAGE} but {DEBIAN_CARGO_CLIPPY} does not exist");
+    }
+    Ok(path)
+}
+
+/// `cargo clippy -- -D warnings` on the kernel crate (and the shared types, as its
+/// dependency) for the bpf target.
+pub fn clippy() -> Result<()> {
+    let root = workspace_root();
+    let route = route()?;
+    let crate_dir = root.join("ebpf/probes");
+    let mut cmd = match route {
+        Route::Nightly => {
+            let mut cmd = clean_command(Path::new("cargo"));
+            cmd.args(["+nightly", "clippy", "-Z", "build-std=core"]);
+            cmd
+        }
+        Route::Debian => {
+            // cargo-clippy runs `$CARGO check` with its own clippy-driver as the
+            // workspace wrapper; the other crates are compiled by `$RUSTC`.
+            let mut cmd = clean_command(&debian_cargo_clippy()?);
+            cmd.arg("clippy")
+                .env("CARGO", DEBIAN_CARGO)
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("RUSTC", DEBIAN_RUSTC);
+            cmd
+        }
+    };
+    cmd.args(["--release", "--target", TARGET, "--", "-D", "warnings"])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf"));
+    run(
+        cmd,
+        &format!(
+            "cargo clippy --target {TARGET} -D warnings in {}",
+            crate_dir.display()
+        ),
+    )
 }
 
 /// Refuses to publish anything but a little-endian eBPF ELF object.

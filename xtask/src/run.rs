@@ -160,8 +160,13 @@ pub fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]);
-    run(clippy, "cargo clippy -D warnings (all host crates)")
+    run(clippy, "cargo clippy -D warnings (all host crates)")?;
+    ebpf::clippy()
 }
+
+/// Makes the unit tier's check of the kernel object (`sensor::names`) fail, instead of
+/// skip, when the agent was built without one.
+const REQUIRE_EBPF: &str = "ROUTESKEW_REQUIRE_EBPF";
 
 /// The one ignored test of the unprivileged crates, run by the privileged tier.
 const KUBE_PRIVILEGED_TEST: &str = "agent_runs_with_kubernetes_discovery";
@@ -180,8 +185,11 @@ pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
 
 fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<()> {
     lint()?;
+    // The unit tests check every program and map name the agent uses against the kernel
+    // object embedded in it: build the object first, and let its absence fail them.
+    ebpf::build(&ebpf::BuildOptions::default())?;
     let mut unit = cargo();
-    unit.arg("test");
+    unit.arg("test").env(REQUIRE_EBPF, "1");
     // The Go binary resolution tests read the real Traefik release binary and build Go
     // programs: install both first when this run may (root, full run); without them
     // those tests say they were skipped.

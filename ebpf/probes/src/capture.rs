@@ -8,29 +8,30 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{bpf_probe_read_user, generated},
     maps::ring_buf::RingBufEntry,
 };
 use routeskew_common::{
-    config_flags, conn_flags, conn_source, direction, event_kind, ConnKey, ConnState, DataEvent,
-    EventHeader, SockConn, TlsConnKey, DATA_CAP, READ_AHEAD,
+    config_flags, conn_flags, ConnKey, ConnSource, ConnState, DataEvent, Direction, Program,
+    RecordKind, SockConn, TlsConnKey, DATA_CAP, READ_AHEAD,
 };
 
 use crate::{
+    emit::{header, now, Owner},
     filter::{http_start, is_h2_preface, is_http_response, is_tls_record, Start, STATUS_101},
     maps::{cfg, count, submit_flags, Counter, CONFIG, CONNS, EVENTS, SOCK_CONNS, TLS_CONNS},
 };
 
 /// Shorter transfers cannot hold a request line or status line worth classifying, and
 /// reading 8 bytes of them could run past the caller's buffer.
-pub const MIN_LEN: i64 = 8;
+pub(crate) const MIN_LEN: i64 = 8;
 
 const EEXIST: i64 = 17;
 
 /// Where a connection's state lives: by (process, fd) on the syscall paths, by socket on
 /// the socket-tracepoint path, by (process, `*tls.Conn`) for Go TLS plaintext.
 #[derive(Clone, Copy)]
-pub enum Conn {
+pub(crate) enum Conn {
     Fd(ConnKey),
     /// `struct sock` address.
     Sock(u64),
@@ -40,34 +41,34 @@ pub enum Conn {
 /// One read or write a data hook saw: the program reporting it, its direction, whose it
 /// is, and where its bytes are.
 #[derive(Clone, Copy)]
-pub struct Transfer {
-    pub prog: u32,
-    pub dir: u32,
-    pub cgroup_id: u64,
+pub(crate) struct Transfer {
+    pub(crate) prog: Program,
+    pub(crate) dir: Direction,
+    pub(crate) cgroup_id: u64,
     /// `bpf_get_current_pid_tgid()`.
-    pub id: u64,
+    pub(crate) id: u64,
     /// 0 for Go TLS plaintext, which has no fd.
-    pub fd: u32,
+    pub(crate) fd: u32,
     /// The user buffer.
-    pub buf: u64,
+    pub(crate) buf: u64,
     /// Bytes moved (positive).
-    pub ret: i64,
-    pub conn: Conn,
+    pub(crate) ret: i64,
+    pub(crate) conn: Conn,
 }
 
 /// Whether a transfer of `ret` bytes is worth looking at: long enough to start a message,
 /// or a 1-byte read, which may be Go's background read (see [`keep_ahead`]). EAGAIN from
 /// non-blocking reads and short transfers leave here, before any lookup.
 #[inline(always)]
-pub fn worth_a_look(dir: u32, ret: i64) -> bool {
-    ret >= MIN_LEN || (dir == direction::READ && ret == 1)
+pub(crate) fn worth_a_look(dir: Direction, ret: i64) -> bool {
+    ret >= MIN_LEN || (dir == Direction::Read && ret == 1)
 }
 
 /// A transfer [`worth_a_look`] let through, from the syscall and socket hooks: a 1-byte
 /// read is kept for the connection's next read, anything longer judged for capture.
 #[inline(always)]
-pub fn take(t: Transfer) {
-    if t.dir == direction::READ && t.ret == 1 {
+pub(crate) fn take(t: Transfer) {
+    if t.dir == Direction::Read && t.ret == 1 {
         keep_ahead(t.prog, t.conn, t.buf);
     } else {
         capture(t);
@@ -106,7 +107,7 @@ fn conn_state(conn: Conn) -> Option<(u32, *mut u32)> {
 /// cannot hold the first 16 bytes (a `capture_len` below 16) or the ring is full is the
 /// head read on its own first.
 #[inline(always)]
-pub fn capture(t: Transfer) {
+pub(crate) fn capture(t: Transfer) {
     let (prog, dir, ret) = (t.prog, t.dir, t.ret);
     let (known, upstream) = match conn_state(t.conn) {
         Some((f, ahead)) => {
@@ -117,7 +118,7 @@ pub fn capture(t: Transfer) {
                 emit_data(t, 0);
                 return;
             }
-            if dir == direction::READ {
+            if dir == Direction::Read {
                 // SAFETY: points into the map value found above.
                 let kept = unsafe { *ahead };
                 if kept != 0 {
@@ -136,7 +137,7 @@ pub fn capture(t: Transfer) {
     // copying the whole head into a record only to discard it costs more. Should the
     // connection turn out to carry a request after all (a stale entry), head_first still
     // reports it.
-    let skim = dir == direction::READ
+    let skim = dir == Direction::Read
         && upstream
         && cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES == 0;
     let outcome = if skim {
@@ -163,7 +164,7 @@ pub fn capture(t: Transfer) {
         return;
     }
     if upgraded || start == Start::H2Preface || (reported && !known) {
-        let upstream = dir == direction::WRITE && start == Start::Request;
+        let upstream = dir == Direction::Write && start == Start::Request;
         let state = if upgraded {
             conn_flags::UPGRADED
         } else if start == Start::H2Preface {
@@ -181,7 +182,7 @@ pub fn capture(t: Transfer) {
 /// a handler runs): keep the byte in the connection's state for its next read. Nothing
 /// is kept for connections that never carried HTTP, nor for upstream or upgraded ones.
 #[inline(always)]
-pub fn keep_ahead(prog: u32, conn: Conn, buf: u64) {
+pub(crate) fn keep_ahead(prog: Program, conn: Conn, buf: u64) {
     let Some((flags, ahead)) = conn_state(conn) else {
         return;
     };
@@ -309,10 +310,10 @@ fn copy_len(ret: u64) -> u32 {
 /// bytes 8..12 when `has_status`. The HTTP/2 preface only counts where it is read from a
 /// Go TLS connection (the one source whose h2 frames userspace follows).
 #[inline(always)]
-fn judge(head: u64, next: u32, has_status: bool, dir: u32, conn: Conn) -> (Start, bool) {
+fn judge(head: u64, next: u32, has_status: bool, dir: Direction, conn: Conn) -> (Start, bool) {
     let start = http_start(head);
     if start == Start::Other
-        && dir == direction::READ
+        && dir == Direction::Read
         && matches!(conn, Conn::Tls(_))
         && is_h2_preface(head)
     {
@@ -330,10 +331,10 @@ fn judge(head: u64, next: u32, has_status: bool, dir: u32, conn: Conn) -> (Start
 }
 
 #[inline(always)]
-fn reported(start: Start, dir: u32) -> bool {
+fn reported(start: Start, dir: Direction) -> bool {
     start == Start::Request
         || start == Start::H2Preface
-        || dir == direction::WRITE
+        || dir == Direction::Write
         || cfg(&CONFIG.flags) & config_flags::UPSTREAM_RESPONSES != 0
 }
 
@@ -456,23 +457,17 @@ fn remember(t: Transfer, state: u32) {
 #[inline(always)]
 unsafe fn fill(ev: *mut DataEvent, t: Transfer, n: u32, ahead: u32) {
     let (source, tls_conn) = match t.conn {
-        Conn::Tls(key) => (conn_source::GO_TLS, key.conn),
-        Conn::Fd(_) | Conn::Sock(_) => (conn_source::FD, 0),
+        Conn::Tls(key) => (ConnSource::GoTls, key.conn),
+        Conn::Fd(_) | Conn::Sock(_) => (ConnSource::Fd, 0),
     };
+    let owner = Owner::current(t.id, t.cgroup_id);
     unsafe {
-        core::ptr::addr_of_mut!((*ev).header).write(EventHeader {
-            kind: event_kind::DATA,
-            tgid: (t.id >> 32) as u32,
-            tid: t.id as u32,
-            program: t.prog,
-            cgroup_id: t.cgroup_id,
-            ts_ns: bpf_ktime_get_ns(),
-        });
+        core::ptr::addr_of_mut!((*ev).header).write(header(RecordKind::Data, t.prog, owner, now()));
         core::ptr::addr_of_mut!((*ev).fd).write(t.fd);
-        core::ptr::addr_of_mut!((*ev).direction).write(t.dir);
+        core::ptr::addr_of_mut!((*ev).direction).write(t.dir as u32);
         core::ptr::addr_of_mut!((*ev).total_len).write(t.ret as u64);
         core::ptr::addr_of_mut!((*ev).captured_len).write(n);
-        core::ptr::addr_of_mut!((*ev).source).write(source);
+        core::ptr::addr_of_mut!((*ev).source).write(source as u32);
         core::ptr::addr_of_mut!((*ev).tls_conn).write(tls_conn);
         core::ptr::addr_of_mut!((*ev).ahead).write(ahead);
         core::ptr::addr_of_mut!((*ev)._pad).write(0);
@@ -482,7 +477,7 @@ unsafe fn fill(ev: *mut DataEvent, t: Transfer, n: u32, ahead: u32) {
 /// Copies the head of the transfer into a new record, with the read-ahead byte that
 /// belongs in front of it (`ahead`, or 0).
 #[inline(always)]
-pub fn emit_data(t: Transfer, ahead: u32) {
+pub(crate) fn emit_data(t: Transfer, ahead: u32) {
     let n = copy_len(t.ret as u64);
     let Some(entry) = EVENTS.reserve::<DataEvent>(0) else {
         count(t.prog, Counter::Lost);

@@ -16,10 +16,11 @@ fn current_cgroup_id() -> u64 {
     let c = &CONFIG;
     if cfg(&c.flags) & config_flags::CGROUP_BTF != 0 {
         let task = unsafe { generated::bpf_get_current_task_btf() } as u64;
-        let css_set = regs::load(task, &c.task_cgroups_off);
-        let cgroup = regs::load(css_set, &c.css_set_dfl_cgrp_off);
-        let kn = regs::load(cgroup, &c.cgroup_kn_off);
-        regs::load(kn, &c.kernfs_node_id_off)
+        let chain = &c.cgroup;
+        let css_set = regs::load(task, &chain.task_cgroups);
+        let cgroup = regs::load(css_set, &chain.css_set_dfl_cgrp);
+        let kn = regs::load(cgroup, &chain.cgroup_kn);
+        regs::load(kn, &chain.kernfs_node_id)
     } else {
         unsafe { bpf_get_current_cgroup_id() }
     }
@@ -27,7 +28,7 @@ fn current_cgroup_id() -> u64 {
 
 /// The current task's cgroup v2 id when it is watched.
 #[inline(always)]
-pub fn watched_cgroup() -> Option<u64> {
+pub(crate) fn watched_cgroup() -> Option<u64> {
     let id = current_cgroup_id();
     if let Some(set) = WATCHED_SET.get(0) {
         let n = set.count as usize;
@@ -42,7 +43,7 @@ pub fn watched_cgroup() -> Option<u64> {
             return None;
         }
     }
-    if unsafe { WATCHED_CGROUPS.get(&id) }.is_some() {
+    if unsafe { WATCHED_CGROUPS.get(id) }.is_some() {
         Some(id)
     } else {
         None
@@ -50,7 +51,7 @@ pub fn watched_cgroup() -> Option<u64> {
 }
 
 #[inline(always)]
-pub fn pid_tgid() -> u64 {
+pub(crate) fn pid_tgid() -> u64 {
     bpf_get_current_pid_tgid()
 }
 
@@ -91,7 +92,7 @@ const METHODS: [(u64, u64); 9] = [
 
 /// What the first bytes of a buffer start.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     Other,
     Request,
     /// A status line (`HTTP/1.`).
@@ -104,7 +105,7 @@ pub enum Start {
 
 /// Classifies the first 8 bytes of a buffer (little-endian).
 #[inline(always)]
-pub fn http_start(head: u64) -> Start {
+pub(crate) fn http_start(head: u64) -> Start {
     if head & RESPONSE_PREFIX.1 == RESPONSE_PREFIX.0 {
         return Start::Response;
     }
@@ -121,14 +122,14 @@ pub fn http_start(head: u64) -> Start {
 
 /// Whether the first 8 bytes are `HTTP/1.0` or `HTTP/1.1` (a response status line).
 #[inline(always)]
-pub fn is_http_response(head: u64) -> bool {
+pub(crate) fn is_http_response(head: u64) -> bool {
     head == word(b"HTTP/1.1") || head == word(b"HTTP/1.0")
 }
 
 /// Whether the first 8 bytes start the HTTP/2 client preface
 /// (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). Go's h2 server reads the 24 bytes in one Read.
 #[inline(always)]
-pub fn is_h2_preface(head: u64) -> bool {
+pub(crate) fn is_h2_preface(head: u64) -> bool {
     head == word(b"PRI * HT")
 }
 
@@ -138,10 +139,10 @@ pub fn is_h2_preface(head: u64) -> bool {
 /// around its close) was seen to outlive the socket and blind the next one that got its
 /// address (`e2e_probe`'s TLS test catches that).
 #[inline(always)]
-pub fn is_tls_record(head: u64) -> bool {
+pub(crate) fn is_tls_record(head: u64) -> bool {
     let b = head.to_le_bytes();
     b[0] == 0x16 && b[1] == 0x03 && b[2] <= 0x04
 }
 
 /// Bytes 8..12 of a `101 Switching Protocols` status line.
-pub const STATUS_101: u32 = u32::from_le_bytes(*b" 101");
+pub(crate) const STATUS_101: u32 = u32::from_le_bytes(*b" 101");

@@ -13,16 +13,14 @@
 //! may resume on another thread). A stack growth restarts the function from its entry,
 //! which only rewrites the same stash.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::uprobe, programs::ProbeContext};
-use routeskew_common::{
-    conn_flags, conn_source, direction, event_kind, program, CloseEvent, EventHeader, GoroutineKey,
-    TlsConnKey, TlsRead,
-};
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
+use routeskew_common::{conn_flags, Direction, GoroutineKey, Program, TlsConnKey, TlsRead};
 
 use crate::{
     capture::{capture, emit_data, keep_ahead, Conn, Transfer, MIN_LEN},
+    emit::{self, Closed, Owner},
     filter::{pid_tgid, watched_cgroup},
-    maps::{count, submit_flags, Counter, EVENTS, TLS_CONNS, TLS_READS},
+    maps::{count, Counter, TLS_CONNS, TLS_READS},
 };
 
 #[inline(always)]
@@ -32,7 +30,7 @@ fn tls_flags(id: u64, conn: u64) -> Option<u32> {
         _pad: 0,
         conn,
     };
-    TLS_CONNS.get_ptr(&key).map(|s| unsafe { (*s).flags })
+    TLS_CONNS.get_ptr(key).map(|s| unsafe { (*s).flags })
 }
 
 /// An HTTP/2 connection whose frames are all copied.
@@ -52,7 +50,7 @@ fn tls_key(id: u64, conn: u64) -> Conn {
 
 /// Entry of `(*Conn).Write(b)`: the bytes are about to be encrypted and sent.
 #[uprobe]
-pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
     let Some(cgroup_id) = watched_cgroup() else {
         return 0;
     };
@@ -60,8 +58,8 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
     let (conn, buf, len) = (regs.rax, regs.rbx, regs.rcx as i64);
     let id = pid_tgid();
     let t = Transfer {
-        prog: program::GO_TLS_WRITE,
-        dir: direction::WRITE,
+        prog: Program::GoTlsWrite,
+        dir: Direction::Write,
         cgroup_id,
         id,
         fd: 0,
@@ -83,7 +81,7 @@ pub fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
 
 /// Entry of `(*Conn).Read(b)`: remember where the plaintext will land.
 #[uprobe]
-pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
     let Some(cgroup_id) = watched_cgroup() else {
         return 0;
     };
@@ -98,15 +96,15 @@ pub fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
         conn: regs.rax,
         buf: regs.rbx,
     };
-    if TLS_READS.insert(&key, &read, 0).is_err() {
-        count(program::GO_TLS_READ, Counter::MapFull);
+    if TLS_READS.insert(key, read, 0).is_err() {
+        count(Program::GoTlsRead, Counter::MapFull);
     }
     0
 }
 
 /// A RET instruction of `(*Conn).Read`: RAX holds `n`.
 #[uprobe]
-pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
     let regs = unsafe { &*ctx.regs };
     let id = pid_tgid();
     let key = GoroutineKey {
@@ -115,24 +113,24 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
         g: regs.r14,
     };
     // Only watched processes' entries are stashed: a miss is an unwatched process.
-    let Some(read) = TLS_READS.get_ptr(&key).map(|r| unsafe { *r }) else {
+    let Some(read) = TLS_READS.get_ptr(key).map(|r| unsafe { *r }) else {
         return 0;
     };
-    let _ = TLS_READS.remove(&key);
+    let _ = TLS_READS.remove(key);
     let n = regs.rax as i64;
     let conn = TlsConnKey {
         tgid: key.tgid,
         _pad: 0,
         conn: read.conn,
     };
-    let prog = program::GO_TLS_READ_RET;
+    let prog = Program::GoTlsReadRet;
     // Short reads: an HTTP/2 frame header's rest or a small payload (WINDOW_UPDATE,
     // RST_STREAM), or Go's 1-byte background read of an HTTP/1 connection (see
     // `routeskew_common::READ_AHEAD`). One lookup tells them apart; longer reads get it
     // in `capture`.
     let t = Transfer {
         prog,
-        dir: direction::READ,
+        dir: Direction::Read,
         cgroup_id: read.cgroup_id,
         id,
         fd: 0,
@@ -154,7 +152,7 @@ pub fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
 
 /// Entry of `(*Conn).Close`: the end of a connection that carried captured HTTP.
 #[uprobe]
-pub fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
+pub(crate) fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
     let Some(cgroup_id) = watched_cgroup() else {
         return 0;
     };
@@ -166,31 +164,15 @@ pub fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
         conn: regs.rax,
     };
     // Connections that never carried captured HTTP are not reported.
-    let Some(flags) = TLS_CONNS.get_ptr(&key).map(|s| unsafe { (*s).flags }) else {
+    let Some(flags) = TLS_CONNS.get_ptr(key).map(|s| unsafe { (*s).flags }) else {
         return 0;
     };
-    let _ = TLS_CONNS.remove(&key);
-    let prog = program::GO_TLS_CLOSE;
-    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
-        count(prog, Counter::Lost);
-        return 0;
-    };
-    entry.write(CloseEvent {
-        header: EventHeader {
-            kind: event_kind::CLOSE,
-            tgid: key.tgid,
-            tid: id as u32,
-            program: prog,
-            cgroup_id,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
-        fd: 0,
+    let _ = TLS_CONNS.remove(key);
+    emit::close(
+        Program::GoTlsClose,
+        Owner::current(id, cgroup_id),
+        Closed::GoTls(key.conn),
         flags,
-        source: conn_source::GO_TLS,
-        _pad: 0,
-        tls_conn: key.conn,
-    });
-    entry.submit(submit_flags());
-    count(prog, Counter::Emitted);
+    );
     0
 }

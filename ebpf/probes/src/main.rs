@@ -8,6 +8,7 @@
 #![no_main]
 
 mod capture;
+mod emit;
 mod filter;
 mod gotls;
 mod maps;

@@ -6,31 +6,31 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use routeskew_common::{
-    program, Config, ConnKey, ConnState, GoroutineKey, PendingIo, ProgramCounters, SockConn,
+    Config, ConnKey, ConnState, GoroutineKey, PendingIo, Program, ProgramCounters, SockConn,
     TcpSock, TlsConnKey, TlsRead, WatchedSet,
 };
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
 /// only a placeholder.
 #[unsafe(no_mangle)]
-pub static CONFIG: Config = Config::DEFAULT;
+pub(crate) static CONFIG: Config = Config::DEFAULT;
 
 /// cgroup v2 ids of watched processes (value unused). Only consulted when
 /// `WATCHED_SET` says there are too many for it.
 #[map]
-pub static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+pub(crate) static WATCHED_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 
 /// The same ids while there are few of them, scanned linearly: an array lookup is
 /// inlined by the verifier, a hash lookup is a call plus hashing and a bucket walk.
 #[map]
-pub static WATCHED_SET: Array<WatchedSet> = Array::with_max_entries(1, 0);
+pub(crate) static WATCHED_SET: Array<WatchedSet> = Array::with_max_entries(1, 0);
 
 /// Arguments of an in-flight read/write syscall, keyed by pid_tgid. Only the classic
 /// tracepoint fallback uses it: the raw `sys_exit` program reads the arguments from the
 /// saved user registers instead. LRU so that entries of threads that never returned
 /// cannot fill it.
 #[map]
-pub static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
 
 /// Threads of watched processes that are inside close(2), keyed by pid_tgid (value: the
 /// fd), on kernels without BTF only (with BTF the registers say which syscall a thread is
@@ -38,53 +38,55 @@ pub static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries
 /// tell "the application gave up on a connect" from a failure the kernel detected (see
 /// `tcp::owner_is_closing`). LRU so that threads killed inside close(2) cannot fill it.
 #[map]
-pub static CLOSING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static CLOSING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Connections (tgid, fd) that carried a captured HTTP message.
 #[map]
-pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Connections that carried a captured HTTP message, on the socket-tracepoint path: keyed
 /// by `struct sock` address, so that a reused fd number never inherits a mark, and ended
 /// by `inet_sock_set_state` (which reports the end as a close of the recorded fd).
 #[map]
-pub static SOCK_CONNS: LruHashMap<u64, SockConn> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static SOCK_CONNS: LruHashMap<u64, SockConn> = LruHashMap::with_max_entries(65536, 0);
 
 /// Go TLS connections that carried a captured HTTP message (their upgrade mark), ended
 /// by the `crypto/tls.(*Conn).Close` uprobe. LRU: a connection Go dropped without
 /// `Close` just ages out.
 #[map]
-pub static TLS_CONNS: LruHashMap<TlsConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static TLS_CONNS: LruHashMap<TlsConnKey, ConnState> =
+    LruHashMap::with_max_entries(65536, 0);
 
 /// In-flight `crypto/tls.(*Conn).Read` calls, from the entry uprobe to the RET-site
 /// uprobes, by goroutine. LRU so that goroutines that never returned (killed process)
 /// cannot fill it.
 #[map]
-pub static TLS_READS: LruHashMap<GoroutineKey, TlsRead> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static TLS_READS: LruHashMap<GoroutineKey, TlsRead> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Outgoing TCP sockets of watched processes, keyed by `struct sock` address.
 #[map]
-pub static TCP_SOCKS: LruHashMap<u64, TcpSock> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static TCP_SOCKS: LruHashMap<u64, TcpSock> = LruHashMap::with_max_entries(16384, 0);
 
 /// Event records for the agent. The agent may resize it at load time.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]
-pub static COUNTERS: PerCpuArray<ProgramCounters> =
-    PerCpuArray::with_max_entries(program::COUNT, 0);
+pub(crate) static COUNTERS: PerCpuArray<ProgramCounters> =
+    PerCpuArray::with_max_entries(Program::COUNT, 0);
 
 /// Destination and source of a connection, as both `inet_sock_set_state` and
 /// `inet_sk_error_report` report it. The error report has no socket address, so this is
 /// how it is matched to the socket that just closed.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Tuple {
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub _pad: u16,
-    pub daddr: [u8; 16],
+pub(crate) struct Tuple {
+    pub(crate) family: u16,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) _pad: u16,
+    pub(crate) daddr: [u8; 16],
 }
 
 /// A still-connecting socket the kernel just closed without a verdict yet. A failure
@@ -93,33 +95,33 @@ pub struct Tuple {
 /// next on this CPU either claims it (the matching error report) or flushes it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SynClose {
-    pub valid: u32,
-    pub _pad: u32,
-    pub ts_ns: u64,
-    pub tuple: Tuple,
-    pub sock: TcpSock,
+pub(crate) struct SynClose {
+    pub(crate) valid: u32,
+    pub(crate) _pad: u32,
+    pub(crate) ts_ns: u64,
+    pub(crate) tuple: Tuple,
+    pub(crate) sock: TcpSock,
 }
 
 /// An error report not yet matched to a socket (kernels < 6.10 report ICMP errors before
 /// closing the socket).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SockErr {
-    pub valid: u32,
-    pub error: u32,
-    pub tuple: Tuple,
+pub(crate) struct SockErr {
+    pub(crate) valid: u32,
+    pub(crate) error: u32,
+    pub(crate) tuple: Tuple,
 }
 
 #[map]
-pub static SYN_CLOSE_SLOT: PerCpuArray<SynClose> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SYN_CLOSE_SLOT: PerCpuArray<SynClose> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static SK_ERR_SLOT: PerCpuArray<SockErr> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SK_ERR_SLOT: PerCpuArray<SockErr> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counter slots touched by programs.
 #[derive(Clone, Copy)]
-pub enum Counter {
+pub(crate) enum Counter {
     Emitted,
     Lost,
     ReadFailure,
@@ -127,8 +129,8 @@ pub enum Counter {
 }
 
 #[inline(always)]
-pub fn count(prog: u32, which: Counter) {
-    if let Some(c) = COUNTERS.get_ptr_mut(prog) {
+pub(crate) fn count(prog: Program, which: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(prog as u32) {
         // Per-CPU slot: no other writer can race with this program on this CPU.
         unsafe {
             match which {
@@ -147,7 +149,7 @@ pub fn count(prog: u32, which: Counter) {
 /// agent drains on a short timer as well, so records submitted silently still arrive
 /// within one timer period.
 #[inline(always)]
-pub fn submit_flags() -> u64 {
+pub(crate) fn submit_flags() -> u64 {
     let threshold = cfg(&CONFIG.wakeup_bytes);
     if threshold == 0 {
         return 0;
@@ -161,6 +163,6 @@ pub fn submit_flags() -> u64 {
 
 /// Reads one `u32` of `CONFIG` without letting the compiler constant-fold the placeholder.
 #[inline(always)]
-pub fn cfg(field: &u32) -> u32 {
+pub(crate) fn cfg(field: &u32) -> u32 {
     unsafe { core::ptr::read_volatile(field) }
 }

@@ -10,7 +10,7 @@ use crate::maps::cfg;
 /// a fault handler): no helper call per register. Only valid where `Config::flags` has
 /// `REGS`, i.e. the kernel has BTF.
 #[inline(always)]
-pub fn current() -> u64 {
+pub(crate) fn current() -> u64 {
     unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as u64 }
 }
 
@@ -20,7 +20,7 @@ pub fn current() -> u64 {
 /// constant it holds, as its check of the member access requires. A bad pointer reads
 /// as 0 (the verifier turns these into loads with a fault handler).
 #[inline(always)]
-pub fn load(ptr: u64, off: &u32) -> u64 {
+pub(crate) fn load(ptr: u64, off: &u32) -> u64 {
     let addr = ptr.wrapping_add(u64::from(cfg(off)));
     unsafe { core::ptr::read_volatile(addr as *const u64) }
 }
@@ -28,7 +28,7 @@ pub fn load(ptr: u64, off: &u32) -> u64 {
 /// A register from a plain `struct pt_regs *` (a raw tracepoint argument, which the
 /// verifier only knows as a number): one `bpf_probe_read_kernel`.
 #[inline(always)]
-pub fn probe(regs: u64, off: &u32) -> Option<u64> {
+pub(crate) fn probe(regs: u64, off: &u32) -> Option<u64> {
     let addr = regs.wrapping_add(u64::from(cfg(off)));
     unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
 }

@@ -10,7 +10,7 @@
 //! end of a captured connection as its close (see `tcp.rs`).
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use routeskew_common::{direction, program};
+use routeskew_common::{Direction, Program};
 
 use crate::{
     capture::{take, worth_a_look, Conn, Transfer},
@@ -23,28 +23,28 @@ const MSG_PEEK: i32 = 2;
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn rs_sock_recv(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn rs_sock_recv(ctx: RawTracePointContext) -> i32 {
     let flags = ctx.arg::<u64>(2) as i32;
     // Peeked bytes are read again by the next recv.
     if flags & MSG_PEEK == 0 {
-        on_sock_io(ctx.arg::<u64>(0), ctx.arg::<u64>(1) as i32, direction::READ);
+        on_sock_io(ctx.arg::<u64>(0), ctx.arg::<u64>(1) as i32, Direction::Read);
     }
     0
 }
 
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn rs_sock_send(ctx: RawTracePointContext) -> i32 {
     on_sock_io(
         ctx.arg::<u64>(0),
         ctx.arg::<u64>(1) as i32,
-        direction::WRITE,
+        Direction::Write,
     );
     0
 }
 
 #[inline(always)]
-fn on_sock_io(sk: u64, ret: i32, dir: u32) {
+fn on_sock_io(sk: u64, ret: i32, dir: Direction) {
     // First, for free: no lookup for EAGAIN and short transfers.
     if !worth_a_look(dir, i64::from(ret)) {
         return;
@@ -54,21 +54,22 @@ fn on_sock_io(sk: u64, ret: i32, dir: u32) {
     };
     let c = &CONFIG;
     let r = regs::current();
-    let nr = regs::load(r, &c.regs_nr_off) as u32;
+    let nr = regs::load(r, &c.regs.nr) as u32;
+    let numbers = &c.numbers;
     // Only the syscalls whose (fd, buffer) are the first two arguments; readv/writev and
     // recvmsg/sendmsg are not captured, as on the other paths.
-    let prog = if dir == direction::READ {
-        if nr == cfg(&c.nr_read) {
-            program::SYS_EXIT_READ
-        } else if nr == cfg(&c.nr_recvfrom) {
-            program::SYS_EXIT_RECVFROM
+    let prog = if dir == Direction::Read {
+        if nr == cfg(&numbers.read) {
+            Program::SysExitRead
+        } else if nr == cfg(&numbers.recvfrom) {
+            Program::SysExitRecvfrom
         } else {
             return;
         }
-    } else if nr == cfg(&c.nr_write) {
-        program::SYS_EXIT_WRITE
-    } else if nr == cfg(&c.nr_sendto) {
-        program::SYS_EXIT_SENDTO
+    } else if nr == cfg(&numbers.write) {
+        Program::SysExitWrite
+    } else if nr == cfg(&numbers.sendto) {
+        Program::SysExitSendto
     } else {
         return;
     };
@@ -77,8 +78,8 @@ fn on_sock_io(sk: u64, ret: i32, dir: u32) {
         dir,
         cgroup_id,
         id: pid_tgid(),
-        fd: regs::load(r, &c.regs_arg0_off) as u32,
-        buf: regs::load(r, &c.regs_arg1_off),
+        fd: regs::load(r, &c.regs.arg0) as u32,
+        buf: regs::load(r, &c.regs.arg1),
         ret: i64::from(ret),
         conn: Conn::Sock(sk),
     });

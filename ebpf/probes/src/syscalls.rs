@@ -21,19 +21,16 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::bpf_ktime_get_ns,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use routeskew_common::{
-    config_flags, conn_flags, conn_source, direction, event_kind, program, CloseEvent, ConnKey,
-    EventHeader, PendingIo,
-};
+use routeskew_common::{config_flags, conn_flags, ConnKey, Direction, PendingIo, Program};
 
 use crate::{
     capture::{take, worth_a_look, Conn, Transfer},
+    emit::{self, Closed, Owner},
     filter::{pid_tgid, watched_cgroup},
-    maps::{cfg, count, submit_flags, Counter, CLOSING, CONFIG, CONNS, EVENTS, PENDING_IO},
+    maps::{cfg, count, Counter, CLOSING, CONFIG, CONNS, PENDING_IO},
     regs,
 };
 
@@ -45,7 +42,7 @@ use crate::{
 /// `bpf_probe_read_kernel`: measured cheaper here than the two helper calls that get a BTF
 /// pointer to them (`regs::current()`), on a path that runs for every syscall.
 #[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn rs_sys_exit(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn rs_sys_exit(ctx: RawTracePointContext) -> i32 {
     on_raw_exit(ctx.arg::<u64>(0), ctx.arg::<i64>(1));
     0
 }
@@ -54,20 +51,21 @@ pub fn rs_sys_exit(ctx: RawTracePointContext) -> i32 {
 fn on_raw_exit(regs: u64, ret: i64) {
     let c = &CONFIG;
     // The cheapest test first: nearly every syscall system-wide leaves here.
-    let Some(nr) = regs::probe(regs, &c.regs_nr_off) else {
-        count(program::RAW_SYS_EXIT, Counter::ReadFailure);
+    let Some(nr) = regs::probe(regs, &c.regs.nr) else {
+        count(Program::RawSysExit, Counter::ReadFailure);
         return;
     };
     // arm64 keeps the number in an int followed by padding: compare the low half only.
     let nr = nr as u32;
-    let (prog, dir) = if nr == cfg(&c.nr_read) {
-        (program::SYS_EXIT_READ, direction::READ)
-    } else if nr == cfg(&c.nr_write) {
-        (program::SYS_EXIT_WRITE, direction::WRITE)
-    } else if nr == cfg(&c.nr_recvfrom) {
-        (program::SYS_EXIT_RECVFROM, direction::READ)
-    } else if nr == cfg(&c.nr_sendto) {
-        (program::SYS_EXIT_SENDTO, direction::WRITE)
+    let numbers = &c.numbers;
+    let (prog, dir) = if nr == cfg(&numbers.read) {
+        (Program::SysExitRead, Direction::Read)
+    } else if nr == cfg(&numbers.write) {
+        (Program::SysExitWrite, Direction::Write)
+    } else if nr == cfg(&numbers.recvfrom) {
+        (Program::SysExitRecvfrom, Direction::Read)
+    } else if nr == cfg(&numbers.sendto) {
+        (Program::SysExitSendto, Direction::Write)
     } else {
         // close(2) needs nothing here: the close event is sent at entry, and this path
         // always has BTF, so `inet_sock_set_state` reads the registers instead of a mark.
@@ -81,10 +79,10 @@ fn on_raw_exit(regs: u64, ret: i64) {
         return;
     };
     let (Some(fd), Some(buf)) = (
-        regs::probe(regs, &c.regs_arg0_off),
-        regs::probe(regs, &c.regs_arg1_off),
+        regs::probe(regs, &c.regs.arg0),
+        regs::probe(regs, &c.regs.arg1),
     ) else {
-        count(program::RAW_SYS_EXIT, Counter::ReadFailure);
+        count(Program::RawSysExit, Counter::ReadFailure);
         return;
     };
     let (id, fd) = (pid_tgid(), fd as u32);
@@ -109,8 +107,8 @@ fn on_raw_exit(regs: u64, ret: i64) {
 #[inline(always)]
 fn end_close_mark() {
     let id = pid_tgid();
-    if unsafe { CLOSING.get(&id) }.is_some() {
-        let _ = CLOSING.remove(&id);
+    if unsafe { CLOSING.get(id) }.is_some() {
+        let _ = CLOSING.remove(id);
     }
 }
 
@@ -119,55 +117,55 @@ fn end_close_mark() {
 // ---------------------------------------------------------------------------------------
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn rs_enter_read(ctx: TracePointContext) -> u32 {
-    on_enter(&ctx, program::SYS_ENTER_READ);
+pub(crate) fn rs_enter_read(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Program::SysEnterRead);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
-pub fn rs_exit_read(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, program::SYS_EXIT_READ, direction::READ);
+pub(crate) fn rs_exit_read(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx, Program::SysExitRead, Direction::Read);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn rs_enter_write(ctx: TracePointContext) -> u32 {
-    on_enter(&ctx, program::SYS_ENTER_WRITE);
+pub(crate) fn rs_enter_write(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Program::SysEnterWrite);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_write")]
-pub fn rs_exit_write(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, program::SYS_EXIT_WRITE, direction::WRITE);
+pub(crate) fn rs_exit_write(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx, Program::SysExitWrite, Direction::Write);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
-pub fn rs_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    on_enter(&ctx, program::SYS_ENTER_RECVFROM);
+pub(crate) fn rs_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Program::SysEnterRecvfrom);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
-pub fn rs_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, program::SYS_EXIT_RECVFROM, direction::READ);
+pub(crate) fn rs_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx, Program::SysExitRecvfrom, Direction::Read);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn rs_enter_sendto(ctx: TracePointContext) -> u32 {
-    on_enter(&ctx, program::SYS_ENTER_SENDTO);
+pub(crate) fn rs_enter_sendto(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Program::SysEnterSendto);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
-pub fn rs_exit_sendto(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx, program::SYS_EXIT_SENDTO, direction::WRITE);
+pub(crate) fn rs_exit_sendto(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx, Program::SysExitSendto, Direction::Write);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_close")]
-pub fn rs_exit_close(_ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_exit_close(_ctx: TracePointContext) -> u32 {
     end_close_mark();
     0
 }
@@ -175,17 +173,17 @@ pub fn rs_exit_close(_ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn read_fd(ctx: &TracePointContext) -> Option<u32> {
     // Syscall arguments are stored as 8-byte words; the fd is the low half.
-    let fd: u64 = unsafe { ctx.read_at(cfg(&CONFIG.sys_enter_fd_off) as usize) }.ok()?;
+    let fd: u64 = unsafe { ctx.read_at(cfg(&CONFIG.syscalls.enter_fd) as usize) }.ok()?;
     Some(fd as u32)
 }
 
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, prog: u32) {
+fn on_enter(ctx: &TracePointContext, prog: Program) {
     if watched_cgroup().is_none() {
         return;
     }
     let Some(fd) = read_fd(ctx) else { return };
-    let Ok(buf) = (unsafe { ctx.read_at::<u64>(cfg(&CONFIG.sys_enter_buf_off) as usize) }) else {
+    let Ok(buf) = (unsafe { ctx.read_at::<u64>(cfg(&CONFIG.syscalls.enter_buf) as usize) }) else {
         return;
     };
     let pending = PendingIo { buf, fd, _pad: 0 };
@@ -198,7 +196,7 @@ fn on_enter(ctx: &TracePointContext, prog: u32) {
 }
 
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
+fn on_exit(ctx: &TracePointContext, prog: Program, dir: Direction) {
     let Some(cgroup_id) = watched_cgroup() else {
         return;
     };
@@ -212,7 +210,7 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
     if pending.buf == 0 {
         return;
     }
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(cfg(&CONFIG.sys_exit_ret_off) as usize) }) else {
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(cfg(&CONFIG.syscalls.exit_ret) as usize) }) else {
         return;
     };
     if !worth_a_look(dir, ret) {
@@ -235,14 +233,14 @@ fn on_exit(ctx: &TracePointContext, prog: u32, dir: u32) {
 
 /// `syscalls/sys_enter_close`, on both syscall paths (see the module comment).
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn rs_enter_close(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_enter_close(ctx: TracePointContext) -> u32 {
     on_close(&ctx);
     0
 }
 
 #[inline(always)]
 fn on_close(ctx: &TracePointContext) {
-    let prog = program::SYS_ENTER_CLOSE;
+    let prog = Program::SysEnterClose;
     let Some(cgroup_id) = watched_cgroup() else {
         return;
     };
@@ -250,7 +248,7 @@ fn on_close(ctx: &TracePointContext) {
     let id = pid_tgid();
     // With BTF, inet_sock_set_state reads the registers instead.
     if cfg(&CONFIG.flags) & config_flags::REGS == 0
-        && CLOSING.insert(&id, &fd, u64::from(BPF_ANY)).is_err()
+        && CLOSING.insert(id, fd, u64::from(BPF_ANY)).is_err()
     {
         count(prog, Counter::MapFull);
     }
@@ -264,25 +262,5 @@ fn on_close(ctx: &TracePointContext) {
     if flags & conn_flags::CIPHER != 0 {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
-        count(prog, Counter::Lost);
-        return;
-    };
-    entry.write(CloseEvent {
-        header: EventHeader {
-            kind: event_kind::CLOSE,
-            tgid: (id >> 32) as u32,
-            tid: id as u32,
-            program: prog,
-            cgroup_id,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
-        fd,
-        flags,
-        source: conn_source::FD,
-        _pad: 0,
-        tls_conn: 0,
-    });
-    entry.submit(submit_flags());
-    count(prog, Counter::Emitted);
+    emit::close(prog, Owner::current(id, cgroup_id), Closed::Fd(fd), flags);
 }

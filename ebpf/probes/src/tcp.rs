@@ -16,19 +16,17 @@
 //! (`SOCK_CONNS`, keyed by socket so that a reused fd number never inherits a mark): that
 //! path has no close(2) hook, so the socket's end is reported as the close of its fd.
 
-use aya_ebpf::{
-    bindings::BPF_ANY, helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
-};
+use aya_ebpf::{bindings::BPF_ANY, macros::tracepoint, programs::TracePointContext};
 use routeskew_common::{
-    config_flags, conn_flags, conn_source, event_kind, program, upstream_reason, CloseEvent,
-    EventHeader, TcpSock, UpstreamEvent,
+    config_flags, conn_flags, Program, RecordKind, TcpSock, UpstreamEvent, UpstreamReason,
 };
 
 use crate::{
+    emit::{self, header, now, Closed, Owner},
     filter::{pid_tgid, watched_cgroup},
     maps::{
-        cfg, count, submit_flags, Counter, SockErr, SynClose, Tuple, CLOSING, CONFIG, EVENTS,
-        SK_ERR_SLOT, SOCK_CONNS, SYN_CLOSE_SLOT, TCP_SOCKS,
+        cfg, count, Counter, SockErr, SynClose, Tuple, CLOSING, CONFIG, SK_ERR_SLOT, SOCK_CONNS,
+        SYN_CLOSE_SLOT, TCP_SOCKS,
     },
     regs,
 };
@@ -49,19 +47,19 @@ const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn rs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     on_set_state(&ctx);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn rs_tcp_receive_reset(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_tcp_receive_reset(ctx: TracePointContext) -> u32 {
     on_receive_reset(&ctx);
     0
 }
 
 #[tracepoint(category = "sock", name = "inet_sk_error_report")]
-pub fn rs_inet_sk_error_report(ctx: TracePointContext) -> u32 {
+pub(crate) fn rs_inet_sk_error_report(ctx: TracePointContext) -> u32 {
     on_error_report(&ctx);
     0
 }
@@ -107,54 +105,46 @@ fn same_tuple(a: &Tuple, b: &Tuple) -> bool {
 }
 
 #[inline(always)]
-fn reason_for(error: i32) -> u32 {
+fn reason_for(error: i32) -> UpstreamReason {
     match error {
-        ECONNREFUSED => upstream_reason::REFUSED,
-        EHOSTUNREACH | ENETUNREACH => upstream_reason::UNREACHABLE,
-        ECONNRESET => upstream_reason::RESET,
-        ETIMEDOUT => upstream_reason::TIMEOUT,
+        ECONNREFUSED => UpstreamReason::Refused,
+        EHOSTUNREACH | ENETUNREACH => UpstreamReason::Unreachable,
+        ECONNRESET => UpstreamReason::Reset,
+        ETIMEDOUT => UpstreamReason::Timeout,
         // Errors that only say the connect was abandoned (ECONNABORTED
         // from a socket kill, ...): the errno field keeps the detail.
-        _ => upstream_reason::TIMEOUT,
+        _ => UpstreamReason::Timeout,
     }
 }
 
+/// Reports a failure of `sock`, on behalf of the process that called connect().
 #[inline(always)]
-fn emit_upstream(prog: u32, sock: &TcpSock, reason: u32, errno: i32, ts_ns: u64) {
-    let Some(mut entry) = EVENTS.reserve::<UpstreamEvent>(0) else {
-        count(prog, Counter::Lost);
-        return;
-    };
-    entry.write(UpstreamEvent {
-        header: EventHeader {
-            kind: event_kind::UPSTREAM,
-            tgid: sock.tgid,
-            tid: 0,
-            program: prog,
-            cgroup_id: sock.cgroup_id,
-            ts_ns,
+fn emit_upstream(prog: Program, sock: &TcpSock, reason: UpstreamReason, errno: i32, ts_ns: u64) {
+    let owner = Owner::recorded(sock.tgid, sock.cgroup_id);
+    emit::send(
+        prog,
+        UpstreamEvent {
+            header: header(RecordKind::Upstream, prog, owner, ts_ns),
+            reason: reason as u32,
+            errno: errno as u32,
+            family: sock.family,
+            dport: sock.dport,
+            _pad: 0,
+            daddr: sock.daddr,
         },
-        reason,
-        errno: errno as u32,
-        family: sock.family,
-        dport: sock.dport,
-        _pad: 0,
-        daddr: sock.daddr,
-    });
-    entry.submit(submit_flags());
-    count(prog, Counter::Emitted);
+    );
 }
 
 /// Emits a parked still-connecting close that no error report claimed: the application
 /// (or the kernel, without an error) abandoned the connect.
 #[inline(always)]
-fn flush_syn_close(prog: u32) {
+fn flush_syn_close(prog: Program) {
     if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {
         unsafe {
             if (*slot).valid != 0 {
                 (*slot).valid = 0;
                 let sock = (*slot).sock;
-                emit_upstream(prog, &sock, upstream_reason::TIMEOUT, 0, (*slot).ts_ns);
+                emit_upstream(prog, &sock, UpstreamReason::Timeout, 0, (*slot).ts_ns);
             }
         }
     }
@@ -172,9 +162,9 @@ fn owner_is_closing(tgid: u32) -> bool {
     if cfg(&c.flags) & config_flags::REGS != 0 {
         // The syscall this thread is in, from its saved registers (the number is not
         // replaced by a return value before the syscall ends).
-        regs::load(regs::current(), &c.regs_nr_off) as u32 == cfg(&c.nr_close)
+        regs::load(regs::current(), &c.regs.nr) as u32 == cfg(&c.numbers.close)
     } else {
-        unsafe { CLOSING.get(&id) }.is_some()
+        unsafe { CLOSING.get(id) }.is_some()
     }
 }
 
@@ -196,49 +186,33 @@ fn end_sock_conn(skaddr: u64, new: u32) {
     if conn.flags & conn_flags::CIPHER != 0 {
         return;
     }
-    let prog = program::INET_SOCK_SET_STATE;
-    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
-        count(prog, Counter::Lost);
-        return;
-    };
-    entry.write(CloseEvent {
-        header: EventHeader {
-            kind: event_kind::CLOSE,
-            tgid: conn.tgid,
-            tid: 0,
-            program: prog,
-            // Recorded at capture: the current task may be any (softirq).
-            cgroup_id: conn.cgroup_id,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
-        fd: conn.fd,
-        flags: conn.flags,
-        source: conn_source::FD,
-        _pad: 0,
-        tls_conn: 0,
-    });
-    entry.submit(submit_flags());
-    count(prog, Counter::Emitted);
+    // Owner recorded at capture: the current task may be any (softirq).
+    emit::close(
+        Program::InetSockSetState,
+        Owner::recorded(conn.tgid, conn.cgroup_id),
+        Closed::Fd(conn.fd),
+        conn.flags,
+    );
 }
 
 #[inline(always)]
 fn on_set_state(ctx: &TracePointContext) {
-    let prog = program::INET_SOCK_SET_STATE;
-    let c = &CONFIG;
-    let Some(protocol) = read::<u16>(ctx, &c.sss_protocol_off) else {
+    let prog = Program::InetSockSetState;
+    let f = &CONFIG.set_state;
+    let Some(protocol) = read::<u16>(ctx, &f.protocol) else {
         return;
     };
     if protocol != IPPROTO_TCP {
         return;
     }
     flush_syn_close(prog);
-    let Some(skaddr) = read::<u64>(ctx, &c.sss_skaddr_off) else {
+    let Some(skaddr) = read::<u64>(ctx, &f.skaddr) else {
         return;
     };
-    let Some(old) = read::<i32>(ctx, &c.sss_oldstate_off) else {
+    let Some(old) = read::<i32>(ctx, &f.oldstate) else {
         return;
     };
-    let Some(new) = read::<i32>(ctx, &c.sss_newstate_off) else {
+    let Some(new) = read::<i32>(ctx, &f.newstate) else {
         return;
     };
     let (old, new) = (old as u32, new as u32);
@@ -261,11 +235,11 @@ fn on_set_state(ctx: &TracePointContext) {
         return;
     }
     // The source port is only chosen after the SYN_SENT transition, so it is read now.
-    let Some(sport) = read::<u16>(ctx, &c.sss_sport_off) else {
+    let Some(sport) = read::<u16>(ctx, &f.sport) else {
         return;
     };
     let t = tuple(sock.family, sport, sock.dport, &sock.daddr);
-    let now = unsafe { bpf_ktime_get_ns() };
+    let ts_ns = now();
 
     if let Some(slot) = SK_ERR_SLOT.get_ptr_mut(0) {
         unsafe {
@@ -273,14 +247,14 @@ fn on_set_state(ctx: &TracePointContext) {
                 (*slot).valid = 0;
                 if same_tuple(&(*slot).tuple, &t) {
                     let error = (*slot).error as i32;
-                    emit_upstream(prog, &sock, reason_for(error), error, now);
+                    emit_upstream(prog, &sock, reason_for(error), error, ts_ns);
                     return;
                 }
             }
         }
     }
     if owner_is_closing(sock.tgid) {
-        emit_upstream(prog, &sock, upstream_reason::TIMEOUT, 0, now);
+        emit_upstream(prog, &sock, UpstreamReason::Timeout, 0, ts_ns);
         return;
     }
     if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {
@@ -288,7 +262,7 @@ fn on_set_state(ctx: &TracePointContext) {
             slot.write(SynClose {
                 valid: 1,
                 _pad: 0,
-                ts_ns: now,
+                ts_ns,
                 tuple: t,
                 sock,
             });
@@ -301,17 +275,17 @@ fn track_connect(ctx: &TracePointContext, skaddr: u64) {
     let Some(cgroup_id) = watched_cgroup() else {
         return;
     };
-    let c = &CONFIG;
-    let Some(family) = read::<u16>(ctx, &c.sss_family_off) else {
+    let f = &CONFIG.set_state;
+    let Some(family) = read::<u16>(ctx, &f.family) else {
         return;
     };
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let Some(dport) = read::<u16>(ctx, &c.sss_dport_off) else {
+    let Some(dport) = read::<u16>(ctx, &f.dport) else {
         return;
     };
-    let daddr = read_daddr(ctx, family, &c.sss_daddr_off, &c.sss_daddr_v6_off);
+    let daddr = read_daddr(ctx, family, &f.daddr, &f.daddr_v6);
     let sock = TcpSock {
         cgroup_id,
         tgid: (pid_tgid() >> 32) as u32,
@@ -322,13 +296,13 @@ fn track_connect(ctx: &TracePointContext, skaddr: u64) {
         daddr,
     };
     if TCP_SOCKS.insert(skaddr, sock, u64::from(BPF_ANY)).is_err() {
-        count(program::INET_SOCK_SET_STATE, Counter::MapFull);
+        count(Program::InetSockSetState, Counter::MapFull);
     }
 }
 
 #[inline(always)]
 fn on_receive_reset(ctx: &TracePointContext) {
-    let Some(skaddr) = read::<u64>(ctx, &CONFIG.trr_skaddr_off) else {
+    let Some(skaddr) = read::<u64>(ctx, &CONFIG.receive_reset.skaddr) else {
         return;
     };
     let Some(s) = TCP_SOCKS.get_ptr_mut(skaddr) else {
@@ -339,39 +313,37 @@ fn on_receive_reset(ctx: &TracePointContext) {
         return;
     }
     let (reason, errno) = match sock.state {
-        TCP_SYN_SENT => (upstream_reason::REFUSED, ECONNREFUSED),
-        TCP_ESTABLISHED => (upstream_reason::RESET, ECONNRESET),
+        TCP_SYN_SENT => (UpstreamReason::Refused, ECONNREFUSED),
+        TCP_ESTABLISHED => (UpstreamReason::Reset, ECONNRESET),
         _ => return,
     };
     unsafe { (*s).reported = 1 };
-    emit_upstream(program::TCP_RECEIVE_RESET, &sock, reason, errno, unsafe {
-        bpf_ktime_get_ns()
-    });
+    emit_upstream(Program::TcpReceiveReset, &sock, reason, errno, now());
 }
 
 #[inline(always)]
 fn on_error_report(ctx: &TracePointContext) {
-    let prog = program::INET_SK_ERROR_REPORT;
-    let c = &CONFIG;
-    let Some(protocol) = read::<u16>(ctx, &c.ser_protocol_off) else {
+    let prog = Program::InetSkErrorReport;
+    let f = &CONFIG.error_report;
+    let Some(protocol) = read::<u16>(ctx, &f.protocol) else {
         return;
     };
     if protocol != IPPROTO_TCP {
         return;
     }
-    let Some(error) = read::<i32>(ctx, &c.ser_error_off) else {
+    let Some(error) = read::<i32>(ctx, &f.error) else {
         return;
     };
-    let Some(family) = read::<u16>(ctx, &c.ser_family_off) else {
+    let Some(family) = read::<u16>(ctx, &f.family) else {
         return;
     };
-    let Some(sport) = read::<u16>(ctx, &c.ser_sport_off) else {
+    let Some(sport) = read::<u16>(ctx, &f.sport) else {
         return;
     };
-    let Some(dport) = read::<u16>(ctx, &c.ser_dport_off) else {
+    let Some(dport) = read::<u16>(ctx, &f.dport) else {
         return;
     };
-    let daddr = read_daddr(ctx, family, &c.ser_daddr_off, &c.ser_daddr_v6_off);
+    let daddr = read_daddr(ctx, family, &f.daddr, &f.daddr_v6);
     let t = tuple(family, sport, dport, &daddr);
 
     if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {
@@ -380,11 +352,10 @@ fn on_error_report(ctx: &TracePointContext) {
                 (*slot).valid = 0;
                 let sock = (*slot).sock;
                 if same_tuple(&(*slot).tuple, &t) {
-                    let now = bpf_ktime_get_ns();
-                    emit_upstream(prog, &sock, reason_for(error), error, now);
+                    emit_upstream(prog, &sock, reason_for(error), error, now());
                     return;
                 }
-                emit_upstream(prog, &sock, upstream_reason::TIMEOUT, 0, (*slot).ts_ns);
+                emit_upstream(prog, &sock, UpstreamReason::Timeout, 0, (*slot).ts_ns);
             }
         }
     }

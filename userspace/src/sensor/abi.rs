@@ -2,6 +2,9 @@
 //! and where the syscall number and first two arguments sit in the saved user registers
 //! (`struct pt_regs`), and the pointer chain from a task to its cgroup id. The numbers
 //! are fixed per architecture; the offsets are read from the running kernel's BTF.
+//! The results are the kernel configuration's own types, copied into it as they are.
+
+pub use routeskew_common::{CgroupChain, RegOffsets, SyscallNumbers};
 
 use super::btf::{Btf, BtfError};
 
@@ -27,11 +30,7 @@ pub struct SyscallAbi {
     pub arg0: RegSlot,
     /// Second argument (the buffer).
     pub arg1: RegSlot,
-    pub read: u32,
-    pub write: u32,
-    pub close: u32,
-    pub recvfrom: u32,
-    pub sendto: u32,
+    pub numbers: SyscallNumbers,
 }
 
 /// x86-64: the kernel saves rdi/rsi on entry and never writes them back; rax becomes the
@@ -41,11 +40,13 @@ pub const X86_64: SyscallAbi = SyscallAbi {
     nr: slot("orig_ax", 0),
     arg0: slot("di", 0),
     arg1: slot("si", 0),
-    read: 0,
-    write: 1,
-    close: 3,
-    recvfrom: 45,
-    sendto: 44,
+    numbers: SyscallNumbers {
+        read: 0,
+        write: 1,
+        close: 3,
+        recvfrom: 45,
+        sendto: 44,
+    },
 };
 
 /// arm64: x0 is both the first argument and the return value, so the argument survives
@@ -55,11 +56,13 @@ pub const AARCH64: SyscallAbi = SyscallAbi {
     nr: slot("syscallno", 0),
     arg0: slot("orig_x0", 0),
     arg1: slot("regs", 8),
-    read: 63,
-    write: 64,
-    close: 57,
-    recvfrom: 207,
-    sendto: 206,
+    numbers: SyscallNumbers {
+        read: 63,
+        write: 64,
+        close: 57,
+        recvfrom: 207,
+        sendto: 206,
+    },
 };
 
 /// The convention of the architecture this agent was built for, if the raw path knows it.
@@ -76,14 +79,6 @@ pub fn native() -> Option<&'static SyscallAbi> {
     {
         None
     }
-}
-
-/// Byte offsets in `struct pt_regs` of the syscall number and the first two arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegOffsets {
-    pub nr: u32,
-    pub arg0: u32,
-    pub arg1: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,7 +101,8 @@ pub enum AbiError {
     },
 }
 
-/// Resolves `abi`'s register slots in a kernel's BTF.
+/// Resolves `abi`'s register slots (byte offsets in `struct pt_regs` of the syscall
+/// number and the first two arguments) in a kernel's BTF.
 pub fn reg_offsets(btf: &Btf<'_>, abi: &SyscallAbi) -> Result<RegOffsets, AbiError> {
     // The program reads 8 bytes at each offset. The number may be a 4-byte int (arm64)
     // as long as 8 bytes from it stay inside the struct: only its low half is compared.
@@ -147,17 +143,9 @@ pub fn reg_offsets(btf: &Btf<'_>, abi: &SyscallAbi) -> Result<RegOffsets, AbiErr
     })
 }
 
-/// Offsets of the pointer chain from the current task to its cgroup v2 id:
-/// `task_struct.cgroups -> css_set.dfl_cgrp -> cgroup.kn -> kernfs_node.id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupChain {
-    pub task_cgroups: u32,
-    pub css_set_dfl_cgrp: u32,
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
-}
-
-/// Resolves [`CgroupChain`] in a kernel's BTF. Every link is read as 8 bytes.
+/// Resolves the offsets of the pointer chain from the current task to its cgroup v2 id
+/// (`task_struct.cgroups -> css_set.dfl_cgrp -> cgroup.kn -> kernfs_node.id`) in a
+/// kernel's BTF. Every link is read as 8 bytes.
 pub fn cgroup_chain(btf: &Btf<'_>) -> Result<CgroupChain, AbiError> {
     let link = |strukt: &'static str, member: &'static str| -> Result<u32, AbiError> {
         let m = btf.member(strukt, member)?;
@@ -230,11 +218,12 @@ mod tests {
         #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         {
             assert_eq!(native(), Some(&abi));
-            assert_eq!(libc::c_long::from(abi.read), libc::SYS_read);
-            assert_eq!(libc::c_long::from(abi.write), libc::SYS_write);
-            assert_eq!(libc::c_long::from(abi.close), libc::SYS_close);
-            assert_eq!(libc::c_long::from(abi.recvfrom), libc::SYS_recvfrom);
-            assert_eq!(libc::c_long::from(abi.sendto), libc::SYS_sendto);
+            let n = abi.numbers;
+            assert_eq!(libc::c_long::from(n.read), libc::SYS_read);
+            assert_eq!(libc::c_long::from(n.write), libc::SYS_write);
+            assert_eq!(libc::c_long::from(n.close), libc::SYS_close);
+            assert_eq!(libc::c_long::from(n.recvfrom), libc::SYS_recvfrom);
+            assert_eq!(libc::c_long::from(n.sendto), libc::SYS_sendto);
         }
     }
 

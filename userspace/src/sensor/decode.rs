@@ -10,8 +10,8 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 use routeskew_common::{
-    conn_flags, conn_source, direction, event_kind, upstream_reason, CloseEvent, DataEvent,
-    EventHeader, UpstreamEvent, DATA_CAP, READ_AHEAD,
+    conn_flags, CloseEvent, ConnSource, DataEvent, Direction as WireDirection, EventHeader,
+    RecordKind, UnknownValue, UpstreamEvent, UpstreamReason, DATA_CAP, READ_AHEAD,
 };
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
@@ -27,20 +27,19 @@ pub enum DecodeError {
         len: usize,
         needed: usize,
     },
-    #[error("unknown record kind {0}")]
-    UnknownKind(u32),
-    #[error("unknown data direction {0}")]
-    UnknownDirection(u32),
+    /// A discriminant (record kind, direction, connection source, failure reason) the
+    /// agent does not know.
+    #[error(transparent)]
+    Unknown {
+        #[from]
+        source: UnknownValue,
+    },
     #[error("captured length {captured} exceeds the buffer ({cap}) or the transfer ({total})")]
     CapturedLen {
         captured: u32,
         total: u64,
         cap: usize,
     },
-    #[error("unknown upstream failure reason {0}")]
-    UnknownReason(u32),
-    #[error("unknown connection source {0}")]
-    UnknownSource(u32),
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -111,11 +110,10 @@ fn decode_with(rec: &[u8], arena: &mut BytesMut) -> Result<Event, DecodeError> {
         cgroup_id: u64_at(rec, offset_of!(EventHeader, cgroup_id)),
     };
     let ts_ns = u64_at(rec, offset_of!(EventHeader, ts_ns));
-    let kind = match kind {
-        event_kind::DATA => decode_data(rec, arena)?,
-        event_kind::CLOSE => decode_close(rec)?,
-        event_kind::UPSTREAM => decode_upstream(rec)?,
-        other => return Err(DecodeError::UnknownKind(other)),
+    let kind = match RecordKind::try_from(kind)? {
+        RecordKind::Data => decode_data(rec, arena)?,
+        RecordKind::Close => decode_close(rec)?,
+        RecordKind::Upstream => decode_upstream(rec)?,
     };
     Ok(Event {
         ts_ns,
@@ -126,10 +124,9 @@ fn decode_with(rec: &[u8], arena: &mut BytesMut) -> Result<Event, DecodeError> {
 
 fn decode_data(rec: &[u8], arena: &mut BytesMut) -> Result<EventKind, DecodeError> {
     need("data record", rec, size_of::<DataEvent>())?;
-    let direction = match u32_at(rec, offset_of!(DataEvent, direction)) {
-        direction::READ => Direction::Read,
-        direction::WRITE => Direction::Write,
-        other => return Err(DecodeError::UnknownDirection(other)),
+    let direction = match WireDirection::try_from(u32_at(rec, offset_of!(DataEvent, direction)))? {
+        WireDirection::Read => Direction::Read,
+        WireDirection::Write => Direction::Write,
     };
     let total_len = u64_at(rec, offset_of!(DataEvent, total_len));
     let captured = u32_at(rec, offset_of!(DataEvent, captured_len));
@@ -171,21 +168,19 @@ fn decode_close(rec: &[u8]) -> Result<EventKind, DecodeError> {
 }
 
 fn conn_id(source: u32, fd: u32, tls_conn: u64) -> Result<ConnId, DecodeError> {
-    match source {
-        conn_source::FD => Ok(ConnId::Fd(fd)),
-        conn_source::GO_TLS => Ok(ConnId::GoTls(tls_conn)),
-        other => Err(DecodeError::UnknownSource(other)),
-    }
+    Ok(match ConnSource::try_from(source)? {
+        ConnSource::Fd => ConnId::Fd(fd),
+        ConnSource::GoTls => ConnId::GoTls(tls_conn),
+    })
 }
 
 fn decode_upstream(rec: &[u8]) -> Result<EventKind, DecodeError> {
     need("upstream record", rec, size_of::<UpstreamEvent>())?;
-    let reason = match u32_at(rec, offset_of!(UpstreamEvent, reason)) {
-        upstream_reason::REFUSED => UpstreamFailureReason::Refused,
-        upstream_reason::TIMEOUT => UpstreamFailureReason::Timeout,
-        upstream_reason::UNREACHABLE => UpstreamFailureReason::Unreachable,
-        upstream_reason::RESET => UpstreamFailureReason::Reset,
-        other => return Err(DecodeError::UnknownReason(other)),
+    let reason = match UpstreamReason::try_from(u32_at(rec, offset_of!(UpstreamEvent, reason)))? {
+        UpstreamReason::Refused => UpstreamFailureReason::Refused,
+        UpstreamReason::Timeout => UpstreamFailureReason::Timeout,
+        UpstreamReason::Unreachable => UpstreamFailureReason::Unreachable,
+        UpstreamReason::Reset => UpstreamFailureReason::Reset,
     };
     let family = u16_at(rec, offset_of!(UpstreamEvent, family));
     let port = u16_at(rec, offset_of!(UpstreamEvent, dport));
@@ -221,13 +216,19 @@ mod tests {
         Decoder::default().decode(rec)
     }
 
+    fn unknown(what: &'static str, value: u32) -> DecodeError {
+        DecodeError::Unknown {
+            source: UnknownValue { what, value },
+        }
+    }
+
     #[test]
     fn events_share_the_arena_and_keep_their_bytes() {
         let mut d = Decoder::default();
         let a = d
-            .decode(&bytes_of(&data_event(24, 300, direction::WRITE)))
+            .decode(&bytes_of(&data_event(24, 300, WireDirection::Write)))
             .expect("decode");
-        let mut second = data_event(14, 14, direction::READ);
+        let mut second = data_event(14, 14, WireDirection::Read);
         second.data[..14].copy_from_slice(b"GET / HTTP/1.1");
         let b = d.decode(&bytes_of(&second)).expect("decode");
         let bytes = |e: &Event| match &e.kind {
@@ -247,7 +248,7 @@ mod tests {
             d.decode(&bytes_of(&data_event(
                 DATA_CAP as u32,
                 5000,
-                direction::WRITE,
+                WireDirection::Write,
             )))
             .expect("decode");
         }
@@ -272,17 +273,17 @@ mod tests {
         }
     }
 
-    fn data_event(captured: u32, total: u64, dir: u32) -> DataEvent {
+    fn data_event(captured: u32, total: u64, dir: WireDirection) -> DataEvent {
         let mut data = [0xAAu8; DATA_CAP];
         let msg = b"HTTP/1.1 404 Not Found\r\n";
         data[..msg.len()].copy_from_slice(msg);
         DataEvent {
-            header: header(event_kind::DATA),
+            header: header(RecordKind::Data as u32),
             fd: 9,
-            direction: dir,
+            direction: dir as u32,
             total_len: total,
             captured_len: captured,
-            source: conn_source::FD,
+            source: ConnSource::Fd as u32,
             tls_conn: 0,
             ahead: 0,
             _pad: 0,
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn data_record() {
-        let ev = decode(&bytes_of(&data_event(24, 300, direction::WRITE))).expect("decode");
+        let ev = decode(&bytes_of(&data_event(24, 300, WireDirection::Write))).expect("decode");
         assert_eq!(ev.ts_ns, 123_456);
         assert_eq!(
             ev.origin,
@@ -310,7 +311,7 @@ mod tests {
                 bytes: Bytes::from_static(b"HTTP/1.1 404 Not Found\r\n"),
             }
         );
-        let ev = decode(&bytes_of(&data_event(4, 4, direction::READ))).expect("decode");
+        let ev = decode(&bytes_of(&data_event(4, 4, WireDirection::Read))).expect("decode");
         assert!(matches!(
             ev.kind,
             EventKind::Data { direction: Direction::Read, ref bytes, .. } if bytes.as_ref() == b"HTTP"
@@ -319,7 +320,7 @@ mod tests {
         // A plaintext request whose first byte came in an earlier 1-byte read(2).
         let mut ahead = DataEvent {
             ahead: READ_AHEAD | u32::from(b'G'),
-            ..data_event(13, 13, direction::READ)
+            ..data_event(13, 13, WireDirection::Read)
         };
         ahead.data[..13].copy_from_slice(b"ET / HTTP/1.1");
         assert_eq!(
@@ -336,9 +337,9 @@ mod tests {
     #[test]
     fn tls_records_name_the_tls_conn() {
         let rec = DataEvent {
-            source: conn_source::GO_TLS,
+            source: ConnSource::GoTls as u32,
             tls_conn: 0xc000_1234_5678,
-            ..data_event(24, 300, direction::READ)
+            ..data_event(24, 300, WireDirection::Read)
         };
         let ev = decode(&bytes_of(&rec)).expect("decode");
         assert!(matches!(
@@ -350,10 +351,10 @@ mod tests {
             }
         ));
         let close = CloseEvent {
-            header: header(event_kind::CLOSE),
+            header: header(RecordKind::Close as u32),
             fd: 0,
             flags: 0,
-            source: conn_source::GO_TLS,
+            source: ConnSource::GoTls as u32,
             _pad: 0,
             tls_conn: 0xc000_0000_0040,
         };
@@ -367,9 +368,9 @@ mod tests {
         // A request whose first byte came in an earlier 1-byte Read.
         let mut ahead = DataEvent {
             ahead: READ_AHEAD | u32::from(b'G'),
-            source: conn_source::GO_TLS,
+            source: ConnSource::GoTls as u32,
             tls_conn: 0xc000_1234_5678,
-            ..data_event(13, 400, direction::READ)
+            ..data_event(13, 400, WireDirection::Read)
         };
         ahead.data[..13].copy_from_slice(b"ET / HTTP/1.1");
         assert_eq!(
@@ -383,9 +384,9 @@ mod tests {
         );
         let bad = DataEvent {
             source: 9,
-            ..data_event(24, 300, direction::READ)
+            ..data_event(24, 300, WireDirection::Read)
         };
-        assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::UnknownSource(9)));
+        assert_eq!(decode(&bytes_of(&bad)), Err(unknown("ConnSource", 9)));
     }
 
     #[test]
@@ -393,7 +394,7 @@ mod tests {
         let ev = decode(&bytes_of(&data_event(
             DATA_CAP as u32,
             5000,
-            direction::READ,
+            WireDirection::Read,
         )))
         .expect("decode");
         assert!(matches!(ev.kind, EventKind::Data { ref bytes, .. } if bytes.len() == DATA_CAP));
@@ -401,21 +402,25 @@ mod tests {
 
     #[test]
     fn bad_data_records() {
-        let over = data_event(DATA_CAP as u32 + 1, 5000, direction::READ);
+        let over = data_event(DATA_CAP as u32 + 1, 5000, WireDirection::Read);
         assert!(matches!(
             decode(&bytes_of(&over)),
             Err(DecodeError::CapturedLen { .. })
         ));
-        let beyond_total = data_event(30, 20, direction::READ);
+        let beyond_total = data_event(30, 20, WireDirection::Read);
         assert!(matches!(
             decode(&bytes_of(&beyond_total)),
             Err(DecodeError::CapturedLen { .. })
         ));
+        let bad_direction = DataEvent {
+            direction: 7,
+            ..data_event(10, 10, WireDirection::Read)
+        };
         assert_eq!(
-            decode(&bytes_of(&data_event(10, 10, 7))),
-            Err(DecodeError::UnknownDirection(7))
+            decode(&bytes_of(&bad_direction)),
+            Err(unknown("Direction", 7))
         );
-        let full = bytes_of(&data_event(10, 10, direction::READ));
+        let full = bytes_of(&data_event(10, 10, WireDirection::Read));
         assert!(matches!(
             decode(&full[..full.len() - 1]),
             Err(DecodeError::Short {
@@ -428,10 +433,10 @@ mod tests {
     #[test]
     fn close_record() {
         let rec = CloseEvent {
-            header: header(event_kind::CLOSE),
+            header: header(RecordKind::Close as u32),
             fd: 12,
             flags: conn_flags::UPGRADED,
-            source: conn_source::FD,
+            source: ConnSource::Fd as u32,
             _pad: 0,
             tls_conn: 0,
         };
@@ -455,7 +460,7 @@ mod tests {
 
     fn upstream(reason: u32, family: u16, daddr: [u8; 16]) -> UpstreamEvent {
         UpstreamEvent {
-            header: header(event_kind::UPSTREAM),
+            header: header(RecordKind::Upstream as u32),
             reason,
             errno: 111,
             family,
@@ -469,8 +474,12 @@ mod tests {
     fn upstream_records() {
         let mut v4 = [0u8; 16];
         v4[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let ev =
-            decode(&bytes_of(&upstream(upstream_reason::REFUSED, AF_INET, v4))).expect("decode");
+        let ev = decode(&bytes_of(&upstream(
+            UpstreamReason::Refused as u32,
+            AF_INET,
+            v4,
+        )))
+        .expect("decode");
         assert_eq!(
             ev.kind,
             EventKind::UpstreamFailure {
@@ -481,7 +490,7 @@ mod tests {
         );
         let v6: Ipv6Addr = "fd00::7".parse().expect("addr");
         let ev = decode(&bytes_of(&upstream(
-            upstream_reason::UNREACHABLE,
+            UpstreamReason::Unreachable as u32,
             AF_INET6,
             v6.octets(),
         )))
@@ -493,7 +502,7 @@ mod tests {
         ));
         let mapped: Ipv6Addr = "::ffff:127.0.0.1".parse().expect("addr");
         let ev = decode(&bytes_of(&upstream(
-            upstream_reason::TIMEOUT,
+            UpstreamReason::Timeout as u32,
             AF_INET6,
             mapped.octets(),
         )))
@@ -503,7 +512,7 @@ mod tests {
             EventKind::UpstreamFailure { reason: UpstreamFailureReason::Timeout, peer: Some(p), .. }
                 if p == "127.0.0.1:8081".parse().expect("addr")
         ));
-        let ev = decode(&bytes_of(&upstream(upstream_reason::RESET, 0, v4))).expect("decode");
+        let ev = decode(&bytes_of(&upstream(UpstreamReason::Reset as u32, 0, v4))).expect("decode");
         assert!(matches!(
             ev.kind,
             EventKind::UpstreamFailure {
@@ -514,7 +523,7 @@ mod tests {
         ));
         assert_eq!(
             decode(&bytes_of(&upstream(9, AF_INET, v4))),
-            Err(DecodeError::UnknownReason(9))
+            Err(unknown("UpstreamReason", 9))
         );
     }
 
@@ -530,9 +539,9 @@ mod tests {
         ));
         let mut rec = bytes_of(&header(99));
         rec.resize(2048, 0);
-        assert_eq!(decode(&rec), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(decode(&rec), Err(unknown("RecordKind", 99)));
         // A header claiming a data record with no body.
-        let rec = bytes_of(&header(event_kind::DATA));
+        let rec = bytes_of(&header(RecordKind::Data as u32));
         assert!(matches!(
             decode(&rec),
             Err(DecodeError::Short {
@@ -540,7 +549,7 @@ mod tests {
                 ..
             })
         ));
-        let rec = bytes_of(&header(event_kind::UPSTREAM));
+        let rec = bytes_of(&header(RecordKind::Upstream as u32));
         assert!(matches!(decode(&rec), Err(DecodeError::Short { .. })));
     }
 }

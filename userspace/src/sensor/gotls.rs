@@ -24,16 +24,21 @@ use aya::{
     Ebpf,
 };
 
-use super::gobin::{GoBinError, GoBinary};
+use routeskew_common::Program;
+
+use super::{
+    gobin::{GoBinError, GoBinary},
+    names,
+};
 
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const CLOSE: &str = "crypto/tls.(*Conn).Close";
 
-const PROG_WRITE: &str = "rs_go_tls_write";
-const PROG_READ: &str = "rs_go_tls_read";
-const PROG_READ_RET: &str = "rs_go_tls_read_ret";
-const PROG_CLOSE: &str = "rs_go_tls_close";
+const PROG_WRITE: &str = names::program(Program::GoTlsWrite);
+const PROG_READ: &str = names::program(Program::GoTlsRead);
+const PROG_READ_RET: &str = names::program(Program::GoTlsReadRet);
+const PROG_CLOSE: &str = names::program(Program::GoTlsClose);
 const PROGRAMS: [&str; 4] = [PROG_WRITE, PROG_READ, PROG_READ_RET, PROG_CLOSE];
 
 /// How often a uprobe program ran and for how long in total (the kernel counts only

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod gobin;
 pub mod gotls;
 pub mod metrics;
+pub mod names;
 pub mod prog_info;
 pub mod tracefs;
 
@@ -37,8 +38,9 @@ use aya::{
     programs::{ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
+use names::{GLOBAL_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_WATCHED, MAP_WATCHED_SET};
 use routeskew_common::{
-    config_flags, program, ProgramCounters, WatchedSet, DEFAULT_CAPTURE_LEN, WATCHED_FAST,
+    config_flags, Program, ProgramCounters, WatchedSet, DEFAULT_CAPTURE_LEN, WATCHED_FAST,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -53,12 +55,6 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 
 /// Env var and flag users are pointed at when no object is available.
 const OBJECT_HINT: &str = "run `cargo xtask build-ebpf` or pass --ebpf-object";
-
-const MAP_EVENTS: &str = "EVENTS";
-const MAP_WATCHED: &str = "WATCHED_CGROUPS";
-const MAP_WATCHED_SET: &str = "WATCHED_SET";
-const MAP_COUNTERS: &str = "COUNTERS";
-const GLOBAL_CONFIG: &str = "CONFIG";
 
 // The object `cargo xtask build-ebpf` had produced when this crate was built, if any.
 #[cfg(routeskew_embedded_ebpf)]
@@ -100,8 +96,7 @@ enum Needed {
 struct Hook {
     /// Function name in the object.
     program: &'static str,
-    /// Slot in `routeskew_common::program`.
-    index: u32,
+    index: Program,
     attach: Attach,
     needed: Needed,
 }
@@ -125,24 +120,18 @@ impl Hook {
     }
 }
 
-const fn tp(
-    program: &'static str,
-    index: u32,
-    category: &'static str,
-    event: &'static str,
-    needed: Needed,
-) -> Hook {
+const fn tp(index: Program, category: &'static str, event: &'static str, needed: Needed) -> Hook {
     Hook {
-        program,
+        program: names::program(index),
         index,
         attach: Attach::Tracepoint { category, event },
         needed,
     }
 }
 
-const fn raw(program: &'static str, index: u32, tracepoint: &'static str, needed: Needed) -> Hook {
+const fn raw(index: Program, tracepoint: &'static str, needed: Needed) -> Hook {
     Hook {
-        program,
+        program: names::program(index),
         index,
         attach: Attach::Raw { tracepoint },
         needed,
@@ -152,112 +141,84 @@ const fn raw(program: &'static str, index: u32, tracepoint: &'static str, needed
 /// In order of preference for the data hooks, then attach order within a path: each
 /// exit before its enter, so an enter never fills a per-thread map (pending I/O, the
 /// close mark) without the exit that drains it.
-const HOOKS: [Hook; program::TRACEPOINTS as usize] = [
-    raw(
-        "rs_sock_send",
-        program::SOCK_SEND,
-        "sock_send_length",
-        Needed::Sock,
-    ),
-    raw(
-        "rs_sock_recv",
-        program::SOCK_RECV,
-        "sock_recv_length",
-        Needed::Sock,
-    ),
-    raw(
-        "rs_sys_exit",
-        program::RAW_SYS_EXIT,
-        "sys_exit",
-        Needed::Raw,
-    ),
+const HOOKS: [Hook; Program::TRACEPOINTS as usize] = [
+    raw(Program::SockSend, "sock_send_length", Needed::Sock),
+    raw(Program::SockRecv, "sock_recv_length", Needed::Sock),
+    raw(Program::RawSysExit, "sys_exit", Needed::Raw),
     tp(
-        "rs_exit_read",
-        program::SYS_EXIT_READ,
+        Program::SysExitRead,
         "syscalls",
         "sys_exit_read",
         Needed::Classic,
     ),
     tp(
-        "rs_enter_read",
-        program::SYS_ENTER_READ,
+        Program::SysEnterRead,
         "syscalls",
         "sys_enter_read",
         Needed::Classic,
     ),
     tp(
-        "rs_exit_write",
-        program::SYS_EXIT_WRITE,
+        Program::SysExitWrite,
         "syscalls",
         "sys_exit_write",
         Needed::Classic,
     ),
     tp(
-        "rs_enter_write",
-        program::SYS_ENTER_WRITE,
+        Program::SysEnterWrite,
         "syscalls",
         "sys_enter_write",
         Needed::Classic,
     ),
     tp(
-        "rs_exit_recvfrom",
-        program::SYS_EXIT_RECVFROM,
+        Program::SysExitRecvfrom,
         "syscalls",
         "sys_exit_recvfrom",
         Needed::Classic,
     ),
     tp(
-        "rs_enter_recvfrom",
-        program::SYS_ENTER_RECVFROM,
+        Program::SysEnterRecvfrom,
         "syscalls",
         "sys_enter_recvfrom",
         Needed::Classic,
     ),
     tp(
-        "rs_exit_sendto",
-        program::SYS_EXIT_SENDTO,
+        Program::SysExitSendto,
         "syscalls",
         "sys_exit_sendto",
         Needed::Classic,
     ),
     tp(
-        "rs_enter_sendto",
-        program::SYS_ENTER_SENDTO,
+        Program::SysEnterSendto,
         "syscalls",
         "sys_enter_sendto",
         Needed::Classic,
     ),
     tp(
-        "rs_exit_close",
-        program::SYS_EXIT_CLOSE,
+        Program::SysExitClose,
         "syscalls",
         "sys_exit_close",
         Needed::Classic,
     ),
     tp(
-        "rs_enter_close",
-        program::SYS_ENTER_CLOSE,
+        Program::SysEnterClose,
         "syscalls",
         "sys_enter_close",
         Needed::Syscalls,
     ),
     tp(
-        "rs_inet_sock_set_state",
-        program::INET_SOCK_SET_STATE,
+        Program::InetSockSetState,
         "sock",
         "inet_sock_set_state",
         Needed::Always,
     ),
     tp(
-        "rs_tcp_receive_reset",
-        program::TCP_RECEIVE_RESET,
+        Program::TcpReceiveReset,
         "tcp",
         "tcp_receive_reset",
         Needed::Always,
     ),
     tp(
-        "rs_inet_sk_error_report",
-        program::INET_SK_ERROR_REPORT,
+        Program::InetSkErrorReport,
         "sock",
         "inet_sk_error_report",
         Needed::Always,
@@ -265,12 +226,12 @@ const HOOKS: [Hook; program::TRACEPOINTS as usize] = [
 ];
 
 /// (enter, exit) programs that only work together (classic path).
-const DATA_PAIRS: [(u32, u32); 5] = [
-    (program::SYS_ENTER_READ, program::SYS_EXIT_READ),
-    (program::SYS_ENTER_WRITE, program::SYS_EXIT_WRITE),
-    (program::SYS_ENTER_RECVFROM, program::SYS_EXIT_RECVFROM),
-    (program::SYS_ENTER_SENDTO, program::SYS_EXIT_SENDTO),
-    (program::SYS_ENTER_CLOSE, program::SYS_EXIT_CLOSE),
+const DATA_PAIRS: [(Program, Program); 5] = [
+    (Program::SysEnterRead, Program::SysExitRead),
+    (Program::SysEnterWrite, Program::SysExitWrite),
+    (Program::SysEnterRecvfrom, Program::SysExitRecvfrom),
+    (Program::SysEnterSendto, Program::SysExitSendto),
+    (Program::SysEnterClose, Program::SysExitClose),
 ];
 
 /// Which hooks the sensor should capture data with.
@@ -534,21 +495,12 @@ impl Sensor {
         let mut config = layout.config;
         let BtfConfig { regs, cgroup } = btf_config(cfg.data_hooks);
         if let Some(chain) = cgroup {
-            config.task_cgroups_off = chain.task_cgroups;
-            config.css_set_dfl_cgrp_off = chain.css_set_dfl_cgrp;
-            config.cgroup_kn_off = chain.cgroup_kn;
-            config.kernfs_node_id_off = chain.kernfs_node_id;
+            config.cgroup = chain;
             config.flags |= config_flags::CGROUP_BTF;
         }
         if let Ok((abi, regs)) = &regs {
-            config.regs_nr_off = regs.nr;
-            config.regs_arg0_off = regs.arg0;
-            config.regs_arg1_off = regs.arg1;
-            config.nr_read = abi.read;
-            config.nr_write = abi.write;
-            config.nr_close = abi.close;
-            config.nr_recvfrom = abi.recvfrom;
-            config.nr_sendto = abi.sendto;
+            config.regs = *regs;
+            config.numbers = abi.numbers;
             config.flags |= config_flags::REGS;
         }
         if cfg.upstream_responses {
@@ -566,14 +518,14 @@ impl Sensor {
         drop(object);
 
         let (hooks, path) = attach_all(&mut ebpf, &layout, cfg.data_hooks, regs.map(|_| ()));
-        let attached = |i: u32| hooks.iter().any(|h| h.index == i && h.status.attached);
+        let attached = |i: Program| hooks.iter().any(|h| h.index == i && h.status.attached);
         let capturing = match path {
             DataPath::SockTracepoints | DataPath::RawSysExit => true,
             DataPath::Classic => DATA_PAIRS[..4]
                 .iter()
                 .any(|&(e, x)| attached(e) && attached(x)),
         };
-        let tcp = attached(program::INET_SOCK_SET_STATE);
+        let tcp = attached(Program::InetSockSetState);
         let hooks: Vec<HookStatus> = hooks.into_iter().map(|h| h.status).collect();
         if !capturing && !tcp {
             let mut summary = String::new();
@@ -723,13 +675,13 @@ impl Sensor {
             .ok_or(SensorError::MapMissing { name: MAP_COUNTERS })?;
         let counters =
             PerCpuArray::<_, ProgramCounters>::try_from(map).map_err(map_err(MAP_COUNTERS))?;
-        let mut out = Vec::with_capacity(program::COUNT as usize);
-        for (index, name) in program::NAMES.iter().enumerate() {
+        let mut out = Vec::with_capacity(Program::COUNT as usize);
+        for p in Program::ALL {
             let per_cpu = counters
-                .get(&(index as u32), 0)
+                .get(&(p as u32), 0)
                 .map_err(map_err(MAP_COUNTERS))?;
             let mut t = ProgramTotals {
-                program: name,
+                program: p.name(),
                 emitted: 0,
                 lost: 0,
                 read_failures: 0,
@@ -899,7 +851,7 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<Option<u32>, String> {
 
 /// A hook's outcome, with the program slot it belongs to.
 struct Attached {
-    index: u32,
+    index: Program,
     status: HookStatus,
 }
 
@@ -972,7 +924,7 @@ fn attach_all(
         // and they report closes through inet_sock_set_state.
         let mut failed = match candidate {
             DataPath::SockTracepoints => why_not.clone().or_else(|| {
-                layout.unusable(program::INET_SOCK_SET_STATE).map(|why| {
+                layout.unusable(Program::InetSockSetState).map(|why| {
                     format!("closes are reported by inet_sock_set_state, unusable: {why}")
                 })
             }),
@@ -1031,9 +983,7 @@ fn attach_all(
                 path == DataPath::Classic
                     && !out.iter().any(|a| a.index == exit && a.status.attached)
             })
-            .map(|&(_, exit)| {
-                format!("skipped: {} is not attached", program::NAMES[exit as usize])
-            });
+            .map(|&(_, exit)| format!("skipped: {} is not attached", exit.name()));
         let result = match (layout.unusable(hook.index), partner_failed) {
             (Some(why), _) => Err(format!("tracepoint layout unusable: {why}")),
             (None, Some(why)) => Err(why),
@@ -1132,15 +1082,15 @@ mod tests {
 
     #[test]
     fn hooks_cover_every_program_once() {
-        let mut seen: Vec<u32> = HOOKS.iter().map(|h| h.index).collect();
+        let mut seen: Vec<u32> = HOOKS.iter().map(|h| h.index as u32).collect();
         seen.sort_unstable();
-        assert_eq!(seen, (0..program::TRACEPOINTS).collect::<Vec<_>>());
+        assert_eq!(seen, (0..Program::TRACEPOINTS).collect::<Vec<_>>());
         for h in &HOOKS {
             let event = match h.attach {
                 Attach::Tracepoint { event, .. } => event,
                 Attach::Raw { tracepoint } => tracepoint,
             };
-            assert_eq!(event, program::NAMES[h.index as usize]);
+            assert_eq!(event, h.index.name());
         }
         // Each exit is attached before its enter.
         for (enter, exit) in DATA_PAIRS {
@@ -1157,7 +1107,7 @@ mod tests {
         ] {
             // Every path attaches the TCP hooks and something that captures data.
             let on: Vec<&Hook> = HOOKS.iter().filter(|h| h.wanted_on(path)).collect();
-            assert!(on.iter().any(|h| h.index == program::INET_SOCK_SET_STATE));
+            assert!(on.iter().any(|h| h.index == Program::InetSockSetState));
             assert!(on.iter().any(|h| h.needed != Needed::Always));
         }
     }

@@ -11,7 +11,9 @@ use std::{
     sync::Mutex,
 };
 
-use routeskew_common::{program, Config, DATA_CAP};
+use routeskew_common::{
+    Config, ErrorReportFields, Program, ReceiveResetFields, SetStateFields, DATA_CAP,
+};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS: &str = "/sys/kernel/debug";
@@ -124,7 +126,7 @@ fn parse_field(line: &str) -> Option<Field> {
 }
 
 /// Where the kernel programs find their tracepoint fields on this kernel, and which
-/// programs cannot run here (indexed by `routeskew_common::program`).
+/// programs cannot run here (indexed by [`Program`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub config: Config,
@@ -132,7 +134,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn unusable(&self, program: u32) -> Option<&str> {
+    pub fn unusable(&self, program: Program) -> Option<&str> {
         self.unusable
             .get(program as usize)
             .and_then(|u| u.as_deref())
@@ -148,28 +150,23 @@ const V4: &[u32] = &[4];
 const V6: &[u32] = &[16];
 
 /// Syscall pairs: (enter program, exit program, syscall, name of the buffer argument).
-const DATA_SYSCALLS: [(u32, u32, &str, &str); 4] = [
+const DATA_SYSCALLS: [(Program, Program, &str, &str); 4] = [
+    (Program::SysEnterRead, Program::SysExitRead, "read", "buf"),
     (
-        program::SYS_ENTER_READ,
-        program::SYS_EXIT_READ,
-        "read",
-        "buf",
-    ),
-    (
-        program::SYS_ENTER_WRITE,
-        program::SYS_EXIT_WRITE,
+        Program::SysEnterWrite,
+        Program::SysExitWrite,
         "write",
         "buf",
     ),
     (
-        program::SYS_ENTER_RECVFROM,
-        program::SYS_EXIT_RECVFROM,
+        Program::SysEnterRecvfrom,
+        Program::SysExitRecvfrom,
         "recvfrom",
         "ubuf",
     ),
     (
-        program::SYS_ENTER_SENDTO,
-        program::SYS_EXIT_SENDTO,
+        Program::SysEnterSendto,
+        Program::SysExitSendto,
         "sendto",
         "buff",
     ),
@@ -182,8 +179,7 @@ const DATA_SYSCALLS: [(u32, u32, &str, &str); 4] = [
 pub fn layout(read: impl Fn(&str, &str) -> io::Result<String>, capture_len: u32) -> Layout {
     let mut config = Config::DEFAULT;
     config.capture_len = capture_len.clamp(1, DATA_CAP as u32);
-    config.ser_skaddr_off = 0;
-    let mut unusable: Vec<Option<String>> = vec![None; program::COUNT as usize];
+    let mut unusable: Vec<Option<String>> = vec![None; Program::COUNT as usize];
     let format = |category: &str, event: &str| -> Result<EventFormat, String> {
         let text = read(category, event).map_err(|e| format!("{category}/{event}: {e}"))?;
         EventFormat::parse(&text).map_err(|e| format!("{category}/{event}: {e}"))
@@ -233,67 +229,71 @@ pub fn layout(read: impl Fn(&str, &str) -> io::Result<String>, capture_len: u32)
         }
     }
     if let Some((fd, buf)) = enter {
-        config.sys_enter_fd_off = fd;
-        config.sys_enter_buf_off = buf;
+        config.syscalls.enter_fd = fd;
+        config.syscalls.enter_buf = buf;
     }
     if let Some(ret) = exit {
-        config.sys_exit_ret_off = ret;
+        config.syscalls.exit_ret = ret;
     }
 
     let close = format("syscalls", "sys_enter_close")
         .and_then(|f| f.offset("fd", FD).map_err(|e| e.to_string()));
     match (close, enter) {
         (Ok(fd), Some((first, _))) if fd != first => {
-            unusable[program::SYS_ENTER_CLOSE as usize] = Some(format!(
+            unusable[Program::SysEnterClose as usize] = Some(format!(
                 "sys_enter_close: fd at offset {fd}, the data syscalls use {first}"
             ));
         }
-        (Ok(fd), _) => config.sys_enter_fd_off = fd,
-        (Err(e), _) => unusable[program::SYS_ENTER_CLOSE as usize] = Some(e),
+        (Ok(fd), _) => config.syscalls.enter_fd = fd,
+        (Err(e), _) => unusable[Program::SysEnterClose as usize] = Some(e),
     }
 
     let sss = format("sock", "inet_sock_set_state").and_then(|f| {
         let o = |name: &str, sizes| f.offset(name, sizes).map_err(|e| e.to_string());
-        config.sss_skaddr_off = o("skaddr", PTR)?;
-        config.sss_oldstate_off = o("oldstate", I32)?;
-        config.sss_newstate_off = o("newstate", I32)?;
-        config.sss_sport_off = o("sport", U16)?;
-        config.sss_dport_off = o("dport", U16)?;
-        config.sss_family_off = o("family", U16)?;
-        config.sss_protocol_off = o("protocol", U16)?;
-        config.sss_daddr_off = o("daddr", V4)?;
-        config.sss_daddr_v6_off = o("daddr_v6", V6)?;
-        Ok(())
+        Ok(SetStateFields {
+            skaddr: o("skaddr", PTR)?,
+            oldstate: o("oldstate", I32)?,
+            newstate: o("newstate", I32)?,
+            sport: o("sport", U16)?,
+            dport: o("dport", U16)?,
+            family: o("family", U16)?,
+            protocol: o("protocol", U16)?,
+            daddr: o("daddr", V4)?,
+            daddr_v6: o("daddr_v6", V6)?,
+        })
     });
-    if let Err(e) = sss {
-        unusable[program::INET_SOCK_SET_STATE as usize] = Some(e);
+    match sss {
+        Ok(fields) => config.set_state = fields,
+        Err(e) => unusable[Program::InetSockSetState as usize] = Some(e),
     }
 
     let ser = format("sock", "inet_sk_error_report").and_then(|f| {
         let o = |name: &str, sizes| f.offset(name, sizes).map_err(|e| e.to_string());
-        config.ser_error_off = o("error", I32)?;
-        config.ser_sport_off = o("sport", U16)?;
-        config.ser_dport_off = o("dport", U16)?;
-        config.ser_family_off = o("family", U16)?;
-        config.ser_protocol_off = o("protocol", U16)?;
-        config.ser_daddr_off = o("daddr", V4)?;
-        config.ser_daddr_v6_off = o("daddr_v6", V6)?;
-        Ok(())
+        Ok(ErrorReportFields {
+            error: o("error", I32)?,
+            sport: o("sport", U16)?,
+            dport: o("dport", U16)?,
+            family: o("family", U16)?,
+            protocol: o("protocol", U16)?,
+            daddr: o("daddr", V4)?,
+            daddr_v6: o("daddr_v6", V6)?,
+        })
     });
-    if let Err(e) = ser {
-        unusable[program::INET_SK_ERROR_REPORT as usize] = Some(e);
+    match ser {
+        Ok(fields) => config.error_report = fields,
+        Err(e) => unusable[Program::InetSkErrorReport as usize] = Some(e),
     }
 
     let trr = format("tcp", "tcp_receive_reset")
         .and_then(|f| f.offset("skaddr", PTR).map_err(|e| e.to_string()));
     match trr {
-        Ok(off) => config.trr_skaddr_off = off,
-        Err(e) => unusable[program::TCP_RECEIVE_RESET as usize] = Some(e),
+        Ok(skaddr) => config.receive_reset = ReceiveResetFields { skaddr },
+        Err(e) => unusable[Program::TcpReceiveReset as usize] = Some(e),
     }
 
     // Both TCP failure hooks only know sockets that inet_sock_set_state tracks.
-    if let Some(why) = unusable[program::INET_SOCK_SET_STATE as usize].clone() {
-        for p in [program::INET_SK_ERROR_REPORT, program::TCP_RECEIVE_RESET] {
+    if let Some(why) = unusable[Program::InetSockSetState as usize].clone() {
+        for p in [Program::InetSkErrorReport, Program::TcpReceiveReset] {
             unusable[p as usize]
                 .get_or_insert_with(|| format!("needs inet_sock_set_state ({why})"));
         }
@@ -390,6 +390,8 @@ pub fn ensure_tracefs() -> Result<PathBuf, MountAttempts> {
 
 #[cfg(test)]
 mod tests {
+    use routeskew_common::SyscallFields;
+
     use super::*;
 
     // Copied from the 6.18 kernel this project is developed on.
@@ -443,39 +445,41 @@ mod tests {
         let c = l.config;
         assert_eq!(c.capture_len, 512);
         assert_eq!(
-            (c.sys_enter_fd_off, c.sys_enter_buf_off, c.sys_exit_ret_off),
-            (16, 24, 16)
+            c.syscalls,
+            SyscallFields {
+                enter_fd: 16,
+                enter_buf: 24,
+                exit_ret: 16
+            }
         );
         assert_eq!(
-            (
-                c.sss_skaddr_off,
-                c.sss_oldstate_off,
-                c.sss_newstate_off,
-                c.sss_sport_off
-            ),
-            (8, 16, 20, 24)
+            c.set_state,
+            SetStateFields {
+                skaddr: 8,
+                oldstate: 16,
+                newstate: 20,
+                sport: 24,
+                dport: 26,
+                family: 28,
+                protocol: 30,
+                daddr: 36,
+                daddr_v6: 56,
+            }
         );
-        assert_eq!(
-            (c.sss_dport_off, c.sss_family_off, c.sss_protocol_off),
-            (26, 28, 30)
-        );
-        assert_eq!((c.sss_daddr_off, c.sss_daddr_v6_off), (36, 56));
         // No skaddr in this record on any kernel: matched by tuple instead.
-        assert_eq!(c.ser_skaddr_off, 0);
         assert_eq!(
-            (
-                c.ser_error_off,
-                c.ser_sport_off,
-                c.ser_dport_off,
-                c.ser_family_off
-            ),
-            (8, 12, 14, 16)
+            c.error_report,
+            ErrorReportFields {
+                error: 8,
+                sport: 12,
+                dport: 14,
+                family: 16,
+                protocol: 18,
+                daddr: 24,
+                daddr_v6: 44,
+            }
         );
-        assert_eq!(
-            (c.ser_protocol_off, c.ser_daddr_off, c.ser_daddr_v6_off),
-            (18, 24, 44)
-        );
-        assert_eq!(c.trr_skaddr_off, 8);
+        assert_eq!(c.receive_reset, ReceiveResetFields { skaddr: 8 });
     }
 
     #[test]
@@ -496,13 +500,13 @@ mod tests {
         };
         let l = layout(shifted, 1024);
         let why = l
-            .unusable(program::SYS_ENTER_SENDTO)
+            .unusable(Program::SysEnterSendto)
             .expect("sendto unusable");
         assert!(why.contains("32"), "{why}");
-        assert!(l.unusable(program::SYS_EXIT_SENDTO).is_some());
-        assert!(l.unusable(program::SYS_ENTER_READ).is_none());
-        assert!(l.unusable(program::SYS_EXIT_READ).is_none());
-        assert_eq!(l.config.sys_enter_buf_off, 24);
+        assert!(l.unusable(Program::SysExitSendto).is_some());
+        assert!(l.unusable(Program::SysEnterRead).is_none());
+        assert!(l.unusable(Program::SysExitRead).is_none());
+        assert_eq!(l.config.syscalls.enter_buf, 24);
     }
 
     #[test]
@@ -516,11 +520,11 @@ mod tests {
             _ => fixture(c, e),
         };
         let l = layout(partial, 1024);
-        assert!(l.unusable(program::TCP_RECEIVE_RESET).is_some());
-        let why = l.unusable(program::INET_SK_ERROR_REPORT).expect("bad size");
+        assert!(l.unusable(Program::TcpReceiveReset).is_some());
+        let why = l.unusable(Program::InetSkErrorReport).expect("bad size");
         assert!(why.contains("error") && why.contains("8 bytes"), "{why}");
-        assert!(l.unusable(program::INET_SOCK_SET_STATE).is_none());
-        assert!(l.unusable(program::SYS_EXIT_WRITE).is_none());
+        assert!(l.unusable(Program::InetSockSetState).is_none());
+        assert!(l.unusable(Program::SysExitWrite).is_none());
     }
 
     #[test]
@@ -534,13 +538,13 @@ mod tests {
         };
         let l = layout(no_sss, 1024);
         for p in [
-            program::INET_SOCK_SET_STATE,
-            program::INET_SK_ERROR_REPORT,
-            program::TCP_RECEIVE_RESET,
+            Program::InetSockSetState,
+            Program::InetSkErrorReport,
+            Program::TcpReceiveReset,
         ] {
-            assert!(l.unusable(p).is_some(), "program {p}");
+            assert!(l.unusable(p).is_some(), "program {p:?}");
         }
-        assert!(l.unusable(program::SYS_ENTER_CLOSE).is_none());
+        assert!(l.unusable(Program::SysEnterClose).is_none());
     }
 
     #[test]
