@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::client::{self, Request, Tls};
+use super::client::{self, ClientError, Request, Tls};
 use super::Prober;
 use crate::discovery::TargetSet;
 use crate::metrics::ReplicaLabels;
@@ -67,9 +67,32 @@ impl RouterPage {
     }
 }
 
+/// A body that is not the JSON Traefik's API serves.
 #[derive(Debug, thiserror::Error)]
-#[error("unexpected router list: {0}")]
-pub struct ParseError(String);
+#[error("unexpected router list: {source}")]
+pub struct ParseError {
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Why a replica's router inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("timeout")]
+    Timeout,
+    #[error(transparent)]
+    Client {
+        #[from]
+        source: ClientError,
+    },
+    #[error("status {status}")]
+    Status { status: u16 },
+    #[error(transparent)]
+    Parse {
+        #[from]
+        source: ParseError,
+    },
+}
 
 fn is_internal(name: &str, provider: Option<&str>) -> bool {
     provider == Some("internal") || name.ends_with("@internal")
@@ -77,7 +100,7 @@ fn is_internal(name: &str, provider: Option<&str>) -> bool {
 
 pub fn parse_router_page(body: &[u8]) -> Result<RouterPage, ParseError> {
     let routers: Vec<RouterJson> =
-        serde_json::from_slice(body).map_err(|e| ParseError(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|source| ParseError { source })?;
     let mut page = RouterPage::default();
     for r in routers {
         let Some(name) = r.name else { continue };
@@ -107,7 +130,7 @@ pub fn next_page(page: u32, header: Option<u32>) -> Option<u32> {
 /// Entrypoint name by port, from `/api/entrypoints` (`address` is `[host]:port`).
 pub fn parse_entry_points(body: &[u8]) -> Result<BTreeMap<u16, String>, ParseError> {
     let eps: Vec<EntryPointJson> =
-        serde_json::from_slice(body).map_err(|e| ParseError(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|source| ParseError { source })?;
     let mut out = BTreeMap::new();
     for ep in eps {
         let (Some(name), Some(address)) = (ep.name, ep.address) else {
@@ -148,7 +171,7 @@ async fn fetch_inventory(
     tls: Option<&Tls>,
     ua: &str,
     timeout: Duration,
-) -> Result<(RouterPage, Option<BTreeMap<u16, String>>), String> {
+) -> Result<(RouterPage, Option<BTreeMap<u16, String>>), FetchError> {
     let host = addr.to_string();
     let mut all = RouterPage::default();
     let mut page = 1u32;
@@ -163,12 +186,11 @@ async fn fetch_inventory(
         };
         let a = tokio::time::timeout(timeout, client::get(&req, API_BODY_CAP))
             .await
-            .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| FetchError::Timeout)??;
         if a.status != 200 {
-            return Err(format!("status {}", a.status));
+            return Err(FetchError::Status { status: a.status });
         }
-        let p = parse_router_page(&a.body).map_err(|e| e.to_string())?;
+        let p = parse_router_page(&a.body)?;
         all.extend(p);
         match next_page(page, a.next_page) {
             Some(n) => page = n,

@@ -39,7 +39,7 @@ pub(super) struct JobResult {
 #[derive(Debug, thiserror::Error)]
 enum ProbeFailure {
     #[error(transparent)]
-    Client(ClientError),
+    Client { source: ClientError },
     #[error("timeout")]
     Timeout,
 }
@@ -47,7 +47,7 @@ enum ProbeFailure {
 impl ProbeFailure {
     fn kind(&self) -> &'static str {
         match self {
-            Self::Client(e) => e.kind(),
+            Self::Client { source } => source.kind(),
             Self::Timeout => "timeout",
         }
     }
@@ -188,7 +188,7 @@ async fn run_job(job: Job, tls: Option<Tls>, ua: String, timeout: Duration) -> J
     };
     let answer = match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(a)) => Ok(a),
-        Ok(Err(e)) => Err(ProbeFailure::Client(e)),
+        Ok(Err(source)) => Err(ProbeFailure::Client { source }),
         Err(_) => Err(ProbeFailure::Timeout),
     };
     let elapsed = started.elapsed();
