@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{DataHooksArg, DiscoveryMode, RunArgs};
+use crate::config::{ConfigError, DataHooksArg, DiscoveryMode, RunArgs};
 use crate::discovery::kubernetes::{KubeConfig, KubeDiscovery, KubeError};
 use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan, ScanFailure};
 use crate::discovery::metrics::DiscoveryMetrics;
@@ -23,8 +23,11 @@ use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config {
+        #[from]
+        source: ConfigError,
+    },
     #[error(transparent)]
     Kubernetes(#[from] KubeError),
     #[error("cannot listen on {addr}: {source}")]
@@ -80,8 +83,8 @@ const EVENT_QUEUE: usize = 16;
 const PROBE_QUEUE: usize = 1024;
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    args.validate().map_err(AgentError::Config)?;
-    let hosts = args.all_hosts().map_err(AgentError::Config)?;
+    args.validate()?;
+    let hosts = args.all_hosts()?;
 
     let AgentMetrics {
         registry,

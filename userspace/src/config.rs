@@ -237,27 +237,43 @@ pub enum DataHooksArg {
     Classic,
 }
 
+/// A configuration the agent cannot run with (beyond what clap itself rejects).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--ring-buffer-bytes must be a power of two of at least 4096, got {got}")]
+    RingBufferBytes { got: u32 },
+    #[error("--no-name-match needs at least one --pid or --cgroup")]
+    NoNameMatchWithoutTargets,
+    #[error("--hosts-file {}: {source}", path.display())]
+    HostsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl RunArgs {
     /// Validates combinations clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
-            return Err(format!(
-                "--ring-buffer-bytes must be a power of two of at least 4096, got {}",
-                self.ring_buffer_bytes
-            ));
+            return Err(ConfigError::RingBufferBytes {
+                got: self.ring_buffer_bytes,
+            });
         }
         if self.no_name_match && self.pids.is_empty() && self.cgroups.is_empty() {
-            return Err("--no-name-match needs at least one --pid or --cgroup".into());
+            return Err(ConfigError::NoNameMatchWithoutTargets);
         }
         Ok(())
     }
 
     /// `--host` plus the hosts of `--hosts-file`, in order, without duplicates.
-    pub fn all_hosts(&self) -> Result<Vec<String>, String> {
+    pub fn all_hosts(&self) -> Result<Vec<String>, ConfigError> {
         let mut hosts = self.hosts.clone();
         if let Some(path) = &self.hosts_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--hosts-file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::HostsFile {
+                path: path.clone(),
+                source,
+            })?;
             hosts.extend(parse_hosts_file(&text));
         }
         // A host-specific WebSocket probe needs its host to be a label value.
@@ -295,8 +311,15 @@ pub struct WsPath {
     pub path: String,
 }
 
+/// A `--probe-ws-path` that is neither `/path` nor `host/path`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected /path or host/path, got {given:?}")]
+pub struct WsPathError {
+    given: String,
+}
+
 impl std::str::FromStr for WsPath {
-    type Err = String;
+    type Err = WsPathError;
 
     /// `/ws` (every host) or `chat.example.com/ws` (that host only).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -312,7 +335,9 @@ impl std::str::FromStr for WsPath {
                 host: Some(host.to_ascii_lowercase()),
                 path: format!("/{path}"),
             }),
-            _ => Err(format!("expected /path or host/path, got {s:?}")),
+            _ => Err(WsPathError {
+                given: s.to_string(),
+            }),
         }
     }
 }
@@ -337,7 +362,10 @@ mod tests {
                 path: "/socket/x".into()
             }
         );
-        assert!("ws".parse::<WsPath>().is_err());
+        assert_eq!(
+            "ws".parse::<WsPath>().expect_err("no slash").to_string(),
+            "expected /path or host/path, got \"ws\""
+        );
         assert!("/".parse::<WsPath>().is_ok());
     }
 
@@ -395,7 +423,11 @@ mod tests {
             vec!["a.test", "b.test", "c.test", "d.test"]
         );
         std::fs::remove_file(&path).expect("rm");
-        assert!(r.all_hosts().is_err());
+        let err = r.all_hosts().expect_err("file gone");
+        assert!(
+            err.to_string().starts_with(&format!("--hosts-file {p}: ")),
+            "{err}"
+        );
     }
 
     fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
@@ -467,8 +499,14 @@ mod tests {
         assert!(parse(&["run", "--capture-bytes", "4096"]).is_err());
         assert!(parse(&["run", "--rescan-interval", "soon"]).is_err());
         let r = parse(&["run", "--ring-buffer-bytes", "5000"]).expect("parse");
-        assert!(r.validate().is_err());
+        assert_eq!(
+            r.validate().map_err(|e| e.to_string()),
+            Err("--ring-buffer-bytes must be a power of two of at least 4096, got 5000".into())
+        );
         let r = parse(&["run", "--no-name-match"]).expect("parse");
-        assert!(r.validate().is_err());
+        assert_eq!(
+            r.validate().map_err(|e| e.to_string()),
+            Err("--no-name-match needs at least one --pid or --cgroup".into())
+        );
     }
 }
