@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::pod_cgroup::{CgroupLayout, PodResolver, PodScan};
+use super::pod_cgroup::{CgroupLayout, CgroupLayoutError, PodResolver, PodScan};
 use crate::discovery::metrics::{DiscoveryMetrics, ResourceLabels};
 use crate::pipeline::aggregate::MAX_KNOWN_HOSTS;
 use crate::pipeline::http::{normalize_host, Host};
@@ -52,15 +52,24 @@ const INGRESS_ROUTE_VERSION: &str = "v1alpha1";
 pub enum KubeError {
     #[error(
         "no usable Kubernetes configuration (neither an in-cluster service account nor a \
-         kubeconfig from KUBECONFIG or ~/.kube/config): {0}"
+         kubeconfig from KUBECONFIG or ~/.kube/config): {source}"
     )]
-    NoConfig(String),
-    #[error("kubernetes client: {0}")]
-    Client(String),
+    NoConfig {
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("kubernetes client: {source}")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
     #[error("--node-name (NODE_NAME) is required for kubernetes discovery: only this node's pods are watched")]
     NoNodeName,
-    #[error("{0}")]
-    Cgroups(String),
+    #[error(transparent)]
+    Cgroups {
+        #[from]
+        source: CgroupLayoutError,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +94,7 @@ pub struct KubeConfig {
 pub async fn infer_config() -> Result<kube::Config, KubeError> {
     kube::Config::infer()
         .await
-        .map_err(|e| KubeError::NoConfig(e.to_string()))
+        .map_err(|source| KubeError::NoConfig { source })
 }
 
 /// Whether each watched resource has completed its first list.
@@ -154,7 +163,7 @@ impl KubeDiscovery {
         if cfg.node_name.is_empty() {
             return Err(KubeError::NoNodeName);
         }
-        let layout = CgroupLayout::detect(&cfg.host_cgroup_root).map_err(KubeError::Cgroups)?;
+        let layout = CgroupLayout::detect(&cfg.host_cgroup_root)?;
         tracing::info!(layout = %layout.describe(), proc = %cfg.host_proc.display(), "host cgroups");
         if matches!(layout, CgroupLayout::Legacy { .. }) {
             tracing::error!("this host has no cgroup v2 hierarchy: the kernel filter needs cgroup v2, every pod will be reported as failed");
@@ -163,7 +172,7 @@ impl KubeDiscovery {
 
         let health = Arc::new(ApiHealth::new(metrics.api_up.clone()));
         let client = kube::client::ClientBuilder::try_from(kube_config)
-            .map_err(|e| KubeError::Client(e.to_string()))?
+            .map_err(|source| KubeError::Client { source })?
             .with_layer(&ObserveLayer {
                 health: health.clone(),
             })

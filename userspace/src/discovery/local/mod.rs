@@ -35,8 +35,11 @@ pub enum DiscoveryError {
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    #[error("reading {path}: no cgroup v2 (0::) line")]
+    NoUnifiedCgroup { path: PathBuf },
 }
 
 #[derive(Debug, Clone)]

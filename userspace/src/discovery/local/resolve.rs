@@ -43,10 +43,8 @@ impl LocalDiscovery {
             path: cgroup_file.clone(),
             source,
         })?;
-        let rel = unified_cgroup_path(&text).ok_or_else(|| DiscoveryError::Io {
-            path: cgroup_file,
-            source: std::io::Error::other("no cgroup v2 (0::) line"),
-        })?;
+        let rel = unified_cgroup_path(&text)
+            .ok_or(DiscoveryError::NoUnifiedCgroup { path: cgroup_file })?;
         let dir = self.cgroup2_root.join(rel.trim_start_matches('/'));
         let cgroup_id = cgroup_id(&dir)?;
         let comm = fs::read_to_string(self.proc_path(pid, "comm"))

@@ -5,6 +5,17 @@ use std::path::{Path, PathBuf};
 /// v1 hierarchies looked at to tell "v1 only" from "not there at all".
 pub(super) const V1_HIERARCHIES: [&str; 5] = ["systemd", "memory", "pids", "cpu,cpuacct", "cpu"];
 
+/// A directory that is no cgroup mount of any kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} is not a cgroup mount (no cgroup.controllers, unified/ or v1 controllers); \
+     mount the host's /sys/fs/cgroup and point --host-cgroup-root at it",
+    root.display()
+)]
+pub struct CgroupLayoutError {
+    pub root: PathBuf,
+}
+
 /// Which cgroup hierarchies the host has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupLayout {
@@ -18,7 +29,7 @@ pub enum CgroupLayout {
 
 impl CgroupLayout {
     /// Looks at a host cgroup mount (`/sys/fs/cgroup`, or where a DaemonSet mounts it).
-    pub fn detect(root: &Path) -> Result<Self, String> {
+    pub fn detect(root: &Path) -> Result<Self, CgroupLayoutError> {
         if root.join("cgroup.controllers").is_file() {
             return Ok(CgroupLayout::Unified {
                 v2: root.to_path_buf(),
@@ -36,11 +47,9 @@ impl CgroupLayout {
                 v1: root.to_path_buf(),
             });
         }
-        Err(format!(
-            "{} is not a cgroup mount (no cgroup.controllers, unified/ or v1 controllers); \
-             mount the host's /sys/fs/cgroup and point --host-cgroup-root at it",
-            root.display()
-        ))
+        Err(CgroupLayoutError {
+            root: root.to_path_buf(),
+        })
     }
 
     pub(super) fn v2(&self) -> Option<&Path> {

@@ -34,8 +34,8 @@ use super::{Attribution, Replica, Target, TargetSet};
 use layout::V1_HIERARCHIES;
 use search::{container_cgroups, container_dir, kubepods_dirs, read_procs};
 
-pub use layout::CgroupLayout;
-pub use pod::{ContainerId, ContainerInfo, PodInfo, PodPort, Process, QosClass};
+pub use layout::{CgroupLayout, CgroupLayoutError};
+pub use pod::{ContainerId, ContainerIdError, ContainerInfo, PodInfo, PodPort, Process, QosClass};
 
 /// Resolves pods to targets against a host cgroup tree and `/proc`.
 #[derive(Debug, Clone)]
@@ -86,7 +86,7 @@ impl PodResolver {
             let endpoints = pod.endpoints();
             let mut procs = Vec::new();
             for (container, reason) in &pod.unusable {
-                failures.push(failure(pod, container, reason.clone()));
+                failures.push(failure(pod, container, reason.to_string()));
             }
             for c in &pod.containers {
                 let found = v2_bases

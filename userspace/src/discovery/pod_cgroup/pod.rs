@@ -33,6 +33,15 @@ impl QosClass {
     }
 }
 
+/// A container id in pod status that is not `<runtime>://<hex id>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerIdError {
+    #[error("container id {given:?} has no runtime prefix")]
+    NoRuntime { given: String },
+    #[error("container id {given:?} is not an id")]
+    NotAnId { given: String },
+}
+
 /// A container id from pod status, `<runtime>://<id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerId {
@@ -43,12 +52,16 @@ pub struct ContainerId {
 impl ContainerId {
     /// Ids are hex in every runtime we know; anything else could be a path component
     /// and is refused.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ContainerIdError> {
         let (runtime, id) = s
             .split_once("://")
-            .ok_or_else(|| format!("container id {s:?} has no runtime prefix"))?;
+            .ok_or_else(|| ContainerIdError::NoRuntime {
+                given: s.to_string(),
+            })?;
         if id.len() < 12 || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(format!("container id {s:?} is not an id"));
+            return Err(ContainerIdError::NotAnId {
+                given: s.to_string(),
+            });
         }
         Ok(ContainerId {
             runtime: runtime.to_string(),
@@ -103,7 +116,7 @@ pub struct PodInfo {
     /// Running containers (with an id); others have no cgroup to watch yet.
     pub containers: Vec<ContainerInfo>,
     /// Containers whose status could not be used, with the reason.
-    pub unusable: Vec<(String, String)>,
+    pub unusable: Vec<(String, ContainerIdError)>,
 }
 
 impl PodInfo {
@@ -142,9 +155,18 @@ mod tests {
     fn parses_container_ids() {
         let c = ContainerId::parse(&format!("containerd://{ID}")).unwrap();
         assert_eq!((c.runtime.as_str(), c.id.as_str()), ("containerd", ID));
-        assert!(ContainerId::parse(ID).is_err());
-        assert!(ContainerId::parse("cri-o://../../etc").is_err());
-        assert!(ContainerId::parse("docker://abc").is_err());
+        assert!(matches!(
+            ContainerId::parse(ID),
+            Err(ContainerIdError::NoRuntime { .. })
+        ));
+        assert!(matches!(
+            ContainerId::parse("cri-o://../../etc"),
+            Err(ContainerIdError::NotAnId { .. })
+        ));
+        assert!(matches!(
+            ContainerId::parse("docker://abc"),
+            Err(ContainerIdError::NotAnId { .. })
+        ));
         assert!(c.matches_dir(&format!("cri-containerd-{ID}.scope")));
         assert!(c.matches_dir(&format!("crio-{ID}.scope")));
         assert!(c.matches_dir(&format!("crio-{ID}")));

@@ -243,12 +243,15 @@ fn legacy_host_and_missing_cgroups_are_failures() {
         Some(QosClass::Burstable),
         &[("traefik", &format!("containerd://{ID}"))],
     );
-    p.unusable = vec![("init".into(), "not an id".into())];
+    p.unusable = vec![(
+        "init".into(),
+        ContainerId::parse("containerd://zz").expect_err("too short"),
+    )];
     let s = t.resolver().resolve(&[p]);
     assert!(s.scan.targets.targets().is_empty());
     let reasons: Vec<&str> = s.scan.failures.iter().map(|f| f.reason.as_str()).collect();
     assert_eq!(reasons.len(), 2);
-    assert_eq!(reasons[0], "not an id");
+    assert_eq!(reasons[0], "container id \"containerd://zz\" is not an id");
     assert!(
         reasons[1].starts_with("no cgroup for pod uid"),
         "{}",
