@@ -1,16 +1,22 @@
 //! The agent's run loop: discovery feeds the sensor's cgroup filter and the pipeline's
 //! target table; sensor events flow through the pipeline; /metrics serves the result.
+//!
+//! Submodules: `discovery` (local or Kubernetes, behind one interface), `scan` (a
+//! discovery result applied to the sensor, the pipeline and the prober).
+
+mod discovery;
+mod scan;
 
 use std::sync::Arc;
-
-use prometheus_client::registry::Registry;
 use std::time::Duration;
 
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
-use crate::config::{ConfigError, DataHooksArg, DiscoveryMode, RunArgs};
-use crate::discovery::kubernetes::{KubeConfig, KubeDiscovery, KubeError};
-use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan, ScanFailure};
+use crate::config::{ConfigError, DataHooksArg, RunArgs};
+use crate::discovery::kubernetes::KubeError;
+use crate::discovery::local::DiscoveryError;
 use crate::discovery::metrics::DiscoveryMetrics;
 use crate::discovery::TargetSet;
 use crate::event::Event;
@@ -20,6 +26,8 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::probe::{ProbeConfig, Prober};
 use crate::sensor::metrics::{SensorMetrics, SensorTotals};
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
+use discovery::Discovery;
+use scan::{apply_scan, TlsState, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -29,18 +37,31 @@ pub enum AgentError {
         source: ConfigError,
     },
     #[error(transparent)]
-    Kubernetes(#[from] KubeError),
+    Kubernetes {
+        #[from]
+        source: KubeError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
-    Discovery(#[from] crate::discovery::local::DiscoveryError),
-    #[error("kernel sensor: {0}")]
-    Sensor(#[from] SensorError),
-    #[error("signal handler: {0}")]
-    Signal(std::io::Error),
+    Discovery {
+        #[from]
+        source: DiscoveryError,
+    },
+    #[error("kernel sensor: {source}")]
+    Sensor {
+        #[from]
+        source: SensorError,
+    },
+    #[error("signal handler: {source}")]
+    Signal {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Every metric of the agent, registered once at start-up: the contract families and each
@@ -108,11 +129,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         registry,
         readiness: readiness.clone(),
     });
-    tokio::spawn(async move {
-        if let Err(e) = metrics::serve(listener, exposition).await {
-            tracing::error!(error = %e, "metrics server stopped");
+    tokio::spawn(
+        async move {
+            if let Err(e) = metrics::serve(listener, exposition).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
         }
-    });
+        .instrument(tracing::info_span!("metrics_server")),
+    );
     tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
 
     let discovery = Discovery::start(&args, &hosts, discovery_metrics).await?;
@@ -199,11 +223,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     discovery.update_hosts(&mut pipeline, &hosts_tx);
     discovery.report_readiness(&readiness);
     if probing {
-        tokio::spawn(
+        // The span covers the prober's construction too (its TLS set-up logs).
+        let span = tracing::info_span!("prober");
+        let prober = span.in_scope(|| {
             Prober::new(probe_cfg, contract.clone(), probe_tx, targets_rx)
                 .with_host_updates(hosts_rx)
-                .run(),
-        );
+        });
+        tokio::spawn(prober.run().instrument(span));
     } else {
         drop(probe_tx);
         tracing::info!("prober off (--probe-interval 0)");
@@ -218,7 +244,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut probe_deadlines = tokio::time::interval(Duration::from_millis(100));
     probe_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(AgentError::Signal)?;
+        .map_err(|source| AgentError::Signal { source })?;
     // One future for the whole loop: recreating it each pass could miss a SIGINT
     // that arrives between two passes.
     let ctrl_c = tokio::signal::ctrl_c();
@@ -274,184 +300,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     readiness.set(false, "shutting down");
     drop(sensor);
     Ok(())
-}
-
-/// The Go TLS uprobes across scans.
-struct TlsState {
-    enabled: bool,
-    /// Replicas whose binary the uprobes could not be put on (they stay watched in
-    /// plaintext, and count as failed targets too).
-    failed_replicas: i64,
-}
-
-/// Puts the TLS uprobes on the targets' binaries; returns how many targets run a binary
-/// where that failed.
-fn sync_tls(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
-    let pids: Vec<u32> = targets
-        .targets()
-        .iter()
-        .flat_map(|t| t.pids.iter().copied())
-        .collect();
-    let failed_pids: std::collections::HashSet<u32> = sensor
-        .set_tls_processes(&pids)
-        .into_iter()
-        .filter(|b| b.outcome.is_err())
-        .flat_map(|b| b.pids)
-        .collect();
-    targets
-        .targets()
-        .iter()
-        .filter(|t| t.pids.iter().any(|p| failed_pids.contains(p)))
-        .count() as i64
-}
-
-/// Where replicas come from.
-enum Discovery {
-    Local(Box<LocalDiscovery>),
-    Kubernetes(Box<KubeDiscovery>),
-}
-
-impl Discovery {
-    async fn start(
-        args: &RunArgs,
-        hosts: &[String],
-        metrics: DiscoveryMetrics,
-    ) -> Result<Self, AgentError> {
-        if args.effective_discovery() != DiscoveryMode::Kubernetes {
-            let d = LocalDiscovery::new(LocalConfig {
-                process_name: (!args.no_name_match).then(|| args.process_name.clone()),
-                pids: args.pids.clone(),
-                cgroups: args.cgroups.clone(),
-                namespace: args.namespace.clone(),
-                proc_root: "/proc".into(),
-                endpoint_refresh: (!args.probe_interval.is_zero())
-                    .then_some(crate::discovery::local::ENDPOINT_REFRESH),
-            })?;
-            tracing::info!(cgroup2 = %d.cgroup2_root().display(), node = args.node_name.as_deref().unwrap_or("-"), "local discovery");
-            return Ok(Discovery::Local(Box::new(d)));
-        }
-        let node_name = args.node_name.clone().ok_or(KubeError::NoNodeName)?;
-        let kube_config = crate::discovery::kubernetes::infer_config().await?;
-        let k = &args.kube;
-        let d = KubeDiscovery::start(
-            kube_config,
-            KubeConfig {
-                node_name,
-                label_selector: k.label_selector.clone(),
-                pod_namespace: k.watch_namespace.clone(),
-                containers: k.containers.clone(),
-                ingress_class: k.ingress_class.clone(),
-                static_hosts: hosts.to_vec(),
-                host_cgroup_root: k.host_cgroup_root.clone(),
-                host_proc: k.host_proc.clone(),
-                crd_recheck: Duration::from_secs(300),
-            },
-            metrics,
-        )?;
-        tracing::info!(node = %args.node_name.as_deref().unwrap_or("-"), selector = %k.label_selector, "kubernetes discovery");
-        Ok(Discovery::Kubernetes(Box::new(d)))
-    }
-
-    fn scan(&self) -> Scan {
-        match self {
-            Discovery::Local(d) => d.scan(),
-            Discovery::Kubernetes(d) => d.scan().scan,
-        }
-    }
-
-    /// Resolves when Kubernetes objects changed; never in local mode (it polls).
-    async fn changed(&self) {
-        match self {
-            Discovery::Local(_) => std::future::pending().await,
-            Discovery::Kubernetes(d) => d.changed().await,
-        }
-    }
-
-    /// Pushes Kubernetes-discovered hosts to the pipeline's labels and to the prober.
-    fn update_hosts(&self, pipeline: &mut Pipeline, probed: &watch::Sender<Vec<String>>) {
-        if let Discovery::Kubernetes(d) = self {
-            let hosts = d.hosts().hosts;
-            let labels = pipeline.host_labels();
-            // `other` is last in the labels and never among the hosts.
-            if labels.len() != hosts.len() + 1 || labels.iter().zip(&hosts).any(|(a, b)| a != b) {
-                tracing::info!(hosts = hosts.len(), "known hosts changed");
-                pipeline.set_known_hosts(&hosts);
-                probed.send_replace(hosts);
-            }
-        }
-    }
-
-    /// The sensor is attached when this is called: readiness is then discovery's.
-    fn report_readiness(&self, readiness: &Readiness) {
-        match self {
-            Discovery::Local(_) => readiness.set(true, "sensor attached, discovery ran"),
-            Discovery::Kubernetes(d) => d.publish_readiness(readiness),
-        }
-    }
-}
-
-/// What the agent watches, across discovery scans.
-struct Watched {
-    current: TargetSet,
-    /// The last scan's failures, so that a persistent one is logged once.
-    failures: Vec<ScanFailure>,
-    /// The targets as the prober sees them.
-    published: watch::Sender<TargetSet>,
-    tls: TlsState,
-}
-
-/// Pushes a discovery result to the kernel filter, the TLS uprobes, the pipeline and the
-/// target gauges; logs only what changed (failures too: a persistent one is logged once).
-fn apply_scan(
-    scan: Scan,
-    state: &mut Watched,
-    sensor: &mut Sensor,
-    pipeline: &mut Pipeline,
-    metrics: &Contract,
-) {
-    let Watched {
-        current,
-        failures,
-        published,
-        tls,
-    } = state;
-    for f in &scan.failures {
-        if !failures.contains(f) {
-            tracing::warn!(target = %f.what, reason = %f.reason, "replica could not be resolved");
-        }
-    }
-    *failures = scan.failures.clone();
-    let failed = scan.failures.len() as i64;
-    if scan.targets == *current {
-        metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
-        return;
-    }
-    for t in scan.targets.targets() {
-        if !current.targets().contains(t) {
-            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, cgroup_id = t.cgroup_id, pids = ?t.pids, "watching replica");
-        }
-    }
-    for t in current.targets() {
-        if !scan.targets.targets().contains(t) {
-            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, "replica gone");
-        }
-    }
-    if tls.enabled {
-        tls.failed_replicas = sync_tls(&scan.targets, sensor);
-    }
-    match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
-        Ok(()) => metrics.set_targets(
-            scan.targets.replica_count() as i64,
-            failed + tls.failed_replicas,
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "updating the kernel cgroup filter failed");
-            metrics.set_targets(0, failed + scan.targets.replica_count() as i64);
-        }
-    }
-    pipeline.set_targets(scan.targets.clone());
-    published.send_replace(scan.targets.clone());
-    *current = scan.targets;
 }
 
 fn kernel_release() -> String {
