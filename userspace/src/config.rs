@@ -244,27 +244,43 @@ pub enum DataHooksArg {
     Classic,
 }
 
+/// A configuration the agent cannot run with (beyond what clap itself rejects).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--ring-buffer-bytes must be a power of two of at least 4096, got {got}")]
+    RingBufferBytes { got: u32 },
+    #[error("--no-name-match needs at least one --pid or --cgroup")]
+    NoNameMatchWithoutTargets,
+    #[error("--hosts-file {}: {source}", path.display())]
+    HostsFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl RunArgs {
     /// Validates combinations clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.ring_buffer_bytes.is_power_of_two() || self.ring_buffer_bytes < 4096 {
-            return Err(format!(
-                "--ring-buffer-bytes must be a power of two of at least 4096, got {}",
-                self.ring_buffer_bytes
-            ));
+            return Err(ConfigError::RingBufferBytes {
+                got: self.ring_buffer_bytes,
+            });
         }
         if self.no_name_match && self.pids.is_empty() && self.cgroups.is_empty() {
-            return Err("--no-name-match needs at least one --pid or --cgroup".into());
+            return Err(ConfigError::NoNameMatchWithoutTargets);
         }
         Ok(())
     }
 
     /// `--host` plus the hosts of `--hosts-file`, in order, without duplicates.
-    pub fn all_hosts(&self) -> Result<Vec<String>, String> {
+    pub fn all_hosts(&self) -> Result<Vec<String>, ConfigError> {
         let mut hosts = self.hosts.clone();
         if let Some(path) = &self.hosts_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--hosts-file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::HostsFile {
+                path: path.clone(),
+                source,
+            })?;
             hosts.extend(parse_hosts_file(&text));
         }
         // A host-specific WebSocket probe needs its host to be a label value.
@@ -302,8 +318,15 @@ pub struct WsPath {
     pub path: String,
 }
 
+/// A `--probe-ws-path` that is neither `/path` nor `host/path`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected /path or host/path, got {given:?}")]
+pub struct WsPathError {
+    given: String,
+}
+
 impl std::str::FromStr for WsPath {
-    type Err = String;
+    type Err = WsPathError;
 
     /// `/ws` (every host) or `chat.example.com/ws` (that host only).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -319,173 +342,12 @@ impl std::str::FromStr for WsPath {
                 host: Some(host.to_ascii_lowercase()),
                 path: format!("/{path}"),
             }),
-            _ => Err(format!("expected /path or host/path, got {s:?}")),
+            _ => Err(WsPathError {
+                given: s.to_string(),
+            }),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ws_path_syntax() {
-        assert_eq!(
-            "/ws".parse::<WsPath>().expect("valid"),
-            WsPath {
-                host: None,
-                path: "/ws".into()
-            }
-        );
-        assert_eq!(
-            "Chat.Test/socket/x".parse::<WsPath>().expect("valid"),
-            WsPath {
-                host: Some("chat.test".into()),
-                path: "/socket/x".into()
-            }
-        );
-        assert!("ws".parse::<WsPath>().is_err());
-        assert!("/".parse::<WsPath>().is_ok());
-    }
-
-    #[test]
-    fn probe_flags() {
-        let r = parse(&["run"]).expect("defaults parse");
-        assert_eq!(r.probe_interval, Duration::from_secs(10));
-        assert_eq!(r.probe_path, "/");
-        assert!(r.probe_ws_paths.is_empty());
-        let r = parse(&[
-            "run",
-            "--probe-interval",
-            "1s",
-            "--probe-ws-path",
-            "/ws,chat.test/socket",
-            "--probe-ws-accept",
-            "302",
-            "--probe-port",
-            "80",
-            "--api-port",
-            "9000",
-        ])
-        .expect("parse");
-        assert_eq!(r.probe_interval, Duration::from_secs(1));
-        assert_eq!(r.probe_ws_paths.len(), 2);
-        assert_eq!(r.probe_ws_paths[1].host.as_deref(), Some("chat.test"));
-        assert_eq!(r.probe_ws_accept, vec![302]);
-        assert_eq!(r.probe_ports, vec![80]);
-        assert_eq!(r.api_port, Some(9000));
-        assert!(parse(&["run", "--probe-ws-path", "ws"]).is_err());
-        assert!(parse(&["run", "--probe-concurrency", "0"]).is_err());
-    }
-
-    #[test]
-    fn hosts_file() {
-        assert_eq!(
-            parse_hosts_file("# hosts\na.test\n\n  b.test  # the b one\n"),
-            vec!["a.test", "b.test"]
-        );
-        let path = std::env::temp_dir().join(format!("routeskew-hosts-{}", std::process::id()));
-        std::fs::write(&path, "b.test\nc.test\n").expect("write");
-        let p = path.display().to_string();
-        let r = parse(&[
-            "run",
-            "--host",
-            "a.test,b.test",
-            "--hosts-file",
-            &p,
-            "--probe-ws-path",
-            "d.test/ws,/ws",
-        ])
-        .expect("parse");
-        assert_eq!(
-            r.all_hosts().expect("read"),
-            vec!["a.test", "b.test", "c.test", "d.test"]
-        );
-        std::fs::remove_file(&path).expect("rm");
-        assert!(r.all_hosts().is_err());
-    }
-
-    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
-        let cli = Cli::try_parse_from(std::iter::once("routeskew").chain(args.iter().copied()))?;
-        match cli.command {
-            Command::Run(r) => Ok(r),
-            Command::MetricsList => {
-                Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
-            }
-        }
-    }
-
-    #[test]
-    fn defaults_are_sane() {
-        let r = parse(&["run"]).expect("defaults parse");
-        assert_eq!(r.process_name, "traefik");
-        assert_eq!(r.listen.port(), 9477);
-        assert_eq!(r.rescan_interval, Duration::from_secs(2));
-        assert_eq!(r.capture_bytes, 1024);
-        assert!(r.validate().is_ok());
-    }
-
-    #[test]
-    fn repeatable_and_delimited_flags() {
-        let r = parse(&[
-            "run",
-            "--host",
-            "a.test",
-            "--host",
-            "b.test,c.test",
-            "--pid",
-            "12",
-            "--cgroup",
-            "x/y",
-        ])
-        .expect("parse");
-        assert_eq!(r.hosts, vec!["a.test", "b.test", "c.test"]);
-        assert_eq!(r.pids, vec![12]);
-        assert_eq!(r.cgroups, vec![PathBuf::from("x/y")]);
-    }
-
-    #[test]
-    fn kubernetes_flags() {
-        let r = parse(&["run"]).expect("defaults parse");
-        assert_eq!(r.kube.label_selector, "app.kubernetes.io/name=traefik");
-        assert_eq!(r.kube.ingress_class, "traefik");
-        assert_eq!(r.kube.host_cgroup_root, PathBuf::from("/sys/fs/cgroup"));
-        assert_eq!(r.kube.watch_namespace, None);
-        let r = parse(&[
-            "run",
-            "--discovery",
-            "kubernetes",
-            "--node-name",
-            "n1",
-            "--watch-namespace",
-            "edge",
-            "--container",
-            "traefik",
-            "--host-proc",
-            "/host/proc",
-        ])
-        .expect("parse");
-        assert_eq!(r.effective_discovery(), DiscoveryMode::Kubernetes);
-        assert_eq!(r.node_name.as_deref(), Some("n1"));
-        assert_eq!(r.kube.watch_namespace.as_deref(), Some("edge"));
-        assert_eq!(r.kube.containers, vec!["traefik"]);
-        assert_eq!(r.kube.host_proc, PathBuf::from("/host/proc"));
-    }
-
-    #[test]
-    fn rejects_bad_values() {
-        assert!(parse(&["run", "--capture-bytes", "4096"]).is_err());
-        assert!(parse(&["run", "--rescan-interval", "soon"]).is_err());
-        let r = parse(&["run", "--ring-buffer-bytes", "5000"]).expect("parse");
-        assert!(r.validate().is_err());
-        let r = parse(&["run", "--no-name-match"]).expect("parse");
-        assert!(r.validate().is_err());
-    }
-
-    #[test]
-    fn metrics_list_takes_no_arguments() {
-        let cli = Cli::try_parse_from(["routeskew", "metrics-list"]).expect("parse");
-        assert!(matches!(cli.command, Command::MetricsList));
-        assert!(Cli::try_parse_from(["routeskew", "metrics-list", "--listen", ":1"]).is_err());
-    }
-}
+mod tests;

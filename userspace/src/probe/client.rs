@@ -17,32 +17,77 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::check::{wire_form, Answer, BODY_PREFIX};
 
+/// Why a probe request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("tls: {0}")]
-    Tls(std::io::Error),
-    #[error("http: {0}")]
-    Http(String),
-    #[error("websocket: {0}")]
-    WebSocket(String),
-    #[error("invalid request: {0}")]
-    Request(String),
+    #[error("connect: {source}")]
+    Connect {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tls: {source}")]
+    Tls {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http: {source}")]
+    Http {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("websocket: {source}")]
+    WebSocket {
+        #[source]
+        source: WsError,
+    },
+    #[error("invalid request: {source}")]
+    Request {
+        #[source]
+        source: RequestError,
+    },
+}
+
+/// A request that cannot be sent as asked (a host or User-Agent that is no valid header
+/// value or server name).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    ServerName {
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error(transparent)]
+    Header {
+        source: hyper::header::InvalidHeaderValue,
+    },
+    #[error(transparent)]
+    Build { source: hyper::http::Error },
+    #[error(transparent)]
+    WebSocket { source: WsError },
 }
 
 impl ClientError {
     /// A short, bounded reason for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Connect(_) => "connect",
-            Self::Tls(_) => "tls",
-            Self::Http(_) => "http",
-            Self::WebSocket(_) => "websocket",
-            Self::Request(_) => "request",
+            Self::Connect { .. } => "connect",
+            Self::Tls { .. } => "tls",
+            Self::Http { .. } => "http",
+            Self::WebSocket { .. } => "websocket",
+            Self::Request { .. } => "request",
+        }
+    }
+
+    fn http(source: hyper::Error) -> Self {
+        Self::Http { source }
+    }
+
+    fn header(source: hyper::header::InvalidHeaderValue) -> Self {
+        Self::Request {
+            source: RequestError::Header { source },
         }
     }
 }
@@ -144,7 +189,7 @@ pub struct Request<'a> {
 async fn connect(r: &Request<'_>) -> Result<Stream, ClientError> {
     let tcp = TcpStream::connect(r.addr)
         .await
-        .map_err(ClientError::Connect)?;
+        .map_err(|source| ClientError::Connect { source })?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = r.tls else {
         return Ok(Box::pin(tcp));
@@ -152,12 +197,14 @@ async fn connect(r: &Request<'_>) -> Result<Stream, ClientError> {
     // The host without a port; an IP literal gives no SNI, as browsers do.
     let name = host_without_port(r.host);
     let server_name =
-        ServerName::try_from(name.to_string()).map_err(|e| ClientError::Request(e.to_string()))?;
+        ServerName::try_from(name.to_string()).map_err(|source| ClientError::Request {
+            source: RequestError::ServerName { source },
+        })?;
     let stream = tls
         .connector
         .connect(server_name, tcp)
         .await
-        .map_err(ClientError::Tls)?;
+        .map_err(|source| ClientError::Tls { source })?;
     Ok(Box::pin(stream))
 }
 
@@ -177,23 +224,22 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(ClientError::http)?;
     let req = hyper::Request::get(r.path)
         .header(
             HOST,
-            HeaderValue::from_str(r.host).map_err(|e| ClientError::Request(e.to_string()))?,
+            HeaderValue::from_str(r.host).map_err(ClientError::header)?,
         )
         .header(
             USER_AGENT,
-            HeaderValue::from_str(r.user_agent).map_err(|e| ClientError::Request(e.to_string()))?,
+            HeaderValue::from_str(r.user_agent).map_err(ClientError::header)?,
         )
         .body(Empty::<Bytes>::new())
-        .map_err(|e| ClientError::Request(e.to_string()))?;
+        .map_err(|source| ClientError::Request {
+            source: RequestError::Build { source },
+        })?;
     let exchange = async move {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(ClientError::http)?;
         let (parts, mut body) = resp.into_parts();
         let mut buf = BytesMut::new();
         while buf.len() < body_cap {
@@ -204,7 +250,7 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
                         buf.extend_from_slice(&data[..data.len().min(room)]);
                     }
                 }
-                Some(Err(e)) => return Err(ClientError::Http(e.to_string())),
+                Some(Err(e)) => return Err(ClientError::http(e)),
                 None => break,
             }
         }
@@ -244,17 +290,18 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
 /// A WebSocket upgrade to `path`; on 101 the connection is closed cleanly right away.
 pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Error as WsError;
 
     let stream = connect(r).await?;
     let scheme = if r.tls.is_some() { "wss" } else { "ws" };
     let uri = format!("{scheme}://{}{}", r.host, r.path);
     let mut req = uri
         .into_client_request()
-        .map_err(|e| ClientError::Request(e.to_string()))?;
+        .map_err(|source| ClientError::Request {
+            source: RequestError::WebSocket { source },
+        })?;
     req.headers_mut().insert(
         USER_AGENT,
-        HeaderValue::from_str(r.user_agent).map_err(|e| ClientError::Request(e.to_string()))?,
+        HeaderValue::from_str(r.user_agent).map_err(ClientError::header)?,
     );
     match tokio_tungstenite::client_async(req, stream).await {
         Ok((mut ws, resp)) => {
@@ -294,7 +341,7 @@ pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
                 next_page: None,
             })
         }
-        Err(e) => Err(ClientError::WebSocket(e.to_string())),
+        Err(source) => Err(ClientError::WebSocket { source }),
     }
 }
 

@@ -1,11 +1,24 @@
 //! The router inventory a replica's Traefik API reports (`/api/http/routers`, paged
 //! through `X-Next-Page`), compared between the local replicas, and the entrypoint names
-//! of its ports (`/api/entrypoints`).
+//! of its ports (`/api/entrypoints`): the pages parsed, the fetch loop, and each
+//! replica's inventory kept up to date with a backoff while its API does not answer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use super::client::{self, ClientError, Request, Tls};
+use super::Prober;
+use crate::discovery::TargetSet;
+use crate::metrics::ReplicaLabels;
+
+/// Largest router-list page read (a page of 100 routers is a few tens of KiB).
+pub(super) const API_BODY_CAP: usize = 4 << 20;
+/// Path that tells whether an endpoint serves Traefik's API.
+pub(super) const ROUTERS_PATH: &str = "/api/http/routers";
+const ENTRYPOINTS_PATH: &str = "/api/entrypoints";
 
 /// Routers asked for per page (Traefik's maximum page size is not capped; 100 is its
 /// default).
@@ -54,9 +67,32 @@ impl RouterPage {
     }
 }
 
+/// A body that is not the JSON Traefik's API serves.
 #[derive(Debug, thiserror::Error)]
-#[error("unexpected router list: {0}")]
-pub struct ParseError(String);
+#[error("unexpected router list: {source}")]
+pub struct ParseError {
+    #[source]
+    source: serde_json::Error,
+}
+
+/// Why a replica's router inventory could not be read.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("timeout")]
+    Timeout,
+    #[error(transparent)]
+    Client {
+        #[from]
+        source: ClientError,
+    },
+    #[error("status {status}")]
+    Status { status: u16 },
+    #[error(transparent)]
+    Parse {
+        #[from]
+        source: ParseError,
+    },
+}
 
 fn is_internal(name: &str, provider: Option<&str>) -> bool {
     provider == Some("internal") || name.ends_with("@internal")
@@ -64,7 +100,7 @@ fn is_internal(name: &str, provider: Option<&str>) -> bool {
 
 pub fn parse_router_page(body: &[u8]) -> Result<RouterPage, ParseError> {
     let routers: Vec<RouterJson> =
-        serde_json::from_slice(body).map_err(|e| ParseError(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|source| ParseError { source })?;
     let mut page = RouterPage::default();
     for r in routers {
         let Some(name) = r.name else { continue };
@@ -94,7 +130,7 @@ pub fn next_page(page: u32, header: Option<u32>) -> Option<u32> {
 /// Entrypoint name by port, from `/api/entrypoints` (`address` is `[host]:port`).
 pub fn parse_entry_points(body: &[u8]) -> Result<BTreeMap<u16, String>, ParseError> {
     let eps: Vec<EntryPointJson> =
-        serde_json::from_slice(body).map_err(|e| ParseError(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|source| ParseError { source })?;
     let mut out = BTreeMap::new();
     for ep in eps {
         let (Some(name), Some(address)) = (ep.name, ep.address) else {
@@ -129,44 +165,144 @@ pub fn missing_routers(
     out
 }
 
-/// Exponential retry delay for an API that did not answer: reported once, then retried
-/// less and less often, never faster than `base`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backoff {
-    failures: u32,
-    base: Duration,
-    max: Duration,
+/// Every enabled, non-internal router (all pages) and the entrypoint names by port.
+async fn fetch_inventory(
+    addr: SocketAddr,
+    tls: Option<&Tls>,
+    ua: &str,
+    timeout: Duration,
+) -> Result<(RouterPage, Option<BTreeMap<u16, String>>), FetchError> {
+    let host = addr.to_string();
+    let mut all = RouterPage::default();
+    let mut page = 1u32;
+    loop {
+        let path = format!("{ROUTERS_PATH}?page={page}&per_page={PER_PAGE}");
+        let req = Request {
+            addr,
+            tls,
+            host: &host,
+            path: &path,
+            user_agent: ua,
+        };
+        let a = tokio::time::timeout(timeout, client::get(&req, API_BODY_CAP))
+            .await
+            .map_err(|_| FetchError::Timeout)??;
+        if a.status != 200 {
+            return Err(FetchError::Status { status: a.status });
+        }
+        let p = parse_router_page(&a.body)?;
+        all.extend(p);
+        match next_page(page, a.next_page) {
+            Some(n) => page = n,
+            None => break,
+        }
+    }
+    let req = Request {
+        addr,
+        tls,
+        host: &host,
+        path: ENTRYPOINTS_PATH,
+        user_agent: ua,
+    };
+    // Entrypoint names only refine endpoint selection; their absence is no failure.
+    let names = match tokio::time::timeout(timeout, client::get(&req, API_BODY_CAP)).await {
+        Ok(Ok(a)) if a.status == 200 => parse_entry_points(&a.body).ok(),
+        _ => None,
+    };
+    Ok((all, names))
 }
 
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            failures: 0,
-            base,
-            max,
+impl Prober {
+    pub(super) async fn refresh_inventories(&mut self, targets: &TargetSet) {
+        let now = Instant::now();
+        let mut changed = false;
+        for t in targets.targets() {
+            let api = self.api_endpoint(t);
+            let Some(st) = self.replicas.get_mut(&t.replica) else {
+                continue;
+            };
+            let Some((addr, tls)) = api else {
+                if !st.api_missing_logged {
+                    st.api_missing_logged = true;
+                    tracing::info!(replica = %t.replica.name, "no Traefik API found on the replica's endpoints; router inventory unavailable");
+                }
+                continue;
+            };
+            if st.api_retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let tls = if tls { self.tls.as_ref() } else { None };
+            match fetch_inventory(addr, tls, &self.housekeeping_ua, self.cfg.timeout).await {
+                Ok((page, port_names)) => {
+                    if st.api_backoff.succeed() || st.api_missing_logged {
+                        tracing::info!(replica = %t.replica.name, %addr, "Traefik API reachable again");
+                    }
+                    st.api_missing_logged = false;
+                    st.api_retry_at = None;
+                    self.metrics
+                        .replica_routers
+                        .get_or_create(&ReplicaLabels {
+                            replica: t.replica.name.clone(),
+                            namespace: t.replica.namespace.clone(),
+                        })
+                        .set(i64::try_from(page.enabled.len()).unwrap_or(i64::MAX));
+                    if st.routers.as_ref() != Some(&page.enabled) {
+                        changed = true;
+                    }
+                    st.routers = Some(page.enabled);
+                    st.router_entry_points = page.entry_points;
+                    st.tls_entry_points = page.tls_entry_points;
+                    st.plain_entry_points = page.plain_entry_points;
+                    if let Some(p) = port_names {
+                        st.port_names = p;
+                    }
+                }
+                Err(e) => {
+                    if st.api_backoff.fail() {
+                        tracing::warn!(replica = %t.replica.name, %addr, error = %e, "Traefik API unreachable; keeping the last inventory, retrying with backoff");
+                    }
+                    st.api_retry_at = Some(now + st.api_backoff.delay());
+                }
+            }
+        }
+        if changed {
+            self.log_missing(targets);
         }
     }
 
-    /// Records a failure; true for the first one of a series (the one worth a log line).
-    pub fn fail(&mut self) -> bool {
-        self.failures = self.failures.saturating_add(1);
-        self.failures == 1
-    }
-
-    /// Records a success; true when it ends a series of failures.
-    pub fn succeed(&mut self) -> bool {
-        let recovered = self.failures > 0;
-        self.failures = 0;
-        recovered
-    }
-
-    /// How long to wait before the next attempt.
-    pub fn delay(&self) -> Duration {
-        if self.failures == 0 {
-            return self.base;
+    /// Logs, once per change, which routers a replica lacks next to its local siblings.
+    fn log_missing(&mut self, targets: &TargetSet) {
+        let mut inv: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for t in targets.targets() {
+            if let Some(r) = self
+                .replicas
+                .get(&t.replica)
+                .and_then(|s| s.routers.as_ref())
+            {
+                inv.insert(t.replica.name.clone(), r.clone());
+            }
         }
-        let factor = 1u32 << self.failures.min(16);
-        self.base.saturating_mul(factor).min(self.max)
+        let missing = missing_routers(&inv);
+        for t in targets.targets() {
+            let Some(lacks) = missing.get(&t.replica.name) else {
+                continue;
+            };
+            let Some(st) = self.replicas.get_mut(&t.replica) else {
+                continue;
+            };
+            if st.lacks_logged.as_ref() == Some(lacks) {
+                continue;
+            }
+            if lacks.is_empty() {
+                if st.lacks_logged.is_some() {
+                    tracing::info!(replica = %t.replica.name, "replica has every router its siblings have");
+                }
+            } else {
+                let names: Vec<&str> = lacks.iter().map(String::as_str).take(50).collect();
+                tracing::warn!(replica = %t.replica.name, namespace = %t.replica.namespace, missing = lacks.len(), routers = ?names, "replica lacks routers its local siblings have");
+            }
+            st.lacks_logged = Some(lacks.clone());
+        }
     }
 }
 
@@ -236,22 +372,5 @@ mod tests {
         assert_eq!(m["traefik-1"], set(&["d"]));
         assert_eq!(m["traefik-2"], set(&["b", "d"]));
         assert!(m["traefik-3"].is_empty());
-    }
-
-    #[test]
-    fn backoff_reports_once_and_grows() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        assert_eq!(b.delay(), Duration::from_secs(1));
-        assert!(b.fail());
-        assert!(!b.fail());
-        assert!(!b.fail());
-        assert_eq!(b.delay(), Duration::from_secs(8));
-        for _ in 0..20 {
-            b.fail();
-        }
-        assert_eq!(b.delay(), Duration::from_secs(60));
-        assert!(b.succeed());
-        assert!(!b.succeed());
-        assert_eq!(b.delay(), Duration::from_secs(1));
     }
 }

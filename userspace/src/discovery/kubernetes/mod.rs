@@ -12,55 +12,65 @@
 //! same code then serves both API groups (`traefik.io` and the older
 //! `traefik.containo.us`), only `spec.routes[].match` and one annotation are read, and the
 //! build needs neither kube's derive macros nor JSON schemas.
+//!
+//! Submodules: `watch` (the watch tasks, each in its own span), `objects` (API objects to
+//! plain types), `health` (API server reachability from every request's outcome).
 
 mod health;
 mod objects;
+mod watch;
 
 use std::collections::BTreeSet;
-use std::fmt::Debug;
-use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher;
+use kube::Api;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use super::pod_cgroup::{CgroupLayout, PodResolver, PodScan};
-use crate::discovery::metrics::{DiscoveryMetrics, ResourceLabels};
+use super::pod_cgroup::{CgroupLayout, CgroupLayoutError, PodResolver, PodScan};
+use crate::discovery::metrics::DiscoveryMetrics;
 use crate::pipeline::aggregate::MAX_KNOWN_HOSTS;
 use crate::pipeline::http::{normalize_host, Host};
 use health::{ApiHealth, ObserveLayer};
+use watch::{spawn_watch, watch_ingress_route_groups};
 
 pub use objects::CLASS_ANNOTATION;
 
 /// IngressRoute API groups, newest first; the old one only exists on clusters that still
 /// have Traefik v2's CRDs installed.
 pub const INGRESS_ROUTE_GROUPS: [&str; 2] = ["traefik.io", "traefik.containo.us"];
-const INGRESS_ROUTE_VERSION: &str = "v1alpha1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error(
         "no usable Kubernetes configuration (neither an in-cluster service account nor a \
-         kubeconfig from KUBECONFIG or ~/.kube/config): {0}"
+         kubeconfig from KUBECONFIG or ~/.kube/config): {source}"
     )]
-    NoConfig(String),
-    #[error("kubernetes client: {0}")]
-    Client(String),
+    NoConfig {
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("kubernetes client: {source}")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
     #[error("--node-name (NODE_NAME) is required for kubernetes discovery: only this node's pods are watched")]
     NoNodeName,
-    #[error("{0}")]
-    Cgroups(String),
+    #[error(transparent)]
+    Cgroups {
+        #[from]
+        source: CgroupLayoutError,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -85,7 +95,7 @@ pub struct KubeConfig {
 pub async fn infer_config() -> Result<kube::Config, KubeError> {
     kube::Config::infer()
         .await
-        .map_err(|e| KubeError::NoConfig(e.to_string()))
+        .map_err(|source| KubeError::NoConfig { source })
 }
 
 /// Whether each watched resource has completed its first list.
@@ -154,7 +164,7 @@ impl KubeDiscovery {
         if cfg.node_name.is_empty() {
             return Err(KubeError::NoNodeName);
         }
-        let layout = CgroupLayout::detect(&cfg.host_cgroup_root).map_err(KubeError::Cgroups)?;
+        let layout = CgroupLayout::detect(&cfg.host_cgroup_root)?;
         tracing::info!(layout = %layout.describe(), proc = %cfg.host_proc.display(), "host cgroups");
         if matches!(layout, CgroupLayout::Legacy { .. }) {
             tracing::error!("this host has no cgroup v2 hierarchy: the kernel filter needs cgroup v2, every pod will be reported as failed");
@@ -163,7 +173,7 @@ impl KubeDiscovery {
 
         let health = Arc::new(ApiHealth::new(metrics.api_up.clone()));
         let client = kube::client::ClientBuilder::try_from(kube_config)
-            .map_err(|e| KubeError::Client(e.to_string()))?
+            .map_err(|source| KubeError::Client { source })?
             .with_layer(&ObserveLayer {
                 health: health.clone(),
             })
@@ -195,12 +205,10 @@ impl KubeDiscovery {
         ));
 
         let routes = Arc::new(Mutex::new(Vec::new()));
-        tasks.push(tokio::spawn(watch_ingress_route_groups(
-            client,
-            routes.clone(),
-            shared.clone(),
-            cfg.crd_recheck,
-        )));
+        tasks.push(tokio::spawn(
+            watch_ingress_route_groups(client, routes.clone(), shared.clone(), cfg.crd_recheck)
+                .instrument(tracing::info_span!("ingress_route_groups")),
+        ));
 
         Ok(KubeDiscovery {
             cfg,
@@ -333,145 +341,4 @@ impl KubeDiscovery {
             .map(|(g, _)| *g)
             .collect()
     }
-}
-
-/// Runs one watcher into its reflector store until the discovery is dropped.
-fn spawn_watch<K>(
-    resource: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    shared: Arc<Shared>,
-) -> JoinHandle<()>
-where
-    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-{
-    tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff().reflect(writer);
-        futures::pin_mut!(stream);
-        let errors = shared
-            .metrics
-            .api_errors
-            .get_or_create(&ResourceLabels { resource })
-            .clone();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(watcher::Event::InitDone) => {
-                    tracing::debug!(resource, "list complete");
-                    match resource {
-                        "pods" => shared.synced.pods.store(true, Ordering::SeqCst),
-                        "ingresses" => shared.synced.ingresses.store(true, Ordering::SeqCst),
-                        _ => {}
-                    }
-                    shared.changed.notify_one();
-                }
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                    shared.changed.notify_one();
-                }
-                // The store swaps its contents at InitDone; nothing to act on before.
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(e) => {
-                    errors.inc();
-                    tracing::warn!(resource, error = %e, "watch failed; retrying with backoff");
-                }
-            }
-        }
-    })
-}
-
-/// Watches IngressRoutes in every Traefik API group the server has, looking again every
-/// `recheck` for CRDs installed later.
-async fn watch_ingress_route_groups(
-    client: Client,
-    routes: RouteStores,
-    shared: Arc<Shared>,
-    recheck: Duration,
-) {
-    let errors = shared
-        .metrics
-        .api_errors
-        .get_or_create(&ResourceLabels {
-            resource: "discovery",
-        })
-        .clone();
-    let mut watched: Vec<&'static str> = Vec::new();
-    // The per-group watchers end with this task (dropping the future drops this).
-    struct AbortOnDrop(Vec<JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for h in &self.0 {
-                h.abort();
-            }
-        }
-    }
-    let mut handles = AbortOnDrop(Vec::new());
-    let mut retry = Duration::from_secs(1);
-    loop {
-        let wait = match served_ingress_route_groups(&client).await {
-            Ok(groups) => {
-                retry = Duration::from_secs(1);
-                for g in groups {
-                    if watched.contains(&g) {
-                        continue;
-                    }
-                    tracing::info!(group = g, "watching IngressRoutes");
-                    let gvk = GroupVersionKind::gvk(g, INGRESS_ROUTE_VERSION, "IngressRoute");
-                    let ar = ApiResource::from_gvk_with_plural(&gvk, "ingressroutes");
-                    let writer = reflector::store::Writer::new(ar.clone());
-                    let store = writer.as_reader();
-                    handles.0.push(spawn_watch(
-                        "ingressroutes",
-                        Api::<DynamicObject>::all_with(client.clone(), &ar),
-                        watcher::Config::default(),
-                        writer,
-                        shared.clone(),
-                    ));
-                    routes
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push((g, store));
-                    watched.push(g);
-                }
-                recheck
-            }
-            Err(e) => {
-                errors.inc();
-                tracing::warn!(error = %e, "API group discovery failed; retrying");
-                let w = retry;
-                retry = (retry * 2).min(Duration::from_secs(30));
-                w
-            }
-        };
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Which IngressRoute groups the API server serves (`ingressroutes` in `<group>/v1alpha1`).
-async fn served_ingress_route_groups(client: &Client) -> Result<Vec<&'static str>, kube::Error> {
-    let groups = client.list_api_groups().await?;
-    let mut out = Vec::new();
-    for g in INGRESS_ROUTE_GROUPS {
-        let Some(group) = groups.groups.iter().find(|x| x.name == g) else {
-            continue;
-        };
-        if !group
-            .versions
-            .iter()
-            .any(|v| v.version == INGRESS_ROUTE_VERSION)
-        {
-            continue;
-        }
-        let resources = client
-            .list_api_group_resources(&format!("{g}/{INGRESS_ROUTE_VERSION}"))
-            .await?;
-        if resources
-            .resources
-            .iter()
-            .any(|r| r.name == "ingressroutes")
-        {
-            out.push(g);
-        }
-    }
-    Ok(out)
 }

@@ -1,0 +1,276 @@
+//! The agent's run loop: discovery feeds the sensor's cgroup filter and the pipeline's
+//! target table; sensor events flow through the pipeline; /metrics serves the result.
+//!
+//! Submodules: `discovery` (local or Kubernetes, behind one interface), `scan` (a
+//! discovery result applied to the sensor, the pipeline and the prober).
+
+mod discovery;
+mod metrics_list;
+mod scan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::{ConfigError, DataHooksArg, RunArgs};
+use crate::discovery::kubernetes::KubeError;
+use crate::discovery::local::DiscoveryError;
+use crate::discovery::TargetSet;
+use crate::event::Event;
+use crate::metrics::{self, BuildInfo, Exposition, Readiness};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::probe::{ProbeConfig, Prober};
+use crate::sensor::metrics::SensorTotals;
+use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
+use discovery::Discovery;
+pub use metrics_list::{metric_names, AgentMetrics};
+use scan::{apply_scan, TlsState, Watched};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config {
+        #[from]
+        source: ConfigError,
+    },
+    #[error(transparent)]
+    Kubernetes {
+        #[from]
+        source: KubeError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Discovery {
+        #[from]
+        source: DiscoveryError,
+    },
+    #[error("kernel sensor: {source}")]
+    Sensor {
+        #[from]
+        source: SensorError,
+    },
+    #[error("signal handler: {source}")]
+    Signal {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Batches of events (up to [`crate::sensor::BATCH`] each) buffered between the
+/// ring-buffer reader and the pipeline. When full, the reader waits and the kernel ring
+/// buffer absorbs the burst (and counts what it drops).
+const EVENT_QUEUE: usize = 16;
+/// Probe reports waiting for the pipeline (a round sends one per replica, host and check).
+const PROBE_QUEUE: usize = 1024;
+
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    args.validate()?;
+    let hosts = args.all_hosts()?;
+
+    let AgentMetrics {
+        registry,
+        contract,
+        sensor: mut sensor_metrics,
+        pipeline: pipeline_metrics,
+        discovery: discovery_metrics,
+    } = AgentMetrics::register(BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: kernel_release(),
+    });
+    let readiness = Readiness::new("starting");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    let exposition = Arc::new(Exposition {
+        registry,
+        readiness: readiness.clone(),
+    });
+    tokio::spawn(
+        async move {
+            if let Err(e) = metrics::serve(listener, exposition).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        }
+        .instrument(tracing::info_span!("metrics_server")),
+    );
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
+
+    let discovery = Discovery::start(&args, &hosts, discovery_metrics).await?;
+
+    let (tx, mut rx) = mpsc::channel::<Vec<Event>>(EVENT_QUEUE);
+    // Probe reports are events like the sensor's and go through the same
+    // `Pipeline::handle`; their own queue keeps "the sensor's reader stopped" (its channel
+    // closed) observable.
+    let (probe_tx, mut probe_rx) = mpsc::channel::<Event>(PROBE_QUEUE);
+    let mut sensor = Sensor::start(
+        &SensorConfig {
+            object: args.ebpf_object.clone(),
+            capture_len: args.capture_bytes,
+            ring_buffer_bytes: args.ring_buffer_bytes,
+            poll_interval: args.poll_interval,
+            upstream_responses: args.upstream_responses,
+            data_hooks: match args.data_hooks {
+                DataHooksArg::Auto => DataHooks::Auto,
+                DataHooksArg::RawSysExit => DataHooks::RawSysExit,
+                DataHooksArg::Classic => DataHooks::Classic,
+            },
+        },
+        tx,
+    )?;
+    for hook in sensor.hooks() {
+        sensor_metrics.set_hook_attached(&hook.name, hook.attached);
+        match &hook.error {
+            None => tracing::info!(hook = %hook.name, "hook attached"),
+            Some(e) => {
+                tracing::warn!(hook = %hook.name, error = %e, "hook unavailable, continuing without it")
+            }
+        }
+    }
+
+    let probe_cfg = ProbeConfig {
+        interval: args.probe_interval,
+        timeout: args.probe_timeout,
+        concurrency: args.probe_concurrency as usize,
+        hosts: hosts.clone(),
+        http_path: args.probe_path.clone(),
+        ws_paths: args.probe_ws_paths.clone(),
+        ws_accept: args.probe_ws_accept.clone(),
+        ports: args.probe_ports.clone(),
+        api_port: args.api_port,
+        series_grace: args.series_grace,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let probing = !args.probe_interval.is_zero();
+
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            known_hosts: hosts.clone(),
+            ws_early_close: args.ws_early_close,
+            series_grace: args.series_grace,
+            upstream_responses: args.upstream_responses,
+            probe_deadline: probe_cfg.sensor_deadline(),
+            ..PipelineConfig::default()
+        },
+        contract.clone(),
+        pipeline_metrics,
+    );
+
+    let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
+    let (hosts_tx, hosts_rx) = watch::channel(hosts.clone());
+    let mut watched = Watched {
+        current: TargetSet::default(),
+        failures: Vec::new(),
+        published: targets_tx,
+        tls: TlsState {
+            enabled: !args.no_tls,
+            failed_replicas: 0,
+        },
+    };
+    if !watched.tls.enabled {
+        tracing::warn!("Go crypto/tls uprobes disabled by configuration: TLS traffic goes unseen");
+    }
+    apply_scan(
+        discovery.scan(),
+        &mut watched,
+        &mut sensor,
+        &mut pipeline,
+        &contract,
+    );
+    discovery.update_hosts(&mut pipeline, &hosts_tx);
+    discovery.report_readiness(&readiness);
+    if probing {
+        // The span covers the prober's construction too (its TLS set-up logs).
+        let span = tracing::info_span!("prober");
+        let prober = span.in_scope(|| {
+            Prober::new(probe_cfg, contract.clone(), probe_tx, targets_rx)
+                .with_host_updates(hosts_rx)
+        });
+        tokio::spawn(prober.run().instrument(span));
+    } else {
+        drop(probe_tx);
+        tracing::info!("prober off (--probe-interval 0)");
+    }
+
+    let mut rescan = tokio::time::interval(args.rescan_interval);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Probe reports overdue from the kernel are settled at this pace, well inside the
+    // sensor deadline, so that a blind sensor shows within two probe intervals.
+    let mut probe_deadlines = tokio::time::interval(Duration::from_millis(100));
+    probe_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| AgentError::Signal { source })?;
+    // One future for the whole loop: recreating it each pass could miss a SIGINT
+    // that arrives between two passes.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else {
+                    tracing::error!("sensor reader stopped; exiting");
+                    break;
+                };
+                pipeline.handle_batch(&batch);
+            }
+            _ = rescan.tick() => {
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+            }
+            Some(ev) = probe_rx.recv(), if probing => {
+                pipeline.handle(&ev);
+            }
+            _ = probe_deadlines.tick(), if probing => {
+                pipeline.expire_probes(crate::event::monotonic_ns());
+            }
+            _ = discovery.changed() => {
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                discovery.update_hosts(&mut pipeline, &hosts_tx);
+            }
+            _ = housekeeping.tick() => {
+                discovery.report_readiness(&readiness);
+                pipeline.tick(crate::event::monotonic_ns());
+                match sensor.totals() {
+                    Ok(totals) => {
+                        for t in totals {
+                            sensor_metrics.set_totals(t.program, SensorTotals {
+                                emitted: t.emitted,
+                                lost: t.lost,
+                                read_failures: t.read_failures,
+                                map_full: t.map_full,
+                            });
+                        }
+                        sensor_metrics.set_decode_errors(sensor.decode_errors());
+                        for (program, misses) in sensor.program_misses() {
+                            sensor_metrics.set_program_misses(&program, misses);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+                }
+            }
+            _ = &mut ctrl_c => { tracing::info!("interrupted; detaching"); break; }
+            _ = sigterm.recv() => { tracing::info!("terminated; detaching"); break; }
+        }
+    }
+    readiness.set(false, "shutting down");
+    drop(sensor);
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,293 @@
+//! The probe checks of a round: built from the replicas' probe endpoints, the known hosts
+//! and the configured checks; run concurrently; their verdicts and durations recorded and
+//! every report handed to the pipeline.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+
+use super::check::{self, Answer};
+use super::client::{self, ClientError, Request, Tls};
+use super::{replica_origin, Prober};
+use crate::discovery::{Replica, TargetSet};
+use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport};
+use crate::metrics::{ProbeCheckLabels, ProbeLabels};
+use crate::pipeline::http;
+
+/// One probe check to run.
+#[derive(Debug, Clone)]
+pub(super) struct Job {
+    pub(super) replica: Replica,
+    pub(super) origin: Origin,
+    pub(super) addr: SocketAddr,
+    pub(super) tls: bool,
+    pub(super) host: String,
+    pub(super) path: String,
+    pub(super) check: ProbeCheck,
+    pub(super) id: u64,
+}
+
+pub(super) struct JobResult {
+    job: Job,
+    answer: Result<Answer, ProbeFailure>,
+    elapsed: Duration,
+}
+
+/// Why a probe got no answer.
+#[derive(Debug, thiserror::Error)]
+enum ProbeFailure {
+    #[error(transparent)]
+    Client { source: ClientError },
+    #[error("timeout")]
+    Timeout,
+}
+
+impl ProbeFailure {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Client { source } => source.kind(),
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl Prober {
+    pub(super) fn jobs(&mut self, targets: &TargetSet) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for t in targets.targets() {
+            let endpoints = self.probe_endpoints(t);
+            if let Some(st) = self.replicas.get_mut(&t.replica) {
+                if endpoints.is_empty() && !st.no_endpoint_logged {
+                    st.no_endpoint_logged = true;
+                    tracing::info!(replica = %t.replica.name, endpoints = t.endpoints.len(), "no endpoint of the replica takes probes yet");
+                } else if !endpoints.is_empty() {
+                    st.no_endpoint_logged = false;
+                }
+            }
+            let origin = replica_origin(t);
+            for (addr, tls) in endpoints {
+                if tls && self.tls.is_none() {
+                    continue;
+                }
+                for host in &self.hosts {
+                    let mut checks = vec![(ProbeCheck::Http, self.cfg.http_path.clone())];
+                    for w in &self.cfg.ws_paths {
+                        if w.host.as_ref().is_none_or(|h| h == host) {
+                            checks.push((ProbeCheck::WebSocket, w.path.clone()));
+                        }
+                    }
+                    for (check, path) in checks {
+                        self.next_id = self.next_id.wrapping_add(1);
+                        jobs.push(Job {
+                            replica: t.replica.clone(),
+                            origin,
+                            addr,
+                            tls,
+                            host: host.clone(),
+                            path,
+                            check,
+                            id: self.next_id,
+                        });
+                    }
+                }
+            }
+        }
+        jobs
+    }
+
+    /// Runs `jobs`, at most the configured number at once.
+    pub(super) async fn run_jobs(&self, jobs: Vec<Job>) -> Vec<JobResult> {
+        let timeout = self.cfg.timeout;
+        let tls = self.tls.clone();
+        stream::iter(jobs)
+            .map(|job| {
+                let tls = tls.clone();
+                let ua = http::probe_check_user_agent(&self.cfg.version, job.id);
+                async move { run_job(job, tls, ua, timeout).await }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Publishes verdicts and durations and hands every report to the pipeline. A
+    /// (replica, host, check) succeeds when every endpoint and path checked did.
+    pub(super) async fn record(&mut self, results: Vec<JobResult>) {
+        let mut verdicts: BTreeMap<(Replica, String, ProbeCheck), bool> = BTreeMap::new();
+        for r in results {
+            let job = &r.job;
+            let report = ProbeReport {
+                id: job.id,
+                check: job.check,
+                host: job.host.clone(),
+                response: r.answer.as_ref().ok().map(|a| a.wire.clone()),
+            };
+            let verdict = check::judge(&report, &self.cfg.ws_accept);
+            if let Err(e) = &r.answer {
+                tracing::debug!(replica = %job.replica.name, host = %job.host, addr = %job.addr, check = job.check.as_str(), reason = e.kind(), "probe got no answer");
+            }
+            let ok = verdicts
+                .entry((job.replica.clone(), job.host.clone(), job.check))
+                .or_insert(true);
+            *ok &= verdict.success;
+            let labels = ProbeCheckLabels {
+                replica: job.replica.name.clone(),
+                namespace: job.replica.namespace.clone(),
+                check: job.check.as_str(),
+            };
+            self.metrics
+                .probe_duration
+                .get_or_create(&labels)
+                .observe(r.elapsed.as_secs_f64());
+            if let Some(st) = self.replicas.get_mut(&job.replica) {
+                st.duration_series.insert(labels);
+            }
+            let ev = Event {
+                ts_ns: crate::event::monotonic_ns(),
+                origin: job.origin,
+                kind: EventKind::Probe(Box::new(report)),
+            };
+            if self.events.send(ev).await.is_err() {
+                return;
+            }
+        }
+        for ((replica, host, check), ok) in verdicts {
+            let labels = ProbeLabels {
+                replica: replica.name.clone(),
+                namespace: replica.namespace.clone(),
+                host,
+                check: check.as_str(),
+            };
+            self.metrics
+                .probe_success
+                .get_or_create(&labels)
+                .set(i64::from(ok));
+            if let Some(st) = self.replicas.get_mut(&replica) {
+                st.probe_series.insert(labels);
+            }
+        }
+    }
+}
+
+async fn run_job(job: Job, tls: Option<Tls>, ua: String, timeout: Duration) -> JobResult {
+    let started = Instant::now();
+    let req = Request {
+        addr: job.addr,
+        tls: if job.tls { tls.as_ref() } else { None },
+        host: &job.host,
+        path: &job.path,
+        user_agent: &ua,
+    };
+    let fut = async {
+        match job.check {
+            ProbeCheck::Http => client::get(&req, check::BODY_PREFIX).await,
+            ProbeCheck::WebSocket => client::websocket(&req).await,
+        }
+    };
+    let answer = match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(source)) => Err(ProbeFailure::Client { source }),
+        Err(_) => Err(ProbeFailure::Timeout),
+    };
+    let elapsed = started.elapsed();
+    JobResult {
+        job,
+        answer,
+        elapsed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::probe::endpoints::{EndpointInfo, EndpointState};
+    use crate::probe::test_support::{cfg, prober, target};
+
+    #[test]
+    fn jobs_cover_hosts_checks_and_probe_endpoints_only() {
+        let mut p = prober(cfg(1000));
+        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        let t = target(
+            "r1",
+            &[
+                ("127.0.0.1:8000", None),
+                ("127.0.0.1:9000", None),
+                ("127.0.0.1:7000", None),
+            ],
+        );
+        let set = TargetSet::new(vec![t.clone()]);
+        p.track_replicas(&set);
+        let known = |tls, api| EndpointState::Known(EndpointInfo { tls, api });
+        p.endpoints
+            .insert("127.0.0.1:8000".parse().unwrap(), known(false, false));
+        p.endpoints
+            .insert("127.0.0.1:9000".parse().unwrap(), known(false, true));
+        // 7000 never answered: not probed.
+        let jobs = p.jobs(&set);
+        // a.test: http + /ws; b.test: http + /ws + /chat; on the one non-API endpoint.
+        assert_eq!(jobs.len(), 5, "{jobs:?}");
+        assert!(jobs.iter().all(|j| j.addr.port() == 8000));
+        let ids: HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+        assert_eq!(ids.len(), jobs.len(), "probe ids are unique");
+        assert_eq!(
+            jobs[0].origin,
+            Origin {
+                tgid: 50,
+                cgroup_id: 5
+            }
+        );
+
+        // Once the API named the entrypoints that carry routers, only those are probed.
+        let st = p.replicas.get_mut(&t.replica).unwrap();
+        st.router_entry_points = ["websecure".to_string()].into();
+        st.tls_entry_points = ["websecure".to_string()].into();
+        st.port_names = [(8000, "web".to_string()), (8443, "websecure".to_string())].into();
+        let t2 = target(
+            "r1",
+            &[
+                ("127.0.0.1:8000", None),
+                ("127.0.0.1:8443", None),
+                ("127.0.0.1:9000", None),
+            ],
+        );
+        p.endpoints
+            .insert("127.0.0.1:8443".parse().unwrap(), known(false, false));
+        let eps = p.probe_endpoints(&t2);
+        assert_eq!(eps, vec![("127.0.0.1:8443".parse().unwrap(), true)]);
+        // An entrypoint with plaintext and TLS routers is probed both ways.
+        let st = p.replicas.get_mut(&t.replica).unwrap();
+        st.router_entry_points = ["web".to_string(), "websecure".to_string()].into();
+        st.plain_entry_points = ["web".to_string(), "websecure".to_string()].into();
+        let eps = p.probe_endpoints(&t2);
+        assert_eq!(
+            eps,
+            vec![
+                ("127.0.0.1:8000".parse().unwrap(), false),
+                ("127.0.0.1:8443".parse().unwrap(), false),
+                ("127.0.0.1:8443".parse().unwrap(), true),
+            ]
+        );
+        // Without the API, a port named like a TLS entrypoint is probed over TLS.
+        p.replicas
+            .get_mut(&t.replica)
+            .unwrap()
+            .router_entry_points
+            .clear();
+        let named = target("r1", &[("127.0.0.1:8443", Some("websecure"))]);
+        assert_eq!(
+            p.probe_endpoints(&named),
+            vec![("127.0.0.1:8443".parse().unwrap(), true)]
+        );
+
+        // --probe-port overrides everything.
+        p.cfg.ports = vec![9000];
+        let eps = p.probe_endpoints(&t2);
+        assert_eq!(eps, vec![("127.0.0.1:9000".parse().unwrap(), false)]);
+        assert_eq!(p.housekeeping_ua, "routeskew-probe/0.0.0 housekeeping");
+    }
+}

@@ -1,0 +1,69 @@
+//! Fixtures the prober's tests share: a configuration, targets, a prober on a registry.
+#![allow(clippy::unwrap_used, reason = "test fixtures")]
+
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+use super::{ProbeConfig, Prober};
+use crate::discovery::{Endpoint, Replica, Target, TargetSet};
+use crate::metrics::Contract;
+
+pub(super) fn cfg(interval_ms: u64) -> ProbeConfig {
+    ProbeConfig {
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_secs(1),
+        concurrency: 4,
+        hosts: vec![
+            "A.test".into(),
+            "a.test:80".into(),
+            "b.test".into(),
+            "".into(),
+        ],
+        http_path: "/".into(),
+        ws_paths: vec!["/ws".parse().unwrap(), "b.test/chat".parse().unwrap()],
+        ws_accept: vec![],
+        ports: vec![],
+        api_port: None,
+        series_grace: Duration::from_secs(60),
+        version: "0.0.0".into(),
+    }
+}
+
+pub(super) fn target(name: &str, endpoints: &[(&str, Option<&str>)]) -> Target {
+    Target {
+        replica: Replica {
+            name: name.into(),
+            namespace: "ns".into(),
+        },
+        cgroup_id: 5,
+        pids: vec![50],
+        attribution: crate::discovery::Attribution::Pids,
+        endpoints: endpoints
+            .iter()
+            .map(|(a, n)| Endpoint {
+                addr: a.parse().unwrap(),
+                port_name: n.map(String::from),
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn prober(c: ProbeConfig) -> Prober {
+    prober_with_registry(c).0
+}
+
+pub(super) fn prober_with_registry(c: ProbeConfig) -> (Prober, Registry) {
+    let (tx, _rx) = mpsc::channel(1);
+    let (_wtx, wrx) = watch::channel(TargetSet::default());
+    let mut reg = Registry::with_prefix("routeskew");
+    let m = Contract::register(
+        &mut reg,
+        crate::metrics::BuildInfo {
+            version: "t".into(),
+            kernel: "k".into(),
+        },
+    );
+    (Prober::new(c, m, tx, wrx), reg)
+}

@@ -1,0 +1,95 @@
+//! Label and field selectors as the API server parses them (the subset the discovery
+//! sends), and query-string decoding.
+
+use super::Kind;
+
+#[derive(Debug, Clone)]
+pub(super) enum LabelOp {
+    Eq(String),
+    Ne(String),
+    Exists,
+    Absent,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct LabelReq {
+    pub(super) key: String,
+    pub(super) op: LabelOp,
+}
+
+pub(super) fn parse_labels(s: &str) -> Result<Vec<LabelReq>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let req = if let Some((k, v)) = part.split_once("!=") {
+            LabelReq {
+                key: k.trim().into(),
+                op: LabelOp::Ne(v.trim().into()),
+            }
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            LabelReq {
+                key: k.trim().into(),
+                op: LabelOp::Eq(v.trim().into()),
+            }
+        } else if let Some(k) = part.strip_prefix('!') {
+            LabelReq {
+                key: k.trim().into(),
+                op: LabelOp::Absent,
+            }
+        } else if part.contains(' ') {
+            return Err(format!("unsupported label selector {part:?}"));
+        } else {
+            LabelReq {
+                key: part.into(),
+                op: LabelOp::Exists,
+            }
+        };
+        out.push(req);
+    }
+    Ok(out)
+}
+
+pub(super) fn parse_fields(s: &str, kind: Kind) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid field selector {part:?}"))?;
+        let k = k.trim_end_matches('=');
+        let supported = matches!(k, "metadata.name" | "metadata.namespace")
+            || (kind == Kind::Pod && matches!(k, "spec.nodeName" | "status.phase"));
+        if !supported {
+            return Err(format!("field label not supported: {k}"));
+        }
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
+pub(super) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(v) => {
+                    out.push(v);
+                    i += 3;
+                }
+                Err(_) => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
