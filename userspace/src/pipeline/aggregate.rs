@@ -19,9 +19,9 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, UpstreamFailureReason};
+use crate::hosts::{normalize_host, Host};
 use crate::metrics::{Contract, HostLabels, HttpLabels, ReplicaLabels, UpstreamLabels, WsLabels};
 use crate::pipeline::classify::{HttpClass, Observation, Source, WsOutcome};
-use crate::pipeline::http::{self, Host};
 
 /// The `host` label of anything not configured.
 pub const OTHER_HOST: &str = "other";
@@ -561,7 +561,7 @@ fn host_table(hosts: &[String]) -> (foldhash::HashMap<Vec<u8>, usize>, Vec<Strin
     let mut labels: Vec<String> = Vec::new();
     let mut over = 0usize;
     for h in hosts {
-        match http::normalize_host(h.as_bytes()) {
+        match normalize_host(h.as_bytes()) {
             Host::Name(n) => {
                 if labels.iter().any(|l| l == n.as_str()) {
                     continue;

@@ -29,8 +29,9 @@
 //! `x-content-type-options` or without it, and never matches.
 
 use crate::event::{Origin, UpstreamFailureReason};
+use crate::hosts::Host;
 use crate::pipeline::flows::FlowEvent;
-use crate::pipeline::http::{HeaderId, Host, ResponseHead, Version};
+use crate::pipeline::http::{HeaderId, ResponseHead, Version};
 
 pub const ROUTER_MISS_BODY: &[u8] = b"404 page not found\n";
 const ROUTER_MISS_HEADERS: [HeaderId; 4] = [

@@ -23,8 +23,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::WsPath;
 use crate::discovery::{Endpoint, Replica, Target, TargetSet};
 use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport};
+use crate::hosts::{self, Host};
 use crate::metrics::{Contract, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
-use crate::pipeline::http::{self, Host};
+use crate::pipeline::http;
 
 use check::Answer;
 use client::{ClientError, Request, Tls};
@@ -71,7 +72,7 @@ impl ProbeConfig {
     fn host_labels(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for h in &self.hosts {
-            if let Host::Name(n) = http::normalize_host(h.as_bytes()) {
+            if let Host::Name(n) = hosts::normalize_host(h.as_bytes()) {
                 let n = n.as_str().to_string();
                 if !out.contains(&n) {
                     out.push(n);

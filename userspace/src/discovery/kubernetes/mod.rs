@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 
 use super::pod_cgroup::{CgroupLayout, PodResolver, PodScan};
 use crate::discovery::metrics::{DiscoveryMetrics, ResourceLabels};
+use crate::hosts::{normalize_host, Host};
 use crate::pipeline::aggregate::MAX_KNOWN_HOSTS;
-use crate::pipeline::http::{normalize_host, Host};
 use health::{ApiHealth, ObserveLayer};
 
 pub use objects::CLASS_ANNOTATION;

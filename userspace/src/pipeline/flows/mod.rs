@@ -41,9 +41,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
-use crate::pipeline::http::{
-    self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail,
-};
+use crate::hosts::Host;
+use crate::pipeline::http::{self, Message, Method, ParseError, RequestHead, ResponseHead, Tail};
 use h2::{H2Conns, H2Event, H2Stats};
 
 /// Upstream requests remembered per process for corroboration.

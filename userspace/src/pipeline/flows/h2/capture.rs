@@ -6,8 +6,9 @@
 //! the captured bytes.
 
 use crate::event::Direction;
+use crate::hosts::{normalize_host, Host};
 use crate::pipeline::flows::ClientRequest;
-use crate::pipeline::http::{self, Host, ResponseHead};
+use crate::pipeline::http::{self, ResponseHead};
 
 use super::{H2Conns, H2Event, H2Stats, Reason, READ, WRITE};
 
@@ -95,7 +96,7 @@ impl Pair {
 
     /// A GET of `path` for `host`.
     pub fn is_get(&self, host: &str, path: &str) -> bool {
-        self.request.host == http::normalize_host(host.as_bytes())
+        self.request.host == normalize_host(host.as_bytes())
             && self.request.host != Host::Invalid
             && self.request.target == http::target_hash(b"GET", path.as_bytes())
     }

@@ -5,10 +5,9 @@ use loona_hpack::Decoder;
 
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
 use super::{H2Event, H2Stats, Reason};
+use crate::hosts::{self, Host};
 use crate::pipeline::flows::ClientRequest;
-use crate::pipeline::http::{
-    self, HeaderId, HeaderList, Host, Method, ProbeRef, ResponseHead, Version,
-};
+use crate::pipeline::http::{self, HeaderId, HeaderList, Method, ProbeRef, ResponseHead, Version};
 
 /// The client connection preface (RFC 9113 §3.4), which opens the read direction.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -340,8 +339,8 @@ impl Inner {
             return;
         }
         let host = match (&f.authority, &f.host) {
-            (Some(a), _) => http::normalize_host(a),
-            (None, Some(h)) => http::normalize_host(h),
+            (Some(a), _) => hosts::normalize_host(a),
+            (None, Some(h)) => hosts::normalize_host(h),
             (None, None) => Host::Missing,
         };
         if host == Host::Invalid {
