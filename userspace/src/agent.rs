@@ -14,6 +14,7 @@ use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan, ScanFailure};
 use crate::discovery::metrics::DiscoveryMetrics;
 use crate::discovery::TargetSet;
 use crate::event::Event;
+use crate::hosts::KnownHosts;
 use crate::metrics::{self, BuildInfo, Contract, Exposition, Readiness};
 use crate::pipeline::metrics::PipelineMetrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -172,8 +173,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         pipeline_metrics,
     );
 
+    // The configured hosts until discovery knows better; the pipeline and the prober
+    // read the same set.
+    let known = Arc::new(KnownHosts::new(&hosts));
+    if known.dropped() > 0 {
+        tracing::warn!(
+            dropped = known.dropped(),
+            "some configured hosts are invalid or over the limit; they count as other"
+        );
+    }
+    pipeline.set_known_hosts(known.clone());
     let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
-    let (hosts_tx, hosts_rx) = watch::channel(hosts.clone());
+    let (hosts_tx, hosts_rx) = watch::channel(known);
     let mut watched = Watched {
         current: TargetSet::default(),
         failures: Vec::new(),
@@ -364,16 +375,16 @@ impl Discovery {
         }
     }
 
-    /// Pushes Kubernetes-discovered hosts to the pipeline's labels and to the prober.
-    fn update_hosts(&self, pipeline: &mut Pipeline, probed: &watch::Sender<Vec<String>>) {
+    /// Publishes Kubernetes-discovered hosts, when they changed, to the pipeline's labels
+    /// and to the prober.
+    fn update_hosts(&self, pipeline: &mut Pipeline, published: &watch::Sender<Arc<KnownHosts>>) {
         if let Discovery::Kubernetes(d) = self {
             let hosts = d.hosts().hosts;
-            let labels = pipeline.host_labels();
-            // `other` is last in the labels and never among the hosts.
-            if labels.len() != hosts.len() + 1 || labels.iter().zip(&hosts).any(|(a, b)| a != b) {
+            if **published.borrow() != hosts {
                 tracing::info!(hosts = hosts.len(), "known hosts changed");
-                pipeline.set_known_hosts(&hosts);
-                probed.send_replace(hosts);
+                let hosts = Arc::new(hosts);
+                pipeline.set_known_hosts(hosts.clone());
+                published.send_replace(hosts);
             }
         }
     }

@@ -128,7 +128,7 @@ fn valid_port_suffix(rest: &[u8]) -> bool {
 
 /// Hosts that get their own `host` label value: normalised like request Hosts
 /// ([`normalize_host`]), deduplicated, at most [`MAX_KNOWN_HOSTS`] in the order given,
-/// and [`OTHER_HOST`] for everything else.
+/// and [`OTHER_HOST`] for everything else. Derefs to the list of known hosts.
 #[derive(Clone)]
 pub struct KnownHosts {
     /// Label values by index: the known hosts, then [`OTHER_HOST`].
@@ -189,23 +189,9 @@ impl KnownHosts {
         &self.labels
     }
 
-    /// How many hosts are known.
-    pub fn len(&self) -> usize {
-        self.labels.len() - 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Entries left out: invalid (wildcards included) or past [`MAX_KNOWN_HOSTS`].
     pub fn dropped(&self) -> usize {
         self.dropped
-    }
-
-    /// Whether `name` (normalised) is a known host.
-    pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name.as_bytes())
     }
 
     /// The index of [`OTHER_HOST`] in [`labels`](Self::labels).
@@ -228,6 +214,15 @@ impl KnownHosts {
     /// The `host` label value of a request's Host.
     pub fn label_of(&self, host: &Host) -> &str {
         &self.labels[self.index_of(host)]
+    }
+}
+
+/// The known hosts, as the list they are (without [`OTHER_HOST`]).
+impl std::ops::Deref for KnownHosts {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        self.hosts()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod probe_report;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::discovery::TargetSet;
 use crate::event::{Event, EventKind, Origin, ProbeReport};
+use crate::hosts::KnownHosts;
 use crate::metrics::Contract;
 use crate::pipeline::aggregate::Aggregator;
 use crate::pipeline::classify::{Classifier, ClassifyStats, Observation};
@@ -32,7 +34,8 @@ use metrics::{KindLabels, LegLabels, PipelineMetrics, ReasonLabels};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PipelineConfig {
-    /// Hosts that get their own `host` label value; everything else is `other`.
+    /// Hosts that get their own `host` label value at first (see [`KnownHosts`]);
+    /// everything else is `other`. [`Pipeline::set_known_hosts`] replaces them.
     pub known_hosts: Vec<String>,
     /// An upgraded WebSocket connection closed sooner than this is an early close.
     pub ws_early_close: Duration,
@@ -158,7 +161,7 @@ impl Pipeline {
             flows,
             classifier: Classifier::new(),
             aggregator: Aggregator::new(
-                &cfg.known_hosts,
+                Arc::new(KnownHosts::new(&cfg.known_hosts)),
                 cfg.series_grace,
                 contract,
                 metrics.removed_replicas.clone(),
@@ -180,10 +183,14 @@ impl Pipeline {
         self.aggregator.set_targets(targets);
     }
 
-    /// Replace the hosts that get their own `host` label (bounded; see
-    /// [`crate::pipeline::aggregate::MAX_KNOWN_HOSTS`]).
-    pub fn set_known_hosts(&mut self, hosts: &[String]) {
+    /// Replace the hosts that get their own `host` label (as published by the agent).
+    pub fn set_known_hosts(&mut self, hosts: Arc<KnownHosts>) {
         self.aggregator.set_known_hosts(hosts);
+    }
+
+    /// The hosts that get their own `host` label.
+    pub fn known_hosts(&self) -> &Arc<KnownHosts> {
+        self.aggregator.known_hosts()
     }
 
     /// `host` label values in use, `other` last.

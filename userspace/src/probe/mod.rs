@@ -15,6 +15,7 @@ pub mod inventory;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::WsPath;
 use crate::discovery::{Endpoint, Replica, Target, TargetSet};
 use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport};
-use crate::hosts::{self, Host};
+use crate::hosts::KnownHosts;
 use crate::metrics::{Contract, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
 use crate::pipeline::http;
 
@@ -66,20 +67,6 @@ impl ProbeConfig {
     /// blind sensor shows within two probe intervals.
     pub fn sensor_deadline(&self) -> Duration {
         (self.interval / 2).clamp(Duration::from_millis(250), Duration::from_secs(2))
-    }
-
-    /// Hosts as label values (normalised like request Hosts), invalid ones dropped.
-    fn host_labels(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for h in &self.hosts {
-            if let Host::Name(n) = hosts::normalize_host(h.as_bytes()) {
-                let n = n.as_str().to_string();
-                if !out.contains(&n) {
-                    out.push(n);
-                }
-            }
-        }
-        out
     }
 }
 
@@ -179,9 +166,10 @@ impl ProbeFailure {
 
 pub struct Prober {
     cfg: ProbeConfig,
-    hosts: Vec<String>,
-    /// Known hosts as discovery updates them (Kubernetes Ingress/IngressRoute rules).
-    host_updates: Option<watch::Receiver<Vec<String>>>,
+    /// The hosts probed, as label values.
+    hosts: Arc<KnownHosts>,
+    /// Known hosts as the agent publishes them (Kubernetes Ingress/IngressRoute rules).
+    host_updates: Option<watch::Receiver<Arc<KnownHosts>>>,
     metrics: Contract,
     events: mpsc::Sender<Event>,
     targets: watch::Receiver<TargetSet>,
@@ -225,7 +213,7 @@ impl Prober {
                 None
             }
         };
-        let hosts = cfg.host_labels();
+        let hosts = Arc::new(KnownHosts::new(&cfg.hosts));
         Prober {
             housekeeping_ua: http::probe_housekeeping_user_agent(&cfg.version),
             hosts,
@@ -241,8 +229,8 @@ impl Prober {
         }
     }
 
-    /// Follows the known hosts discovery publishes instead of the configured ones.
-    pub fn with_host_updates(mut self, hosts: watch::Receiver<Vec<String>>) -> Self {
+    /// Follows the known hosts the agent publishes instead of the configured ones.
+    pub fn with_host_updates(mut self, hosts: watch::Receiver<Arc<KnownHosts>>) -> Self {
         self.host_updates = Some(hosts);
         self
     }
@@ -255,12 +243,7 @@ impl Prober {
         if !rx.has_changed().unwrap_or(false) {
             return;
         }
-        let published = rx.borrow_and_update().clone();
-        let hosts = ProbeConfig {
-            hosts: published,
-            ..self.cfg.clone()
-        }
-        .host_labels();
+        let hosts = rx.borrow_and_update().clone();
         if hosts == self.hosts {
             return;
         }
@@ -609,7 +592,7 @@ impl Prober {
                 if tls && self.tls.is_none() {
                     continue;
                 }
-                for host in &self.hosts {
+                for host in self.hosts.hosts() {
                     let mut checks = vec![(ProbeCheck::Http, self.cfg.http_path.clone())];
                     for w in &self.cfg.ws_paths {
                         if w.host.as_ref().is_none_or(|h| h == host) {
@@ -907,7 +890,7 @@ mod tests {
     #[test]
     fn jobs_cover_hosts_checks_and_probe_endpoints_only() {
         let mut p = prober(cfg(1000));
-        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
         let t = target(
             "r1",
             &[
@@ -1019,13 +1002,13 @@ mod tests {
 
     #[test]
     fn published_hosts_replace_the_configured_ones_and_drop_their_series() {
-        let (tx, rx) = watch::channel(Vec::<String>::new());
+        let (tx, rx) = watch::channel(Arc::new(KnownHosts::default()));
         let (p, reg) = prober_with_registry(cfg(1000));
         let mut p = p.with_host_updates(rx);
-        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
         // Unchanged channel: configured hosts stay.
         p.follow_hosts();
-        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
 
         let replica = Replica {
             name: "r".into(),
@@ -1044,9 +1027,9 @@ mod tests {
         }
         p.replicas.insert(replica.clone(), st);
 
-        tx.send_replace(vec!["B.test".into(), "c.test".into()]);
+        tx.send_replace(Arc::new(KnownHosts::new(["B.test", "c.test"])));
         p.follow_hosts();
-        assert_eq!(p.hosts, ["b.test", "c.test"]);
+        assert_eq!(p.hosts.hosts(), ["b.test", "c.test"]);
         let left: Vec<&str> = p.replicas[&replica]
             .probe_series
             .iter()
