@@ -10,6 +10,7 @@ pub mod agent;
 pub mod config;
 pub mod discovery;
 pub mod event;
+pub mod hosts;
 pub mod metrics;
 pub mod pipeline;
 pub mod probe;

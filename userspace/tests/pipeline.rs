@@ -912,7 +912,7 @@ fn upstream_requests_only_corroborate_by_default() {
         0.0
     );
     assert_eq!(h.value("routeskew_pipeline_connections", &[]), Some(0.0));
-    let stats = h.p.flow_stats();
+    let stats = h.p.traffic();
     assert_eq!(stats.upstream_requests, 101);
     assert_eq!(stats.upstream_responses, 0);
 }
@@ -951,7 +951,7 @@ fn upstream_responses_that_arrive_anyway_are_framed_not_paired() {
         h.pipeline("unmatched_responses", &[("leg", "upstream")]),
         0.0
     );
-    assert_eq!(h.p.flow_stats().upstream_responses, 1);
+    assert_eq!(h.p.traffic().upstream_responses, 1);
     // A HEAD forwarded upstream: its answer announces a body it does not send, so the next
     // response on the connection is a response, not body bytes.
     let head_req = format!("HEAD /h HTTP/1.1\r\nHost: {APP}\r\nX-Forwarded-Host: {APP}\r\n\r\n");
@@ -979,7 +979,7 @@ fn upstream_responses_that_arrive_anyway_are_framed_not_paired() {
         h.pipeline("skipped_data", &[("reason", "continuation")]),
         0.0
     );
-    assert_eq!(h.p.flow_stats().upstream_responses, 3);
+    assert_eq!(h.p.traffic().upstream_responses, 3);
     assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(3.0));
     // A WebSocket upgrade whose upstream 101 is reported: the upstream connection
     // switches to frames like the client's.

@@ -1,6 +1,7 @@
 //! Where replicas come from: local processes or the Kubernetes API, behind one interface
 //! the run loop polls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -10,6 +11,7 @@ use crate::config::{DiscoveryMode, RunArgs};
 use crate::discovery::kubernetes::{KubeConfig, KubeDiscovery, KubeError};
 use crate::discovery::local::{LocalConfig, LocalDiscovery, Scan};
 use crate::discovery::metrics::DiscoveryMetrics;
+use crate::hosts::KnownHosts;
 use crate::metrics::Readiness;
 use crate::pipeline::Pipeline;
 
@@ -75,20 +77,20 @@ impl Discovery {
         }
     }
 
-    /// Pushes Kubernetes-discovered hosts to the pipeline's labels and to the prober.
+    /// Publishes Kubernetes-discovered hosts, when they changed, to the pipeline's labels
+    /// and to the prober.
     pub(super) fn update_hosts(
         &self,
         pipeline: &mut Pipeline,
-        probed: &watch::Sender<Vec<String>>,
+        published: &watch::Sender<Arc<KnownHosts>>,
     ) {
         if let Discovery::Kubernetes(d) = self {
             let hosts = d.hosts().hosts;
-            let labels = pipeline.host_labels();
-            // `other` is last in the labels and never among the hosts.
-            if labels.len() != hosts.len() + 1 || labels.iter().zip(&hosts).any(|(a, b)| a != b) {
+            if **published.borrow() != hosts {
                 tracing::info!(hosts = hosts.len(), "known hosts changed");
-                pipeline.set_known_hosts(&hosts);
-                probed.send_replace(hosts);
+                let hosts = Arc::new(hosts);
+                pipeline.set_known_hosts(hosts.clone());
+                published.send_replace(hosts);
             }
         }
     }

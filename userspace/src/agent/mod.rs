@@ -19,6 +19,7 @@ use crate::discovery::kubernetes::KubeError;
 use crate::discovery::local::DiscoveryError;
 use crate::discovery::TargetSet;
 use crate::event::Event;
+use crate::hosts::KnownHosts;
 use crate::metrics::{self, BuildInfo, Exposition, Readiness};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::probe::{ProbeConfig, Prober};
@@ -166,8 +167,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         pipeline_metrics,
     );
 
+    // The configured hosts until discovery knows better; the pipeline and the prober
+    // read the same set.
+    let known = Arc::new(KnownHosts::new(&hosts));
+    if known.dropped() > 0 {
+        tracing::warn!(
+            dropped = known.dropped(),
+            "some configured hosts are invalid or over the limit; they count as other"
+        );
+    }
+    pipeline.set_known_hosts(known.clone());
     let (targets_tx, targets_rx) = watch::channel(TargetSet::default());
-    let (hosts_tx, hosts_rx) = watch::channel(hosts.clone());
+    let (hosts_tx, hosts_rx) = watch::channel(known);
     let mut watched = Watched {
         current: TargetSet::default(),
         failures: Vec::new(),

@@ -13,21 +13,16 @@
 //! the replica's series, so a handle never outlives the series it counts into.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, UpstreamFailureReason};
+use crate::hosts::{Host, KnownHosts};
 use crate::metrics::{Contract, HostLabels, HttpLabels, ReplicaLabels, UpstreamLabels, WsLabels};
 use crate::pipeline::classify::{HttpClass, Observation, Source, WsOutcome};
-use crate::pipeline::http::{self, Host};
-
-/// The `host` label of anything not configured.
-pub const OTHER_HOST: &str = "other";
-
-/// Bound on `host` label values (besides `other`); hosts past it count as `other`.
-pub const MAX_KNOWN_HOSTS: usize = 1000;
 
 /// Origins remembered by the resolution cache; past this it starts over (many short-lived
 /// processes in a watched cgroup).
@@ -170,11 +165,8 @@ pub struct Aggregator {
     contract: Contract,
     /// `routeskew_pipeline_removed_replicas_total`.
     removed_replicas: Counter,
-    /// Configured host (its bytes, so that a request's host is looked up without a UTF-8
-    /// check) → its index in `host_labels`.
-    known_hosts: foldhash::HashMap<Vec<u8>, usize>,
-    /// `host` label values by index; the last one is [`OTHER_HOST`].
-    host_labels: Vec<String>,
+    /// `host` label values and the lookup of a request's Host among them.
+    hosts: Arc<KnownHosts>,
     targets: TargetSet,
     /// Replica slots; `None` where a departed replica's slot was freed.
     slots: Vec<Option<Slot>>,
@@ -191,19 +183,16 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// `known_hosts` are normalised like request Hosts; invalid entries are ignored.
     pub fn new(
-        known_hosts: &[String],
+        hosts: Arc<KnownHosts>,
         series_grace: Duration,
         contract: Contract,
         removed_replicas: Counter,
     ) -> Self {
-        let (known_hosts, host_labels) = host_table(known_hosts);
         Aggregator {
             contract,
             removed_replicas,
-            known_hosts,
-            host_labels,
+            hosts,
             targets: TargetSet::default(),
             slots: Vec::new(),
             by_replica: HashMap::new(),
@@ -218,21 +207,21 @@ impl Aggregator {
     /// Replace the hosts that get their own label (discovery learns them at run time).
     /// Traffic for a dropped host counts as `other` at once; its series stay for the
     /// grace period, so a host that comes back in time continues them.
-    pub fn set_known_hosts(&mut self, hosts: &[String]) {
-        let (known, labels) = host_table(hosts);
-        if labels == self.host_labels {
+    pub fn set_known_hosts(&mut self, hosts: Arc<KnownHosts>) {
+        if hosts == self.hosts {
+            // The same labels: share the publisher's copy, nothing else changes.
+            self.hosts = hosts;
             return;
         }
-        let now: HashSet<&str> = labels.iter().map(String::as_str).collect();
-        for old in &self.host_labels {
+        let now: HashSet<&str> = hosts.labels().iter().map(String::as_str).collect();
+        for old in self.hosts.labels() {
             if !now.contains(old.as_str()) {
                 self.leaving_hosts.entry(old.clone()).or_insert(None);
             }
         }
         self.leaving_hosts.retain(|h, _| !now.contains(h.as_str()));
-        self.known_hosts = known;
-        self.host_labels = labels;
-        let hosts = self.host_labels.len();
+        self.hosts = hosts;
+        let hosts = self.hosts.labels().len();
         let replicas: Vec<Replica> = self
             .slots
             .iter_mut()
@@ -252,7 +241,12 @@ impl Aggregator {
 
     /// Label values in use, `other` last.
     pub fn host_labels(&self) -> &[String] {
-        &self.host_labels
+        self.hosts.labels()
+    }
+
+    /// The hosts in use.
+    pub fn known_hosts(&self) -> &Arc<KnownHosts> {
+        &self.hosts
     }
 
     pub fn targets(&self) -> &TargetSet {
@@ -270,18 +264,7 @@ impl Aggregator {
 
     /// The `host` label value for a request's Host.
     pub fn host_label<'a>(&'a self, host: &'a Host) -> &'a str {
-        &self.host_labels[self.host_index(host)]
-    }
-
-    fn host_index(&self, host: &Host) -> usize {
-        match host {
-            Host::Name(n) => self
-                .known_hosts
-                .get(n.as_bytes())
-                .copied()
-                .unwrap_or(self.host_labels.len() - 1),
-            _ => self.host_labels.len() - 1,
-        }
+        self.hosts.label_of(host)
     }
 
     fn http_index(host: usize, class: HttpClass, source: Source) -> usize {
@@ -316,7 +299,7 @@ impl Aggregator {
         if let Some(&i) = self.by_replica.get(&r) {
             return i;
         }
-        let slot = Slot::new(r.clone(), self.host_labels.len());
+        let slot = Slot::new(r.clone(), self.hosts.labels().len());
         let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(slot);
@@ -361,7 +344,7 @@ impl Aggregator {
         };
         let m = &self.contract;
         let (name, ns) = (&s.replica.name, &s.replica.namespace);
-        for (h, host) in self.host_labels.iter().enumerate() {
+        for (h, host) in self.hosts.labels().iter().enumerate() {
             for source in Source::ALL {
                 let _ = counter(
                     &mut s.http[Self::http_index(h, HttpClass::RouterMiss, source)],
@@ -421,14 +404,14 @@ impl Aggregator {
         let h = match obs {
             Observation::Http { host, .. }
             | Observation::Ws { host, .. }
-            | Observation::WsEarlyClose { host, .. } => self.host_index(host),
+            | Observation::WsEarlyClose { host, .. } => self.hosts.index_of(host),
             Observation::UpstreamFailure { .. } => 0,
         };
         let Some(s) = self.slots[i].as_mut() else {
             return false;
         };
         let m = &self.contract;
-        let host = &self.host_labels[h];
+        let host = &self.hosts.labels()[h];
         let (name, ns) = (&s.replica.name, &s.replica.namespace);
         let c = match obs {
             Observation::Http { class, source, .. } => counter(
@@ -555,47 +538,12 @@ impl Aggregator {
     }
 }
 
-/// Lookup table and label values for configured hosts: normalised like request Hosts,
-/// deduplicated, at most [`MAX_KNOWN_HOSTS`], [`OTHER_HOST`] last.
-fn host_table(hosts: &[String]) -> (foldhash::HashMap<Vec<u8>, usize>, Vec<String>) {
-    let mut labels: Vec<String> = Vec::new();
-    let mut over = 0usize;
-    for h in hosts {
-        match http::normalize_host(h.as_bytes()) {
-            Host::Name(n) => {
-                if labels.iter().any(|l| l == n.as_str()) {
-                    continue;
-                }
-                if labels.len() >= MAX_KNOWN_HOSTS {
-                    over += 1;
-                    continue;
-                }
-                labels.push(n.as_str().to_string());
-            }
-            _ => tracing::warn!(host = %h, "ignoring invalid known host"),
-        }
-    }
-    if over > 0 {
-        tracing::warn!(
-            over,
-            limit = MAX_KNOWN_HOSTS,
-            "too many known hosts; the rest count as other"
-        );
-    }
-    let known = labels
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.as_bytes().to_vec(), i))
-        .collect();
-    labels.push(OTHER_HOST.to_string());
-    (known, labels)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::discovery::{Attribution, Target};
+    use crate::hosts::{MAX_KNOWN_HOSTS, OTHER_HOST};
     use crate::metrics::{encode, BuildInfo};
     use prometheus_client::registry::Registry;
 
@@ -629,7 +577,7 @@ mod tests {
             },
         );
         let mut a = Aggregator::new(
-            &["App.Example.test.".to_string(), "bad host".to_string()],
+            KnownHosts::new(["App.Example.test.", "bad host"]).into(),
             Duration::from_secs(60),
             contract,
             crate::pipeline::metrics::PipelineMetrics::register(&mut m).removed_replicas,
@@ -709,7 +657,7 @@ mod tests {
         assert!(a.record(&http(10, host("new.test"))));
         assert_eq!(value(&m, "r1", "other").as_deref(), Some("1"));
 
-        a.set_known_hosts(&["app.example.test".into(), "NEW.test".into()]);
+        a.set_known_hosts(KnownHosts::new(["app.example.test", "NEW.test"]).into());
         assert_eq!(a.host_labels(), ["app.example.test", "new.test", "other"]);
         // Zero router-miss series exist for the new host on every replica.
         assert!(encode(&m).contains("routeskew_http_responses_total{replica=\"r2\",namespace=\"ns\",host=\"new.test\",class=\"router_miss\",source=\"passive\"} 0\n"));
@@ -719,7 +667,7 @@ mod tests {
         assert_eq!(value(&m, "r1", "app.example.test").as_deref(), Some("1"));
 
         // app.example.test leaves: counted as other at once, its series stay for the grace.
-        a.set_known_hosts(&["new.test".into()]);
+        a.set_known_hosts(KnownHosts::new(["new.test"]).into());
         assert!(a.record(&http(10, host("app.example.test"))));
         assert_eq!(value(&m, "r1", "other").as_deref(), Some("2"));
         assert!(a.record(&http(10, host("new.test"))));
@@ -733,9 +681,9 @@ mod tests {
         assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("2"));
 
         // A host that comes back within the grace continues its series.
-        a.set_known_hosts(&[]);
+        a.set_known_hosts(KnownHosts::default().into());
         a.tick(200 * S);
-        a.set_known_hosts(&["new.test".into()]);
+        a.set_known_hosts(KnownHosts::new(["new.test"]).into());
         a.tick(300 * S);
         assert!(a.record(&http(10, host("new.test"))));
         assert_eq!(value(&m, "r1", "new.test").as_deref(), Some("3"));
@@ -744,7 +692,7 @@ mod tests {
         let many: Vec<String> = (0..MAX_KNOWN_HOSTS + 10)
             .map(|i| format!("h{i}.test"))
             .collect();
-        a.set_known_hosts(&many);
+        a.set_known_hosts(KnownHosts::new(&many).into());
         assert_eq!(a.host_labels().len(), MAX_KNOWN_HOSTS + 1);
         assert_eq!(
             a.host_label(&host(&format!("h{}.test", MAX_KNOWN_HOSTS))),

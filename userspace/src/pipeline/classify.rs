@@ -29,8 +29,10 @@
 //! `x-content-type-options` or without it, and never matches.
 
 use crate::event::{Origin, UpstreamFailureReason};
+use crate::hosts::Host;
 use crate::pipeline::flows::FlowEvent;
-use crate::pipeline::http::{HeaderId, Host, ResponseHead, Version};
+use crate::pipeline::http::{HeaderId, ResponseHead, Version};
+use crate::pipeline::metrics::PipelineMetrics;
 
 pub const ROUTER_MISS_BODY: &[u8] = b"404 page not found\n";
 const ROUTER_MISS_HEADERS: [HeaderId; 4] = [
@@ -204,17 +206,11 @@ impl Observation {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClassifyStats {
-    /// Router-miss signature decided on headers alone.
-    pub signature_without_body: u64,
-    /// Signature matched but Traefik had forwarded the request: counted as client_error.
-    pub signature_with_upstream: u64,
-}
-
 #[derive(Debug, Default)]
 pub struct Classifier {
-    stats: ClassifyStats,
+    /// Where `signature_with_upstream` and `signature_without_body` are counted; `None`
+    /// for the prober's verdicts, which are not pipeline health.
+    metrics: Option<PipelineMetrics>,
 }
 
 fn http_class(status: u16, miss: bool) -> HttpClass {
@@ -242,12 +238,16 @@ fn ws_outcome(status: u16, version: Version, class: HttpClass) -> WsOutcome {
 }
 
 impl Classifier {
+    /// A classifier that counts nothing (the prober's verdicts).
     pub fn new() -> Self {
         Self::default()
     }
 
-    pub fn stats(&self) -> &ClassifyStats {
-        &self.stats
+    /// The pipeline's classifier, which counts the signatures it set aside in `metrics`.
+    pub fn counting(metrics: PipelineMetrics) -> Self {
+        Classifier {
+            metrics: Some(metrics),
+        }
     }
 
     pub fn classify(&mut self, ev: FlowEvent, out: &mut Vec<Observation>) {
@@ -267,10 +267,14 @@ impl Classifier {
                 let sig = router_miss_signature(&response);
                 let mut miss = sig != Signature::NoMatch;
                 if miss && upstream_seen {
-                    self.stats.signature_with_upstream += 1;
+                    if let Some(m) = &self.metrics {
+                        m.signature_with_upstream.inc();
+                    }
                     miss = false;
                 } else if sig == Signature::HeadersOnly {
-                    self.stats.signature_without_body += 1;
+                    if let Some(m) = &self.metrics {
+                        m.signature_without_body.inc();
+                    }
                 }
                 let class = http_class(response.status, miss);
                 if request.websocket {
@@ -444,7 +448,8 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        let mut c = Classifier::new();
+        let metrics = PipelineMetrics::default();
+        let mut c = Classifier::counting(metrics.clone());
         use HttpClass as H;
         use Source::{Passive as P, Probe as Pr};
         use WsOutcome as W;
@@ -456,12 +461,12 @@ mod tests {
             run(&mut c, exchange(&miss, false, true, false)),
             [(Some(H::RouterMiss), None, Pr)]
         );
-        assert_eq!(c.stats().signature_with_upstream, 0);
+        assert_eq!(metrics.signature_with_upstream.get(), 0);
         assert_eq!(
             run(&mut c, exchange(&miss, false, false, true)),
             [(Some(H::ClientError), None, P)]
         );
-        assert_eq!(c.stats().signature_with_upstream, 1);
+        assert_eq!(metrics.signature_with_upstream.get(), 1);
         assert_eq!(
             run(&mut c, exchange(&miss, true, false, false)),
             [

@@ -1,55 +1,144 @@
 //! The pipeline's own health metrics (`routeskew_pipeline_*`): everything it dropped or
-//! could not read. The pipeline registers them and increments them in place.
+//! could not read. The agent registers them once; the stages (flow tracker, h2 decoder,
+//! classifier, pipeline) each hold a clone of [`PipelineMetrics`], whose handles are
+//! resolved at construction, and increment them where the event happens.
+//!
+//! Each labelled family takes its label values from one enum ([`LabelValue`]): the same
+//! table creates every series at zero and resolves the handle an increment uses, so a
+//! labelled increment is an index and an atomic add, never a `Family::get_or_create`.
+//! Adding a health counter is a field and a `register` line here, and its increment.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt;
+use std::marker::PhantomData;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::http::ParseError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: &'static str,
+mod labels;
+#[cfg(test)]
+mod tests;
+
+pub use labels::{Anomaly, DropReason, Eviction, InputKind, Leg, Skip, Unclassified};
+
+/// The values of one label of a counter family, as a fieldless enum.
+pub trait LabelValue: Copy + fmt::Debug + Send + Sync + 'static {
+    /// The label's name.
+    const KEY: &'static str;
+    /// Every value, in declaration order, so that [`index`](Self::index) is the
+    /// discriminant (checked by a test).
+    const ALL: &'static [Self];
+    /// The label value.
+    fn as_str(self) -> &'static str;
+    /// Position in [`ALL`](Self::ALL).
+    fn index(self) -> usize;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct LegLabels {
-    pub leg: &'static str,
+/// The label set of a [`CounterFamily`]: one `key="value"` pair.
+type OneLabel = [(&'static str, &'static str); 1];
+
+/// A counter family with one series per value of `L`, all created at zero (so that rates
+/// work from the first increment) and resolved once.
+pub struct CounterFamily<L: LabelValue> {
+    family: Family<OneLabel, Counter>,
+    /// The series of `L::ALL[i]` at `i`.
+    by_value: Box<[Counter]>,
+    label: PhantomData<L>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+impl<L: LabelValue> CounterFamily<L> {
+    #[inline]
+    pub fn inc(&self, value: L) {
+        self.by_value[value.index()].inc();
+    }
+
+    #[inline]
+    pub fn inc_by(&self, value: L, n: u64) {
+        if n > 0 {
+            self.by_value[value.index()].inc_by(n);
+        }
+    }
+
+    /// The series' value (for logs and tests).
+    pub fn get(&self, value: L) -> u64 {
+        self.by_value[value.index()].get()
+    }
+}
+
+impl<L: LabelValue> Default for CounterFamily<L> {
+    fn default() -> Self {
+        let family = Family::<OneLabel, Counter>::default();
+        let by_value = L::ALL
+            .iter()
+            .map(|v| Counter::clone(&family.get_or_create(&[(L::KEY, v.as_str())])))
+            .collect();
+        CounterFamily {
+            family,
+            by_value,
+            label: PhantomData,
+        }
+    }
+}
+
+// Clones share the series, like a `Family` clone.
+impl<L: LabelValue> Clone for CounterFamily<L> {
+    fn clone(&self) -> Self {
+        CounterFamily {
+            family: self.family.clone(),
+            by_value: self.by_value.clone(),
+            label: PhantomData,
+        }
+    }
+}
+
+impl<L: LabelValue> fmt::Debug for CounterFamily<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(L::ALL.iter().map(|v| (v.as_str(), self.get(*v))))
+            .finish()
+    }
+}
+
+impl<L: LabelValue> EncodeMetric for CounterFamily<L> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        self.family.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
 }
 
 /// Health of the post-sensor pipeline: everything it dropped or could not read.
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct PipelineMetrics {
-    /// Input events by kind (`data`, `closed`, `upstream_failure`).
-    pub events: Family<KindLabels, Counter>,
+    /// Input events by kind.
+    pub events: CounterFamily<InputKind>,
     /// Captures that could not be parsed, by [`ParseError::kind`].
-    pub parse_errors: Family<KindLabels, Counter>,
+    pub parse_errors: CounterFamily<ParseError>,
     /// Heads that did not end inside the capture.
     pub truncated_heads: Counter,
-    /// Responses without a request to pair with (`client`, `upstream`).
-    pub unmatched_responses: Family<LegLabels, Counter>,
-    /// Requests whose connection closed before a response (`client`, `upstream`).
-    pub unanswered_requests: Family<LegLabels, Counter>,
-    /// Tracked connections dropped (`capacity`, `idle`).
-    pub evicted_connections: Family<ReasonLabels, Counter>,
+    /// Responses without a request to pair with.
+    pub unmatched_responses: CounterFamily<Leg>,
+    /// Requests whose connection closed before a response.
+    pub unanswered_requests: CounterFamily<Leg>,
+    /// Tracked connections dropped.
+    pub evicted_connections: CounterFamily<Eviction>,
     /// Requests not tracked because a connection had too many in flight.
     pub pending_overflow: Counter,
-    /// Data events not parsed (`after_upgrade`, `continuation`, `h2_desync`).
-    pub skipped_data: Family<ReasonLabels, Counter>,
-    /// Connection-level oddities (`reused_without_close`, `untracked_close`,
-    /// `unseen_upgrade`, `interim_response`, `upstream_log_full`).
-    pub connection_anomalies: Family<KindLabels, Counter>,
+    /// Data events not parsed.
+    pub skipped_data: CounterFamily<Skip>,
+    /// Connection-level oddities.
+    pub connection_anomalies: CounterFamily<Anomaly>,
     /// Events whose process/cgroup is not a known replica.
     pub unknown_origin_events: Counter,
-    /// Observations that could not be attributed to a replica (`unknown_origin`).
-    pub dropped_observations: Family<ReasonLabels, Counter>,
+    /// Observations that could not be attributed to a replica.
+    pub dropped_observations: CounterFamily<DropReason>,
     /// Router-miss signature on a request Traefik had forwarded upstream (counted as
     /// client_error, not router_miss).
     pub signature_with_upstream: Counter,
@@ -57,8 +146,8 @@ pub struct PipelineMetrics {
     pub signature_without_body: Counter,
     /// Client requests with a present but invalid Host.
     pub invalid_hosts: Counter,
-    /// HTTP/2 streams that could not be classified, by [`super::flows::h2::Reason`].
-    pub h2_unclassified: Family<ReasonLabels, Counter>,
+    /// HTTP/2 streams that could not be classified.
+    pub h2_unclassified: CounterFamily<Unclassified>,
     /// Connections currently tracked.
     pub connections: Gauge,
     /// Replicas whose series were removed after they left the target set.
@@ -67,62 +156,7 @@ pub struct PipelineMetrics {
 
 impl PipelineMetrics {
     pub fn register(reg: &mut Registry) -> Self {
-        let m = PipelineMetrics {
-            events: Family::default(),
-            parse_errors: Family::default(),
-            truncated_heads: Counter::default(),
-            unmatched_responses: Family::default(),
-            unanswered_requests: Family::default(),
-            evicted_connections: Family::default(),
-            pending_overflow: Counter::default(),
-            skipped_data: Family::default(),
-            connection_anomalies: Family::default(),
-            unknown_origin_events: Counter::default(),
-            dropped_observations: Family::default(),
-            signature_with_upstream: Counter::default(),
-            signature_without_body: Counter::default(),
-            invalid_hosts: Counter::default(),
-            h2_unclassified: Family::default(),
-            connections: Gauge::default(),
-            removed_replicas: Counter::default(),
-        };
-        // Create every known series at zero so that rates work from the first increment.
-        for kind in ["data", "closed", "upstream_failure"] {
-            let _ = m.events.get_or_create(&KindLabels { kind });
-        }
-        for e in ParseError::ALL {
-            let _ = m.parse_errors.get_or_create(&KindLabels { kind: e.kind() });
-        }
-        for leg in ["client", "upstream"] {
-            let _ = m.unmatched_responses.get_or_create(&LegLabels { leg });
-            let _ = m.unanswered_requests.get_or_create(&LegLabels { leg });
-        }
-        for reason in ["capacity", "idle"] {
-            let _ = m
-                .evicted_connections
-                .get_or_create(&ReasonLabels { reason });
-        }
-        for r in super::flows::h2::Reason::ALL {
-            let _ = m
-                .h2_unclassified
-                .get_or_create(&ReasonLabels { reason: r.as_str() });
-        }
-        for reason in ["after_upgrade", "continuation", "h2_desync"] {
-            let _ = m.skipped_data.get_or_create(&ReasonLabels { reason });
-        }
-        for kind in [
-            "reused_without_close",
-            "untracked_close",
-            "unseen_upgrade",
-            "interim_response",
-            "upstream_log_full",
-        ] {
-            let _ = m.connection_anomalies.get_or_create(&KindLabels { kind });
-        }
-        let _ = m.dropped_observations.get_or_create(&ReasonLabels {
-            reason: "unknown_origin",
-        });
-
+        let m = PipelineMetrics::default();
         let r = reg.sub_registry_with_prefix("pipeline");
         r.register(
             "events",

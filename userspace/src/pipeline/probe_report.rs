@@ -4,6 +4,7 @@
 //! prober, for its verdict).
 
 use crate::event::{Origin, ProbeCheck, ProbeReport};
+use crate::hosts::normalize_host;
 use crate::pipeline::flows::{ClientRequest, FlowEvent};
 use crate::pipeline::http::{self, Message, Method, ProbeRef};
 
@@ -22,7 +23,7 @@ pub fn report_exchange(origin: Origin, report: &ProbeReport, ts_ns: u64) -> Opti
         request: ClientRequest {
             ts_ns,
             method: Method::Get,
-            host: http::normalize_host(report.host.as_bytes()),
+            host: normalize_host(report.host.as_bytes()),
             target: 0,
             websocket: report.check == ProbeCheck::WebSocket,
             probe: true,

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::config::WsPath;
-use crate::pipeline::http::{self, Host};
 
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
@@ -33,20 +32,6 @@ impl ProbeConfig {
     /// blind sensor shows within two probe intervals.
     pub fn sensor_deadline(&self) -> Duration {
         (self.interval / 2).clamp(Duration::from_millis(250), Duration::from_secs(2))
-    }
-
-    /// Hosts as label values (normalised like request Hosts), invalid ones dropped.
-    pub(super) fn host_labels(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for h in &self.hosts {
-            if let Host::Name(n) = http::normalize_host(h.as_bytes()) {
-                let n = n.as_str().to_string();
-                if !out.contains(&n) {
-                    out.push(n);
-                }
-            }
-        }
-        out
     }
 }
 

@@ -71,7 +71,7 @@ impl Prober {
                 if tls && self.tls.is_none() {
                     continue;
                 }
-                for host in &self.hosts {
+                for host in self.hosts.hosts() {
                     let mut checks = vec![(ProbeCheck::Http, self.cfg.http_path.clone())];
                     for w in &self.cfg.ws_paths {
                         if w.host.as_ref().is_none_or(|h| h == host) {
@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn jobs_cover_hosts_checks_and_probe_endpoints_only() {
         let mut p = prober(cfg(1000));
-        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
         let t = target(
             "r1",
             &[

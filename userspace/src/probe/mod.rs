@@ -22,12 +22,14 @@ mod test_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::discovery::{Replica, Target, TargetSet};
 use crate::event::{Event, Origin};
+use crate::hosts::KnownHosts;
 use crate::metrics::{Contract, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
 use crate::pipeline::http;
 
@@ -81,9 +83,10 @@ impl ReplicaState {
 
 pub struct Prober {
     cfg: ProbeConfig,
-    hosts: Vec<String>,
+    /// The hosts probed, as label values.
+    hosts: Arc<KnownHosts>,
     /// Known hosts as discovery updates them (Kubernetes Ingress/IngressRoute rules).
-    host_updates: Option<watch::Receiver<Vec<String>>>,
+    host_updates: Option<watch::Receiver<Arc<KnownHosts>>>,
     metrics: Contract,
     events: mpsc::Sender<Event>,
     targets: watch::Receiver<TargetSet>,
@@ -120,7 +123,7 @@ impl Prober {
                 None
             }
         };
-        let hosts = cfg.host_labels();
+        let hosts = Arc::new(KnownHosts::new(&cfg.hosts));
         Prober {
             housekeeping_ua: http::probe_housekeeping_user_agent(&cfg.version),
             hosts,
@@ -137,7 +140,7 @@ impl Prober {
     }
 
     /// Follows the known hosts discovery publishes instead of the configured ones.
-    pub fn with_host_updates(mut self, hosts: watch::Receiver<Vec<String>>) -> Self {
+    pub fn with_host_updates(mut self, hosts: watch::Receiver<Arc<KnownHosts>>) -> Self {
         self.host_updates = Some(hosts);
         self
     }
@@ -150,12 +153,7 @@ impl Prober {
         if !rx.has_changed().unwrap_or(false) {
             return;
         }
-        let published = rx.borrow_and_update().clone();
-        let hosts = ProbeConfig {
-            hosts: published,
-            ..self.cfg.clone()
-        }
-        .host_labels();
+        let hosts = rx.borrow_and_update().clone();
         if hosts == self.hosts {
             return;
         }
@@ -299,13 +297,13 @@ mod tests {
 
     #[test]
     fn published_hosts_replace_the_configured_ones_and_drop_their_series() {
-        let (tx, rx) = watch::channel(Vec::<String>::new());
+        let (tx, rx) = watch::channel(Arc::new(KnownHosts::default()));
         let (p, reg) = prober_with_registry(cfg(1000));
         let mut p = p.with_host_updates(rx);
-        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
         // Unchanged channel: configured hosts stay.
         p.follow_hosts();
-        assert_eq!(p.hosts, ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
 
         let replica = Replica {
             name: "r".into(),
@@ -324,9 +322,9 @@ mod tests {
         }
         p.replicas.insert(replica.clone(), st);
 
-        tx.send_replace(vec!["B.test".into(), "c.test".into()]);
+        tx.send_replace(Arc::new(KnownHosts::new(["B.test", "c.test"])));
         p.follow_hosts();
-        assert_eq!(p.hosts, ["b.test", "c.test"]);
+        assert_eq!(p.hosts.hosts(), ["b.test", "c.test"]);
         let left: Vec<&str> = p.replicas[&replica]
             .probe_series
             .iter()

@@ -38,8 +38,7 @@ use tracing::Instrument;
 
 use super::pod_cgroup::{CgroupLayout, CgroupLayoutError, PodResolver, PodScan};
 use crate::discovery::metrics::DiscoveryMetrics;
-use crate::pipeline::aggregate::MAX_KNOWN_HOSTS;
-use crate::pipeline::http::{normalize_host, Host};
+use crate::hosts::KnownHosts;
 use health::{ApiHealth, ObserveLayer};
 use watch::{spawn_watch, watch_ingress_route_groups};
 
@@ -123,9 +122,9 @@ pub struct Readiness {
 /// Hosts for the `host` label, with what was left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostSet {
-    /// `--host` entries first, then discovered hosts in sorted order; normalised,
-    /// deduplicated, at most [`MAX_KNOWN_HOSTS`].
-    pub hosts: Vec<String>,
+    /// `--host` entries first, then discovered hosts in sorted order (normalised,
+    /// deduplicated and bounded by [`KnownHosts`]).
+    pub hosts: KnownHosts,
     /// Wildcard, invalid or over-the-limit names.
     pub dropped: usize,
     pub unparsable_rules: usize,
@@ -260,26 +259,14 @@ impl KubeDiscovery {
                 discovered.extend(r.hosts);
             }
         }
-        let mut set = HostSet {
+        // Wildcards (`*.example.com`) cannot be a label (requests carry concrete names):
+        // they are dropped with the invalid names.
+        let hosts = KnownHosts::new(self.cfg.static_hosts.iter().chain(discovered.iter()));
+        let set = HostSet {
+            dropped: hosts.dropped(),
+            hosts,
             unparsable_rules: unparsable,
-            ..HostSet::default()
         };
-        let mut seen = BTreeSet::new();
-        for h in self.cfg.static_hosts.iter().chain(discovered.iter()) {
-            // Wildcards (`*.example.com`) cannot be a label: requests carry concrete names.
-            let Host::Name(n) = normalize_host(h.as_bytes()) else {
-                set.dropped += 1;
-                continue;
-            };
-            if !seen.insert(n.as_str().to_string()) {
-                continue;
-            }
-            if set.hosts.len() >= MAX_KNOWN_HOSTS {
-                set.dropped += 1;
-                continue;
-            }
-            set.hosts.push(n.as_str().to_string());
-        }
         let d = &self.shared.metrics;
         d.known_hosts.set(set.hosts.len() as i64);
         d.dropped_hosts.set(set.dropped as i64);

@@ -41,10 +41,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
-use crate::pipeline::http::{
-    self, Host, Message, Method, ParseError, RequestHead, ResponseHead, Tail,
-};
-use h2::{H2Conns, H2Event, H2Stats};
+use crate::hosts::Host;
+use crate::pipeline::http::{self, Message, Method, RequestHead, ResponseHead, Tail};
+use crate::pipeline::metrics::{Anomaly, Eviction, InputKind, Leg, PipelineMetrics, Skip};
+use h2::{H2Conns, H2Event, H2Traffic};
 
 /// Upstream requests remembered per process for corroboration.
 const MAX_UPSTREAM_LOG: usize = 4096;
@@ -156,62 +156,16 @@ impl FlowEvent {
     }
 }
 
-/// Counters of everything the tracker saw, dropped or could not make sense of. Monotonic.
+/// Messages the tracker read, for logs and tests (not exported: what it dropped or
+/// could not read is in the pipeline's health counters, incremented in place). Monotonic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FlowStats {
-    pub data_events: u64,
-    pub closed_events: u64,
-    pub upstream_failure_events: u64,
-    pub parse_errors: [u64; ParseError::ALL.len()],
-    pub truncated_heads: u64,
+pub struct Traffic {
     pub client_requests: u64,
     pub client_responses: u64,
     pub upstream_requests: u64,
     pub upstream_responses: u64,
-    pub unmatched_client_responses: u64,
-    /// Only with [`FlowConfig::upstream_responses`].
-    pub unmatched_upstream_responses: u64,
-    pub unanswered_client_requests: u64,
-    /// Only with [`FlowConfig::upstream_responses`].
-    pub unanswered_upstream_requests: u64,
-    /// Requests dropped because a connection had `max_pending_per_conn` in flight.
-    pub pending_overflow: u64,
-    pub evicted_connections: u64,
-    pub expired_connections: u64,
-    /// Data on an upgraded connection (WebSocket frames), ignored.
-    pub ignored_after_upgrade: u64,
-    /// Data continuing a body or head of an earlier syscall.
-    pub continuations: u64,
-    /// A new HTTP message on an upgraded connection without a Close in between: the fd was
-    /// reused and the Close was lost.
-    pub reused_without_close: u64,
-    pub interim_responses: u64,
-    /// Close of a connection the tracker did not know (never carried a parsed message,
-    /// evicted or expired).
-    pub untracked_closes: u64,
-    /// The kernel reported an upgraded connection whose 101 the tracker never saw.
-    pub unseen_upgrades: u64,
-    /// Client requests with a Host that is present but invalid.
-    pub invalid_hosts: u64,
-    /// Upstream requests not logged because too many processes already have a log.
-    pub upstream_log_full: u64,
     /// HTTP/2 connections (see [`h2`]).
-    pub h2: H2Stats,
-}
-
-impl FlowStats {
-    pub fn parse_errors_of(&self, e: ParseError) -> u64 {
-        ParseError::ALL
-            .iter()
-            .position(|k| *k == e)
-            .map_or(0, |i| self.parse_errors[i])
-    }
-
-    fn count_parse_error(&mut self, e: ParseError) {
-        if let Some(i) = ParseError::ALL.iter().position(|k| *k == e) {
-            self.parse_errors[i] += 1;
-        }
-    }
+    pub h2: H2Traffic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +272,9 @@ pub struct Flows {
     h2: H2Conns<ConnKey>,
     /// Output of the h2 tracker for the record at hand; kept to reuse its allocation.
     h2_buf: Vec<H2Event>,
-    stats: FlowStats,
+    /// The pipeline's health counters, incremented where the event happens.
+    metrics: PipelineMetrics,
+    traffic: Traffic,
 }
 
 fn dir_index(d: Direction) -> usize {
@@ -329,7 +285,8 @@ fn dir_index(d: Direction) -> usize {
 }
 
 impl Flows {
-    pub fn new(cfg: FlowConfig) -> Self {
+    /// `metrics`: the pipeline's health counters, which the tracker increments.
+    pub fn new(cfg: FlowConfig, metrics: PipelineMetrics) -> Self {
         Flows {
             conns: foldhash::HashMap::default(),
             age: VecDeque::new(),
@@ -337,15 +294,23 @@ impl Flows {
             upstream_log: foldhash::HashMap::default(),
             stash_bytes: 0,
             msg_buf: Vec::new(),
-            h2: H2Conns::new(h2::MAX_CONNECTIONS.min(cfg.max_connections)),
+            h2: H2Conns::new(
+                h2::MAX_CONNECTIONS.min(cfg.max_connections),
+                metrics.clone(),
+            ),
             h2_buf: Vec::new(),
-            stats: FlowStats::default(),
+            metrics,
+            traffic: Traffic::default(),
             cfg,
         }
     }
 
-    pub fn stats(&self) -> &FlowStats {
-        &self.stats
+    /// Messages read so far.
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            h2: *self.h2.traffic(),
+            ..self.traffic
+        }
     }
 
     /// Connections currently tracked (HTTP/1 and HTTP/2).
@@ -361,17 +326,17 @@ impl Flows {
                 total_len,
                 bytes,
             } => {
-                self.stats.data_events += 1;
+                self.metrics.events.inc(InputKind::Data);
                 self.on_data(
                     ev.ts_ns, ev.origin, *conn, *direction, *total_len, bytes, out,
                 );
             }
             EventKind::Closed { conn, upgraded } => {
-                self.stats.closed_events += 1;
+                self.metrics.events.inc(InputKind::Closed);
                 self.on_close(ev.ts_ns, ev.origin, *conn, *upgraded, out);
             }
             EventKind::UpstreamFailure { reason, .. } => {
-                self.stats.upstream_failure_events += 1;
+                self.metrics.events.inc(InputKind::UpstreamFailure);
                 out.push(FlowEvent::UpstreamFailure {
                     origin: ev.origin,
                     reason: *reason,
@@ -380,6 +345,15 @@ impl Flows {
             }
             // Not a socket event: the pipeline settles probe reports before flows.
             EventKind::Probe(_) => {}
+        }
+        self.publish_connections();
+    }
+
+    /// Sets the `connections` gauge when the count changed (a load on the common path).
+    fn publish_connections(&self) {
+        let now = i64::try_from(self.connections()).unwrap_or(i64::MAX);
+        if self.metrics.connections.get() != now {
+            self.metrics.connections.set(now);
         }
     }
 
@@ -397,7 +371,7 @@ impl Flows {
                     self.age.pop_front();
                     if let Some(c) = self.conns.remove(&key) {
                         self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
-                        self.stats.expired_connections += 1;
+                        self.metrics.evicted_connections.inc(Eviction::Idle);
                         tracing::debug!(tgid = key.0, conn = %key.1, "idle connection expired");
                     }
                 }
@@ -410,12 +384,11 @@ impl Flows {
         h2_out.clear();
         if !self.h2.is_empty() {
             self.h2.expire(horizon, &mut h2_out);
-            self.stats.h2 = *self.h2.stats();
             // Nothing to report from expiry but unanswered requests (never WebSocket
             // resets: an idle connection did not reset anything).
             for ev in h2_out.drain(..) {
                 if let H2Event::Unanswered { .. } = ev {
-                    self.stats.unanswered_client_requests += 1;
+                    self.metrics.unanswered_requests.inc(Leg::Client);
                 }
             }
         }
@@ -426,6 +399,7 @@ impl Flows {
             }
             !log.is_empty()
         });
+        self.publish_connections();
     }
 
     /// Append the recency entry tagged `next_age_seq` for `key`, whose connection already
@@ -462,7 +436,7 @@ impl Flows {
             }
             if let Some(c) = self.conns.remove(&old) {
                 self.stash_bytes = self.stash_bytes.saturating_sub(c.stash_len());
-                self.stats.evicted_connections += 1;
+                self.metrics.evicted_connections.inc(Eviction::Capacity);
                 tracing::debug!(tgid = old.0, conn = %old.1, "connection evicted at capacity");
             }
         }
@@ -503,10 +477,12 @@ impl Flows {
                 if http::looks_like_message_start(bytes) {
                     // Frames never look like this; the fd must have been closed and reused
                     // without us seeing the Close.
-                    self.stats.reused_without_close += 1;
+                    self.metrics
+                        .connection_anomalies
+                        .inc(Anomaly::ReusedWithoutClose);
                     self.remove_conn(key);
                 } else {
-                    self.stats.ignored_after_upgrade += 1;
+                    self.metrics.skipped_data.inc(Skip::AfterUpgrade);
                     self.touch(key, ts);
                     return;
                 }
@@ -524,14 +500,14 @@ impl Flows {
             Some(mut head) if head.len() + bytes.len() <= MAX_STASH => {
                 let total = head.len() as u64 + total_len;
                 head.extend_from_slice(bytes);
-                self.stats.continuations += 1;
+                self.metrics.skipped_data.inc(Skip::Continuation);
                 joined = head;
                 (&joined[..], total)
             }
             Some(head) => {
                 self.flush_stash(key, dir, ts, head, out);
                 if self.conns.get(&key).is_some_and(|c| c.upgraded.is_some()) {
-                    self.stats.ignored_after_upgrade += 1;
+                    self.metrics.skipped_data.inc(Skip::AfterUpgrade);
                     return;
                 }
                 (bytes, total_len)
@@ -550,7 +526,7 @@ impl Flows {
                     } else {
                         Expect::Body(n - total_len)
                     };
-                    self.stats.continuations += 1;
+                    self.metrics.skipped_data.inc(Skip::Continuation);
                     self.touch(key, ts);
                     return;
                 }
@@ -560,7 +536,7 @@ impl Flows {
                 }
                 Expect::Continuation => {
                     if !http::looks_like_message_start(bytes) {
-                        self.stats.continuations += 1;
+                        self.metrics.skipped_data.inc(Skip::Continuation);
                         self.touch(key, ts);
                         return;
                     }
@@ -572,7 +548,7 @@ impl Flows {
         };
         if skip_usize >= bytes.len() {
             // The next message starts beyond what was captured.
-            self.stats.continuations += 1;
+            self.metrics.skipped_data.inc(Skip::Continuation);
             if let Some(c) = self.conns.get_mut(&key) {
                 c.expect[d] = Expect::Continuation;
             }
@@ -586,7 +562,7 @@ impl Flows {
             Ok(p) => p,
             Err(e) => {
                 self.msg_buf = messages;
-                self.stats.count_parse_error(e);
+                self.metrics.parse_errors.inc(e);
                 // Do not keep state for connections that never carried HTTP.
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.expect[d] = Expect::Continuation;
@@ -596,7 +572,7 @@ impl Flows {
             }
         };
         if let Some(e) = parsed.error {
-            self.stats.count_parse_error(e);
+            self.metrics.parse_errors.inc(e);
         }
         if self.conns.contains_key(&key) {
             self.touch(key, ts);
@@ -656,8 +632,12 @@ impl Flows {
         if preface {
             // A *tls.Conn address reused without its Close seen ends the old connection.
             if let Some(old) = self.remove_conn(key) {
-                self.stats.reused_without_close += 1;
-                self.stats.unanswered_client_requests += old.pending.len() as u64;
+                self.metrics
+                    .connection_anomalies
+                    .inc(Anomaly::ReusedWithoutClose);
+                self.metrics
+                    .unanswered_requests
+                    .inc_by(Leg::Client, old.pending.len() as u64);
             }
             self.h2.open(key, ts, &mut h2_out);
         }
@@ -667,7 +647,6 @@ impl Flows {
         };
         let tracked = self.h2.feed(key, d, ts, bytes, total_len, &mut h2_out);
         if tracked {
-            self.stats.h2 = *self.h2.stats();
             self.emit_h2(key, origin, &mut h2_out, out);
         }
         self.h2_buf = h2_out;
@@ -689,8 +668,8 @@ impl Flows {
                     response,
                     ts_ns,
                 } => {
-                    self.stats.client_requests += 1;
-                    self.stats.client_responses += 1;
+                    self.traffic.client_requests += 1;
+                    self.traffic.client_responses += 1;
                     let upstream_seen =
                         response.status == 404 && self.upstream_seen(key.0, &request, ts_ns);
                     out.push(FlowEvent::Exchange {
@@ -702,7 +681,7 @@ impl Flows {
                     });
                 }
                 H2Event::Unanswered { request, ts_ns } => {
-                    self.stats.client_requests += 1;
+                    self.traffic.client_requests += 1;
                     if request.websocket {
                         out.push(FlowEvent::WsReset {
                             origin,
@@ -710,7 +689,7 @@ impl Flows {
                             ts_ns,
                         });
                     } else {
-                        self.stats.unanswered_client_requests += 1;
+                        self.metrics.unanswered_requests.inc(Leg::Client);
                     }
                 }
             }
@@ -771,12 +750,12 @@ impl Flows {
     }
 
     fn on_client_request(&mut self, key: ConnKey, ts: u64, r: &RequestHead) {
-        self.stats.client_requests += 1;
+        self.traffic.client_requests += 1;
         if r.truncated {
-            self.stats.truncated_heads += 1;
+            self.metrics.truncated_heads.inc();
         }
         if r.host == Host::Invalid {
-            self.stats.invalid_hosts += 1;
+            self.metrics.invalid_hosts.inc();
         }
         let max = self.cfg.max_pending_per_conn.max(1);
         let Some(c) = self.conns.get_mut(&key) else {
@@ -784,7 +763,7 @@ impl Flows {
         };
         if c.pending.len() >= max {
             // Dropping the newest keeps the older requests paired with the right responses.
-            self.stats.pending_overflow += 1;
+            self.metrics.pending_overflow.inc();
             return;
         }
         c.pending.push_back(ClientRequest::from_head(ts, r));
@@ -799,19 +778,21 @@ impl Flows {
         out: &mut Vec<FlowEvent>,
     ) -> (bool, bool) {
         if r.truncated {
-            self.stats.truncated_heads += 1;
+            self.metrics.truncated_heads.inc();
         }
         if r.is_interim() {
-            self.stats.interim_responses += 1;
+            self.metrics
+                .connection_anomalies
+                .inc(Anomaly::InterimResponse);
             return (false, false);
         }
-        self.stats.client_responses += 1;
+        self.traffic.client_responses += 1;
         let Some(c) = self.conns.get_mut(&key) else {
             return (false, false);
         };
         let origin = c.origin;
         let Some(request) = c.pending.pop_front() else {
-            self.stats.unmatched_client_responses += 1;
+            self.metrics.unmatched_responses.inc(Leg::Client);
             return (false, false);
         };
         let upgraded = r.status == 101;
@@ -822,7 +803,9 @@ impl Flows {
                 request: request.websocket.then(|| request.clone()),
             }));
             // Requests pipelined behind an upgrade are never answered over HTTP.
-            self.stats.unanswered_client_requests += c.pending.len() as u64;
+            self.metrics
+                .unanswered_requests
+                .inc_by(Leg::Client, c.pending.len() as u64);
             c.pending.clear();
         }
         let head = request.method == Method::Head;
@@ -838,9 +821,9 @@ impl Flows {
     }
 
     fn on_upstream_request(&mut self, key: ConnKey, ts: u64, r: &RequestHead) {
-        self.stats.upstream_requests += 1;
+        self.traffic.upstream_requests += 1;
         if r.truncated {
-            self.stats.truncated_heads += 1;
+            self.metrics.truncated_heads.inc();
         }
         let max = self.cfg.max_pending_per_conn.max(1);
         if let Some(c) = self.conns.get_mut(&key) {
@@ -848,7 +831,7 @@ impl Flows {
             c.upstream_last_ws = r.websocket;
             if self.cfg.upstream_responses {
                 if c.upstream_pending.len() >= max {
-                    self.stats.pending_overflow += 1;
+                    self.metrics.pending_overflow.inc();
                 } else {
                     c.upstream_pending.push_back(r.method == Method::Head);
                 }
@@ -857,7 +840,9 @@ impl Flows {
         if !self.upstream_log.contains_key(&key.0)
             && self.upstream_log.len() >= MAX_UPSTREAM_PROCESSES
         {
-            self.stats.upstream_log_full += 1;
+            self.metrics
+                .connection_anomalies
+                .inc(Anomaly::UpstreamLogFull);
             return;
         }
         let host = http::host_hash(&r.host);
@@ -882,19 +867,21 @@ impl Flows {
     /// Returns (connection upgraded, response to a HEAD request).
     fn on_upstream_response(&mut self, key: ConnKey, ts: u64, r: &ResponseHead) -> (bool, bool) {
         if r.truncated {
-            self.stats.truncated_heads += 1;
+            self.metrics.truncated_heads.inc();
         }
         if r.is_interim() {
-            self.stats.interim_responses += 1;
+            self.metrics
+                .connection_anomalies
+                .inc(Anomaly::InterimResponse);
             return (false, false);
         }
-        self.stats.upstream_responses += 1;
+        self.traffic.upstream_responses += 1;
         let Some(c) = self.conns.get_mut(&key) else {
             return (false, false);
         };
         let head = if self.cfg.upstream_responses {
             let Some(head) = c.upstream_pending.pop_front() else {
-                self.stats.unmatched_upstream_responses += 1;
+                self.metrics.unmatched_responses.inc(Leg::Upstream);
                 return (false, false);
             };
             head
@@ -940,7 +927,6 @@ impl Flows {
         let mut h2_out = std::mem::take(&mut self.h2_buf);
         h2_out.clear();
         if self.h2.close(key, ts, &mut h2_out) {
-            self.stats.h2 = *self.h2.stats();
             self.emit_h2(key, origin, &mut h2_out, out);
             self.h2_buf = h2_out;
             return;
@@ -958,9 +944,13 @@ impl Flows {
             }
         }
         let Some(c) = self.remove_conn(key) else {
-            self.stats.untracked_closes += 1;
+            self.metrics
+                .connection_anomalies
+                .inc(Anomaly::UntrackedClose);
             if kernel_upgraded {
-                self.stats.unseen_upgrades += 1;
+                self.metrics
+                    .connection_anomalies
+                    .inc(Anomaly::UnseenUpgrade);
             }
             return;
         };
@@ -982,7 +972,10 @@ impl Flows {
             // An upstream WebSocket connection whose 101 the sensor does not report: the
             // kernel's mark is what was expected, not an anomaly.
             None if kernel_upgraded && !self.cfg.upstream_responses && c.upstream_last_ws => {}
-            None if kernel_upgraded => self.stats.unseen_upgrades += 1,
+            None if kernel_upgraded => self
+                .metrics
+                .connection_anomalies
+                .inc(Anomaly::UnseenUpgrade),
             None => {}
         }
         for request in c.pending {
@@ -993,10 +986,12 @@ impl Flows {
                     ts_ns: ts,
                 });
             } else {
-                self.stats.unanswered_client_requests += 1;
+                self.metrics.unanswered_requests.inc(Leg::Client);
             }
         }
-        self.stats.unanswered_upstream_requests += c.upstream_pending.len() as u64;
+        self.metrics
+            .unanswered_requests
+            .inc_by(Leg::Upstream, c.upstream_pending.len() as u64);
     }
 }
 
@@ -1004,6 +999,7 @@ impl Flows {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::pipeline::http::ParseError;
 
     const O: Origin = Origin {
         tgid: 100,
@@ -1057,7 +1053,7 @@ mod tests {
 
     #[test]
     fn pairs_pipelined_requests_fifo() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let mut both = req("a.test", "/1");
         both.extend(req("b.test", "/2"));
         let out = run(
@@ -1073,13 +1069,13 @@ mod tests {
             statuses(&out),
             [("a.test".into(), 404), ("b.test".into(), 200)]
         );
-        assert_eq!(f.stats().unmatched_client_responses, 1);
-        assert_eq!(f.stats().client_requests, 2);
+        assert_eq!(f.metrics.unmatched_responses.get(Leg::Client), 1);
+        assert_eq!(f.traffic().client_requests, 2);
     }
 
     #[test]
     fn corroborates_with_upstream_requests_of_the_same_process() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let upstream =
             b"GET /x HTTP/1.1\r\nHost: 10.0.0.5:8080\r\nX-Forwarded-Host: a.test\r\n\r\n";
         let out = run(
@@ -1105,8 +1101,8 @@ mod tests {
             })
             .collect();
         assert_eq!(seen, [true, false, false]);
-        assert_eq!(f.stats().upstream_requests, 1);
-        assert_eq!(f.stats().upstream_responses, 1);
+        assert_eq!(f.traffic().upstream_requests, 1);
+        assert_eq!(f.traffic().upstream_responses, 1);
         // Another process's upstream request does not corroborate.
         let other = Origin {
             tgid: 200,
@@ -1133,7 +1129,7 @@ mod tests {
     fn websocket_lifecycle() {
         let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         let r101 = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x02hi";
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let out = run(
             &mut f,
             &[
@@ -1159,15 +1155,18 @@ mod tests {
         assert!(matches!(&out[1], FlowEvent::WsEarlyClose { open_ns, .. } if *open_ns == 2 * S));
         assert!(matches!(&out[2], FlowEvent::Exchange { response, .. } if response.status == 101));
         assert!(matches!(&out[3], FlowEvent::WsReset { request, .. } if request.websocket));
-        assert_eq!(f.stats().ignored_after_upgrade, 2);
-        assert_eq!(f.stats().parse_errors, [0; ParseError::ALL.len()]);
-        assert_eq!(f.stats().unanswered_client_requests, 1);
+        assert_eq!(f.metrics.skipped_data.get(Skip::AfterUpgrade), 2);
+        assert_eq!(
+            ParseError::ALL.map(|e| f.metrics.parse_errors.get(e)),
+            [0; ParseError::ALL.len()]
+        );
+        assert_eq!(f.metrics.unanswered_requests.get(Leg::Client), 1);
         assert_eq!(f.connections(), 0);
     }
 
     #[test]
     fn fd_reuse() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         let out = run(
             &mut f,
@@ -1192,9 +1191,14 @@ mod tests {
             statuses(&out),
             [("a.test".into(), 101), ("b.test".into(), 200)]
         );
-        assert_eq!(f.stats().unmatched_client_responses, 1);
-        assert_eq!(f.stats().unanswered_client_requests, 1);
-        assert_eq!(f.stats().reused_without_close, 1);
+        assert_eq!(f.metrics.unmatched_responses.get(Leg::Client), 1);
+        assert_eq!(f.metrics.unanswered_requests.get(Leg::Client), 1);
+        assert_eq!(
+            f.metrics
+                .connection_anomalies
+                .get(Anomaly::ReusedWithoutClose),
+            1
+        );
     }
 
     #[test]
@@ -1204,7 +1208,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             ..FlowConfig::default()
         };
-        let mut f = Flows::new(cfg);
+        let mut f = Flows::new(cfg, PipelineMetrics::default());
         for fd in 0..10u32 {
             run(
                 &mut f,
@@ -1217,7 +1221,7 @@ mod tests {
             );
             assert!(f.connections() <= 3);
         }
-        assert_eq!(f.stats().evicted_connections, 7);
+        assert_eq!(f.metrics.evicted_connections.get(Eviction::Capacity), 7);
         // The survivors are the three most recent: fd 7's request still pairs.
         let out = run(&mut f, &[data(11 * S, 7, Direction::Write, OK)]);
         assert_eq!(out.len(), 1);
@@ -1225,7 +1229,7 @@ mod tests {
         assert!(out.is_empty());
         f.tick(11 * S + 60 * S);
         // fd 9 was last active at 9s, fds 7 and 2 at 11s.
-        assert_eq!(f.stats().expired_connections, 1);
+        assert_eq!(f.metrics.evicted_connections.get(Eviction::Idle), 1);
         assert_eq!(f.connections(), 2);
         f.tick(100 * S);
         assert_eq!(f.connections(), 0);
@@ -1237,7 +1241,7 @@ mod tests {
             max_pending_per_conn: 2,
             ..FlowConfig::default()
         };
-        let mut f = Flows::new(cfg);
+        let mut f = Flows::new(cfg, PipelineMetrics::default());
         let mut three = req("a.test", "/1");
         three.extend(req("b.test", "/2"));
         three.extend(req("c.test", "/3"));
@@ -1253,12 +1257,12 @@ mod tests {
             statuses(&out),
             [("a.test".into(), 200), ("b.test".into(), 200)]
         );
-        assert_eq!(f.stats().pending_overflow, 1);
+        assert_eq!(f.metrics.pending_overflow.get(), 1);
     }
 
     #[test]
     fn bodies_and_continuations_are_skipped() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let post = b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n0123";
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
         let out = run(
@@ -1281,13 +1285,19 @@ mod tests {
             statuses(&out),
             [("a.test".into(), 200), ("b.test".into(), 200)]
         );
-        assert_eq!(f.stats().continuations, 1);
-        assert_eq!(f.stats().parse_errors.iter().sum::<u64>(), 0);
+        assert_eq!(f.metrics.skipped_data.get(Skip::Continuation), 1);
+        assert_eq!(
+            ParseError::ALL
+                .map(|e| f.metrics.parse_errors.get(e))
+                .iter()
+                .sum::<u64>(),
+            0
+        );
     }
 
     #[test]
     fn heads_split_over_syscalls_are_joined() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let ws = b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
         let out = run(
             &mut f,
@@ -1316,14 +1326,14 @@ mod tests {
             panic!()
         };
         assert!(request.websocket);
-        assert_eq!(f.stats().continuations, 2);
-        assert_eq!(f.stats().truncated_heads, 1);
+        assert_eq!(f.metrics.skipped_data.get(Skip::Continuation), 2);
+        assert_eq!(f.metrics.truncated_heads.get(), 1);
         assert_eq!(f.stash_bytes, 0);
     }
 
     #[test]
     fn pipelined_request_split_in_its_first_bytes() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let mut first = req("a.test", "/1");
         let second = req("b.test", "/2");
         first.extend_from_slice(&second[..2]);
@@ -1345,12 +1355,15 @@ mod tests {
         };
         assert_eq!(request.method, Method::Get);
         assert_eq!(request.target, http::target_hash(b"GET", b"/2"));
-        assert_eq!(f.stats().parse_errors, [0; ParseError::ALL.len()]);
+        assert_eq!(
+            ParseError::ALL.map(|e| f.metrics.parse_errors.get(e)),
+            [0; ParseError::ALL.len()]
+        );
     }
 
     #[test]
     fn responses_to_head_have_no_body() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let out = run(
             &mut f,
             &[
@@ -1374,12 +1387,12 @@ mod tests {
             statuses(&out),
             [("a.test".into(), 200), ("b.test".into(), 200)]
         );
-        assert_eq!(f.stats().continuations, 0);
+        assert_eq!(f.metrics.skipped_data.get(Skip::Continuation), 0);
     }
 
     #[test]
     fn garbage_is_counted_and_not_tracked() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         run(
             &mut f,
             &[
@@ -1387,14 +1400,14 @@ mod tests {
                 data(S, 6, Direction::Write, b"HTTP/1.1 2"),
             ],
         );
-        assert_eq!(f.stats().parse_errors_of(ParseError::NotHttp), 1);
-        assert_eq!(f.stats().parse_errors_of(ParseError::TooShort), 1);
+        assert_eq!(f.metrics.parse_errors.get(ParseError::NotHttp), 1);
+        assert_eq!(f.metrics.parse_errors.get(ParseError::TooShort), 1);
         assert_eq!(f.connections(), 0);
     }
 
     #[test]
     fn interim_responses_do_not_consume_requests() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let out = run(
             &mut f,
             &[
@@ -1404,12 +1417,15 @@ mod tests {
             ],
         );
         assert_eq!(statuses(&out), [("a.test".into(), 200)]);
-        assert_eq!(f.stats().interim_responses, 1);
+        assert_eq!(
+            f.metrics.connection_anomalies.get(Anomaly::InterimResponse),
+            1
+        );
     }
 
     #[test]
     fn upstream_failures_pass_through() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         let out = run(
             &mut f,
             &[Event {
@@ -1433,7 +1449,7 @@ mod tests {
 
     #[test]
     fn a_body_written_to_a_client_is_not_an_upstream_request() {
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         // A response whose 12-byte body is written on its own and starts like a request.
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
         run(
@@ -1444,8 +1460,8 @@ mod tests {
                 data(S + 2, 5, Direction::Write, b"GET / HTTP/1"),
             ],
         );
-        assert_eq!(f.stats().upstream_requests, 0);
-        assert_eq!(f.stats().client_responses, 1);
+        assert_eq!(f.traffic().upstream_requests, 0);
+        assert_eq!(f.traffic().client_responses, 1);
         assert!(!f.upstream_log.contains_key(&O.tgid));
     }
 
@@ -1456,21 +1472,27 @@ mod tests {
             .map(|i| data(S + i, 9, Direction::Write, upstream))
             .chain(std::iter::once(close(2 * S, 9, false)))
             .collect();
-        let mut f = Flows::new(FlowConfig::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
         assert!(run(&mut f, &traffic).is_empty());
-        assert_eq!(f.stats().upstream_requests, 200);
-        assert_eq!(f.stats().pending_overflow, 0);
-        assert_eq!(f.stats().unanswered_upstream_requests, 0);
-        assert_eq!(f.stats().unseen_upgrades, 0);
+        assert_eq!(f.traffic().upstream_requests, 200);
+        assert_eq!(f.metrics.pending_overflow.get(), 0);
+        assert_eq!(f.metrics.unanswered_requests.get(Leg::Upstream), 0);
+        assert_eq!(
+            f.metrics.connection_anomalies.get(Anomaly::UnseenUpgrade),
+            0
+        );
         // Still logged for corroboration (bounded per process).
         assert_eq!(f.upstream_log.get(&O.tgid).map(VecDeque::len), Some(200));
-        let mut f = Flows::new(FlowConfig {
-            upstream_responses: true,
-            ..FlowConfig::default()
-        });
+        let mut f = Flows::new(
+            FlowConfig {
+                upstream_responses: true,
+                ..FlowConfig::default()
+            },
+            PipelineMetrics::default(),
+        );
         run(&mut f, &traffic);
-        assert_eq!(f.stats().pending_overflow, 200 - 64);
-        assert_eq!(f.stats().unanswered_upstream_requests, 64);
+        assert_eq!(f.metrics.pending_overflow.get(), 200 - 64);
+        assert_eq!(f.metrics.unanswered_requests.get(Leg::Upstream), 64);
     }
 
     #[test]
@@ -1479,7 +1501,7 @@ mod tests {
             max_connections: 4,
             ..FlowConfig::default()
         };
-        let mut f = Flows::new(cfg);
+        let mut f = Flows::new(cfg, PipelineMetrics::default());
         let mut ts = S;
         for round in 0..20_000u32 {
             // fds 1..=4 in turn, fd 1 twice as often.
@@ -1493,14 +1515,14 @@ mod tests {
             assert!(f.age.len() <= 2 * f.connections() + AGE_SLACK + 1);
         }
         assert_eq!(f.connections(), 4);
-        assert_eq!(f.stats().evicted_connections, 0);
+        assert_eq!(f.metrics.evicted_connections.get(Eviction::Capacity), 0);
         // fd 1 was active last, fd 2 the longest ago of the others: a fifth connection
         // evicts fd 2.
         ts += 1;
         run(&mut f, &[data(ts, 1, Direction::Read, &req("a.test", "/"))]);
         ts += 1;
         run(&mut f, &[data(ts, 7, Direction::Read, &req("a.test", "/"))]);
-        assert_eq!(f.stats().evicted_connections, 1);
+        assert_eq!(f.metrics.evicted_connections.get(Eviction::Capacity), 1);
         assert!(f.conns.contains_key(&(O.tgid, ConnId::Fd(1))));
         let gone: Vec<u32> = (2..=4)
             .filter(|fd| !f.conns.contains_key(&(O.tgid, ConnId::Fd(*fd))))

@@ -6,10 +6,12 @@
 //! the captured bytes.
 
 use crate::event::Direction;
+use crate::hosts::{normalize_host, Host};
 use crate::pipeline::flows::ClientRequest;
-use crate::pipeline::http::{self, Host, ResponseHead};
+use crate::pipeline::http::{self, ResponseHead};
 
-use super::{H2Conns, H2Event, H2Stats, Reason, READ, WRITE};
+use super::{H2Conns, H2Event, H2Traffic, READ, WRITE};
+use crate::pipeline::metrics::{PipelineMetrics, Unclassified};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -95,7 +97,7 @@ impl Pair {
 
     /// A GET of `path` for `host`.
     pub fn is_get(&self, host: &str, path: &str) -> bool {
-        self.request.host == http::normalize_host(host.as_bytes())
+        self.request.host == normalize_host(host.as_bytes())
             && self.request.host != Host::Invalid
             && self.request.target == http::target_hash(b"GET", path.as_bytes())
     }
@@ -105,14 +107,17 @@ impl Pair {
 pub struct Replay {
     pub pairs: Vec<Pair>,
     /// The first direction's loss of sync, if any.
-    pub desync: Option<Reason>,
-    pub stats: H2Stats,
+    pub desync: Option<Unclassified>,
+    pub traffic: H2Traffic,
+    /// The health counters the tracker incremented.
+    pub metrics: PipelineMetrics,
 }
 
 /// Feeds the records of one connection (starting with the preface read) to a fresh
 /// tracker, as the flow tracker would.
 pub fn replay(records: &[Record]) -> Replay {
-    let mut conns = H2Conns::new(1);
+    let metrics = PipelineMetrics::default();
+    let mut conns = H2Conns::new(1, metrics.clone());
     let mut events = Vec::new();
     let mut replay = Replay::default();
     let mut opened = false;
@@ -161,6 +166,7 @@ pub fn replay(records: &[Record]) -> Replay {
             },
         })
         .collect();
-    replay.stats = *conns.stats();
+    replay.traffic = *conns.traffic();
+    replay.metrics = metrics;
     replay
 }

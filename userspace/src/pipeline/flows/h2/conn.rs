@@ -4,11 +4,11 @@
 use loona_hpack::Decoder;
 
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
-use super::{H2Event, H2Stats, Reason};
+use super::{H2Counters, H2Event};
+use crate::hosts::{self, Host};
 use crate::pipeline::flows::ClientRequest;
-use crate::pipeline::http::{
-    self, HeaderId, HeaderList, Host, Method, ProbeRef, ResponseHead, Version,
-};
+use crate::pipeline::http::{self, HeaderId, HeaderList, Method, ProbeRef, ResponseHead, Version};
+use crate::pipeline::metrics::{Anomaly, LabelValue, Leg, Skip, Unclassified};
 
 /// The client connection preface (RFC 9113 §3.4), which opens the read direction.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -49,7 +49,7 @@ struct Inner {
     decoders: [Decoder<'static>; 2],
     blocks: [Option<Block>; 2],
     streams: Vec<Stream>,
-    desync: [Option<Reason>; 2],
+    desync: [Option<Unclassified>; 2],
     /// Bytes of the client preface still to check at the start of the read direction.
     preface_left: usize,
 }
@@ -107,7 +107,7 @@ impl H2Conn {
     }
 
     /// Whether a direction lost sync.
-    pub fn desync(&self, dir: usize) -> Option<Reason> {
+    pub fn desync(&self, dir: usize) -> Option<Unclassified> {
         self.inner.desync[dir]
     }
 
@@ -118,12 +118,12 @@ impl H2Conn {
         ts: u64,
         mut bytes: &[u8],
         total_len: u64,
-        stats: &mut H2Stats,
+        counts: &mut H2Counters,
         out: &mut Vec<H2Event>,
     ) {
         self.last_seen = self.last_seen.max(ts);
         if self.inner.desync[dir].is_some() {
-            stats.skipped_records += 1;
+            counts.metrics.skipped_data.inc(Skip::H2Desync);
             return;
         }
         let gap = total_len.saturating_sub(bytes.len() as u64);
@@ -131,13 +131,13 @@ impl H2Conn {
             let done = PREFACE.len() - self.inner.preface_left;
             let n = self.inner.preface_left.min(bytes.len());
             if bytes[..n] != PREFACE[done..done + n] {
-                self.lose(dir, Reason::Frame, stats);
+                self.lose(dir, Unclassified::Frame, counts);
                 return;
             }
             self.inner.preface_left -= n;
             bytes = &bytes[n..];
             if self.inner.preface_left > 0 && gap > 0 {
-                self.lose(dir, Reason::HeaderGap, stats);
+                self.lose(dir, Unclassified::HeaderGap, counts);
                 return;
             }
         }
@@ -145,27 +145,30 @@ impl H2Conn {
             MAX_BLOCK.saturating_sub(self.inner.blocks[dir].as_ref().map_or(0, |b| b.bytes.len()));
         let inner = &mut self.inner;
         let result = self.readers[dir].feed(bytes, gap, max_keep, &mut |f: Frame<'_>| {
-            inner.on_frame(dir, ts, f, stats, out)
+            inner.on_frame(dir, ts, f, counts, out)
         });
         let reason = match result {
             Ok(()) => return,
-            Err(FeedError::Frame(FrameError::Gap)) => Reason::HeaderGap,
-            Err(FeedError::Frame(FrameError::BlockTooLarge)) => Reason::BlockTooLarge,
-            Err(FeedError::Frame(FrameError::BadPadding)) => Reason::Frame,
+            Err(FeedError::Frame(FrameError::Gap)) => Unclassified::HeaderGap,
+            Err(FeedError::Frame(FrameError::BlockTooLarge)) => Unclassified::BlockTooLarge,
+            Err(FeedError::Frame(FrameError::BadPadding)) => Unclassified::Frame,
             Err(FeedError::Handler(r)) => r,
         };
-        self.lose(dir, reason, stats);
+        self.lose(dir, reason, counts);
     }
 
     /// Gives up on a direction: its frames can no longer be delimited or its header
     /// blocks decoded. Every stream in flight is counted as unclassified; so is every
     /// request seen later on this connection.
-    pub fn lose(&mut self, dir: usize, reason: Reason, stats: &mut H2Stats) {
+    pub fn lose(&mut self, dir: usize, reason: Unclassified, counts: &mut H2Counters) {
         if self.inner.desync.iter().all(Option::is_none) {
-            stats.desynced_connections += 1;
+            counts.traffic.desynced_connections += 1;
         }
         self.inner.desync[dir] = Some(reason);
-        stats.unclassify(reason, self.inner.streams.len() as u64);
+        counts
+            .metrics
+            .h2_unclassified
+            .inc_by(reason, self.inner.streams.len() as u64);
         self.inner.streams.clear();
         self.inner.blocks = [None, None];
         self.readers[dir] = FrameReader::default();
@@ -185,8 +188,11 @@ impl H2Conn {
     }
 
     /// Ended by eviction: the streams in flight are counted, not guessed.
-    pub fn evict(self, stats: &mut H2Stats) {
-        stats.unclassify(Reason::ConnLimit, self.inner.streams.len() as u64);
+    pub fn evict(self, counts: &mut H2Counters) {
+        counts
+            .metrics
+            .h2_unclassified
+            .inc_by(Unclassified::ConnLimit, self.inner.streams.len() as u64);
     }
 }
 
@@ -212,22 +218,22 @@ impl Inner {
         dir: usize,
         ts: u64,
         f: Frame<'_>,
-        stats: &mut H2Stats,
+        counts: &mut H2Counters,
         out: &mut Vec<H2Event>,
-    ) -> Result<(), Reason> {
+    ) -> Result<(), Unclassified> {
         let h = f.header;
         if let Some(b) = &mut self.blocks[dir] {
             // Nothing may come between a header block's frames (RFC 9113 §6.10).
             if h.kind != kind::CONTINUATION || h.stream != b.stream {
-                return Err(Reason::Frame);
+                return Err(Unclassified::Frame);
             }
             if b.bytes.len() + f.payload.len() > MAX_BLOCK {
-                return Err(Reason::BlockTooLarge);
+                return Err(Unclassified::BlockTooLarge);
             }
             b.bytes.extend_from_slice(f.payload);
             if h.has(flag::END_HEADERS) {
                 if let Some(b) = self.blocks[dir].take() {
-                    self.on_block(dir, ts, b, stats, out)?;
+                    self.on_block(dir, ts, b, counts, out)?;
                 }
             }
             return Ok(());
@@ -235,7 +241,7 @@ impl Inner {
         match h.kind {
             kind::HEADERS | kind::PUSH_PROMISE => {
                 if h.stream == 0 || (h.kind == kind::PUSH_PROMISE && dir == READ) {
-                    return Err(Reason::Frame);
+                    return Err(Unclassified::Frame);
                 }
                 let b = Block {
                     stream: h.stream,
@@ -244,18 +250,18 @@ impl Inner {
                     bytes: f.payload.to_vec(),
                 };
                 if h.has(flag::END_HEADERS) {
-                    self.on_block(dir, ts, b, stats, out)?;
+                    self.on_block(dir, ts, b, counts, out)?;
                 } else {
                     self.blocks[dir] = Some(b);
                 }
             }
-            kind::CONTINUATION => return Err(Reason::Frame),
+            kind::CONTINUATION => return Err(Unclassified::Frame),
             kind::DATA if dir == WRITE => self.on_response_data(ts, &f, out),
             kind::RST_STREAM => {
                 if let Some(i) = self.streams.iter().position(|s| s.id == h.stream) {
                     let s = self.streams.swap_remove(i);
                     if s.response.is_none() {
-                        stats.resets += 1;
+                        counts.traffic.resets += 1;
                     }
                     out.push(s.finish(ts));
                 }
@@ -302,25 +308,25 @@ impl Inner {
         dir: usize,
         ts: u64,
         b: Block,
-        stats: &mut H2Stats,
+        counts: &mut H2Counters,
         out: &mut Vec<H2Event>,
-    ) -> Result<(), Reason> {
+    ) -> Result<(), Unclassified> {
         let mut fields = Fields::default();
         self.decoders[dir]
             .decode_with_cb(&b.bytes, |name, value| fields.add(dir, &name, &value))
-            .map_err(|_| Reason::Hpack)?;
+            .map_err(|_| Unclassified::Hpack)?;
         if b.promise {
             return Ok(());
         }
         if dir == READ {
-            self.on_request(ts, b.stream, fields, stats);
+            self.on_request(ts, b.stream, fields, counts);
         } else {
-            self.on_response(ts, b.stream, b.end_stream, fields, stats, out);
+            self.on_response(ts, b.stream, b.end_stream, fields, counts, out);
         }
         Ok(())
     }
 
-    fn on_request(&mut self, ts: u64, stream: u32, f: Fields, stats: &mut H2Stats) {
+    fn on_request(&mut self, ts: u64, stream: u32, f: Fields, counts: &mut H2Counters) {
         if self.streams.iter().any(|s| s.id == stream) {
             // Trailers of a request body.
             return;
@@ -329,23 +335,26 @@ impl Inner {
             // Trailers of a stream no longer tracked, or a malformed request.
             return;
         };
-        stats.requests += 1;
+        counts.traffic.requests += 1;
         if let Some(reason) = self.desync[WRITE] {
             // Its response could never be read.
-            stats.unclassify(reason, 1);
+            counts.metrics.h2_unclassified.inc(reason);
             return;
         }
         if self.streams.len() >= MAX_STREAMS {
-            stats.unclassify(Reason::StreamLimit, 1);
+            counts
+                .metrics
+                .h2_unclassified
+                .inc(Unclassified::StreamLimit);
             return;
         }
         let host = match (&f.authority, &f.host) {
-            (Some(a), _) => http::normalize_host(a),
-            (None, Some(h)) => http::normalize_host(h),
+            (Some(a), _) => hosts::normalize_host(a),
+            (None, Some(h)) => hosts::normalize_host(h),
             (None, None) => Host::Missing,
         };
         if host == Host::Invalid {
-            stats.invalid_hosts += 1;
+            counts.metrics.invalid_hosts.inc();
         }
         let path = f.path.as_deref().unwrap_or_default();
         // RFC 8441: WebSocket over HTTP/2 is a CONNECT with `:protocol: websocket`.
@@ -385,13 +394,13 @@ impl Inner {
         stream: u32,
         end_stream: bool,
         f: Fields,
-        stats: &mut H2Stats,
+        counts: &mut H2Counters,
         out: &mut Vec<H2Event>,
     ) {
         let Some(i) = self.streams.iter().position(|s| s.id == stream) else {
             // Trailers, or the answer to a stream not tracked (counted when dropped).
             if f.status.is_some() && self.desync[READ].is_none() {
-                stats.unmatched_responses += 1;
+                counts.metrics.unmatched_responses.inc(Leg::Client);
             }
             return;
         };
@@ -404,10 +413,13 @@ impl Inner {
             return;
         };
         if (100..200).contains(&status) {
-            stats.interim_responses += 1;
+            counts
+                .metrics
+                .connection_anomalies
+                .inc(Anomaly::InterimResponse);
             return;
         }
-        stats.responses += 1;
+        counts.traffic.responses += 1;
         let response = ResponseHead {
             version: Version::H2,
             status,

@@ -26,8 +26,9 @@
 //! inside a DATA payload is skipped exactly, since the frame lengths are known; a gap that
 //! covers a frame header or part of a header block, an HPACK error or a malformed frame
 //! sequence ends that direction for the rest of the connection. Every stream in flight
-//! then, and every request seen afterwards, is counted in [`H2Stats::unclassified`] by
-//! [`Reason`], never classified on a guess. The connection's next preface (a new
+//! then, and every request seen afterwards, is counted in
+//! `routeskew_pipeline_h2_unclassified_total` by [`Unclassified`] reason, never classified
+//! on a guess. The connection's next preface (a new
 //! connection at the same address) starts afresh.
 //!
 //! # Limits
@@ -48,85 +49,29 @@ mod tests;
 
 use crate::pipeline::flows::ClientRequest;
 use crate::pipeline::http::ResponseHead;
+use crate::pipeline::metrics::{PipelineMetrics, Unclassified};
 
 pub use conn::{H2Conn, PREFACE, READ, WRITE};
 
-/// Why streams could not be classified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// A capture gap covered a frame header or part of a header block.
-    HeaderGap,
-    /// The HPACK decoder rejected a header block.
-    Hpack,
-    /// Frames in an order or shape HTTP/2 forbids (garbage, or a misread stream).
-    Frame,
-    /// A header block larger than [`conn::MAX_BLOCK`].
-    BlockTooLarge,
-    /// More than [`conn::MAX_STREAMS`] streams waiting on one connection.
-    StreamLimit,
-    /// The connection's state was evicted to make room for another one.
-    ConnLimit,
-    /// All h2 connections together buffered more than the global limit.
-    BufferLimit,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 7] = [
-        Self::HeaderGap,
-        Self::Hpack,
-        Self::Frame,
-        Self::BlockTooLarge,
-        Self::StreamLimit,
-        Self::ConnLimit,
-        Self::BufferLimit,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HeaderGap => "header_gap",
-            Self::Hpack => "hpack",
-            Self::Frame => "frame",
-            Self::BlockTooLarge => "block_too_large",
-            Self::StreamLimit => "stream_limit",
-            Self::ConnLimit => "connection_limit",
-            Self::BufferLimit => "buffer_limit",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-}
-
-/// Counters of the h2 tracker. Monotonic.
+/// The h2 tracker's own tallies, for logs and tests (what it could not classify is in
+/// the pipeline's health counters). Monotonic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct H2Stats {
-    /// Streams that could not be classified, indexed like [`Reason::ALL`].
-    pub unclassified: [u64; Reason::ALL.len()],
+pub struct H2Traffic {
     pub connections: u64,
     pub requests: u64,
     pub responses: u64,
     /// Requests ended by RST_STREAM before any response.
     pub resets: u64,
-    pub interim_responses: u64,
-    /// Responses on streams whose request was never seen.
-    pub unmatched_responses: u64,
-    pub invalid_hosts: u64,
     /// Connections on which a direction lost sync.
     pub desynced_connections: u64,
-    /// Records of a direction that had lost sync, not parsed.
-    pub skipped_records: u64,
 }
 
-impl H2Stats {
-    pub fn unclassified_of(&self, r: Reason) -> u64 {
-        self.unclassified[r.index()]
-    }
-
-    fn unclassify(&mut self, r: Reason, streams: u64) {
-        self.unclassified[r.index()] += streams;
-    }
+/// Where the h2 tracker counts: the pipeline's health counters, incremented in place,
+/// and its own tallies.
+#[derive(Debug, Clone, Default)]
+pub struct H2Counters {
+    pub metrics: PipelineMetrics,
+    pub traffic: H2Traffic,
 }
 
 /// What a connection yields, in order.
@@ -155,21 +100,25 @@ pub struct H2Conns<K> {
     conns: foldhash::HashMap<K, H2Conn>,
     buffered: usize,
     max_connections: usize,
-    stats: H2Stats,
+    counts: H2Counters,
 }
 
 impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
-    pub fn new(max_connections: usize) -> Self {
+    /// `metrics`: the pipeline's health counters, which this tracker increments.
+    pub fn new(max_connections: usize, metrics: PipelineMetrics) -> Self {
         H2Conns {
             conns: foldhash::HashMap::default(),
             buffered: 0,
             max_connections: max_connections.max(1),
-            stats: H2Stats::default(),
+            counts: H2Counters {
+                metrics,
+                traffic: H2Traffic::default(),
+            },
         }
     }
 
-    pub fn stats(&self) -> &H2Stats {
-        &self.stats
+    pub fn traffic(&self) -> &H2Traffic {
+        &self.counts.traffic
     }
 
     pub fn len(&self) -> usize {
@@ -200,10 +149,10 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
             };
             if let Some(c) = self.conns.remove(&oldest) {
                 self.buffered = self.buffered.saturating_sub(c.buffered());
-                c.evict(&mut self.stats);
+                c.evict(&mut self.counts);
             }
         }
-        self.stats.connections += 1;
+        self.counts.traffic.connections += 1;
         self.conns.insert(key, H2Conn::new(ts));
     }
 
@@ -221,13 +170,13 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
             return false;
         };
         let before = c.buffered();
-        let stats = &mut self.stats;
-        c.feed(dir, ts, bytes, total_len, stats, out);
+        let counts = &mut self.counts;
+        c.feed(dir, ts, bytes, total_len, counts, out);
         let after = c.buffered();
         self.buffered = (self.buffered + after).saturating_sub(before);
         if self.buffered > MAX_BUFFERED {
             let held = c.buffered();
-            c.lose(dir, Reason::BufferLimit, stats);
+            c.lose(dir, Unclassified::BufferLimit, counts);
             self.buffered = self
                 .buffered
                 .saturating_sub(held.saturating_sub(c.buffered()));

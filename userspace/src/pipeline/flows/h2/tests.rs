@@ -14,6 +14,7 @@ use crate::pipeline::classify::{
     router_miss_signature, Classifier, HttpClass, Observation, Signature,
 };
 use crate::pipeline::flows::{FlowConfig, FlowEvent, Flows};
+use crate::pipeline::metrics::{Leg, PipelineMetrics, Skip, Unclassified};
 
 const ROUTER_MISS: &[u8] = include_bytes!("fixtures/traefik_h2_router_miss.bin");
 const ROUTED: &[u8] = include_bytes!("fixtures/traefik_h2_routed.bin");
@@ -194,7 +195,7 @@ fn captures_classify_through_the_pipeline() {
     let routed = tls_events(&capture::decode(ROUTED).unwrap(), 0xc000_2000, 100);
     let mut events: Vec<Event> = miss.into_iter().chain(routed).collect();
     events.sort_by_key(|e| e.ts_ns);
-    let mut flows = Flows::new(FlowConfig::default());
+    let mut flows = Flows::new(FlowConfig::default(), PipelineMetrics::default());
     let mut classifier = Classifier::new();
     let mut fe = Vec::new();
     for e in &events {
@@ -225,8 +226,8 @@ fn captures_classify_through_the_pipeline() {
         ]
     );
     assert_eq!(flows.connections(), 0, "closes end the h2 state");
-    assert_eq!(flows.stats().h2.requests, 5);
-    assert_eq!(flows.stats().unanswered_client_requests, 0);
+    assert_eq!(flows.traffic().h2.requests, 5);
+    assert_eq!(flows.metrics.unanswered_requests.get(Leg::Client), 0);
 }
 
 #[test]
@@ -264,7 +265,7 @@ fn continuation_and_padding() {
     let mut bad = frame(kind::HEADERS, 0, 3, a);
     bad.extend(frame(8, 0, 0, &[0, 0, 0, 1]));
     let r = capture::replay(&[preface(), read(&bad)]);
-    assert_eq!(r.desync, Some(Reason::Frame));
+    assert_eq!(r.desync, Some(Unclassified::Frame));
 }
 
 #[test]
@@ -339,11 +340,11 @@ fn gap_in_a_header_block_desyncs_and_counts() {
     )));
     records.push(Record::Closed);
     let r = capture::replay(&records);
-    assert_eq!(r.desync, Some(Reason::HeaderGap));
+    assert_eq!(r.desync, Some(Unclassified::HeaderGap));
     assert!(r.pairs.is_empty(), "{:?}", r.pairs);
-    assert_eq!(r.stats.unclassified_of(Reason::HeaderGap), 3);
-    assert_eq!(r.stats.skipped_records, 1);
-    assert_eq!(r.stats.desynced_connections, 1);
+    assert_eq!(r.metrics.h2_unclassified.get(Unclassified::HeaderGap), 3);
+    assert_eq!(r.metrics.skipped_data.get(Skip::H2Desync), 1);
+    assert_eq!(r.traffic.desynced_connections, 1);
 }
 
 #[test]
@@ -424,7 +425,7 @@ fn resets_goaway_and_close_end_streams() {
     // Reset, the two above the GOAWAY, then at close the 404 still waiting for its body.
     assert_eq!(r.pairs.len(), 4);
     assert!(r.pairs[0].is_get("a.test", "/reset") && r.pairs[0].response.is_none());
-    assert_eq!(r.stats.resets, 1);
+    assert_eq!(r.traffic.resets, 1);
     let late = r
         .pairs
         .iter()
@@ -467,7 +468,7 @@ fn websocket_over_h2_and_its_reset() {
     let mut w = frame(kind::HEADERS, flag::END_HEADERS, 1, &peer.ok());
     w.extend(frame(kind::RST_STREAM, 0, 3, &[0, 0, 0, 2]));
     let events = tls_events(&[preface(), read(&reads), write(&w)], 0xc000_3000, 10);
-    let mut flows = Flows::new(FlowConfig::default());
+    let mut flows = Flows::new(FlowConfig::default(), PipelineMetrics::default());
     let mut out = Vec::new();
     for e in &events {
         flows.handle(e, &mut out);
@@ -517,22 +518,24 @@ fn garbage_is_counted_never_classified() {
             // Whatever noise decodes to, nothing comes out with a response unless a
             // request and a response were both decoded for the same stream.
             for p in &r.pairs {
-                assert!(r.stats.requests >= 1 && (p.response.is_none() || r.stats.responses >= 1));
+                assert!(
+                    r.traffic.requests >= 1 && (p.response.is_none() || r.traffic.responses >= 1)
+                );
             }
         }
     }
     // A preface that is not one.
     let r = capture::replay(&[read(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")]);
-    assert_eq!(r.desync, Some(Reason::Frame));
+    assert_eq!(r.desync, Some(Unclassified::Frame));
     // A CONTINUATION out of nowhere.
     let r = capture::replay(&[preface(), read(&frame(kind::CONTINUATION, 4, 1, b"\x82"))]);
-    assert_eq!(r.desync, Some(Reason::Frame));
+    assert_eq!(r.desync, Some(Unclassified::Frame));
     // An index beyond both tables.
     let r = capture::replay(&[
         preface(),
         read(&frame(kind::HEADERS, flag::END_HEADERS, 1, b"\xff\x7f")),
     ]);
-    assert_eq!(r.desync, Some(Reason::Hpack));
+    assert_eq!(r.desync, Some(Unclassified::Hpack));
 }
 
 #[test]
@@ -549,7 +552,7 @@ fn limits_are_counted() {
         ));
     }
     let r = capture::replay(&[preface(), read(&reads)]);
-    assert_eq!(r.stats.unclassified_of(Reason::StreamLimit), 3);
+    assert_eq!(r.metrics.h2_unclassified.get(Unclassified::StreamLimit), 3);
     assert_eq!(r.pairs.len(), conn::MAX_STREAMS, "the rest end unanswered");
 
     // A header block larger than the buffer, in CONTINUATIONs.
@@ -562,10 +565,11 @@ fn limits_are_counted() {
         &[0x82; 8000],
     ));
     let r = capture::replay(&[preface(), read(&reads)]);
-    assert_eq!(r.desync, Some(Reason::BlockTooLarge));
+    assert_eq!(r.desync, Some(Unclassified::BlockTooLarge));
 
     // Connections with h2 state: the oldest is evicted, its stream counted.
-    let mut conns: H2Conns<u32> = H2Conns::new(2);
+    let metrics = PipelineMetrics::default();
+    let mut conns: H2Conns<u32> = H2Conns::new(2, metrics.clone());
     let mut out = Vec::new();
     for k in 0..3u32 {
         conns.open(k, u64::from(k), &mut out);
@@ -584,6 +588,6 @@ fn limits_are_counted() {
         assert!(conns.feed(k, READ, u64::from(k), &bytes, bytes.len() as u64, &mut out));
     }
     assert_eq!(conns.len(), 2);
-    assert_eq!(conns.stats().unclassified_of(Reason::ConnLimit), 1);
+    assert_eq!(metrics.h2_unclassified.get(Unclassified::ConnLimit), 1);
     assert!(!conns.contains(&0));
 }

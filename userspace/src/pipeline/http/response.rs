@@ -1,0 +1,120 @@
+//! Reading one response head: status, the header names in order, the few values the
+//! classifier compares, and the status line alone when the rest was cut.
+
+use super::fields::{
+    complete_lines, header_slots, is_chunked, map_err, parse_content_length, version_of,
+};
+use super::head::{
+    cut_str, HeaderId, HeaderList, InlineBytes, InlineStr, Message, ParseError, ResponseHead,
+    Version,
+};
+
+pub(super) fn parse_response_at(buf: &[u8]) -> Result<(Message, Option<usize>), ParseError> {
+    let mut headers = header_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => {
+            Ok((Message::Response(response_from(&resp, false)?), Some(n)))
+        }
+        Ok(httparse::Status::Partial) => {
+            let patched = complete_lines(buf);
+            let mut headers = header_slots();
+            let mut resp = httparse::Response::new(&mut []);
+            match patched.as_deref().map(|p| {
+                httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    p,
+                    &mut headers,
+                )
+            }) {
+                Some(Ok(httparse::Status::Complete(_))) => {
+                    Ok((Message::Response(response_from(&resp, true)?), None))
+                }
+                Some(Ok(httparse::Status::Partial)) | None => {
+                    status_line_only(buf).map(|r| (Message::Response(r), None))
+                }
+                Some(Err(e)) => Err(map_err(e)),
+            }
+        }
+        Err(e) => Err(map_err(e)),
+    }
+}
+
+/// A response of which only (part of) the status line was captured.
+fn status_line_only(buf: &[u8]) -> Result<ResponseHead, ParseError> {
+    if buf.len() < 12 {
+        return Err(ParseError::TooShort);
+    }
+    let version = match &buf[..9] {
+        b"HTTP/1.1 " => Version::Http11,
+        b"HTTP/1.0 " => Version::Http10,
+        _ => return Err(ParseError::Malformed),
+    };
+    let code = &buf[9..12];
+    if !code.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::Malformed);
+    }
+    let status = code
+        .iter()
+        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
+    Ok(ResponseHead {
+        version,
+        status,
+        reason: InlineStr::new(),
+        headers: HeaderList::new(),
+        content_type: None,
+        x_content_type_options: None,
+        content_length: None,
+        chunked: false,
+        body_prefix: InlineBytes::new(),
+        truncated: true,
+    })
+}
+
+fn response_from(
+    resp: &httparse::Response<'_, '_>,
+    truncated: bool,
+) -> Result<ResponseHead, ParseError> {
+    let version = version_of(resp.version).ok_or(ParseError::Malformed)?;
+    let status = resp.code.ok_or(ParseError::Malformed)?;
+    let reason = resp.reason.unwrap_or_default();
+    let mut out = ResponseHead {
+        version,
+        status,
+        reason: cut_str(reason.as_bytes()),
+        headers: HeaderList::new(),
+        content_type: None,
+        x_content_type_options: None,
+        content_length: None,
+        chunked: false,
+        body_prefix: InlineBytes::new(),
+        truncated,
+    };
+    for h in resp.headers.iter() {
+        let id = HeaderId::from_name(h.name);
+        // The parser never hands over more than MAX_HEADERS.
+        let _ = out.headers.try_push(id);
+        match id {
+            HeaderId::ContentType if out.content_type.is_none() => {
+                out.content_type = Some(cut_str(h.value));
+            }
+            HeaderId::XContentTypeOptions if out.x_content_type_options.is_none() => {
+                out.x_content_type_options = Some(cut_str(h.value));
+            }
+            HeaderId::ContentLength => {
+                out.content_length = parse_content_length(h.value, out.content_length)?;
+            }
+            HeaderId::TransferEncoding => out.chunked = is_chunked(h.value),
+            _ => {}
+        }
+    }
+    if out.chunked {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
+        out.content_length = None;
+    }
+    Ok(out)
+}
