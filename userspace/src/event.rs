@@ -4,6 +4,7 @@
 //! here knows about aya.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -83,19 +84,42 @@ impl ProbeCheck {
     }
 }
 
+/// A replica's answer to a probe as the prober's HTTP client parsed it. The pipeline
+/// classifies it from these parts directly (it is never written back out as bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeAnswer {
+    pub status: u16,
+    /// The reason phrase as sent (Traefik's router miss says `Not Found`).
+    pub reason: String,
+    /// The response headers in wire order (hyper keeps the order of distinct names).
+    pub headers: http::HeaderMap,
+    /// The start of the body (Traefik's router-miss body is 19 bytes).
+    pub body_prefix: Bytes,
+}
+
 /// What the prober itself saw of one probe check sent to a replica. The event carrying
 /// it has the replica's origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeReport {
-    /// The id in the probe's User-Agent ([`crate::pipeline::http::probe_check_user_agent`]), which
-    /// the kernel's copy of the exchange carries too.
+    /// The id in the probe's User-Agent (the pipeline's probe tag), which the kernel's
+    /// copy of the exchange carries too.
     pub id: u64,
     pub check: ProbeCheck,
     /// The Host the probe sent.
     pub host: String,
-    /// The response as the prober received it: status line, headers in wire order, blank
-    /// line, the start of the body. `None` when no response came (refused, reset, timeout).
-    pub response: Option<Bytes>,
+    /// `None` when no response came (refused, reset, timeout).
+    pub response: Option<ProbeAnswer>,
+    /// From connecting to the end of the answer (or the failure).
+    pub elapsed: Duration,
+}
+
+/// The prober's verdict on one (replica, host, check) for one round: success when every
+/// endpoint and path checked succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeVerdict {
+    pub host: String,
+    pub check: ProbeCheck,
+    pub success: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +146,10 @@ pub enum EventKind {
     },
     /// The prober's own account of a probe check (never produced by the kernel).
     Probe(Box<ProbeReport>),
+    /// The prober's verdict on a host and check of the replica, once per round.
+    ProbeVerdict(Box<ProbeVerdict>),
+    /// Enabled routers the replica's API listed (the prober's router inventory).
+    RouterInventory { enabled: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

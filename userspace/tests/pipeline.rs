@@ -13,7 +13,8 @@ use bytes::Bytes;
 use routeskew::agent::AgentMetrics;
 use routeskew::discovery::{Attribution, Replica, Target, TargetSet};
 use routeskew::event::{
-    ConnId, Direction, Event, EventKind, Origin, ProbeCheck, ProbeReport, UpstreamFailureReason,
+    ConnId, Direction, Event, EventKind, Origin, ProbeAnswer, ProbeCheck, ProbeReport,
+    UpstreamFailureReason,
 };
 use routeskew::metrics::BuildInfo;
 use routeskew::pipeline::http;
@@ -1065,9 +1066,33 @@ fn probe_report(
             id,
             check,
             host: host.into(),
-            response: response.map(Bytes::from),
+            response: response.as_deref().map(client_answer),
+            elapsed: std::time::Duration::from_millis(2),
         })),
     });
+}
+
+/// What the prober's HTTP client makes of `raw`: status, headers in wire order, the body
+/// that follows.
+fn client_answer(raw: &[u8]) -> ProbeAnswer {
+    let mut slots = [httparse::EMPTY_HEADER; 16];
+    let mut r = httparse::Response::new(&mut slots);
+    let Ok(httparse::Status::Complete(n)) = r.parse(raw) else {
+        panic!("test responses are complete");
+    };
+    let mut headers = ::http::HeaderMap::new();
+    for h in r.headers.iter() {
+        headers.append(
+            ::http::HeaderName::from_bytes(h.name.as_bytes()).expect("name"),
+            ::http::HeaderValue::from_bytes(h.value).expect("value"),
+        );
+    }
+    ProbeAnswer {
+        status: r.code.expect("status"),
+        reason: r.reason.unwrap_or_default().to_string(),
+        headers,
+        body_prefix: Bytes::copy_from_slice(&raw[n..]),
+    }
 }
 
 fn blind(h: &Harness, replica: &str) -> Option<f64> {

@@ -203,10 +203,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if probing {
         // The span covers the prober's construction too (its TLS set-up logs).
         let span = tracing::info_span!("prober");
-        let prober = span.in_scope(|| {
-            Prober::new(probe_cfg, contract.clone(), probe_tx, targets_rx)
-                .with_host_updates(hosts_rx)
-        });
+        let prober = span
+            .in_scope(|| Prober::new(probe_cfg, probe_tx, targets_rx).with_host_updates(hosts_rx));
         tokio::spawn(prober.run().instrument(span));
     } else {
         drop(probe_tx);

@@ -19,10 +19,11 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::discovery::{Replica, TargetSet};
-use crate::event::{Origin, UpstreamFailureReason};
-use crate::hosts::{Host, KnownHosts};
+use crate::event::{Origin, ProbeCheck, ProbeVerdict, UpstreamFailureReason};
+use crate::hosts::{normalize_host, Host, KnownHosts};
 use crate::metrics::{Contract, HostLabels, HttpLabels, ReplicaLabels, UpstreamLabels, WsLabels};
 use crate::pipeline::classify::{HttpClass, Observation, Source, WsOutcome};
+use crate::pipeline::probe_series::ProbeSeries;
 
 /// Origins remembered by the resolution cache; past this it starts over (many short-lived
 /// processes in a watched cgroup).
@@ -74,6 +75,8 @@ struct Slot {
     upstream: [Option<Counter>; REASONS],
     /// `sensor_blind_probes_total` of the replica.
     blind: Option<Counter>,
+    /// What the prober reported of the replica.
+    probe: ProbeSeries,
 }
 
 impl Slot {
@@ -86,6 +89,7 @@ impl Slot {
             early: Vec::new(),
             upstream: Default::default(),
             blind: None,
+            probe: ProbeSeries::default(),
         };
         s.reset_host_handles(hosts);
         s
@@ -396,6 +400,44 @@ impl Aggregator {
         true
     }
 
+    /// The prober's verdict on a host and check of the replica of `origin`. Returns false
+    /// when `origin` is not a known replica.
+    pub fn record_probe_verdict(&mut self, origin: Origin, v: &ProbeVerdict) -> bool {
+        let host = self
+            .hosts
+            .label_of(&normalize_host(v.host.as_bytes()))
+            .to_string();
+        self.with_slot(origin, |s, c| {
+            s.probe.verdict(c, &s.replica, &host, v.check, v.success);
+        })
+    }
+
+    /// How long one probe of the replica of `origin` took.
+    pub fn record_probe_duration(
+        &mut self,
+        origin: Origin,
+        check: ProbeCheck,
+        took: Duration,
+    ) -> bool {
+        self.with_slot(origin, |s, c| s.probe.duration(c, &s.replica, check, took))
+    }
+
+    /// The replica's enabled routers, as its API listed them.
+    pub fn record_routers(&mut self, origin: Origin, enabled: u64) -> bool {
+        self.with_slot(origin, |s, c| s.probe.routers(c, &s.replica, enabled))
+    }
+
+    fn with_slot(&mut self, origin: Origin, f: impl FnOnce(&mut Slot, &Contract)) -> bool {
+        let Some(i) = self.slot_of(origin) else {
+            return false;
+        };
+        let Some(s) = self.slots[i].as_mut() else {
+            return false;
+        };
+        f(s, &self.contract);
+        true
+    }
+
     /// Count one observation. Returns false when its origin is not a known replica.
     pub fn record(&mut self, obs: &Observation) -> bool {
         let Some(i) = self.slot_of(obs.origin()) else {
@@ -471,6 +513,7 @@ impl Aggregator {
             };
             self.free.push(i);
             self.origins.clear();
+            slot.probe.remove_all(&self.contract);
             let s = slot.series;
             for l in &s.http {
                 self.contract.http_responses.remove(l);
@@ -533,6 +576,7 @@ impl Aggregator {
                 }
                 keep
             });
+            s.probe.remove_hosts(m, |h| expired.iter().any(|e| e == h));
         }
         tracing::info!(hosts = ?expired, "removed series of hosts no longer known");
     }
@@ -639,6 +683,55 @@ mod tests {
         a.set_targets(TargetSet::new(vec![target("r2", 20)]));
         a.tick(300 * S);
         assert!(encode(&m).contains("replica=\"r2\""));
+    }
+
+    /// The prober's verdicts, durations and router counts are series of the replica: they
+    /// go with it after the grace period, and a dropped host's verdicts go with the host.
+    #[test]
+    fn probe_series_share_the_replica_and_host_lifetimes() {
+        let (mut a, m) = setup();
+        let verdict = |host: &str, success| ProbeVerdict {
+            host: host.into(),
+            check: ProbeCheck::Http,
+            success,
+        };
+        assert!(a.record_probe_verdict(origin(10), &verdict("App.Example.test", false)));
+        assert!(a.record_probe_verdict(origin(20), &verdict("app.example.test", true)));
+        assert!(a.record_probe_duration(
+            origin(10),
+            ProbeCheck::WebSocket,
+            Duration::from_millis(20)
+        ));
+        assert!(a.record_routers(origin(10), 7));
+        assert!(!a.record_routers(origin(30), 7));
+        let t = encode(&m);
+        for series in [
+            "routeskew_probe_success{replica=\"r1\",namespace=\"ns\",host=\"app.example.test\",check=\"http\"} 0\n",
+            "routeskew_probe_success{replica=\"r2\",namespace=\"ns\",host=\"app.example.test\",check=\"http\"} 1\n",
+            "routeskew_probe_duration_seconds_count{replica=\"r1\",namespace=\"ns\",check=\"websocket\"} 1\n",
+            "routeskew_replica_routers{replica=\"r1\",namespace=\"ns\"} 7\n",
+        ] {
+            assert!(t.contains(series), "{series} missing in {t}");
+        }
+
+        const S: u64 = 1_000_000_000;
+        // The host is dropped: its verdicts stay for the grace period, then go.
+        a.set_known_hosts(Arc::new(KnownHosts::new(["other.test"])));
+        a.tick(S);
+        assert!(encode(&m).contains("routeskew_probe_success{"));
+        a.tick(61 * S);
+        assert!(!encode(&m).contains("routeskew_probe_success{"));
+        // r1 leaves: its duration and router count go after the grace period.
+        a.set_targets(TargetSet::new(vec![target("r2", 20)]));
+        a.tick(100 * S);
+        assert!(encode(&m).contains("routeskew_replica_routers{replica=\"r1\""));
+        a.tick(160 * S);
+        let t = encode(&m);
+        assert!(
+            !t.contains("routeskew_replica_routers{replica=\"r1\""),
+            "{t}"
+        );
+        assert!(!t.contains("check=\"websocket\""), "{t}");
     }
 
     #[test]

@@ -202,7 +202,13 @@ mod tests {
             id,
             check: ProbeCheck::Http,
             host: "a.test".into(),
-            response: answered.then(|| bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n")),
+            response: answered.then(|| crate::event::ProbeAnswer {
+                status: 200,
+                reason: "OK".into(),
+                headers: http::HeaderMap::new(),
+                body_prefix: bytes::Bytes::new(),
+            }),
+            elapsed: std::time::Duration::from_millis(1),
         })
     }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod probe_report;
+mod probe_series;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,8 +151,24 @@ impl Pipeline {
                 tracing::trace!(tgid = event.origin.tgid, len = bytes.len(), "data event");
             }
             EventKind::Probe(report) => {
+                let known = self.aggregator.record_probe_duration(
+                    event.origin,
+                    report.check,
+                    report.elapsed,
+                );
+                self.count_unknown(known);
                 self.ledger
                     .reported(event.origin, report.clone(), event.ts_ns);
+                return;
+            }
+            EventKind::ProbeVerdict(verdict) => {
+                let known = self.aggregator.record_probe_verdict(event.origin, verdict);
+                self.count_unknown(known);
+                return;
+            }
+            EventKind::RouterInventory { enabled } => {
+                let known = self.aggregator.record_routers(event.origin, *enabled);
+                self.count_unknown(known);
                 return;
             }
             _ => {}
@@ -168,7 +185,7 @@ impl Pipeline {
     }
 
     /// Decides whether a flow event that may stem from the agent's own requests is
-    /// counted (see [`crate::probe::ledger`] for the rule).
+    /// counted (see [`ledger`] for the rule).
     fn admit_probe_exchange(&mut self, fe: &FlowEvent, now_ns: u64) -> bool {
         let Some(request) = fe.request() else {
             return true;
@@ -182,6 +199,15 @@ impl Pipeline {
             // A WebSocket probe closes right after its 101: that is no early close.
             ProbeRef::Check(_) if matches!(fe, FlowEvent::WsEarlyClose { .. }) => false,
             ProbeRef::Check(id) => self.ledger.kernel_saw(id, now_ns) == Sighting::Count,
+        }
+    }
+
+    /// The prober's account of a replica that is not (or no longer) a known replica.
+    fn count_unknown(&self, known: bool) {
+        if !known {
+            self.metrics
+                .dropped_observations
+                .inc(DropReason::UnknownOrigin);
         }
     }
 

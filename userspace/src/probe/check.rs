@@ -2,9 +2,9 @@
 //! with the pipeline's classifier (the sensor may be blind; the verdict must not depend
 //! on it).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::event::{Origin, ProbeCheck, ProbeReport};
+use crate::event::{Origin, ProbeAnswer, ProbeCheck, ProbeReport};
 use crate::pipeline::classify::{Classifier, HttpClass, Observation, WsOutcome};
 use crate::pipeline::flows::FlowEvent;
 use crate::pipeline::probe_report::report_exchange;
@@ -12,38 +12,16 @@ use crate::pipeline::probe_report::report_exchange;
 /// Bytes of a response body kept for classification (Traefik's 404 body is 19).
 pub const BODY_PREFIX: usize = 64;
 
-/// An answer as received: enough to rebuild the response head the replica wrote.
+/// An answer as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
-    /// Status line, headers in wire order, blank line, body prefix.
-    pub wire: Bytes,
+    /// What the pipeline classifies: status, headers in wire order, body prefix.
+    pub response: ProbeAnswer,
     /// The whole body, up to the caller's cap (router inventory), else the prefix.
     pub body: Bytes,
     /// `X-Next-Page` (router inventory paging).
     pub next_page: Option<u32>,
-}
-
-/// Rebuilds a response in HTTP/1.1 wire form from what a client library parsed. Header
-/// names come back lower-cased, which the parser accepts; their order is the wire order
-/// (hyper keeps it).
-pub fn wire_form<'a>(
-    status: u16,
-    reason: &str,
-    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
-    body_prefix: &[u8],
-) -> Bytes {
-    let mut b = BytesMut::with_capacity(256);
-    b.put_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    for (name, value) in headers {
-        b.put_slice(name.as_bytes());
-        b.put_slice(b": ");
-        b.put_slice(value);
-        b.put_slice(b"\r\n");
-    }
-    b.put_slice(b"\r\n");
-    b.put_slice(&body_prefix[..body_prefix.len().min(BODY_PREFIX)]);
-    b.freeze()
 }
 
 /// The verdict on one probe check.
@@ -102,30 +80,56 @@ mod tests {
 
     const MISS: &[u8] = b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\nx-content-type-options: nosniff\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\ncontent-length: 19\r\n\r\n404 page not found\n";
 
+    /// What the prober's HTTP client makes of `raw`: status, headers in wire order, the
+    /// body that follows.
+    fn answer(raw: &[u8]) -> ProbeAnswer {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut r = httparse::Response::new(&mut slots);
+        let httparse::Status::Complete(n) = r.parse(raw).expect("valid response") else {
+            panic!("incomplete test response");
+        };
+        let mut headers = http::HeaderMap::new();
+        for h in r.headers.iter() {
+            headers.append(
+                http::HeaderName::from_bytes(h.name.as_bytes()).expect("name"),
+                http::HeaderValue::from_bytes(h.value).expect("value"),
+            );
+        }
+        ProbeAnswer {
+            status: r.code.expect("status"),
+            reason: r.reason.unwrap_or_default().to_string(),
+            headers,
+            body_prefix: Bytes::copy_from_slice(&raw[n..]),
+        }
+    }
+
     fn report(check: ProbeCheck, response: Option<&'static [u8]>) -> ProbeReport {
         ProbeReport {
             id: 9,
             check,
             host: "a.test".into(),
-            response: response.map(Bytes::from_static),
+            response: response.map(answer),
+            elapsed: std::time::Duration::from_millis(3),
         }
     }
 
     #[test]
-    fn wire_form_round_trips_through_the_parser() {
-        let headers: Vec<(&str, &[u8])> = vec![
-            ("content-type", b"text/plain; charset=utf-8"),
-            ("x-content-type-options", b"nosniff"),
-            ("date", b"Mon, 01 Jan 2024 00:00:00 GMT"),
-            ("content-length", b"19"),
-        ];
-        let w = wire_form(
-            404,
-            "Not Found",
-            headers.into_iter(),
-            b"404 page not found\n",
-        );
-        assert_eq!(&w[..], MISS);
+    fn parts_give_the_head_the_byte_parser_reads() {
+        let a = answer(MISS);
+        let from_parts = crate::pipeline::http::response_from_parts(
+            a.status,
+            &a.reason,
+            a.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            &a.body_prefix,
+        )
+        .expect("valid");
+        let parsed = crate::pipeline::http::parse(MISS, MISS.len() as u64).expect("parses");
+        let Some(crate::pipeline::http::Message::Response(wire)) =
+            parsed.messages.into_iter().next()
+        else {
+            panic!("no response");
+        };
+        assert_eq!(from_parts, wire);
     }
 
     #[test]
@@ -144,7 +148,9 @@ mod tests {
         let v = judge(&report(ProbeCheck::Http, Some(bad)), &[]);
         assert_eq!((v.success, v.class), (false, Some(HttpClass::ServerError)));
         assert!(!judge(&report(ProbeCheck::Http, None), &[]).success);
-        assert!(!judge(&report(ProbeCheck::Http, Some(b"garbage")), &[]).success);
+        // A head the classifier cannot read (two different lengths) is no success.
+        let garbled = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok";
+        assert!(!judge(&report(ProbeCheck::Http, Some(garbled)), &[]).success);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use super::check::{wire_form, Answer, BODY_PREFIX};
+use super::check::{Answer, BODY_PREFIX};
+use crate::event::ProbeAnswer;
 
 /// Why a probe request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -255,24 +256,21 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
             }
         }
         let status = parts.status.as_u16();
-        let wire = wire_form(
-            status,
-            parts.status.canonical_reason().unwrap_or(""),
-            parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_bytes())),
-            &buf[..buf.len().min(BODY_PREFIX)],
-        );
         let next_page = parts
             .headers
             .get("x-next-page")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
+        let body = buf.freeze();
         Ok(Answer {
             status,
-            wire,
-            body: buf.freeze(),
+            response: ProbeAnswer {
+                status,
+                reason: reason_phrase(&parts),
+                body_prefix: body.slice(..body.len().min(BODY_PREFIX)),
+                headers: parts.headers,
+            },
+            body,
             next_page,
         })
     };
@@ -285,6 +283,20 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
         r = &mut exchange => r,
         _ = &mut conn => exchange.await,
     }
+}
+
+/// The reason phrase the server sent: hyper keeps it only when it is not the canonical
+/// one for the status.
+fn reason_phrase(parts: &hyper::http::response::Parts) -> String {
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(r) => String::from_utf8_lossy(r.as_bytes()).into_owned(),
+        None => canonical_reason(parts.status),
+    }
+}
+
+/// The WebSocket client (tungstenite) keeps no reason phrase: the canonical one.
+fn canonical_reason(status: hyper::StatusCode) -> String {
+    status.canonical_reason().unwrap_or("").to_string()
 }
 
 /// A WebSocket upgrade to `path`; on 101 the connection is closed cleanly right away.
@@ -306,38 +318,34 @@ pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
     match tokio_tungstenite::client_async(req, stream).await {
         Ok((mut ws, resp)) => {
             let status = resp.status().as_u16();
-            let wire = wire_form(
+            let response = ProbeAnswer {
                 status,
-                resp.status().canonical_reason().unwrap_or(""),
-                resp.headers()
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
-                &[],
-            );
+                reason: canonical_reason(resp.status()),
+                headers: resp.headers().clone(),
+                body_prefix: Bytes::new(),
+            };
             let _ = ws.close(None).await;
             let _ = ws.flush().await;
             Ok(Answer {
                 status,
-                wire,
+                response,
                 body: Bytes::new(),
                 next_page: None,
             })
         }
         Err(WsError::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp.body().clone().unwrap_or_default();
-            let wire = wire_form(
-                status,
-                resp.status().canonical_reason().unwrap_or(""),
-                resp.headers()
-                    .iter()
-                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
-                &body,
-            );
+            let (parts, body) = resp.into_parts();
+            let status = parts.status.as_u16();
+            let body = Bytes::from(body.unwrap_or_default());
             Ok(Answer {
                 status,
-                wire,
-                body: Bytes::from(body),
+                response: ProbeAnswer {
+                    status,
+                    reason: canonical_reason(parts.status),
+                    headers: parts.headers,
+                    body_prefix: body.slice(..body.len().min(BODY_PREFIX)),
+                },
+                body,
                 next_page: None,
             })
         }

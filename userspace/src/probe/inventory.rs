@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::client::{self, ClientError, Request, Tls};
 use super::Prober;
 use crate::discovery::TargetSet;
-use crate::metrics::ReplicaLabels;
+use crate::event::{Event, EventKind};
 
 /// Largest router-list page read (a page of 100 routers is a few tens of KiB).
 pub(super) const API_BODY_CAP: usize = 4 << 20;
@@ -216,6 +216,8 @@ impl Prober {
     pub(super) async fn refresh_inventories(&mut self, targets: &TargetSet) {
         let now = Instant::now();
         let mut changed = false;
+        // Router counts go to the pipeline, which keeps the replica's series.
+        let mut counts = Vec::new();
         for t in targets.targets() {
             let api = self.api_endpoint(t);
             let Some(st) = self.replicas.get_mut(&t.replica) else {
@@ -239,13 +241,7 @@ impl Prober {
                     }
                     st.api_missing_logged = false;
                     st.api_retry_at = None;
-                    self.metrics
-                        .replica_routers
-                        .get_or_create(&ReplicaLabels {
-                            replica: t.replica.name.clone(),
-                            namespace: t.replica.namespace.clone(),
-                        })
-                        .set(i64::try_from(page.enabled.len()).unwrap_or(i64::MAX));
+                    counts.push((super::replica_origin(t), page.enabled.len() as u64));
                     if st.routers.as_ref() != Some(&page.enabled) {
                         changed = true;
                     }
@@ -267,6 +263,16 @@ impl Prober {
         }
         if changed {
             self.log_missing(targets);
+        }
+        for (origin, enabled) in counts {
+            let ev = Event {
+                ts_ns: crate::event::monotonic_ns(),
+                origin,
+                kind: EventKind::RouterInventory { enabled },
+            };
+            if self.events.send(ev).await.is_err() {
+                return;
+            }
         }
     }
 

@@ -12,8 +12,7 @@ use super::check::{self, Answer};
 use super::client::{self, ClientError, Request, Tls};
 use super::{replica_origin, Prober};
 use crate::discovery::{Replica, TargetSet};
-use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport};
-use crate::metrics::{ProbeCheckLabels, ProbeLabels};
+use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport, ProbeVerdict};
 use crate::pipeline::http;
 
 /// One probe check to run.
@@ -112,62 +111,58 @@ impl Prober {
             .await
     }
 
-    /// Publishes verdicts and durations and hands every report to the pipeline. A
-    /// (replica, host, check) succeeds when every endpoint and path checked did.
+    /// Hands every report to the pipeline (with its duration), then one verdict per
+    /// (replica, host, check): success when every endpoint and path checked succeeded. The
+    /// pipeline keeps the series.
     pub(super) async fn record(&mut self, results: Vec<JobResult>) {
-        let mut verdicts: BTreeMap<(Replica, String, ProbeCheck), bool> = BTreeMap::new();
+        let mut verdicts: BTreeMap<(Replica, String, ProbeCheck), (Origin, bool)> = BTreeMap::new();
         for r in results {
             let job = &r.job;
             let report = ProbeReport {
                 id: job.id,
                 check: job.check,
                 host: job.host.clone(),
-                response: r.answer.as_ref().ok().map(|a| a.wire.clone()),
+                response: r.answer.as_ref().ok().map(|a| a.response.clone()),
+                elapsed: r.elapsed,
             };
             let verdict = check::judge(&report, &self.cfg.ws_accept);
             if let Err(e) = &r.answer {
                 tracing::debug!(replica = %job.replica.name, host = %job.host, addr = %job.addr, check = job.check.as_str(), reason = e.kind(), "probe got no answer");
             }
-            let ok = verdicts
+            let (_, ok) = verdicts
                 .entry((job.replica.clone(), job.host.clone(), job.check))
-                .or_insert(true);
+                .or_insert((job.origin, true));
             *ok &= verdict.success;
-            let labels = ProbeCheckLabels {
-                replica: job.replica.name.clone(),
-                namespace: job.replica.namespace.clone(),
-                check: job.check.as_str(),
-            };
-            self.metrics
-                .probe_duration
-                .get_or_create(&labels)
-                .observe(r.elapsed.as_secs_f64());
-            if let Some(st) = self.replicas.get_mut(&job.replica) {
-                st.duration_series.insert(labels);
-            }
-            let ev = Event {
-                ts_ns: crate::event::monotonic_ns(),
-                origin: job.origin,
-                kind: EventKind::Probe(Box::new(report)),
-            };
-            if self.events.send(ev).await.is_err() {
+            if !self
+                .send(job.origin, EventKind::Probe(Box::new(report)))
+                .await
+            {
                 return;
             }
         }
-        for ((replica, host, check), ok) in verdicts {
-            let labels = ProbeLabels {
-                replica: replica.name.clone(),
-                namespace: replica.namespace.clone(),
+        for ((_, host, check), (origin, success)) in verdicts {
+            let verdict = ProbeVerdict {
                 host,
-                check: check.as_str(),
+                check,
+                success,
             };
-            self.metrics
-                .probe_success
-                .get_or_create(&labels)
-                .set(i64::from(ok));
-            if let Some(st) = self.replicas.get_mut(&replica) {
-                st.probe_series.insert(labels);
+            if !self
+                .send(origin, EventKind::ProbeVerdict(Box::new(verdict)))
+                .await
+            {
+                return;
             }
         }
+    }
+
+    /// False once the pipeline is gone (the agent stopped).
+    async fn send(&self, origin: Origin, kind: EventKind) -> bool {
+        let ev = Event {
+            ts_ns: crate::event::monotonic_ns(),
+            origin,
+            kind,
+        };
+        self.events.send(ev).await.is_ok()
     }
 }
 

@@ -30,7 +30,6 @@ use tokio::sync::{mpsc, watch};
 use crate::discovery::{Replica, Target, TargetSet};
 use crate::event::{Event, Origin};
 use crate::hosts::KnownHosts;
-use crate::metrics::{Contract, ProbeCheckLabels, ProbeLabels, ReplicaLabels};
 use crate::pipeline::http;
 
 use client::Tls;
@@ -56,8 +55,6 @@ struct ReplicaState {
     port_names: BTreeMap<u16, String>,
     /// What was last logged as lacking.
     lacks_logged: Option<BTreeSet<String>>,
-    probe_series: HashSet<ProbeLabels>,
-    duration_series: HashSet<ProbeCheckLabels>,
     gone_since: Option<Instant>,
 }
 
@@ -74,8 +71,6 @@ impl ReplicaState {
             plain_entry_points: BTreeSet::new(),
             port_names: BTreeMap::new(),
             lacks_logged: None,
-            probe_series: HashSet::new(),
-            duration_series: HashSet::new(),
             gone_since: None,
         }
     }
@@ -87,7 +82,6 @@ pub struct Prober {
     hosts: Arc<KnownHosts>,
     /// Known hosts as discovery updates them (Kubernetes Ingress/IngressRoute rules).
     host_updates: Option<watch::Receiver<Arc<KnownHosts>>>,
-    metrics: Contract,
     events: mpsc::Sender<Event>,
     targets: watch::Receiver<TargetSet>,
     tls: Option<Tls>,
@@ -112,7 +106,6 @@ fn jittered(interval: Duration) -> Duration {
 impl Prober {
     pub fn new(
         cfg: ProbeConfig,
-        metrics: Contract,
         events: mpsc::Sender<Event>,
         targets: watch::Receiver<TargetSet>,
     ) -> Self {
@@ -129,7 +122,6 @@ impl Prober {
             hosts,
             host_updates: None,
             cfg,
-            metrics,
             events,
             targets,
             tls,
@@ -145,7 +137,7 @@ impl Prober {
         self
     }
 
-    /// Takes the newest published hosts; the probe series of hosts no longer known go.
+    /// Takes the newest published hosts.
     fn follow_hosts(&mut self) {
         let Some(rx) = self.host_updates.as_mut() else {
             return;
@@ -157,15 +149,8 @@ impl Prober {
         if hosts == self.hosts {
             return;
         }
-        for st in self.replicas.values_mut() {
-            st.probe_series.retain(|l| {
-                let keep = hosts.contains(&l.host);
-                if !keep {
-                    self.metrics.probe_success.remove(l);
-                }
-                keep
-            });
-        }
+        // The verdicts of dropped hosts stay for the pipeline's grace period, like every
+        // other series of a host no longer known.
         tracing::info!(hosts = hosts.len(), "probed hosts changed");
         self.hosts = hosts;
     }
@@ -199,8 +184,8 @@ impl Prober {
         self.record(results).await;
     }
 
-    /// Notes replicas that appeared or left; removes the series of those gone longer
-    /// than the grace period.
+    /// Notes replicas that appeared or left; forgets the state (inventory, backoff) of
+    /// those gone longer than the grace period. Their series are the pipeline's.
     fn track_replicas(&mut self, targets: &TargetSet) {
         let now = Instant::now();
         let current: HashSet<&Replica> = targets.targets().iter().map(|t| &t.replica).collect();
@@ -223,18 +208,7 @@ impl Prober {
             }
         }
         for r in expired {
-            if let Some(st) = self.replicas.remove(&r) {
-                for l in &st.probe_series {
-                    self.metrics.probe_success.remove(l);
-                }
-                for l in &st.duration_series {
-                    self.metrics.probe_duration.remove(l);
-                }
-                self.metrics.replica_routers.remove(&ReplicaLabels {
-                    replica: r.name.clone(),
-                    namespace: r.namespace.clone(),
-                });
-            }
+            self.replicas.remove(&r);
         }
         // Forget endpoints no target has any more (a restarted replica's old ports).
         let live: HashSet<SocketAddr> = targets
@@ -251,8 +225,7 @@ impl Prober {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
-    use crate::metrics::encode;
-    use test_support::{cfg, prober_with_registry, target};
+    use test_support::{cfg, prober, target};
 
     #[test]
     fn jitter_stays_within_ten_percent() {
@@ -266,73 +239,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn vanished_replica_series_go_after_the_grace_period() {
+    async fn vanished_replica_state_goes_after_the_grace_period() {
         let mut c = cfg(1000);
         c.series_grace = Duration::from_millis(0);
-        let (mut p, reg) = prober_with_registry(c);
+        let mut p = prober(c);
         let set = TargetSet::new(vec![target("r1", &[])]);
         p.track_replicas(&set);
         let r = set.targets()[0].replica.clone();
-        let labels = ProbeLabels {
-            replica: "r1".into(),
-            namespace: "ns".into(),
-            host: "a.test".into(),
-            check: "http",
-        };
-        p.metrics.probe_success.get_or_create(&labels).set(1);
-        p.replicas.get_mut(&r).unwrap().probe_series.insert(labels);
-        p.metrics
-            .replica_routers
-            .get_or_create(&ReplicaLabels {
-                replica: "r1".into(),
-                namespace: "ns".into(),
-            })
-            .set(3);
-        assert!(encode(&reg).contains("routeskew_probe_success{"));
+        p.replicas.get_mut(&r).unwrap().routers = Some(BTreeSet::from(["a@file".to_string()]));
+        // Still a target: kept.
+        p.track_replicas(&set);
+        assert!(p.replicas.contains_key(&r));
         p.track_replicas(&TargetSet::default());
-        let text = encode(&reg);
-        assert!(!text.contains("routeskew_probe_success{"), "{text}");
-        assert!(!text.contains("routeskew_replica_routers{"), "{text}");
+        assert!(p.replicas.is_empty());
     }
 
     #[test]
-    fn published_hosts_replace_the_configured_ones_and_drop_their_series() {
+    fn published_hosts_replace_the_configured_ones() {
         let (tx, rx) = watch::channel(Arc::new(KnownHosts::default()));
-        let (p, reg) = prober_with_registry(cfg(1000));
-        let mut p = p.with_host_updates(rx);
+        let mut p = prober(cfg(1000)).with_host_updates(rx);
         assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
         // Unchanged channel: configured hosts stay.
         p.follow_hosts();
         assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
-
-        let replica = Replica {
-            name: "r".into(),
-            namespace: "ns".into(),
-        };
-        let mut st = ReplicaState::new(Duration::from_secs(1));
-        for host in ["a.test", "b.test"] {
-            let l = ProbeLabels {
-                replica: "r".into(),
-                namespace: "ns".into(),
-                host: host.into(),
-                check: "http",
-            };
-            p.metrics.probe_success.get_or_create(&l).set(1);
-            st.probe_series.insert(l);
-        }
-        p.replicas.insert(replica.clone(), st);
-
         tx.send_replace(Arc::new(KnownHosts::new(["B.test", "c.test"])));
         p.follow_hosts();
         assert_eq!(p.hosts.hosts(), ["b.test", "c.test"]);
-        let left: Vec<&str> = p.replicas[&replica]
-            .probe_series
-            .iter()
-            .map(|l| l.host.as_str())
-            .collect();
-        assert_eq!(left, ["b.test"]);
-        let text = encode(&reg);
-        assert!(!text.contains("host=\"a.test\""), "{text}");
-        assert!(text.contains("host=\"b.test\""), "{text}");
     }
 }

@@ -1,14 +1,12 @@
-//! Fixtures the prober's tests share: a configuration, targets, a prober on a registry.
+//! Fixtures the prober's tests share: a configuration, targets, a prober.
 #![allow(clippy::unwrap_used, reason = "test fixtures")]
 
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use super::{ProbeConfig, Prober};
 use crate::discovery::{Endpoint, Replica, Target, TargetSet};
-use crate::metrics::Contract;
 
 pub(super) fn cfg(interval_ms: u64) -> ProbeConfig {
     ProbeConfig {
@@ -51,19 +49,7 @@ pub(super) fn target(name: &str, endpoints: &[(&str, Option<&str>)]) -> Target {
 }
 
 pub(super) fn prober(c: ProbeConfig) -> Prober {
-    prober_with_registry(c).0
-}
-
-pub(super) fn prober_with_registry(c: ProbeConfig) -> (Prober, Registry) {
     let (tx, _rx) = mpsc::channel(1);
     let (_wtx, wrx) = watch::channel(TargetSet::default());
-    let mut reg = Registry::with_prefix("routeskew");
-    let m = Contract::register(
-        &mut reg,
-        crate::metrics::BuildInfo {
-            version: "t".into(),
-            kernel: "k".into(),
-        },
-    );
-    (Prober::new(c, m, tx, wrx), reg)
+    Prober::new(c, tx, wrx)
 }

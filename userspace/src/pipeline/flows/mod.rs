@@ -343,8 +343,10 @@ impl Flows {
                     ts_ns: ev.ts_ns,
                 });
             }
-            // Not a socket event: the pipeline settles probe reports before flows.
-            EventKind::Probe(_) => {}
+            // Not socket events: the pipeline settles the prober's events before flows.
+            EventKind::Probe(_)
+            | EventKind::ProbeVerdict(_)
+            | EventKind::RouterInventory { .. } => {}
         }
         self.publish_connections();
     }

@@ -35,3 +35,4 @@ pub use probe_tag::{
     probe_check_user_agent, probe_housekeeping_user_agent, probe_ref_of, ProbeRef,
     PROBE_USER_AGENT_PREFIX,
 };
+pub use response::response_from_parts;

@@ -5,8 +5,8 @@ use super::fields::{
     complete_lines, header_slots, is_chunked, map_err, parse_content_length, version_of,
 };
 use super::head::{
-    cut_str, HeaderId, HeaderList, InlineBytes, InlineStr, Message, ParseError, ResponseHead,
-    Version,
+    cut_bytes, cut_str, HeaderId, HeaderList, InlineBytes, InlineStr, Message, ParseError,
+    ResponseHead, Version, MAX_BODY_PREFIX,
 };
 
 pub(super) fn parse_response_at(buf: &[u8]) -> Result<(Message, Option<usize>), ParseError> {
@@ -82,10 +82,34 @@ fn response_from(
     let version = version_of(resp.version).ok_or(ParseError::Malformed)?;
     let status = resp.code.ok_or(ParseError::Malformed)?;
     let reason = resp.reason.unwrap_or_default();
-    let mut out = ResponseHead {
+    let mut out = empty_head(version, status, reason.as_bytes(), truncated);
+    fill_headers(&mut out, resp.headers.iter().map(|h| (h.name, h.value)))?;
+    Ok(out)
+}
+
+/// The head of a response another HTTP/1.1 client already parsed (the prober's): the
+/// same fields the byte parser reads, from the client's status, headers in wire order and the start of the body, which is kept as the byte parser keeps it (up to
+/// `Content-Length`, nothing when the length is not known).
+pub fn response_from_parts<'a>(
+    status: u16,
+    reason: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: &[u8],
+) -> Result<ResponseHead, ParseError> {
+    let mut out = empty_head(Version::Http11, status, reason.as_bytes(), false);
+    fill_headers(&mut out, headers.into_iter())?;
+    if let Some(n) = out.content_length {
+        let want = n.min(MAX_BODY_PREFIX as u64) as usize;
+        out.body_prefix = cut_bytes(&body[..want.min(body.len())]);
+    }
+    Ok(out)
+}
+
+fn empty_head(version: Version, status: u16, reason: &[u8], truncated: bool) -> ResponseHead {
+    ResponseHead {
         version,
         status,
-        reason: cut_str(reason.as_bytes()),
+        reason: cut_str(reason),
         headers: HeaderList::new(),
         content_type: None,
         x_content_type_options: None,
@@ -93,22 +117,32 @@ fn response_from(
         chunked: false,
         body_prefix: InlineBytes::new(),
         truncated,
-    };
-    for h in resp.headers.iter() {
-        let id = HeaderId::from_name(h.name);
-        // The parser never hands over more than MAX_HEADERS.
-        let _ = out.headers.try_push(id);
+    }
+}
+
+/// Header names in order and the few values the classifier compares.
+fn fill_headers<'a>(
+    out: &mut ResponseHead,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(), ParseError> {
+    for (name, value) in headers {
+        let id = HeaderId::from_name(name);
+        // The parser never hands over more than MAX_HEADERS; past that a client's list
+        // is cut the same way.
+        if out.headers.try_push(id).is_err() {
+            out.truncated = true;
+        }
         match id {
             HeaderId::ContentType if out.content_type.is_none() => {
-                out.content_type = Some(cut_str(h.value));
+                out.content_type = Some(cut_str(value));
             }
             HeaderId::XContentTypeOptions if out.x_content_type_options.is_none() => {
-                out.x_content_type_options = Some(cut_str(h.value));
+                out.x_content_type_options = Some(cut_str(value));
             }
             HeaderId::ContentLength => {
-                out.content_length = parse_content_length(h.value, out.content_length)?;
+                out.content_length = parse_content_length(value, out.content_length)?;
             }
-            HeaderId::TransferEncoding => out.chunked = is_chunked(h.value),
+            HeaderId::TransferEncoding => out.chunked = is_chunked(value),
             _ => {}
         }
     }
@@ -116,5 +150,5 @@ fn response_from(
         // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3).
         out.content_length = None;
     }
-    Ok(out)
+    Ok(())
 }
