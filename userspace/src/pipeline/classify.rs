@@ -30,7 +30,7 @@
 
 use crate::event::{Origin, UpstreamFailureReason};
 use crate::hosts::Host;
-use crate::pipeline::flows::FlowEvent;
+use crate::pipeline::flows::exchange::FlowEvent;
 use crate::pipeline::http::{HeaderId, ResponseHead, Version};
 use crate::pipeline::metrics::PipelineMetrics;
 

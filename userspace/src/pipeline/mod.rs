@@ -168,7 +168,7 @@ impl Pipeline {
     }
 
     /// Decides whether a flow event that may stem from the agent's own requests is
-    /// counted (see [`crate::probe::ledger`] for the rule).
+    /// counted (see [`crate::pipeline::ledger`] for the rule).
     fn admit_probe_exchange(&mut self, fe: &FlowEvent, now_ns: u64) -> bool {
         let Some(request) = fe.request() else {
             return true;
@@ -238,7 +238,7 @@ impl Pipeline {
     }
 
     /// Messages the flow tracker read so far (for logs and tests).
-    pub fn traffic(&self) -> Traffic {
+    pub fn traffic(&self) -> &Traffic {
         self.flows.traffic()
     }
 }

@@ -6,7 +6,7 @@ use loona_hpack::Decoder;
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
 use super::{H2Counters, H2Event};
 use crate::hosts::{self, Host};
-use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::{self, HeaderId, HeaderList, Method, ProbeRef, ResponseHead, Version};
 use crate::pipeline::metrics::{Anomaly, LabelValue, Leg, Skip, Unclassified};
 

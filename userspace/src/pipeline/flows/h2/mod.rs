@@ -47,7 +47,7 @@ pub mod frames;
 #[cfg(test)]
 mod tests;
 
-use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::ResponseHead;
 use crate::pipeline::metrics::{PipelineMetrics, Unclassified};
 

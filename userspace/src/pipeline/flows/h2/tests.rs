@@ -226,7 +226,7 @@ fn captures_classify_through_the_pipeline() {
         ]
     );
     assert_eq!(flows.connections(), 0, "closes end the h2 state");
-    assert_eq!(flows.traffic().h2.requests, 5);
+    assert_eq!(flows.h2_traffic().requests, 5);
     assert_eq!(flows.metrics.unanswered_requests.get(Leg::Client), 0);
 }
 
