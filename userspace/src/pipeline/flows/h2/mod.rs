@@ -43,6 +43,7 @@
 
 pub mod capture;
 pub mod conn;
+mod fields;
 pub mod frames;
 #[cfg(test)]
 mod tests;
