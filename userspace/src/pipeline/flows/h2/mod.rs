@@ -78,7 +78,10 @@ pub struct H2Counters {
 /// What a connection yields, in order.
 // Like `FlowEvent`: the exchange is the common and large variant, boxing would allocate
 // per response.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "boxing the common variant would allocate per response"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum H2Event {
     Exchange {
