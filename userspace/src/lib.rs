@@ -1,10 +1,11 @@
 //! routeskew: tells which Traefik replica answers with its own "no router matched" 404 or
 //! fails WebSocket upgrades, from kernel observations of the replicas' sockets.
 //!
-//! Stages, in data-flow order: [`discovery`] → [`sensor`] → [`event`] → [`flows`] (with
-//! [`http`] and [`h2`]) → [`classify`] → [`aggregate`] → [`metrics`]. Only `sensor` touches aya;
-//! everything after it is driven by plain [`event::Event`] values and tested with canned
-//! events. [`pipeline`] strings the post-sensor stages together and [`agent`] runs it all.
+//! Stages, in data-flow order: [`discovery`] → [`sensor`] → [`event`] → [`pipeline`]
+//! (flows, with the HTTP/1 parser and the HTTP/2 decoder → classify → aggregate) →
+//! [`metrics`]. Only `sensor` touches aya; everything after it is driven by plain
+//! [`event::Event`] values and tested with canned events. [`hosts`] normalises host names
+//! and bounds the hosts that get their own label; [`agent`] runs it all.
 
 pub mod agent;
 pub mod config;

@@ -127,11 +127,6 @@ impl Pipeline {
         self.aggregator.known_hosts()
     }
 
-    /// `host` label values in use, `other` last.
-    pub fn host_labels(&self) -> &[String] {
-        self.aggregator.host_labels()
-    }
-
     /// [`Pipeline::handle`] for each event of a batch (the sensor's unit of delivery).
     pub fn handle_batch(&mut self, events: &[Event]) {
         for event in events {
@@ -264,7 +259,7 @@ impl Pipeline {
     }
 
     /// Messages the flow tracker read so far (for logs and tests).
-    pub fn traffic(&self) -> Traffic {
+    pub fn traffic(&self) -> &Traffic {
         self.flows.traffic()
     }
 }

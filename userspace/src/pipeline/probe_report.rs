@@ -5,7 +5,7 @@
 
 use crate::event::{Origin, ProbeCheck, ProbeReport};
 use crate::hosts::normalize_host;
-use crate::pipeline::flows::{ClientRequest, FlowEvent};
+use crate::pipeline::flows::exchange::{ClientRequest, FlowEvent};
 use crate::pipeline::http::{self, Method, ProbeRef};
 
 /// The exchange a probe report describes, as the flow tracker would have produced it

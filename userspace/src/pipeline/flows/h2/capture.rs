@@ -7,7 +7,7 @@
 
 use crate::event::Direction;
 use crate::hosts::{normalize_host, Host};
-use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::{self, ResponseHead};
 
 use super::{H2Conns, H2Event, H2Traffic, READ, WRITE};

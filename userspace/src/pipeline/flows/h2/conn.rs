@@ -3,11 +3,12 @@
 
 use loona_hpack::Decoder;
 
+use super::fields::Fields;
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
 use super::{H2Counters, H2Event};
 use crate::hosts::{self, Host};
-use crate::pipeline::flows::ClientRequest;
-use crate::pipeline::http::{self, HeaderId, HeaderList, Method, ProbeRef, ResponseHead, Version};
+use crate::pipeline::flows::exchange::ClientRequest;
+use crate::pipeline::http::{self, Method, ProbeRef, ResponseHead, Version};
 use crate::pipeline::metrics::{Anomaly, LabelValue, Leg, Skip, Unclassified};
 
 /// The client connection preface (RFC 9113 §3.4), which opens the read direction.
@@ -313,7 +314,9 @@ impl Inner {
     ) -> Result<(), Unclassified> {
         let mut fields = Fields::default();
         self.decoders[dir]
-            .decode_with_cb(&b.bytes, |name, value| fields.add(dir, &name, &value))
+            .decode_with_cb(&b.bytes, |name, value| {
+                fields.add(dir == READ, &name, &value)
+            })
             .map_err(|_| Unclassified::Hpack)?;
         if b.promise {
             return Ok(());
@@ -437,68 +440,6 @@ impl Inner {
         // Only a 404's body matters; anything else is classified on its headers.
         if status != 404 || end_stream {
             out.push(self.streams.swap_remove(i).finish(ts));
-        }
-    }
-}
-
-/// What a header block says that matters here. Values are owned: the decoder lends them
-/// only for the duration of the callback.
-#[derive(Default)]
-struct Fields {
-    method: Option<Vec<u8>>,
-    authority: Option<Vec<u8>>,
-    host: Option<Vec<u8>>,
-    path: Option<Vec<u8>>,
-    protocol: Option<Vec<u8>>,
-    user_agent: Option<Vec<u8>>,
-    status: Option<u16>,
-    headers: HeaderList,
-    too_many_headers: bool,
-    content_type: Option<Vec<u8>>,
-    x_content_type_options: Option<Vec<u8>>,
-    content_length: Option<u64>,
-}
-
-impl Fields {
-    fn add(&mut self, dir: usize, name: &[u8], value: &[u8]) {
-        let set = |slot: &mut Option<Vec<u8>>| {
-            if slot.is_none() {
-                *slot = Some(value.to_vec());
-            }
-        };
-        if dir == READ {
-            match name {
-                b":method" => set(&mut self.method),
-                b":authority" => set(&mut self.authority),
-                b":path" => set(&mut self.path),
-                b":protocol" => set(&mut self.protocol),
-                b"host" => set(&mut self.host),
-                b"user-agent" => set(&mut self.user_agent),
-                _ => {}
-            }
-            return;
-        }
-        if name == b":status" {
-            self.status = std::str::from_utf8(value)
-                .ok()
-                .filter(|s| s.len() == 3)
-                .and_then(|s| s.parse().ok());
-            return;
-        }
-        if name.starts_with(b":") {
-            return;
-        }
-        let id = std::str::from_utf8(name).map_or(HeaderId::Other, HeaderId::from_name);
-        if self.headers.try_push(id).is_err() {
-            self.too_many_headers = true;
-        }
-        match id {
-            HeaderId::ContentType => set(&mut self.content_type),
-            HeaderId::XContentTypeOptions => set(&mut self.x_content_type_options),
-            HeaderId::ContentLength if self.content_length.is_none() => {
-                self.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            }
-            _ => {}
         }
     }
 }

@@ -43,11 +43,12 @@
 
 pub mod capture;
 pub mod conn;
+mod fields;
 pub mod frames;
 #[cfg(test)]
 mod tests;
 
-use crate::pipeline::flows::ClientRequest;
+use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::ResponseHead;
 use crate::pipeline::metrics::{PipelineMetrics, Unclassified};
 
@@ -77,7 +78,10 @@ pub struct H2Counters {
 /// What a connection yields, in order.
 // Like `FlowEvent`: the exchange is the common and large variant, boxing would allocate
 // per response.
-#[allow(clippy::large_enum_variant)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "boxing the common variant would allocate per response"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum H2Event {
     Exchange {

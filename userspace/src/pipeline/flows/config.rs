@@ -1,0 +1,27 @@
+//! The flow tracker's limits and options.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    pub ws_early_close: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_pending_per_conn: usize,
+    /// The sensor reports upstream responses: pair them with upstream requests and count
+    /// the upstream leg's unmatched responses and unanswered requests. Off (the sensor's
+    /// default), upstream requests are corroboration records only.
+    pub upstream_responses: bool,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            ws_early_close: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 65_536,
+            max_pending_per_conn: 64,
+            upstream_responses: false,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The post-sensor pipeline driven by canned events, asserting exact exported values.
+//!
+//! Responses come from `fixtures/`, bytes captured from a real Traefik 3.7.15 and a Go
+//! backend (see `fixtures/README.md`); event sequences follow the syscalls Traefik makes
+//! (checked with strace): read the client request, write the upstream request, read the
+//! upstream response, write the client response, close.
+
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod harness;
+mod probes;
+mod robustness;
+mod routing;
+mod upstream;
+mod websocket;
