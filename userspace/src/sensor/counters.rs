@@ -1,13 +1,18 @@
 //! What the kernel counts per program (events emitted and lost, failed reads, full maps;
 //! the runs it skipped; run counts and times for measurements) and the reader's decode
-//! errors, read on demand.
+//! errors, read on demand and published into [`SensorMetrics`].
 
 use std::{io, os::fd::AsFd};
 
 use aya::maps::PerCpuArray;
 use routeskew_common::{Program, ProgramCounters};
 
-use super::{gotls, map_err, names::MAP_COUNTERS, prog_info, Sensor, SensorError};
+use super::{
+    gotls, map_err,
+    metrics::{SensorMetrics, SensorTotals},
+    names::MAP_COUNTERS,
+    prog_info, Sensor, SensorError,
+};
 
 /// Counters of one kernel program, summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +22,18 @@ pub struct ProgramTotals {
     pub lost: u64,
     pub read_failures: u64,
     pub map_full: u64,
+}
+
+impl ProgramTotals {
+    /// The four counts, as the metrics take them.
+    fn counts(&self) -> SensorTotals {
+        SensorTotals {
+            emitted: self.emitted,
+            lost: self.lost,
+            read_failures: self.read_failures,
+            map_full: self.map_full,
+        }
+    }
 }
 
 impl Sensor {
@@ -68,6 +85,19 @@ impl Sensor {
     /// Records the reader could not decode (counted, never fatal).
     pub fn decode_errors(&self) -> u64 {
         self.reader.decode_errors()
+    }
+
+    /// Publishes the kernel's per-program totals, the reader's decode errors and the
+    /// skipped runs into `metrics`. Nothing is published when the totals cannot be read.
+    pub fn publish_counters(&self, metrics: &mut SensorMetrics) -> Result<(), SensorError> {
+        for t in self.totals()? {
+            metrics.set_totals(t.program, t.counts());
+        }
+        metrics.set_decode_errors(self.decode_errors());
+        for (program, misses) in self.program_misses() {
+            metrics.set_program_misses(&program, misses);
+        }
+        Ok(())
     }
 
     /// Run counts and run times of the TLS uprobes (for measuring their cost).
