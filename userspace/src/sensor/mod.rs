@@ -7,12 +7,12 @@
 //! at offsets from the kernel's BTF ([`abi`], [`btf`]). Records are submitted without
 //! waking the reader until a backlog builds up; the reader drains on a short timer.
 //!
-//! This is the only module that imports aya. Its rooms, in the order [`Sensor::start`]
+//! This is the only module that imports aya. Its parts, in the order [`Sensor::start`]
 //! walks them: `load` (privileges, the object, the kernel `Config` from [`tracefs`] and
 //! `vmlinux`'s BTF), `hooks` (the hook table, the data-path choice, attaching),
 //! `watched` (the cgroup filter maps), `reader` (the ring-buffer task feeding the
-//! pipeline, with [`decode`]), `counters` (what the kernel counts per program);
-//! [`gotls`] puts the Go TLS uprobes on watched binaries.
+//! pipeline, with [`decode`]); then `counters` (what the kernel counts per program,
+//! published into [`metrics`]) and [`gotls`] (the Go TLS uprobes on watched binaries).
 
 pub mod abi;
 pub mod btf;
