@@ -23,7 +23,6 @@ use crate::hosts::KnownHosts;
 use crate::metrics::{self, BuildInfo, Exposition, Readiness};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::probe::{ProbeConfig, Prober};
-use crate::sensor::metrics::SensorTotals;
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 use discovery::Discovery;
 pub use metrics_list::{metric_names, AgentMetrics};
@@ -251,22 +250,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = housekeeping.tick() => {
                 discovery.report_readiness(&readiness);
                 pipeline.tick(crate::event::monotonic_ns());
-                match sensor.totals() {
-                    Ok(totals) => {
-                        for t in totals {
-                            sensor_metrics.set_totals(t.program, SensorTotals {
-                                emitted: t.emitted,
-                                lost: t.lost,
-                                read_failures: t.read_failures,
-                                map_full: t.map_full,
-                            });
-                        }
-                        sensor_metrics.set_decode_errors(sensor.decode_errors());
-                        for (program, misses) in sensor.program_misses() {
-                            sensor_metrics.set_program_misses(&program, misses);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reading kernel counters failed"),
+                if let Err(e) = sensor.publish_counters(&mut sensor_metrics) {
+                    tracing::warn!(error = %e, "reading kernel counters failed");
                 }
             }
             _ = &mut ctrl_c => { tracing::info!("interrupted; detaching"); break; }

@@ -28,6 +28,7 @@ use routeskew_common::Program;
 
 use super::{
     gobin::{GoBinError, GoBinary},
+    hooks::describe_program_error,
     names,
 };
 
@@ -147,7 +148,7 @@ fn load_all(ebpf: &mut Ebpf) -> Result<(), String> {
     for name in PROGRAMS {
         let p = uprobe(ebpf, name).map_err(|e| e.to_string())?;
         p.load()
-            .map_err(|e| format!("loading {name}: {}", super::describe_program_error(&e)))?;
+            .map_err(|e| format!("loading {name}: {}", describe_program_error(&e)))?;
     }
     Ok(())
 }

@@ -51,7 +51,10 @@ mod tests {
     use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
     use super::*;
-    use crate::sensor::{Attach, EMBEDDED_OBJECT, HOOKS};
+    use crate::sensor::{
+        hooks::{Attach, HOOKS},
+        load::EMBEDDED_OBJECT,
+    };
 
     /// Set by `cargo xtask test`, which builds the kernel object before the unit tests:
     /// then a build without an embedded object fails here instead of skipping.
