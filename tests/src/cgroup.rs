@@ -181,7 +181,6 @@ pub fn existing_testbed_cgroups() -> Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -6,7 +6,6 @@
 //! Run as root after building the agent:
 //! `cargo test -p routeskew-testbed --test e2e_plaintext` (ROUTESKEW_AGENT, ROUTESKEW_TRAEFIK
 //! and ROUTESKEW_EBPF_OBJECT locate the pieces; see `routeskew_testbed::paths`).
-#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 

@@ -2,7 +2,6 @@
 //! answer every case of the scenario with the exact bytes the agent's classifier is
 //! built on, their access logs agree with what the client saw, and nothing outlives the
 //! test bed. Run as root: `cargo test -p routeskew-testbed --test e2e_testbed`.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

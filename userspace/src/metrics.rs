@@ -342,7 +342,6 @@ pub fn sample_names(exposition: &str) -> std::collections::BTreeSet<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn setup() -> (Registry, Contract) {

@@ -203,7 +203,6 @@ pub fn listening_endpoints(proc_root: &Path, pid: u32) -> Vec<Endpoint> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

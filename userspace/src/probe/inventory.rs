@@ -314,7 +314,6 @@ impl Prober {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const PAGE: &str = r#"[

@@ -196,7 +196,6 @@ async fn run_job(job: Job, tls: Option<Tls>, ua: String, timeout: Duration) -> J
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
     use std::collections::HashSet;
 
     use super::*;

@@ -223,7 +223,6 @@ impl Prober {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
     use test_support::{cfg, prober, target};
 

@@ -1,6 +1,4 @@
 //! Fixtures the prober's tests share: a configuration, targets, a prober.
-#![allow(clippy::unwrap_used, reason = "test fixtures")]
-
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};

@@ -163,7 +163,6 @@ impl SensorMetrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn setup() -> (Registry, SensorMetrics) {

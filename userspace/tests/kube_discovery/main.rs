@@ -5,7 +5,10 @@
 //! IngressRoute objects), `outage` (API server outages, relists, readiness), `support`
 //! and `e2e` (fixtures). The end-to-end test stays here, at the root: `cargo xtask test`
 //! runs it by its exact name.
-#![allow(clippy::unwrap_used, reason = "tests: a failure is a test failure")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions unwrap too (clippy.toml covers only tests); a panic there fails the test"
+)]
 
 mod e2e;
 #[path = "../fake_apiserver/mod.rs"]

@@ -82,7 +82,6 @@ pub(super) fn render(dir: &str) -> Result<Vec<Value>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -254,7 +254,6 @@ pub(super) fn check_podmonitor(pm: &Value) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
 

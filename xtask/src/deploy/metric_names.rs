@@ -63,7 +63,6 @@ fn parse(text: &str) -> Result<BTreeSet<String>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

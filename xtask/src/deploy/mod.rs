@@ -242,7 +242,6 @@ fn strings(v: &Value) -> BTreeSet<&str> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

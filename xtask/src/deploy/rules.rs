@@ -181,7 +181,6 @@ pub(super) fn alerts_tested(rules: &Value, tests: &[Value]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
 

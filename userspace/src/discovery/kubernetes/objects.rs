@@ -152,7 +152,6 @@ pub fn ingress_route_hosts(obj: &DynamicObject, class: &str) -> RouteHosts {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn pod(json: serde_json::Value) -> Pod {

@@ -147,7 +147,6 @@ pub struct Process {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
     use crate::discovery::pod_cgroup::tests::ID;
 

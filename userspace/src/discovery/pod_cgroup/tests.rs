@@ -1,7 +1,5 @@
 //! Pods resolved against fixture cgroup trees shaped like each cgroup driver's and
 //! runtime's.
-#![allow(clippy::unwrap_used, reason = "tests")]
-
 use std::fs;
 use std::path::PathBuf;
 

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
-
 use super::slot::{class_index, outcome_index, reason_index, source_index};
 use super::*;
 use crate::discovery::{Attribution, Target};

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 use super::*;
 use crate::pipeline::flows::ClientRequest;
 use crate::pipeline::http::{self, Message, Method};

@@ -104,7 +104,6 @@ pub fn major_minor(version: &str) -> Option<(u32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn header(ptr_size: u8, flags: u8) -> Vec<u8> {

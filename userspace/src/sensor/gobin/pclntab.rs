@@ -232,7 +232,6 @@ impl<'a> Pclntab<'a> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// A hand-made table: two functions, "a.f" at 0x10 (size 0x20) and "b.g" at 0x30

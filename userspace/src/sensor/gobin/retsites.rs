@@ -74,7 +74,6 @@ pub fn after_stack_check(code: &[u8], ip: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -1,8 +1,6 @@
 //! Resolution checked on real binaries: the official Traefik release (stripped, Go 1.26)
 //! and small TLS programs built here with the system Go, stripped and not, against the
 //! Go toolchain's own view of them (`go tool nm`, `go tool objdump`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},

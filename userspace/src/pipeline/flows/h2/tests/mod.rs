@@ -2,8 +2,6 @@
 //! by the kernel test `traefik_websecure_h2_frames_are_captured`), and synthetic frame
 //! streams built with an HPACK encoder for the shapes curl does not produce.
 
-#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
-
 use loona_hpack::Encoder;
 
 use super::capture::{self, Record};
