@@ -37,7 +37,7 @@ impl<K> Default for Plan<K> {
 }
 
 impl<K> Plan<K> {
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
         reason = "one argument per column of the plan's table"
     )]

@@ -38,7 +38,7 @@ impl ClientRequest {
 /// Output of the flow tracker, input of the classifier.
 // `Exchange` is both the large and the common variant: boxing it would allocate once per
 // response, which is what the inline response head avoids.
-#[allow(
+#[expect(
     clippy::large_enum_variant,
     reason = "boxing the common variant would allocate per response"
 )]

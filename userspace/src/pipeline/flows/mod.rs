@@ -169,7 +169,7 @@ impl Flows {
 
     /// Data of an HTTP/2 connection, or the preface that starts one. Returns false when
     /// the connection is not HTTP/2.
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
         reason = "one event's fields, split by the caller's match"
     )]

@@ -78,7 +78,7 @@ pub struct H2Counters {
 /// What a connection yields, in order.
 // Like `FlowEvent`: the exchange is the common and large variant, boxing would allocate
 // per response.
-#[allow(
+#[expect(
     clippy::large_enum_variant,
     reason = "boxing the common variant would allocate per response"
 )]

@@ -90,7 +90,7 @@ impl Http1 {
     }
 
     /// One syscall's capture: `bytes` of the `total_len` transferred in direction `dir`.
-    #[allow(
+    #[expect(
         clippy::too_many_arguments,
         reason = "one event's fields, split by the caller's match"
     )]
