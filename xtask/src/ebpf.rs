@@ -53,9 +53,6 @@ const LLVM_PACKAGES: [&str; 4] = [
     "zlib1g-dev",
 ];
 
-#[derive(clap::Args, Default)]
-pub struct BuildOptions {}
-
 /// How the kernel crate gets compiled on this machine.
 #[derive(Debug, Clone)]
 enum Route {
@@ -261,7 +258,7 @@ pub fn ensure_toolchain() -> Result<()> {
 }
 
 /// Builds the kernel programs; returns the path of the object (`target/ebpf/routeskew-probes.o`).
-pub fn build(_opts: &BuildOptions) -> Result<PathBuf> {
+pub fn build() -> Result<PathBuf> {
     let root = workspace_root();
     let route = route()?;
     let linker_dir = bpf_linker(&route)?;

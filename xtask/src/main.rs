@@ -26,7 +26,7 @@ enum Task {
     /// Install every prerequisite (eBPF toolchain, bpf-linker, Traefik, Prometheus, Go, wrk, kubectl).
     Setup,
     /// Build the kernel programs (installs the eBPF toolchain when missing).
-    BuildEbpf(ebpf::BuildOptions),
+    BuildEbpf,
     /// Build the kernel programs and the agent (release).
     Build,
     /// Build everything and run every test tier: unit, kernel, end-to-end.
@@ -91,7 +91,7 @@ fn main() -> Result<()> {
             prereqs::ensure_all()?;
             prereqs::ensure_deploy_tools()
         }
-        Task::BuildEbpf(opts) => ebpf::build(&opts).map(|_| ()),
+        Task::BuildEbpf => ebpf::build().map(|_| ()),
         Task::Build => run::build_all().map(|_| ()),
         Task::Test { unit_only, filter } => run::test(unit_only, &filter),
         Task::Demo { seconds } => run::demo(seconds),

@@ -104,7 +104,7 @@ fn require_root(task: &str) -> Result<()> {
 
 /// Kernel object + agent (+ Traefik when `with_traefik`), in the given cargo profile.
 fn build(release: bool, with_traefik: bool) -> Result<Built> {
-    let object = ebpf::build(&ebpf::BuildOptions::default())?;
+    let object = ebpf::build()?;
     let mut cmd = cargo();
     cmd.args(["build", "-p", "routeskew", "--bin", "routeskew"]);
     if release {
@@ -187,7 +187,7 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
     lint()?;
     // The unit tests check every program and map name the agent uses against the kernel
     // object embedded in it: build the object first, and let its absence fail them.
-    ebpf::build(&ebpf::BuildOptions::default())?;
+    ebpf::build()?;
     let mut unit = cargo();
     unit.arg("test").env(REQUIRE_EBPF, "1");
     // The Go binary resolution tests read the real Traefik release binary and build Go
