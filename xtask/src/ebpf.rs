@@ -251,14 +251,14 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
 }
 
 /// Makes sure a toolchain that can build the kernel programs is installed.
-pub fn ensure_toolchain() -> Result<()> {
+pub(crate) fn ensure_toolchain() -> Result<()> {
     let route = route()?;
     bpf_linker(&route)?;
     Ok(())
 }
 
 /// Builds the kernel programs; returns the path of the object (`target/ebpf/routeskew-probes.o`).
-pub fn build() -> Result<PathBuf> {
+pub(crate) fn build() -> Result<PathBuf> {
     let root = workspace_root();
     let route = route()?;
     let linker_dir = bpf_linker(&route)?;
@@ -336,7 +336,7 @@ fn debian_cargo_clippy() -> Result<PathBuf> {
 
 /// `cargo clippy -- -D warnings` on the kernel crate (and the shared types, as its
 /// dependency) for the bpf target.
-pub fn clippy() -> Result<()> {
+pub(crate) fn clippy() -> Result<()> {
     let root = workspace_root();
     let route = route()?;
     let crate_dir = root.join("ebpf/probes");

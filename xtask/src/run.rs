@@ -135,7 +135,7 @@ fn with_env(cmd: &mut Command, built: &Built) {
         .env("ROUTESKEW_TRAEFIK", &built.traefik);
 }
 
-pub fn build_all() -> Result<()> {
+pub(crate) fn build_all() -> Result<()> {
     let built = build(true, false)?;
     eprintln!(
         "agent: {}\nkernel object: {}",
@@ -145,7 +145,7 @@ pub fn build_all() -> Result<()> {
     Ok(())
 }
 
-pub fn lint() -> Result<()> {
+pub(crate) fn lint() -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt, "cargo fmt --check")?;
@@ -171,7 +171,7 @@ const REQUIRE_EBPF: &str = "ROUTESKEW_REQUIRE_EBPF";
 /// The one ignored test of the unprivileged crates, run by the privileged tier.
 const KUBE_PRIVILEGED_TEST: &str = "agent_runs_with_kubernetes_discovery";
 
-pub fn test(unit_only: bool, filter: &[String]) -> Result<()> {
+pub(crate) fn test(unit_only: bool, filter: &[String]) -> Result<()> {
     let mut tally = Tally::default();
     let result = test_tiers(unit_only, filter, &mut tally);
     // One closing line over every tier, so a reader (or CI) does not take the last
@@ -260,7 +260,7 @@ fn deploy_tier(tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
-pub fn deploy_check() -> Result<()> {
+pub(crate) fn deploy_check() -> Result<()> {
     let mut tally = Tally::default();
     let result = deploy_tier(&mut tally);
     println!(
@@ -282,7 +282,7 @@ fn testbed_program(bin: &str, release: bool, args: &[String], built: &Built) -> 
     cmd
 }
 
-pub fn demo(seconds: u64) -> Result<()> {
+pub(crate) fn demo(seconds: u64) -> Result<()> {
     require_root("demo")?;
     let built = build(false, true)?;
     let args = if seconds > 0 {
@@ -298,7 +298,7 @@ pub fn demo(seconds: u64) -> Result<()> {
 
 /// `cargo xtask bench --transport`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Transport {
+pub(crate) enum Transport {
     Plain,
     Tls,
     Both,
@@ -306,12 +306,12 @@ pub enum Transport {
 
 /// What `cargo xtask bench` compares (see the bench binary's `--hooks-only`, `--toggle`).
 #[derive(Debug, Clone, Copy)]
-pub struct BenchMode {
+pub(crate) struct BenchMode {
     pub hooks_only: bool,
     pub toggle: bool,
 }
 
-pub fn bench(
+pub(crate) fn bench(
     rounds: u32,
     duration: u32,
     bpf_stats: bool,

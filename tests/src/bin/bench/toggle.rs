@@ -42,7 +42,7 @@ impl Drop for Home<'_> {
     }
 }
 
-pub async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<Round>> {
+pub(crate) async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<Round>> {
     let replica = &bed.replicas()[0];
     let parked = bench_cgroup(bed, "bench-parked")?;
     let mut config = agent_config(a, bed)?;

@@ -46,7 +46,7 @@ const CALLS: u64 = 100_000;
 const REPEATS: usize = 3;
 
 /// The cost of one hit at each site, in ns, measured against the unprobed call.
-pub struct Cost {
+pub(crate) struct Cost {
     pub unprobed_ns: f64,
     pub sites: Vec<(&'static str, &'static str, f64)>,
 }
@@ -130,7 +130,7 @@ impl Drop for Event {
     }
 }
 
-pub fn measure() -> Result<Cost> {
+pub(crate) fn measure() -> Result<Cost> {
     if !cfg!(target_arch = "x86_64") {
         bail!("the uprobe cost probe is x86-64 code");
     }
@@ -153,7 +153,7 @@ pub fn measure() -> Result<Cost> {
 }
 
 /// A markdown block for BENCHMARKS.md.
-pub fn report(cost: &Cost) -> String {
+pub(crate) fn report(cost: &Cost) -> String {
     let mut md = String::from(
         "### Cost of one uprobe hit, without a BPF program\n\n\
          A function of known instructions called in a loop (best of 3 × 100,000 calls), with one \

@@ -21,7 +21,7 @@ struct State {
 }
 
 /// Reachability of the API server, shared by the client layer and the discovery.
-pub struct ApiHealth {
+pub(super) struct ApiHealth {
     state: Mutex<State>,
     /// `routeskew_discovery_api_up`.
     api_up: Gauge,
@@ -29,7 +29,7 @@ pub struct ApiHealth {
 
 impl ApiHealth {
     /// Up until a request fails: readiness waits for the first list anyway.
-    pub fn new(api_up: Gauge) -> Self {
+    pub(super) fn new(api_up: Gauge) -> Self {
         api_up.set(1);
         ApiHealth {
             state: Mutex::new(State {
@@ -48,7 +48,7 @@ impl ApiHealth {
     }
 
     /// The server answered; a 5xx is an API server that cannot serve (e.g. etcd down).
-    pub fn answered(&self, status: http::StatusCode) {
+    pub(super) fn answered(&self, status: http::StatusCode) {
         if status.is_server_error() {
             self.failed(format!("API server answered {status}"));
             return;
@@ -62,7 +62,7 @@ impl ApiHealth {
         }
     }
 
-    pub fn failed(&self, error: String) {
+    pub(super) fn failed(&self, error: String) {
         let mut s = self.lock();
         if s.up {
             tracing::warn!(error = %error, "kubernetes API unreachable; keeping the last known state");
@@ -73,12 +73,12 @@ impl ApiHealth {
         s.last_error = Some(error);
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         self.lock().up
     }
 
     /// "" while up, otherwise what the `/readyz` body should say.
-    pub fn outage(&self) -> String {
+    pub(super) fn outage(&self) -> String {
         let s = self.lock();
         if s.up {
             return String::new();
@@ -93,7 +93,7 @@ impl ApiHealth {
 
 /// Wraps the client's service so that [`ApiHealth`] sees every outcome.
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub(super) struct ObserveLayer {
     pub health: Arc<ApiHealth>,
 }
 
@@ -109,7 +109,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
 }
 
 #[derive(Clone)]
-pub struct Observe<S> {
+pub(super) struct Observe<S> {
     inner: S,
     health: Arc<ApiHealth>,
 }

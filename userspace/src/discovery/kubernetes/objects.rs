@@ -16,7 +16,7 @@ pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 /// A watched pod as resolution needs it; `None` for pods with nothing to watch (finished,
 /// or on another node despite the field selector).
-pub fn pod_info(pod: &Pod, node: &str, only_containers: &[String]) -> Option<PodInfo> {
+pub(super) fn pod_info(pod: &Pod, node: &str, only_containers: &[String]) -> Option<PodInfo> {
     let spec = pod.spec.as_ref()?;
     if spec.node_name.as_deref() != Some(node) {
         return None;
@@ -95,7 +95,7 @@ fn class_matches(named: Option<&str>, ours: &str) -> bool {
 }
 
 /// Rule hosts of an Ingress served by our class.
-pub fn ingress_hosts(ing: &Ingress, class: &str) -> Vec<String> {
+pub(super) fn ingress_hosts(ing: &Ingress, class: &str) -> Vec<String> {
     let Some(spec) = ing.spec.as_ref() else {
         return Vec::new();
     };
@@ -116,12 +116,12 @@ pub fn ingress_hosts(ing: &Ingress, class: &str) -> Vec<String> {
 
 /// Hosts of an IngressRoute's `spec.routes[].match` rules, and how many rules did not parse.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RouteHosts {
+pub(super) struct RouteHosts {
     pub hosts: Vec<String>,
     pub unparsable: usize,
 }
 
-pub fn ingress_route_hosts(obj: &DynamicObject, class: &str) -> RouteHosts {
+pub(super) fn ingress_route_hosts(obj: &DynamicObject, class: &str) -> RouteHosts {
     let mut out = RouteHosts::default();
     if !class_matches(
         obj.annotations().get(CLASS_ANNOTATION).map(String::as_str),

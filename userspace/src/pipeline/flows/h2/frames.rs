@@ -261,7 +261,7 @@ pub enum FeedError<E> {
 mod tests {
     use super::*;
 
-    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
         let mut v = len.to_be_bytes()[1..].to_vec();
         v.push(kind);
