@@ -7,6 +7,14 @@
 //! and cgroup the test bed creates is removed by [`Testbed::stop`] or on drop, also when
 //! a test panics.
 
+// Used only by the binaries (demo, bench) and the integration tests, which a package shares
+// with its library.
+use aya as _;
+use bytes as _;
+use object as _;
+use routeskew as _;
+use tracing_subscriber as _;
+
 pub mod accesslog;
 pub mod agent;
 pub mod backend;

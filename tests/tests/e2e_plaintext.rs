@@ -6,6 +6,10 @@
 //! Run as root after building the agent:
 //! `cargo test -p routeskew-testbed --test e2e_plaintext` (ROUTESKEW_AGENT, ROUTESKEW_TRAEFIK
 //! and ROUTESKEW_EBPF_OBJECT locate the pieces; see `routeskew_testbed::paths`).
+#![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
 
 use std::time::Duration;
 

@@ -21,6 +21,10 @@
 //! `cargo test -p routeskew-testbed --test e2e_probe` (ROUTESKEW_AGENT, ROUTESKEW_TRAEFIK
 //! and ROUTESKEW_EBPF_OBJECT locate the pieces; see `routeskew_testbed::paths`).
 #![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
+#![expect(
     clippy::unwrap_used,
     reason = "helpers outside #[test] functions unwrap too (clippy.toml covers only tests); a panic there fails the test"
 )]

@@ -2,6 +2,10 @@
 //! answer every case of the scenario with the exact bytes the agent's classifier is
 //! built on, their access logs agree with what the client saw, and nothing outlives the
 //! test bed. Run as root: `cargo test -p routeskew-testbed --test e2e_testbed`.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

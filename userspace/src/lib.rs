@@ -7,6 +7,10 @@
 //! [`event::Event`] values and tested with canned events. [`hosts`] normalises host names
 //! and bounds the hosts that get their own label; [`agent`] runs it all.
 
+// Used only by the `routeskew` binary (src/main.rs), which a package shares with its library.
+use anyhow as _;
+use tracing_subscriber as _;
+
 pub mod agent;
 pub mod config;
 pub mod discovery;

@@ -1,4 +1,8 @@
 //! `routeskew` binary: parses flags, sets up logging, runs the agent.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
 
 use std::io::IsTerminal;
 

@@ -18,6 +18,10 @@
 //! installed, instructions/event under callgrind (counting only the feeding function and
 //! what it calls), which is stable across runs and machines. Prints markdown lines for
 //! BENCHMARKS.md on stdout; progress goes to stderr.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
 
 use std::hint::black_box;
 use std::process::Command;

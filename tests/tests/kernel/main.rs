@@ -18,6 +18,10 @@
 //!   failures, kernel objects);
 //! - [`tls`], [`traefik_tls`]: the Go `crypto/tls` uprobes on a Go server and on the real
 //!   Traefik release binary.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
 
 mod cases;
 mod data_paths;

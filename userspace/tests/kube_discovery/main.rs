@@ -6,6 +6,10 @@
 //! and `e2e` (fixtures). The end-to-end test stays here, at the root: `cargo xtask test`
 //! runs it by its exact name.
 #![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
+#![expect(
     clippy::unwrap_used,
     reason = "helpers outside #[test] functions unwrap too (clippy.toml covers only tests); a panic there fails the test"
 )]

@@ -14,6 +14,10 @@
 //!
 //! With the TLS run comes the cost of one uprobe hit on this machine apart from any BPF
 //! program (`uprobe_cost`), which `--bpf-stats` cannot show.
+#![expect(
+    unused_crate_dependencies,
+    reason = "this target sees every dependency of its package and uses a few; the library target is checked"
+)]
 
 use anyhow::{Context, Result};
 use routeskew_testbed::{paths, Testbed, TestbedConfig};
