@@ -6,7 +6,7 @@
 //! compilers for different targets and must agree byte-for-byte.
 //!
 //! Discriminants are `#[repr(u32)]` enums ([`RecordKind`], [`Direction`], [`ConnSource`],
-//! [`UpstreamReason`], [`Program`]), but records and map values hold them as `u32`: see
+//! [`UpstreamReason`], [`Program`], [`SemProbe`]), but records and map values hold them as `u32`: see
 //! [`UnknownValue`] for why and how the agent decodes them.
 #![no_std]
 
@@ -16,11 +16,13 @@ mod wire;
 mod config;
 mod program;
 mod record;
+mod semantic;
 mod state;
 
 pub use config::*;
 pub use program::*;
 pub use record::*;
+pub use semantic::*;
 pub use state::*;
 pub use wire::UnknownValue;
 
@@ -48,6 +50,9 @@ mod pod {
     unsafe impl aya::Pod for super::TlsConnKey {}
     unsafe impl aya::Pod for super::GoroutineKey {}
     unsafe impl aya::Pod for super::TlsRead {}
+    unsafe impl aya::Pod for super::GoHttpBinary {}
+    unsafe impl aya::Pod for super::SemKey {}
+    unsafe impl aya::Pod for super::MissMark {}
 }
 
 #[cfg(test)]

@@ -1,0 +1,190 @@
+//! The semantic sensor's wire types: what the agent tells the kernel about a Go binary's
+//! `net/http` (per-binary offsets and caller ranges) and the per-CPU counters the kernel
+//! keeps per (replica, host, status).
+//!
+//! One uprobe per response at the emulated `push rbp` of Go's per-response funnel reads
+//! the status code from a register and the request's `Host` two pointer reads away, and
+//! increments a per-CPU counter: normal requests never cross the ring buffer.
+
+/// Bytes of a `Host` value the kernel copies and normalises. Longer hosts count under
+/// host id 0 (`other`) and as an anomaly: no known host is that long (the agent bounds
+/// known hosts to this length).
+pub const SEM_HOST_CAP: usize = 256;
+
+/// Watched Go binaries with a semantic plan at once (the uprobe cookie is the slot).
+pub const SEM_BINARY_SLOTS: u32 = 16;
+
+/// Code ranges per binary whose `net/http.NotFound` calls are *not* router misses
+/// (Traefik's own API/dashboard router).
+pub const SEM_API_RANGES: usize = 4;
+
+/// Keys of the per-CPU counter map (bounded: the agent folds and deletes dead keys).
+pub const SEM_COUNT_KEYS: u32 = 16384;
+
+/// Known hosts the agent publishes to the kernel (hash → id).
+pub const SEM_HOST_KEYS: u32 = 1024;
+
+/// A `NotFound` mark older than this is not joined to a later 404 on the same goroutine.
+pub const SEM_MISS_TTL_NS: u64 = 5_000_000_000;
+
+wire_enum! {
+    /// Which semantic probe a program/attach point is (the agent resolves one address per
+    /// probe per binary).
+    pub enum SemProbe {
+        /// `net/http.(*response).WriteHeader`: HTTP/1.x responses.
+        H1WriteHeader = 0,
+        /// `net/http.(*http2responseWriterState).writeHeader`, or x/net's
+        /// `http2.(*responseWriterState).writeHeader` where the binary serves h2 with it.
+        H2WriteHeader = 1,
+        /// `net/http.NotFound`: Traefik's no-router handler (and its API's 404s).
+        NotFound = 2,
+    }
+}
+
+/// Struct offsets of Go's `net/http` the programs use, per Go version (verified by the
+/// agent against the binary's machine code before it writes them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoHttpOffsets {
+    /// `response.req` (`*Request`).
+    pub h1_req: u32,
+    /// `response.wroteHeader` (bool).
+    pub h1_wrote_header: u32,
+    /// `http2responseWriterState.req`.
+    pub h2_req: u32,
+    /// `http2responseWriterState.wroteHeader` (bool).
+    pub h2_wrote_header: u32,
+    /// `Request.Host` (string: pointer then length).
+    pub req_host: u32,
+    /// `Request.RemoteAddr` (string).
+    pub req_remote_addr: u32,
+}
+
+/// A half-open range of code addresses, `[start, end)`, as mapped in the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl AddrRange {
+    pub const fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end
+    }
+}
+
+/// One watched binary's plan, in `SEM_BINARIES[slot]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoHttpBinary {
+    pub offsets: GoHttpOffsets,
+    /// 1 when the slot holds a verified plan; programs hitting a slot with 0 count an
+    /// anomaly and do nothing.
+    pub valid: u32,
+    pub _pad: u32,
+    /// The binary's text: a return address outside it means the stack is not what the
+    /// plan expects (counted as an anomaly, not guessed).
+    pub text: AddrRange,
+    /// Callers of `NotFound` that are the API's router, not a router miss (unused slots
+    /// are empty ranges).
+    pub api_callers: [AddrRange; SEM_API_RANGES],
+}
+
+/// Flags in [`SemKey::flags`].
+pub mod sem_flags {
+    /// The 404 followed a `NotFound` from the router chain on the same goroutine.
+    pub const ROUTER_MISS: u16 = 1;
+    /// Answered by the HTTP/2 funnel.
+    pub const H2: u16 = 2;
+    /// The exchange came from the agent's own prober.
+    pub const PROBE: u16 = 4;
+}
+
+/// Key of the per-CPU response counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SemKey {
+    /// The replica's cgroup (v2 id).
+    pub cgroup_id: u64,
+    /// FNV-1a of the normalised Host when the agent published it, else 0 (`other`).
+    pub host_hash: u64,
+    /// HTTP status code as written.
+    pub status: u16,
+    pub flags: u16,
+    /// The replica's process (local mode names replicas by process).
+    pub tgid: u32,
+}
+
+/// What `NotFound` leaves for the goroutine's following `WriteHeader(404)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MissMark {
+    /// The `*Request` `NotFound` was given: the 404 must be for the same request.
+    pub req: u64,
+    pub ts_ns: u64,
+}
+
+/// FNV-1a offset basis.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// One byte of FNV-1a.
+#[inline(always)]
+pub const fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+/// Never 0: 0 is the `other` host id in [`SemKey::host_hash`].
+#[inline(always)]
+pub const fn fnv_finish(h: u64) -> u64 {
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
+/// FNV-1a of an already normalised host (the agent's side of the kernel's hash).
+pub const fn host_hash(host: &[u8]) -> u64 {
+    let mut h = FNV_START;
+    let mut i = 0;
+    while i < host.len() {
+        h = fnv_step(h, host[i]);
+        i += 1;
+    }
+    fnv_finish(h)
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<GoHttpOffsets>() == 24);
+    assert!(size_of::<AddrRange>() == 16);
+    assert!(size_of::<GoHttpBinary>() == 24 + 8 + 16 + 16 * SEM_API_RANGES);
+    assert!(offset_of!(GoHttpBinary, text) == 32);
+    assert!(size_of::<SemKey>() == 24);
+    assert!(offset_of!(SemKey, status) == 16);
+    assert!(size_of::<MissMark>() == 16);
+    assert!(SEM_HOST_CAP.is_power_of_two());
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_matches_reference_vectors() {
+        // FNV-1a 64 reference values.
+        assert_eq!(host_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(host_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(host_hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn probes_round_trip() {
+        for p in SemProbe::ALL {
+            assert_eq!(SemProbe::try_from(p as u32), Ok(p));
+        }
+        assert!(SemProbe::try_from(3).is_err());
+    }
+}
