@@ -37,6 +37,10 @@ wire_enum! {
         GoTlsRead = 17,
         GoTlsReadRet = 18,
         GoTlsClose = 19,
+        /// Semantic sensor uprobes (emulated `push rbp` entries, see [`crate::SemProbe`]).
+        SemH1WriteHeader = 20,
+        SemH2WriteHeader = 21,
+        SemNotFound = 22,
     }
 }
 
@@ -74,6 +78,9 @@ const NAMES: [&str; Program::COUNT as usize] = [
     "go_tls_read",
     "go_tls_read_ret",
     "go_tls_close",
+    "sem_h1_write_header",
+    "sem_h2_write_header",
+    "sem_not_found",
 ];
 
 /// Per-program, per-CPU counters (summed over CPUs by the agent).
@@ -88,10 +95,13 @@ pub struct ProgramCounters {
     pub read_failures: u64,
     /// State maps that were full when an insert was attempted.
     pub map_full: u64,
+    /// Inputs a program refused instead of guessing: a probe hit in a binary slot with
+    /// no verified plan, a status code Go would reject, a caller outside the binary's code.
+    pub anomalies: u64,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<ProgramCounters>() == 32);
+    assert!(core::mem::size_of::<ProgramCounters>() == 40);
     // The slots index arrays: dense from 0, in declaration order.
     let mut i = 0;
     while i < Program::ALL.len() {

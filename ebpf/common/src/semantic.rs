@@ -120,8 +120,10 @@ pub struct SemKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MissMark {
-    /// The `*Request` `NotFound` was given: the 404 must be for the same request.
-    pub req: u64,
+    /// The data pointer of the `Host` of the request `NotFound` was given: the 404 must
+    /// be for the same request (Traefik's middlewares pass shallow copies of the request,
+    /// which share the string).
+    pub host_ptr: u64,
     pub ts_ns: u64,
 }
 

@@ -3,11 +3,12 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use routeskew_common::{
-    Config, ConnKey, ConnState, GoroutineKey, PendingIo, Program, ProgramCounters, SockConn,
-    TcpSock, TlsConnKey, TlsRead, WatchedSet,
+    Config, ConnKey, ConnState, GoHttpBinary, GoroutineKey, MissMark, PendingIo, Program,
+    ProgramCounters, SemKey, SockConn, TcpSock, TlsConnKey, TlsRead, WatchedSet, SEM_BINARY_SLOTS,
+    SEM_COUNT_KEYS, SEM_HOST_CAP, SEM_HOST_KEYS,
 };
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
@@ -119,6 +120,32 @@ pub(crate) static SYN_CLOSE_SLOT: PerCpuArray<SynClose> = PerCpuArray::with_max_
 #[map]
 pub(crate) static SK_ERR_SLOT: PerCpuArray<SockErr> = PerCpuArray::with_max_entries(1, 0);
 
+/// The semantic sensor's verified plan per watched Go binary; the uprobe cookie is the
+/// slot.
+#[map]
+pub(crate) static SEM_BINARIES: Array<GoHttpBinary> = Array::with_max_entries(SEM_BINARY_SLOTS, 0);
+
+/// Known hosts, by the FNV-1a hash of their normalised name (value: unused id), written
+/// by the agent.
+#[map]
+pub(crate) static SEM_HOSTS: HashMap<u64, u32> = HashMap::with_max_entries(SEM_HOST_KEYS, 0);
+
+/// Responses per (replica, host, status, flags), per CPU; the agent sums and folds them.
+#[map]
+pub(crate) static SEM_COUNTS: PerCpuHashMap<SemKey, u64> =
+    PerCpuHashMap::with_max_entries(SEM_COUNT_KEYS, 0);
+
+/// `NotFound` marks by goroutine, taken by the goroutine's next `WriteHeader(404)`. LRU:
+/// a mark never taken (a panic between the two) ages out.
+#[map]
+pub(crate) static SEM_MISSES: LruHashMap<GoroutineKey, MissMark> =
+    LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU scratch for a copied `Host` (too big for the 512-byte stack with the rest).
+#[map]
+pub(crate) static SEM_SCRATCH: PerCpuArray<[u8; SEM_HOST_CAP]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Counter slots touched by programs.
 #[derive(Clone, Copy)]
 pub(crate) enum Counter {
@@ -126,6 +153,7 @@ pub(crate) enum Counter {
     Lost,
     ReadFailure,
     MapFull,
+    Anomaly,
 }
 
 #[inline(always)]
@@ -138,6 +166,7 @@ pub(crate) fn count(prog: Program, which: Counter) {
                 Counter::Lost => (*c).lost += 1,
                 Counter::ReadFailure => (*c).read_failures += 1,
                 Counter::MapFull => (*c).map_full += 1,
+                Counter::Anomaly => (*c).anomalies += 1,
             }
         }
     }

@@ -22,6 +22,7 @@ pub struct ProgramTotals {
     pub lost: u64,
     pub read_failures: u64,
     pub map_full: u64,
+    pub anomalies: u64,
 }
 
 impl ProgramTotals {
@@ -32,6 +33,7 @@ impl ProgramTotals {
             lost: self.lost,
             read_failures: self.read_failures,
             map_full: self.map_full,
+            anomalies: self.anomalies,
         }
     }
 }
@@ -56,12 +58,14 @@ impl Sensor {
                 lost: 0,
                 read_failures: 0,
                 map_full: 0,
+                anomalies: 0,
             };
             for c in per_cpu.iter() {
                 t.emitted += c.emitted;
                 t.lost += c.lost;
                 t.read_failures += c.read_failures;
                 t.map_full += c.map_full;
+                t.anomalies += c.anomalies;
             }
             out.push(t);
         }

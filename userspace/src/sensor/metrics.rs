@@ -20,6 +20,7 @@ pub struct SensorTotals {
     pub lost: u64,
     pub read_failures: u64,
     pub map_full: u64,
+    pub anomalies: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -47,6 +48,7 @@ pub struct SensorMetrics {
     lost_events: Family<ProgramLabels, Counter>,
     read_failures: Family<ProgramLabels, Counter>,
     map_full: Family<ProgramLabels, Counter>,
+    anomalies: Family<ProgramLabels, Counter>,
     program_misses: Family<ProgramLabels, Counter>,
     decode_errors: Counter,
     hooks: Family<HookLabels, Gauge>,
@@ -64,6 +66,7 @@ impl SensorMetrics {
             lost_events: Family::default(),
             read_failures: Family::default(),
             map_full: Family::default(),
+            anomalies: Family::default(),
             program_misses: Family::default(),
             decode_errors: Counter::default(),
             hooks: Family::default(),
@@ -91,6 +94,11 @@ impl SensorMetrics {
             "map_full",
             "State-map inserts a kernel program could not make",
             m.map_full.clone(),
+        );
+        r.register(
+            "anomalies",
+            "Inputs a kernel program refused instead of guessing (a probe in a binary with no verified plan, an impossible status code, a caller outside the binary's code)",
+            m.anomalies.clone(),
         );
         r.register(
             "program_misses",
@@ -126,6 +134,7 @@ impl SensorMetrics {
                 prev.read_failures,
             ),
             (&self.map_full, totals.map_full, prev.map_full),
+            (&self.anomalies, totals.anomalies, prev.anomalies),
         ] {
             family.get_or_create(&labels).inc_by(total_delta(new, old));
         }

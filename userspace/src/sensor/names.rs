@@ -42,6 +42,9 @@ const PROGRAMS: [&str; Program::COUNT as usize] = [
     "rs_go_tls_read",
     "rs_go_tls_read_ret",
     "rs_go_tls_close",
+    "rs_sem_h1_write_header",
+    "rs_sem_h2_write_header",
+    "rs_sem_not_found",
 ];
 
 #[cfg(test)]

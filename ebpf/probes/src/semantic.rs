@@ -1,0 +1,265 @@
+//! The semantic sensor: uprobes at the emulated `push rbp` of Go `net/http`'s
+//! per-response funnels and of `net/http.NotFound`, placed by the agent at offsets it
+//! resolved and verified for the binary (`sensor/semantic`). The uprobe cookie is the
+//! binary's slot in `SEM_BINARIES`, which holds the verified struct offsets.
+//!
+//! Per response: the status code from a register, `req` and `wroteHeader` from the
+//! response writer, the `Host` string from the request, normalised and hashed here, and
+//! one per-CPU counter increment. Nothing crosses the ring buffer.
+//!
+//! Go's register ABI on amd64: arguments in RAX, RBX, RCX, ...; R14 = the goroutine's `g`.
+//! At the probe (before `push rbp`) `[rsp]` is the return address and RBP still the
+//! caller's frame pointer, so `[rbp+8]` is the caller's own return address.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    macros::uprobe,
+    programs::ProbeContext,
+    EbpfContext as _,
+};
+use routeskew_common::{
+    fnv_finish, fnv_step, sem_flags, GoHttpBinary, GoroutineKey, MissMark, Program, SemKey,
+    FNV_START, SEM_HOST_CAP, SEM_MISS_TTL_NS,
+};
+
+use crate::{
+    filter::{pid_tgid, watched_cgroup},
+    maps::{count, Counter, SEM_BINARIES, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_SCRATCH},
+};
+
+/// `net/http.(*response).WriteHeader(code)`: RAX = w, RBX = code.
+#[uprobe]
+pub(crate) fn rs_sem_h1_write_header(ctx: ProbeContext) -> u32 {
+    write_header(&ctx, Program::SemH1WriteHeader, false);
+    0
+}
+
+/// `net/http.(*http2responseWriterState).writeHeader(code)` (or x/net's): RAX = rws,
+/// RBX = code.
+#[uprobe]
+pub(crate) fn rs_sem_h2_write_header(ctx: ProbeContext) -> u32 {
+    write_header(&ctx, Program::SemH2WriteHeader, true);
+    0
+}
+
+/// `net/http.NotFound(w, r)`: RAX, RBX = w (interface), RCX = r. Marks the goroutine so
+/// that its following `WriteHeader(404)` counts as a router miss, unless the caller is
+/// Traefik's API router.
+#[uprobe]
+pub(crate) fn rs_sem_not_found(ctx: ProbeContext) -> u32 {
+    const PROG: Program = Program::SemNotFound;
+    let Some(_cgroup) = watched_cgroup() else {
+        return 0;
+    };
+    let Some(bin) = binary(&ctx, PROG) else {
+        return 0;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let Ok(caller) = (unsafe { bpf_probe_read_user((regs.rbp + 8) as *const u64) }) else {
+        count(PROG, Counter::ReadFailure);
+        return 0;
+    };
+    if !bin.text.contains(caller) {
+        count(PROG, Counter::Anomaly);
+        return 0;
+    }
+    let mut i = 0;
+    while i < bin.api_callers.len() {
+        if bin.api_callers[i].contains(caller) {
+            return 0;
+        }
+        i += 1;
+    }
+    let req = regs.rcx;
+    let Ok(host_ptr) =
+        (unsafe { bpf_probe_read_user((req + u64::from(bin.offsets.req_host)) as *const u64) })
+    else {
+        count(PROG, Counter::ReadFailure);
+        return 0;
+    };
+    let key = goroutine(regs.r14);
+    let mark = MissMark {
+        host_ptr,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if SEM_MISSES.insert(key, mark, 0).is_err() {
+        count(PROG, Counter::MapFull);
+    }
+    0
+}
+
+#[inline(always)]
+fn goroutine(g: u64) -> GoroutineKey {
+    GoroutineKey {
+        tgid: (pid_tgid() >> 32) as u32,
+        _pad: 0,
+        g,
+    }
+}
+
+/// The verified plan of the binary this probe was attached to (cookie = slot).
+#[inline(always)]
+fn binary(ctx: &ProbeContext, prog: Program) -> Option<&'static GoHttpBinary> {
+    let slot = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    match SEM_BINARIES.get(slot) {
+        Some(bin) if bin.valid == 1 => Some(bin),
+        _ => {
+            count(prog, Counter::Anomaly);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
+    let Some(cgroup_id) = watched_cgroup() else {
+        return;
+    };
+    let Some(bin) = binary(ctx, prog) else {
+        return;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let (w, code) = (regs.rax, regs.rbx);
+    // Go ignores 1xx other than 101 here (h1) or writes them and returns (h2).
+    if (100..200).contains(&code) && (h2 || code != 101) {
+        return;
+    }
+    if !(101..1000).contains(&code) {
+        // checkWriteHeaderCode panics first: nothing is written.
+        count(prog, Counter::Anomaly);
+        return;
+    }
+    let (req_off, wrote_off) = if h2 {
+        (bin.offsets.h2_req, bin.offsets.h2_wrote_header)
+    } else {
+        (bin.offsets.h1_req, bin.offsets.h1_wrote_header)
+    };
+    let Ok(wrote) = (unsafe { bpf_probe_read_user((w + u64::from(wrote_off)) as *const u8) })
+    else {
+        count(prog, Counter::ReadFailure);
+        return;
+    };
+    if wrote != 0 {
+        // A superfluous WriteHeader: Go drops it.
+        return;
+    }
+    let Ok(req) = (unsafe { bpf_probe_read_user((w + u64::from(req_off)) as *const u64) }) else {
+        count(prog, Counter::ReadFailure);
+        return;
+    };
+    let Ok([host_ptr, host_len]) = (unsafe {
+        bpf_probe_read_user((req + u64::from(bin.offsets.req_host)) as *const [u64; 2])
+    }) else {
+        count(prog, Counter::ReadFailure);
+        return;
+    };
+    let mut flags = if h2 { sem_flags::H2 } else { 0 };
+    if code == 404 && was_not_found(regs.r14, host_ptr) {
+        flags |= sem_flags::ROUTER_MISS;
+    }
+    let key = SemKey {
+        cgroup_id,
+        host_hash: known_host(prog, host_ptr, host_len),
+        status: code as u16,
+        flags,
+        tgid: (pid_tgid() >> 32) as u32,
+    };
+    match SEM_COUNTS.get_ptr_mut(key) {
+        // Per-CPU value: no other writer races with this program on this CPU.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            if SEM_COUNTS.insert(key, 1, 0).is_err() {
+                count(prog, Counter::MapFull);
+            }
+        }
+    }
+}
+
+/// Whether `NotFound` marked this goroutine for this request (same Host string: Traefik's
+/// middlewares hand shallow copies of the request down, which share it) recently.
+#[inline(always)]
+fn was_not_found(g: u64, host_ptr: u64) -> bool {
+    let key = goroutine(g);
+    let Some(mark) = (unsafe { SEM_MISSES.get(key) }) else {
+        return false;
+    };
+    let fresh = unsafe { bpf_ktime_get_ns() }.saturating_sub(mark.ts_ns) < SEM_MISS_TTL_NS;
+    let same = mark.host_ptr == host_ptr;
+    let _ = SEM_MISSES.remove(key);
+    fresh && same
+}
+
+/// The host's hash when the agent published it as known, else 0 (`other`). Normalised as
+/// the agent does: ASCII lowercase, `:port` (1–5 digits) and a trailing dot stripped, an
+/// IPv6 literal kept in its brackets. Anything else hashes to a value no known host has.
+#[inline(always)]
+fn known_host(prog: Program, ptr: u64, len: u64) -> u64 {
+    if len == 0 || len > SEM_HOST_CAP as u64 {
+        return 0;
+    }
+    let Some(buf) = SEM_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let buf = unsafe { &mut *buf };
+    let n = (len as u32) & (SEM_HOST_CAP as u32 * 2 - 1);
+    if n == 0 || n > SEM_HOST_CAP as u32 {
+        return 0;
+    }
+    let rc = unsafe {
+        generated::bpf_probe_read_user(buf.as_mut_ptr().cast::<c_void>(), n, ptr as *const c_void)
+    };
+    if rc != 0 {
+        count(prog, Counter::ReadFailure);
+        return 0;
+    }
+    let hash = normalised_hash(buf, n as usize);
+    match unsafe { SEM_HOSTS.get(hash) } {
+        Some(_) => hash,
+        None => 0,
+    }
+}
+
+/// FNV-1a of the normalised host in `buf[..len]`, or 0 when it cannot be a known host.
+#[inline(always)]
+fn normalised_hash(buf: &[u8; SEM_HOST_CAP], len: usize) -> u64 {
+    let (mut h, mut before_last, mut last) = (FNV_START, FNV_START, 0u8);
+    let mut bracket = false;
+    // -1 while in the name, else the number of port digits seen.
+    let mut port: i32 = -1;
+    let mut i = 0;
+    while i < SEM_HOST_CAP {
+        if i >= len {
+            break;
+        }
+        let b = buf[i];
+        i += 1;
+        if port >= 0 {
+            if !b.is_ascii_digit() {
+                return 0;
+            }
+            port += 1;
+            continue;
+        }
+        if b == b'[' && i == 1 {
+            bracket = true;
+        } else if b == b']' {
+            bracket = false;
+        } else if b == b':' && !bracket {
+            port = 0;
+            continue;
+        }
+        let b = b.to_ascii_lowercase();
+        before_last = h;
+        h = fnv_step(h, b);
+        last = b;
+    }
+    if port == 0 || port > 5 {
+        return 0;
+    }
+    if last == b'.' {
+        h = before_last;
+    }
+    fnv_finish(h)
+}
