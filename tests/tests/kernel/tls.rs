@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use routeskew::{
     event::{ConnId, Direction, EventKind, Origin},
-    sensor::Sensor,
+    sensor::{gobin::GoBinError, gotls::TlsError, Sensor},
 };
 
 use crate::events::show;
@@ -181,7 +181,15 @@ async fn tls_resolution_failure_keeps_plaintext_capture() -> Result<()> {
         .clone()
         .err()
         .context("uprobes on sleep(1)?")?;
-    ensure!(error.contains("no Go function table"), "{error}");
+    ensure!(
+        matches!(
+            *error,
+            TlsError::Resolve {
+                source: GoBinError::NoPclntab
+            }
+        ),
+        "{error}"
+    );
     // Asked again, the failure is remembered, not retried.
     ensure!(bench.sensor.set_tls_processes(&[sleeper.pid()]) == status);
     let run = bench.run_helper("http", Placement::InCgroup, false)?;

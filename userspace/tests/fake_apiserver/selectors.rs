@@ -59,10 +59,7 @@ pub(super) fn parse_labels(s: &str) -> Result<Vec<LabelReq>, SelectorError> {
     Ok(out)
 }
 
-pub(super) fn parse_fields(
-    s: &str,
-    kind: Kind,
-) -> Result<Vec<(String, String)>, SelectorError> {
+pub(super) fn parse_fields(s: &str, kind: Kind) -> Result<Vec<(String, String)>, SelectorError> {
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
