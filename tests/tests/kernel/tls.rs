@@ -6,7 +6,11 @@ use std::process::Command;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use routeskew::{
     event::{ConnId, Direction, EventKind, Origin},
-    sensor::{gobin::GoBinError, gotls::TlsError, Sensor},
+    sensor::{
+        gobin::GoBinError,
+        gotls::{RunStats, TlsError},
+        Sensor,
+    },
 };
 
 use crate::events::show;
@@ -93,6 +97,30 @@ pub(crate) fn report_uprobe_cost(sensor: &mut Sensor, what: &str) {
             s.runs,
             s.run_time.as_nanos(),
             per_hit.map_or("-".into(), |n| n.to_string())
+        );
+    }
+}
+
+/// Prints the cost per hit of each TLS uprobe over what ran since `before`, and per
+/// request over `requests` requests.
+pub(crate) fn report_uprobe_cost_since(
+    sensor: &mut Sensor,
+    before: &[RunStats],
+    what: &str,
+    requests: u64,
+) {
+    for s in sensor.tls_run_stats() {
+        let Some(b) = before.iter().find(|b| b.program == s.program) else {
+            continue;
+        };
+        let runs = s.runs - b.runs;
+        let ns = (s.run_time - b.run_time).as_nanos();
+        eprintln!(
+            "uprobe cost ({what}): {}: {runs} runs, {} ns per hit, {} ns per request",
+            s.program,
+            ns.checked_div(u128::from(runs))
+                .map_or("-".into(), |n| n.to_string()),
+            ns / u128::from(requests.max(1))
         );
     }
 }
