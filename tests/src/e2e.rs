@@ -134,6 +134,16 @@ impl Fleet {
     }
 }
 
+/// The agent's table matches the expected one, or the test fails with both and the
+/// agent's log.
+pub fn assert_table(what: &str, want: &Table, got: &Table, agent_log: &str) {
+    assert!(
+        got == want,
+        "{what}:\n{}\nagent log:\n{agent_log}",
+        diff(want, got)
+    );
+}
+
 /// The agent survived the test; stops it and the test bed.
 pub fn stop(agent: &mut Agent, bed: &mut Testbed) {
     assert!(

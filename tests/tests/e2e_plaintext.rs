@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use routeskew_testbed::e2e::Fleet;
+use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::plans::{self, Plain};
 use routeskew_testbed::tally::{diff, table, Table};
@@ -97,17 +97,14 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
         .unwrap();
     let log = agent.log_tail();
     let got_http = fleet.responses(&m);
-    assert!(
-        got_http == want_http,
-        "routeskew_http_responses_total (passive) vs the plan and the access logs:\n{}\nagent log:\n{log}",
-        diff(&want_http, &got_http)
+    e2e::assert_table(
+        "routeskew_http_responses_total (passive) vs the plan and the access logs",
+        &want_http,
+        &got_http,
+        &log,
     );
     let got_ws = fleet.ws_upgrades(&m);
-    assert!(
-        got_ws == want_ws,
-        "routeskew_ws_upgrades_total:\n{}\nagent log:\n{log}",
-        diff(&want_ws, &got_ws)
-    );
+    e2e::assert_table("routeskew_ws_upgrades_total", &want_ws, &got_ws, &log);
 
     fleet.assert_router_misses_only_on_the_broken_replica(&m);
 

@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use routeskew_testbed::e2e::Fleet;
+use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::plans::{self, Tls};
 use routeskew_testbed::tally::diff;
@@ -92,22 +92,25 @@ async fn agent_pins_router_misses_over_tls() {
         .unwrap();
     let log = agent.log_tail();
     let got_http = fleet.responses(&m);
-    assert!(
-        got_http == want_http,
-        "routeskew_http_responses_total over TLS vs the plan and the access logs:\n{}\nagent log:\n{log}",
-        diff(&want_http, &got_http)
+    e2e::assert_table(
+        "routeskew_http_responses_total over TLS vs the plan and the access logs",
+        &want_http,
+        &got_http,
+        &log,
     );
     let got_ws = fleet.ws_upgrades(&m);
-    assert!(
-        got_ws == want_ws,
-        "routeskew_ws_upgrades_total over TLS:\n{}\nagent log:\n{log}",
-        diff(&want_ws, &got_ws)
+    e2e::assert_table(
+        "routeskew_ws_upgrades_total over TLS",
+        &want_ws,
+        &got_ws,
+        &log,
     );
     let got_early = fleet.by_label(&m, "routeskew_ws_early_closes_total", "host");
-    assert!(
-        got_early == want_early,
-        "routeskew_ws_early_closes_total over TLS:\n{}\nagent log:\n{log}",
-        diff(&want_early, &got_early)
+    e2e::assert_table(
+        "routeskew_ws_early_closes_total over TLS",
+        &want_early,
+        &got_early,
+        &log,
     );
     fleet.assert_router_misses_only_on_the_broken_replica(&m);
 
