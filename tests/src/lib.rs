@@ -19,6 +19,7 @@ pub mod accesslog;
 pub mod agent;
 pub mod backend;
 pub mod cgroup;
+pub mod e2e;
 pub mod expect;
 pub mod http;
 pub mod metrics;

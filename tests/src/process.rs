@@ -1,7 +1,7 @@
 //! Child processes the test bed owns: spawned into a cgroup before exec, logged to a
 //! file, stopped with SIGTERM then SIGKILL.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
@@ -11,6 +11,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` file is `procs`.
+/// Async-signal-safe (open, write, close; no allocation): meant for a `pre_exec` closure,
+/// between fork and exec.
+pub fn join_cgroup(procs: &CStr) -> std::io::Result<()> {
+    // SAFETY: a valid NUL-terminated path; the fd is closed on every path.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // "0" means the writing process itself.
+        let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
 
 pub struct ManagedChild {
     name: String,
@@ -47,17 +68,7 @@ impl ManagedChild {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(path) = &procs_file {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0" means the writing process itself.
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
+                    join_cgroup(path)?;
                 }
                 Ok(())
             });

@@ -13,42 +13,26 @@
 
 use std::time::Duration;
 
+use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::plans::{self, Plain};
-use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
-use routeskew_testbed::{expect, paths, traffic, Agent, AgentConfig, Testbed, TestbedConfig};
+use routeskew_testbed::tally::{diff, table, Table};
+use routeskew_testbed::{expect, traffic, TestbedConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pins_router_misses_on_the_broken_replica() {
-    paths::require_root().expect("precondition");
-    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
-    paths::traefik_binary().expect("precondition: Traefik");
-
-    let mut bed = Testbed::start(TestbedConfig::default())
-        .await
-        .expect("starting the test bed");
-    let sc = bed.scenario().clone();
-    let hosts = sc.hosts();
-    let names: Vec<String> = bed.replicas().iter().map(|r| r.name.clone()).collect();
-    let broken = bed.broken().unwrap().name.clone();
-
-    let mut agent = Agent::start(AgentConfig {
-        binary: Some(agent_bin),
-        ..AgentConfig::for_testbed(&bed)
-    })
-    .await
-    .expect("starting the agent");
-    eprintln!("agent: {}", agent.command);
+    let fleet = Fleet::start(TestbedConfig::default(), Vec::new()).await;
+    let Fleet {
+        bed,
+        agent,
+        sc,
+        names,
+        ..
+    } = &fleet;
 
     // Before any traffic: nothing counted for our replicas.
     let before = agent.scrape().await.unwrap();
-    let idle = table(
-        &before,
-        "routeskew_http_responses_total",
-        &names,
-        "host",
-        "class",
-    );
+    let idle = fleet.responses(&before);
     assert!(
         idle.is_empty(),
         "responses counted before any traffic:\n{}",
@@ -56,13 +40,13 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
     );
 
     // Traffic, checked on the client side first so a test-bed fault is not blamed on the agent.
-    let steps = plans::plaintext(&bed);
+    let steps = plans::plaintext(bed);
     let plans::Expected {
         http: want_http,
         ws: want_ws,
         early_closes: want_early,
         upstream: want_upstream,
-    } = plans::expected(&steps, bed.replicas(), &sc);
+    } = plans::expected(&steps, bed.replicas(), sc);
     for s in &steps {
         let r = &bed.replicas()[s.replica];
         let ctx = format!("{} × {}{} via {}", s.n, s.host, s.path, r.name);
@@ -93,88 +77,44 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
     }
 
     let done = |m: &Metrics| {
-        table(m, "routeskew_http_responses_total", &names, "host", "class") == want_http
-            && table(m, "routeskew_ws_upgrades_total", &names, "host", "outcome") == want_ws
+        fleet.responses(m) == want_http
+            && fleet.ws_upgrades(m) == want_ws
             && table(
                 m,
                 "routeskew_upstream_connect_failures_total",
-                &names,
+                names,
                 "reason",
                 "<none>",
             )
             .len()
                 == want_upstream.len()
     };
-    // Ground truth from Traefik itself, before judging the agent: each replica's access
-    // log, classified the same way (no router name = Traefik's own 404), matches the plan.
-    let mut logged = Table::new();
-    for r in bed.replicas() {
-        for e in r.access_log_entries().unwrap() {
-            let class = class_of_status(e.client_status(), e.router_miss() && e.status == 404);
-            add(&mut logged, &r.name, &host_label(&hosts, &e.host), class, 1);
-        }
-    }
-    assert!(
-        logged == want_http,
-        "test bed fault: Traefik's access logs disagree with the plan:\n{}",
-        diff(&want_http, &logged)
-    );
+    fleet.assert_access_logs_match(&want_http, false);
 
     let m = agent
         .scrape_until(Duration::from_secs(15), done)
         .await
         .unwrap();
     let log = agent.log_tail();
-    let got_http = table(
-        &m,
-        "routeskew_http_responses_total",
-        &names,
-        "host",
-        "class",
+    let got_http = fleet.responses(&m);
+    e2e::assert_table(
+        "routeskew_http_responses_total (passive) vs the plan and the access logs",
+        &want_http,
+        &got_http,
+        &log,
     );
-    assert!(
-        got_http == want_http,
-        "routeskew_http_responses_total (passive) vs the plan and the access logs:\n{}\nagent log:\n{log}",
-        diff(&want_http, &got_http)
-    );
-    let got_ws = table(&m, "routeskew_ws_upgrades_total", &names, "host", "outcome");
-    assert!(
-        got_ws == want_ws,
-        "routeskew_ws_upgrades_total:\n{}\nagent log:\n{log}",
-        diff(&want_ws, &got_ws)
-    );
+    let got_ws = fleet.ws_upgrades(&m);
+    e2e::assert_table("routeskew_ws_upgrades_total", &want_ws, &got_ws, &log);
 
-    // The decisive signal: router misses for a configured host only on the broken replica.
-    for r in &names {
-        let misses = m.sum(
-            "routeskew_http_responses_total",
-            &[
-                ("replica", r),
-                ("host", &sc.missing_host),
-                ("class", "router_miss"),
-            ],
-        );
-        assert_eq!(
-            misses > 0.0,
-            *r == broken,
-            "router misses of {} on {r}: {misses}",
-            sc.missing_host
-        );
-    }
+    fleet.assert_router_misses_only_on_the_broken_replica(&m);
 
-    let two_labels = |name: &str, label: &str| -> Table {
-        table(&m, name, &names, label, "<none>")
-            .into_iter()
-            .map(|((r, l, _), v)| ((r, l, "-".to_string()), v))
-            .collect()
-    };
-    let got_upstream = two_labels("routeskew_upstream_connect_failures_total", "reason");
+    let got_upstream = fleet.by_label(&m, "routeskew_upstream_connect_failures_total", "reason");
     assert!(
         got_upstream == want_upstream,
         "routeskew_upstream_connect_failures_total:\n{}",
         diff(&want_upstream, &got_upstream)
     );
-    let got_early = two_labels("routeskew_ws_early_closes_total", "host");
+    let got_early = fleet.by_label(&m, "routeskew_ws_early_closes_total", "host");
     assert!(
         got_early == want_early,
         "routeskew_ws_early_closes_total:\n{}",
@@ -219,11 +159,5 @@ async fn agent_pins_router_misses_on_the_broken_replica() {
         diff(&want_upstream, &got_upstream),
         diff(&want_early, &got_early)
     );
-    assert!(
-        agent.running(),
-        "the agent died during the test:\n{}",
-        agent.log_tail()
-    );
-    agent.stop();
-    bed.stop().unwrap();
+    fleet.stop();
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::{
-    cgroup, paths, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
+    cgroup, e2e, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
 };
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -62,9 +62,7 @@ fn probes_run(m: &Metrics, replica: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_find_the_broken_replica_and_the_blind_sensor() {
-    paths::require_root().expect("precondition");
-    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
-    paths::traefik_binary().expect("precondition: Traefik");
+    let agent_bin = e2e::preconditions();
 
     let mut bed = Testbed::start(TestbedConfig {
         access_log: false,
@@ -354,13 +352,7 @@ async fn probes_find_the_broken_replica_and_the_blind_sensor() {
             .collect::<String>()
     );
 
-    assert!(
-        agent.running(),
-        "the agent died during the test:\n{}",
-        agent.log_tail()
-    );
-    agent.stop();
-    bed.stop().unwrap();
+    e2e::stop(&mut agent, &mut bed);
 }
 
 /// Probes whatever the replica's `websecure` entrypoint runs over TLS (SNI = the host),
@@ -369,9 +361,7 @@ async fn probes_find_the_broken_replica_and_the_blind_sensor() {
 /// which shows the first half is not vacuous.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_endpoints_are_probed_and_seen_by_the_tls_sensor() {
-    paths::require_root().expect("precondition");
-    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
-    paths::traefik_binary().expect("precondition: Traefik");
+    let agent_bin = e2e::preconditions();
 
     let mut bed = Testbed::start(TestbedConfig {
         access_log: false,

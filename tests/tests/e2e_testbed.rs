@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use routeskew_testbed::expect::{self, TRAEFIK_404_HEAD};
+use routeskew_testbed::http::Response;
 use routeskew_testbed::path;
 use routeskew_testbed::{cgroup, process, traffic, ws, ConnMode, Testbed, TestbedConfig};
 
@@ -22,6 +23,16 @@ fn record(tally: &mut Tally, replica: &str, host: &str, path: &str, status: u16,
     *tally
         .entry((replica.into(), host.into(), path.into(), status))
         .or_default() += n;
+}
+
+/// Traefik's exact head (but its Date, and Connection: close when it closed) and body.
+fn assert_page(resp: &Response, head: &str, body: &[u8], what: &str) {
+    assert_eq!(
+        resp.head_without_date(),
+        expect::head_for(head, resp.request_closed),
+        "{what}: head"
+    );
+    assert_eq!(resp.body, body, "{what}: body");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,17 +76,11 @@ async fn traefik_answers_every_case_with_exact_bytes() {
             .unwrap();
         for resp in &rs {
             if r.broken {
-                assert_eq!(
-                    resp.head_without_date(),
-                    expect::head_for(TRAEFIK_404_HEAD, resp.request_closed),
-                    "{}",
-                    ctx("router miss head")
-                );
-                assert_eq!(
-                    resp.body,
+                assert_page(
+                    resp,
+                    TRAEFIK_404_HEAD,
                     expect::NOTFOUND_BODY,
-                    "{}",
-                    ctx("router miss body")
+                    &ctx("router miss"),
                 );
                 assert!(expect::is_traefik_router_miss(resp));
             } else {
@@ -110,13 +115,12 @@ async fn traefik_answers_every_case_with_exact_bytes() {
         .await
         .unwrap();
         for resp in &rs {
-            assert_eq!(
-                resp.head_without_date(),
-                expect::head_for(expect::RELAYED_NOTFOUND_HEAD, resp.request_closed),
-                "{}",
-                ctx("relayed 404 head")
+            assert_page(
+                resp,
+                expect::RELAYED_NOTFOUND_HEAD,
+                expect::NOTFOUND_BODY,
+                &ctx("relayed 404"),
             );
-            assert_eq!(resp.body, expect::NOTFOUND_BODY);
             assert!(
                 !expect::is_traefik_router_miss(resp),
                 "{}",
@@ -170,13 +174,12 @@ async fn traefik_answers_every_case_with_exact_bytes() {
         .await
         .unwrap();
         for resp in &rs {
-            assert_eq!(
-                resp.head_without_date(),
-                expect::head_for(expect::BAD_GATEWAY_HEAD, resp.request_closed),
-                "{}",
-                ctx("502")
+            assert_page(
+                resp,
+                expect::BAD_GATEWAY_HEAD,
+                expect::BAD_GATEWAY_BODY,
+                &ctx("502"),
             );
-            assert_eq!(resp.body, expect::BAD_GATEWAY_BODY);
         }
         record(
             &mut sent,
@@ -197,13 +200,12 @@ async fn traefik_answers_every_case_with_exact_bytes() {
         )
         .await
         .unwrap();
-        assert_eq!(
-            rs[0].head_without_date(),
-            expect::head_for(expect::NO_SERVER_HEAD, rs[0].request_closed),
-            "{}",
-            ctx("503")
+        assert_page(
+            &rs[0],
+            expect::NO_SERVER_HEAD,
+            expect::NO_SERVER_BODY,
+            &ctx("503"),
         );
-        assert_eq!(rs[0].body, expect::NO_SERVER_BODY);
         record(&mut sent, &r.name, &sc.unavailable_host, path::ROOT, 503, 1);
 
         // Upstream too slow: 504 after the configured timeout, not the backend's 3 s.
@@ -212,13 +214,12 @@ async fn traefik_answers_every_case_with_exact_bytes() {
             .await
             .unwrap();
         let took = t0.elapsed();
-        assert_eq!(
-            rs[0].head_without_date(),
-            expect::head_for(expect::GATEWAY_TIMEOUT_HEAD, rs[0].request_closed),
-            "{}",
-            ctx("504")
+        assert_page(
+            &rs[0],
+            expect::GATEWAY_TIMEOUT_HEAD,
+            expect::GATEWAY_TIMEOUT_BODY,
+            &ctx("504"),
         );
-        assert_eq!(rs[0].body, expect::GATEWAY_TIMEOUT_BODY);
         assert!(
             took >= sc.slow_timeout && took < sc.slow_timeout + Duration::from_millis(1500),
             "504 after {took:?}, timeout is {:?}",
@@ -302,20 +303,9 @@ async fn traefik_answers_every_case_with_exact_bytes() {
         assert_eq!(got, want, "router misses in {}'s access log", r.name);
     }
 
-    let pids = bed.pids();
-    let mut cgroups: Vec<_> = bed
-        .replicas()
-        .iter()
-        .map(|r| r.cgroup_path.clone())
-        .collect();
-    cgroups.push(bed.cgroup_root().unwrap().to_path_buf());
+    let had = resources(&bed);
     bed.stop().unwrap();
-    for pid in pids {
-        assert!(!process::pid_alive(pid), "process {pid} survived stop()");
-    }
-    for cg in cgroups {
-        assert!(!cg.exists(), "cgroup {} survived stop()", cg.display());
-    }
+    assert_gone(had, "stop()");
 }
 
 #[tokio::test]
@@ -383,6 +373,31 @@ async fn replicas_live_in_their_own_cgroups_with_their_names() {
 /// Pids and cgroup directories a test bed had.
 type Resources = (Vec<u32>, Vec<std::path::PathBuf>);
 
+/// Every process and cgroup directory of `bed`.
+fn resources(bed: &Testbed) -> Resources {
+    let mut cgroups: Vec<_> = bed
+        .replicas()
+        .iter()
+        .map(|r| r.cgroup_path.clone())
+        .collect();
+    cgroups.push(
+        bed.cgroup_root()
+            .expect("the test bed's cgroup root")
+            .to_path_buf(),
+    );
+    (bed.pids(), cgroups)
+}
+
+/// None of them outlived `what`.
+fn assert_gone((pids, cgroups): Resources, what: &str) {
+    for pid in pids {
+        assert!(!process::pid_alive(pid), "process {pid} survived {what}");
+    }
+    for cg in cgroups {
+        assert!(!cg.exists(), "cgroup {} survived {what}", cg.display());
+    }
+}
+
 /// Dropping the test bed, also while unwinding from a panic, leaves no process and no
 /// cgroup behind.
 #[test]
@@ -398,32 +413,22 @@ fn nothing_survives_a_panicking_test() {
             let bed = Testbed::start(TestbedConfig::default())
                 .await
                 .expect("start");
-            let mut cgroups: Vec<_> = bed
-                .replicas()
-                .iter()
-                .map(|r| r.cgroup_path.clone())
-                .collect();
-            cgroups.push(bed.cgroup_root().unwrap().to_path_buf());
+            let had = resources(&bed);
             // An upgraded WebSocket in flight at the moment of the panic.
             let r = &bed.replicas()[0];
             let o = ws::upgrade(r.web_addr, &bed.scenario().ws_host, path::WS)
                 .await
                 .unwrap();
             assert!(o.upgraded());
-            *seen2.lock().unwrap() = Some((bed.pids(), cgroups));
+            *seen2.lock().unwrap() = Some(had);
             panic!("deliberate panic with a running test bed");
         })
     })
     .join();
     assert!(result.is_err(), "the inner test was meant to panic");
-    let (pids, cgroups) = seen.lock().unwrap().take().expect("the test bed started");
-    assert_eq!(pids.len(), 4, "backend + 3 replicas");
-    for pid in pids {
-        assert!(!process::pid_alive(pid), "process {pid} survived the panic");
-    }
-    for cg in cgroups {
-        assert!(!cg.exists(), "cgroup {} survived the panic", cg.display());
-    }
+    let had = seen.lock().unwrap().take().expect("the test bed started");
+    assert_eq!(had.0.len(), 4, "backend + 3 replicas");
+    assert_gone(had, "the panic");
 }
 
 /// Failing checks must fail: a replica that does route the host is not mistaken for the

@@ -21,10 +21,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::plans::{self, Tls};
-use routeskew_testbed::tally::{add, class_of_status, diff, host_label, table, Table};
-use routeskew_testbed::{paths, tls, Agent, AgentConfig, Testbed, TestbedConfig};
+use routeskew_testbed::tally::diff;
+use routeskew_testbed::{tls, TestbedConfig};
 
 /// How long curl keeps an upgraded connection open (well inside the early-close window).
 const WS_HOLD: Duration = Duration::from_millis(500);
@@ -47,36 +48,25 @@ async fn send(addr: SocketAddr, s: &Step) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pins_router_misses_over_tls() {
-    paths::require_root().expect("precondition");
-    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
-    paths::traefik_binary().expect("precondition: Traefik");
+    let fleet = Fleet::start(
+        TestbedConfig {
+            tls: true,
+            ..TestbedConfig::default()
+        },
+        Vec::new(),
+    )
+    .await;
+    let Fleet {
+        bed, agent, names, ..
+    } = &fleet;
 
-    let mut bed = Testbed::start(TestbedConfig {
-        tls: true,
-        ..TestbedConfig::default()
-    })
-    .await
-    .expect("starting the test bed");
-    let sc = bed.scenario().clone();
-    let hosts = sc.hosts();
-    let names: Vec<String> = bed.replicas().iter().map(|r| r.name.clone()).collect();
-    let broken = bed.broken().unwrap().name.clone();
-
-    let mut agent = Agent::start(AgentConfig {
-        binary: Some(agent_bin),
-        ..AgentConfig::for_testbed(&bed)
-    })
-    .await
-    .expect("starting the agent");
-    eprintln!("agent: {}", agent.command);
-
-    let steps = plans::tls(&bed);
+    let steps = plans::tls(bed);
     let plans::Expected {
         http: want_http,
         ws: want_ws,
         early_closes: want_early,
         ..
-    } = plans::expected(&steps, bed.replicas(), &sc);
+    } = plans::expected(&steps, bed.replicas(), &fleet.sc);
     for s in &steps {
         let r = &bed.replicas()[s.replica];
         let addr = r.websecure_addr.expect("websecure entrypoint");
@@ -93,72 +83,36 @@ async fn agent_pins_router_misses_over_tls() {
     }
 
     // Ground truth from Traefik itself: each replica's websecure access log.
-    let mut logged = Table::new();
-    for r in bed.replicas() {
-        for e in r.websecure_access_log_entries().unwrap() {
-            let class = class_of_status(e.client_status(), e.router_miss() && e.status == 404);
-            add(&mut logged, &r.name, &host_label(&hosts, &e.host), class, 1);
-        }
-    }
-    assert!(
-        logged == want_http,
-        "test bed fault: Traefik's access logs disagree with the plan:\n{}",
-        diff(&want_http, &logged)
-    );
+    fleet.assert_access_logs_match(&want_http, true);
 
-    let done = |m: &Metrics| {
-        table(m, "routeskew_http_responses_total", &names, "host", "class") == want_http
-            && table(m, "routeskew_ws_upgrades_total", &names, "host", "outcome") == want_ws
-    };
+    let done = |m: &Metrics| fleet.responses(m) == want_http && fleet.ws_upgrades(m) == want_ws;
     let m = agent
         .scrape_until(Duration::from_secs(15), done)
         .await
         .unwrap();
     let log = agent.log_tail();
-    let got_http = table(
-        &m,
-        "routeskew_http_responses_total",
-        &names,
-        "host",
-        "class",
+    let got_http = fleet.responses(&m);
+    e2e::assert_table(
+        "routeskew_http_responses_total over TLS vs the plan and the access logs",
+        &want_http,
+        &got_http,
+        &log,
     );
-    assert!(
-        got_http == want_http,
-        "routeskew_http_responses_total over TLS vs the plan and the access logs:\n{}\nagent log:\n{log}",
-        diff(&want_http, &got_http)
+    let got_ws = fleet.ws_upgrades(&m);
+    e2e::assert_table(
+        "routeskew_ws_upgrades_total over TLS",
+        &want_ws,
+        &got_ws,
+        &log,
     );
-    let got_ws = table(&m, "routeskew_ws_upgrades_total", &names, "host", "outcome");
-    assert!(
-        got_ws == want_ws,
-        "routeskew_ws_upgrades_total over TLS:\n{}\nagent log:\n{log}",
-        diff(&want_ws, &got_ws)
+    let got_early = fleet.by_label(&m, "routeskew_ws_early_closes_total", "host");
+    e2e::assert_table(
+        "routeskew_ws_early_closes_total over TLS",
+        &want_early,
+        &got_early,
+        &log,
     );
-    let got_early: Table = table(
-        &m,
-        "routeskew_ws_early_closes_total",
-        &names,
-        "host",
-        "<none>",
-    )
-    .into_iter()
-    .map(|((r, l, _), v)| ((r, l, "-".to_string()), v))
-    .collect();
-    assert!(
-        got_early == want_early,
-        "routeskew_ws_early_closes_total over TLS:\n{}\nagent log:\n{log}",
-        diff(&want_early, &got_early)
-    );
-    for r in &names {
-        let misses = m.sum(
-            "routeskew_http_responses_total",
-            &[
-                ("replica", r),
-                ("host", &sc.missing_host),
-                ("class", "router_miss"),
-            ],
-        );
-        assert_eq!(misses > 0.0, *r == broken, "router misses on {r}: {misses}");
-    }
+    fleet.assert_router_misses_only_on_the_broken_replica(&m);
 
     // Every count above came from the TLS uprobes; the replicas share one binary, which
     // was resolved and attached once. The kernel's counters reach /metrics on the agent's
@@ -203,11 +157,5 @@ async fn agent_pins_router_misses_over_tls() {
         diff(&want_ws, &got_ws),
         diff(&want_early, &got_early)
     );
-    assert!(
-        agent.running(),
-        "the agent died during the test:\n{}",
-        agent.log_tail()
-    );
-    agent.stop();
-    bed.stop().unwrap();
+    fleet.stop();
 }

@@ -44,13 +44,12 @@ pub struct SyscallFields {
     pub exit_ret: u32,
 }
 
-/// Record offsets of `sock/inet_sock_set_state`.
+/// Record offsets of the connection tuple both `sock/*` tracepoints carry after their own
+/// fields, in the same order (`sport`, `dport`, `family`, `protocol`, then the IPv4 and
+/// IPv6 destination addresses).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SetStateFields {
-    pub skaddr: u32,
-    pub oldstate: u32,
-    pub newstate: u32,
+pub struct SockTupleFields {
     pub sport: u32,
     pub dport: u32,
     pub family: u32,
@@ -59,18 +58,23 @@ pub struct SetStateFields {
     pub daddr_v6: u32,
 }
 
+/// Record offsets of `sock/inet_sock_set_state`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetStateFields {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub tuple: SockTupleFields,
+}
+
 /// Record offsets of `sock/inet_sk_error_report`. The record has no socket address on
 /// any kernel, so the kernel matches an error report to its socket by address tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorReportFields {
     pub error: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub protocol: u32,
-    pub daddr: u32,
-    pub daddr_v6: u32,
+    pub tuple: SockTupleFields,
 }
 
 /// Record offsets of `tcp/tcp_receive_reset`.
@@ -155,21 +159,25 @@ impl Config {
             skaddr: 8,
             oldstate: 16,
             newstate: 20,
-            sport: 24,
-            dport: 26,
-            family: 28,
-            protocol: 30,
-            daddr: 36,
-            daddr_v6: 56,
+            tuple: SockTupleFields {
+                sport: 24,
+                dport: 26,
+                family: 28,
+                protocol: 30,
+                daddr: 36,
+                daddr_v6: 56,
+            },
         },
         error_report: ErrorReportFields {
             error: 8,
-            sport: 12,
-            dport: 14,
-            family: 16,
-            protocol: 18,
-            daddr: 24,
-            daddr_v6: 44,
+            tuple: SockTupleFields {
+                sport: 12,
+                dport: 14,
+                family: 16,
+                protocol: 18,
+                daddr: 24,
+                daddr_v6: 44,
+            },
         },
         receive_reset: ReceiveResetFields { skaddr: 8 },
         regs: RegOffsets {
@@ -198,8 +206,11 @@ const _: () = {
     // All u32: 4-byte aligned, no padding anywhere.
     assert!(align_of::<Config>() == 4);
     assert!(size_of::<SyscallFields>() == 3 * 4);
+    assert!(size_of::<SockTupleFields>() == 6 * 4);
     assert!(size_of::<SetStateFields>() == 9 * 4);
+    assert!(offset_of!(SetStateFields, tuple) == 3 * 4);
     assert!(size_of::<ErrorReportFields>() == 7 * 4);
+    assert!(offset_of!(ErrorReportFields, tuple) == 4);
     assert!(size_of::<ReceiveResetFields>() == 4);
     assert!(size_of::<RegOffsets>() == 3 * 4);
     assert!(size_of::<SyscallNumbers>() == 5 * 4);

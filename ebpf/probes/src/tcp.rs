@@ -18,7 +18,8 @@
 
 use aya_ebpf::{bindings::BPF_ANY, macros::tracepoint, programs::TracePointContext};
 use routeskew_common::{
-    config_flags, conn_flags, Program, RecordKind, TcpSock, UpstreamEvent, UpstreamReason,
+    config_flags, conn_flags, Program, RecordKind, SockTupleFields, TcpSock, UpstreamEvent,
+    UpstreamReason,
 };
 
 use crate::{
@@ -69,17 +70,23 @@ fn read<T>(ctx: &TracePointContext, off: &u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(cfg(off) as usize) }.ok()
 }
 
+/// Whether a `sock/*` record is about a TCP socket (both tracepoints fire for others too).
 #[inline(always)]
-fn read_daddr(ctx: &TracePointContext, family: u16, v4_off: &u32, v6_off: &u32) -> [u8; 16] {
+fn is_tcp(ctx: &TracePointContext, t: &SockTupleFields) -> bool {
+    read::<u16>(ctx, &t.protocol) == Some(IPPROTO_TCP)
+}
+
+#[inline(always)]
+fn read_daddr(ctx: &TracePointContext, family: u16, t: &SockTupleFields) -> [u8; 16] {
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        if let Some(a) = read::<[u8; 4]>(ctx, v4_off) {
+        if let Some(a) = read::<[u8; 4]>(ctx, &t.daddr) {
             daddr[0] = a[0];
             daddr[1] = a[1];
             daddr[2] = a[2];
             daddr[3] = a[3];
         }
-    } else if let Some(a) = read::<[u8; 16]>(ctx, v6_off) {
+    } else if let Some(a) = read::<[u8; 16]>(ctx, &t.daddr_v6) {
         daddr = a;
     }
     daddr
@@ -199,10 +206,7 @@ fn end_sock_conn(skaddr: u64, new: u32) {
 fn on_set_state(ctx: &TracePointContext) {
     let prog = Program::InetSockSetState;
     let f = &CONFIG.set_state;
-    let Some(protocol) = read::<u16>(ctx, &f.protocol) else {
-        return;
-    };
-    if protocol != IPPROTO_TCP {
+    if !is_tcp(ctx, &f.tuple) {
         return;
     }
     flush_syn_close(prog);
@@ -235,7 +239,7 @@ fn on_set_state(ctx: &TracePointContext) {
         return;
     }
     // The source port is only chosen after the SYN_SENT transition, so it is read now.
-    let Some(sport) = read::<u16>(ctx, &f.sport) else {
+    let Some(sport) = read::<u16>(ctx, &f.tuple.sport) else {
         return;
     };
     let t = tuple(sock.family, sport, sock.dport, &sock.daddr);
@@ -275,17 +279,17 @@ fn track_connect(ctx: &TracePointContext, skaddr: u64) {
     let Some(cgroup_id) = watched_cgroup() else {
         return;
     };
-    let f = &CONFIG.set_state;
-    let Some(family) = read::<u16>(ctx, &f.family) else {
+    let t = &CONFIG.set_state.tuple;
+    let Some(family) = read::<u16>(ctx, &t.family) else {
         return;
     };
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let Some(dport) = read::<u16>(ctx, &f.dport) else {
+    let Some(dport) = read::<u16>(ctx, &t.dport) else {
         return;
     };
-    let daddr = read_daddr(ctx, family, &f.daddr, &f.daddr_v6);
+    let daddr = read_daddr(ctx, family, t);
     let sock = TcpSock {
         cgroup_id,
         tgid: (pid_tgid() >> 32) as u32,
@@ -325,15 +329,13 @@ fn on_receive_reset(ctx: &TracePointContext) {
 fn on_error_report(ctx: &TracePointContext) {
     let prog = Program::InetSkErrorReport;
     let f = &CONFIG.error_report;
-    let Some(protocol) = read::<u16>(ctx, &f.protocol) else {
-        return;
-    };
-    if protocol != IPPROTO_TCP {
+    if !is_tcp(ctx, &f.tuple) {
         return;
     }
     let Some(error) = read::<i32>(ctx, &f.error) else {
         return;
     };
+    let f = &f.tuple;
     let Some(family) = read::<u16>(ctx, &f.family) else {
         return;
     };
@@ -343,7 +345,7 @@ fn on_error_report(ctx: &TracePointContext) {
     let Some(dport) = read::<u16>(ctx, &f.dport) else {
         return;
     };
-    let daddr = read_daddr(ctx, family, &f.daddr, &f.daddr_v6);
+    let daddr = read_daddr(ctx, family, f);
     let t = tuple(family, sport, dport, &daddr);
 
     if let Some(slot) = SYN_CLOSE_SLOT.get_ptr_mut(0) {

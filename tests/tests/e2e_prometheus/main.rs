@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use routeskew_testbed::plans::{self, Mix};
 use routeskew_testbed::prometheus::{self, Prometheus, PrometheusConfig};
 use routeskew_testbed::tally::{add, diff, Table};
-use routeskew_testbed::{expect, paths, process, Agent, AgentConfig};
+use routeskew_testbed::{e2e, expect, process, Agent, AgentConfig};
 use routeskew_testbed::{Testbed, TestbedConfig};
 
 use queries::Fleet;
@@ -51,9 +51,7 @@ pub(crate) const WINDOW: &str = "5m";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_singles_out_the_broken_replica() {
     let t0 = Instant::now();
-    paths::require_root().expect("precondition");
-    let agent_bin = paths::agent_binary().expect("precondition: the agent binary");
-    paths::traefik_binary().expect("precondition: Traefik");
+    let agent_bin = e2e::preconditions();
     let prom_bin = prometheus::binary().expect("precondition: Prometheus");
 
     let mut bed = Testbed::start(TestbedConfig::default())

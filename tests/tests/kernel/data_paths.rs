@@ -1,7 +1,7 @@
 //! The three data paths a sensor can run on, and the hooks each one must attach.
 
 use anyhow::{ensure, Context, Result};
-use routeskew::sensor::{DataHooks, DataPath, Sensor};
+use routeskew::sensor::{DataHooks, DataPath, HookError, PathFailure, Sensor};
 
 /// Which data hooks a test runs on. This kernel (6.18, BTF) supports all three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,9 +66,10 @@ pub(crate) fn check_hooks(sensor: &Sensor, requested: Capture) -> Result<()> {
             .with_context(|| format!("{name} is not listed: {hooks:#?}"))?;
         ensure!(
             !h.attached
-                && h.error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("by configuration")),
+                && matches!(
+                    &h.error,
+                    Some(HookError::FellBack { reason }) if matches!(**reason, PathFailure::Configured)
+                ),
             "{h:#?}"
         );
     }

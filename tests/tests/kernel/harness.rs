@@ -259,17 +259,7 @@ impl Bench {
         unsafe {
             cmd.pre_exec(move || {
                 if join_cgroup {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0" moves the writing process itself.
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
+                    routeskew_testbed::process::join_cgroup(&procs)?;
                 }
                 if own_netns && libc::unshare(libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -89,6 +89,15 @@ fn std_read_exact(stream: &mut TcpStream, want: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The client (raw fd) writes `request`, the server reads it and answers `response`,
+/// which the client reads back.
+fn exchange(cfd: i32, server: &mut TcpStream, request: &[u8], response: &[u8]) -> Result<()> {
+    raw_write(cfd, request)?;
+    std_read_exact(server, request)?;
+    server.write_all(response)?;
+    raw_read_exact(cfd, response)
+}
+
 fn connected_pair() -> Result<(TcpStream, TcpStream)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let client = TcpStream::connect(listener.local_addr()?)?;
@@ -107,15 +116,9 @@ fn scenario_http(upgrade: bool) -> Result<()> {
     } else {
         (REQUEST, RESPONSE)
     };
-    raw_write(cfd, req)?;
-    std_read_exact(&mut server, req)?;
-    server.write_all(resp)?;
-    raw_read_exact(cfd, resp)?;
+    exchange(cfd, &mut server, req, resp)?;
     if upgrade {
-        raw_write(cfd, FRAME_LIKE_REQUEST)?;
-        std_read_exact(&mut server, FRAME_LIKE_REQUEST)?;
-        server.write_all(FRAME_LIKE_RESPONSE)?;
-        raw_read_exact(cfd, FRAME_LIKE_RESPONSE)?;
+        exchange(cfd, &mut server, FRAME_LIKE_REQUEST, FRAME_LIKE_RESPONSE)?;
     }
     drop(client);
     drop(server);
@@ -129,10 +132,7 @@ fn scenario_http(upgrade: bool) -> Result<()> {
 fn scenario_request_back() -> Result<()> {
     let (client, mut server) = connected_pair()?;
     let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
-    raw_write(cfd, REQUEST)?;
-    std_read_exact(&mut server, REQUEST)?;
-    server.write_all(RESPONSE)?;
-    raw_read_exact(cfd, RESPONSE)?;
+    exchange(cfd, &mut server, REQUEST, RESPONSE)?;
     server.write_all(REQUEST)?;
     raw_read_exact(cfd, REQUEST)?;
     drop(client);
@@ -198,10 +198,7 @@ fn scenario_cipher() -> Result<()> {
     const RECORD: &[u8] = b"\x17\x03\x03\x00\x20ciphertext-ciphertext-ciphertext";
     let (client, mut server) = connected_pair()?;
     let (cfd, sfd) = (client.as_raw_fd(), server.as_raw_fd());
-    raw_write(cfd, HELLO)?;
-    std_read_exact(&mut server, HELLO)?;
-    server.write_all(RECORD)?;
-    raw_read_exact(cfd, RECORD)?;
+    exchange(cfd, &mut server, HELLO, RECORD)?;
     raw_write(cfd, REQUEST)?;
     std_read_exact(&mut server, REQUEST)?;
     drop(client);

@@ -157,11 +157,12 @@ async fn the_reader_timer_delivers_a_quiet_stream() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connect_is_reported_for_the_connecting_process() -> Result<()> {
+/// Runs the helper `name` (one failing connect to 127.0.0.1 from the test cgroup) and
+/// expects exactly that failure, reported for the connecting process.
+async fn one_upstream_failure(name: &str, reason: UpstreamFailureReason, errno: i32) -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let mut bench = Bench::new("refused").await?;
-    let run = bench.run_helper("refused", Placement::InCgroup, false)?;
+    let mut bench = Bench::new(name).await?;
+    let run = bench.run_helper(name, Placement::InCgroup, false)?;
     let port: u16 = run.get("port")?;
     let got = bench.drain().await;
     assert_events(
@@ -169,13 +170,23 @@ async fn refused_connect_is_reported_for_the_connecting_process() -> Result<()> 
         &[(
             bench.origin(run.pid),
             EventKind::UpstreamFailure {
-                reason: UpstreamFailureReason::Refused,
-                errno: libc::ECONNREFUSED,
+                reason,
+                errno,
                 peer: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             },
         )],
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connect_is_reported_for_the_connecting_process() -> Result<()> {
+    one_upstream_failure(
+        "refused",
+        UpstreamFailureReason::Refused,
+        libc::ECONNREFUSED,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,24 +243,8 @@ async fn many_watched_cgroups_use_the_hash_map() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_of_an_established_connection_is_reported() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let mut bench = Bench::new("reset").await?;
-    let run = bench.run_helper("reset", Placement::InCgroup, false)?;
-    let port: u16 = run.get("port")?;
-    let got = bench.drain().await;
     // Only the connecting side is tracked: the accepted socket that sent the RST is not.
-    assert_events(
-        &got,
-        &[(
-            bench.origin(run.pid),
-            EventKind::UpstreamFailure {
-                reason: UpstreamFailureReason::Reset,
-                errno: libc::ECONNRESET,
-                peer: Some(SocketAddr::from(([127, 0, 0, 1], port))),
-            },
-        )],
-    );
-    Ok(())
+    one_upstream_failure("reset", UpstreamFailureReason::Reset, libc::ECONNRESET).await
 }
 
 /// `cargo xtask build-ebpf` ran before this crate was built, so build.rs embedded the

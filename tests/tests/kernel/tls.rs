@@ -6,7 +6,11 @@ use std::process::Command;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use routeskew::{
     event::{ConnId, Direction, EventKind, Origin},
-    sensor::Sensor,
+    sensor::{
+        gobin::GoBinError,
+        gotls::{RunStats, TlsError},
+        Sensor,
+    },
 };
 
 use crate::events::show;
@@ -97,6 +101,30 @@ pub(crate) fn report_uprobe_cost(sensor: &mut Sensor, what: &str) {
     }
 }
 
+/// Prints the cost per hit of each TLS uprobe over what ran since `before`, and per
+/// request over `requests` requests.
+pub(crate) fn report_uprobe_cost_since(
+    sensor: &mut Sensor,
+    before: &[RunStats],
+    what: &str,
+    requests: u64,
+) {
+    for s in sensor.tls_run_stats() {
+        let Some(b) = before.iter().find(|b| b.program == s.program) else {
+            continue;
+        };
+        let runs = s.runs - b.runs;
+        let ns = (s.run_time - b.run_time).as_nanos();
+        eprintln!(
+            "uprobe cost ({what}): {}: {runs} runs, {} ns per hit, {} ns per request",
+            s.program,
+            ns.checked_div(u128::from(runs))
+                .map_or("-".into(), |n| n.to_string()),
+            ns / u128::from(requests.max(1))
+        );
+    }
+}
+
 /// A Go 1.19 HTTPS server built here (the test bed's backend with `-tls-cert`): the
 /// requests it reads and the responses it writes inside TLS, one keep-alive connection
 /// of two exchanges, and its close; nothing of the ciphertext on its socket.
@@ -181,7 +209,15 @@ async fn tls_resolution_failure_keeps_plaintext_capture() -> Result<()> {
         .clone()
         .err()
         .context("uprobes on sleep(1)?")?;
-    ensure!(error.contains("no Go function table"), "{error}");
+    ensure!(
+        matches!(
+            *error,
+            TlsError::Resolve {
+                source: GoBinError::NoPclntab
+            }
+        ),
+        "{error}"
+    );
     // Asked again, the failure is remembered, not retried.
     ensure!(bench.sensor.set_tls_processes(&[sleeper.pid()]) == status);
     let run = bench.run_helper("http", Placement::InCgroup, false)?;

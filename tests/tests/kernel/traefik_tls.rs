@@ -13,7 +13,7 @@ use routeskew::event::{ConnId, EventKind};
 
 use crate::events::show;
 use crate::harness::Bench;
-use crate::tls::{check_tls_exchanges, report_uprobe_cost, split_tls};
+use crate::tls::{check_tls_exchanges, report_uprobe_cost, report_uprobe_cost_since, split_tls};
 use crate::SERIAL;
 
 /// The real Traefik release binary in the bench's cgroup with a `websecure` entrypoint
@@ -163,19 +163,12 @@ async fn traefik_websecure_plaintext_is_captured() -> Result<()> {
     .await??;
     ensure!(codes.len() == 300, "curl got {} answers", codes.len());
     let _ = bench.drain().await;
-    for s in bench.sensor.tls_run_stats() {
-        let Some(b) = before.iter().find(|b| b.program == s.program) else {
-            continue;
-        };
-        let runs = s.runs - b.runs;
-        let ns = (s.run_time - b.run_time).as_nanos();
-        eprintln!(
-            "uprobe cost (Traefik 3.7.15, 300 keep-alive requests): {}: {runs} runs, {} ns per hit",
-            s.program,
-            ns.checked_div(u128::from(runs))
-                .map_or("-".into(), |n| n.to_string())
-        );
-    }
+    report_uprobe_cost_since(
+        &mut bench.sensor,
+        &before,
+        "Traefik 3.7.15, 300 keep-alive requests",
+        300,
+    );
     child.stop(Duration::from_secs(5));
     Ok(())
 }
@@ -332,20 +325,12 @@ async fn traefik_websecure_h2_frames_are_captured() -> Result<()> {
         "h2 capture (Traefik 3.7.15, {n} streams on one connection): {records} records, {:.1} per request",
         records as f64 / n as f64
     );
-    for s in bench.sensor.tls_run_stats() {
-        let Some(b) = before.iter().find(|b| b.program == s.program) else {
-            continue;
-        };
-        let runs = s.runs - b.runs;
-        let ns = (s.run_time - b.run_time).as_nanos();
-        eprintln!(
-            "uprobe cost (Traefik 3.7.15, HTTP/2, {n} streams): {}: {runs} runs, {} ns per hit, {} ns per request",
-            s.program,
-            ns.checked_div(u128::from(runs))
-                .map_or("-".into(), |n| n.to_string()),
-            ns / n as u128
-        );
-    }
+    report_uprobe_cost_since(
+        &mut bench.sensor,
+        &before,
+        &format!("Traefik 3.7.15, HTTP/2, {n} streams"),
+        n as u64,
+    );
     child.stop(Duration::from_secs(5));
     drop(server);
     Ok(())

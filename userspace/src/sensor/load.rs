@@ -42,7 +42,7 @@ pub(super) fn load(cfg: &SensorConfig) -> Result<Loaded, SensorError> {
     raise_memlock_limit();
     let object = object_bytes(cfg.object.as_deref())?;
     let tracefs =
-        tracefs::ensure_tracefs().map_err(|e| SensorError::TracefsUnavailable(e.to_string()))?;
+        tracefs::ensure_tracefs().map_err(|source| SensorError::TracefsUnavailable { source })?;
     let layout = tracefs::layout(
         |category, event| {
             std::fs::read_to_string(
@@ -100,18 +100,18 @@ fn object_bytes(path: Option<&Path>) -> Result<Cow<'static, [u8]>, SensorError> 
     match (path, EMBEDDED_OBJECT) {
         (Some(path), _) => match std::fs::read(path) {
             Ok(bytes) => Ok(Cow::Owned(bytes)),
-            Err(source) if source.kind() == io::ErrorKind::NotFound => Err(
-                SensorError::ObjectMissing(format!("{} does not exist", path.display())),
-            ),
+            Err(source) if source.kind() == io::ErrorKind::NotFound => {
+                Err(SensorError::ObjectMissing {
+                    path: path.to_owned(),
+                })
+            }
             Err(source) => Err(SensorError::ObjectRead {
                 path: path.to_owned(),
                 source,
             }),
         },
         (None, Some(embedded)) => Ok(Cow::Borrowed(embedded)),
-        (None, None) => Err(SensorError::ObjectMissing(
-            "none was embedded at build time (target/ebpf/routeskew-probes.o did not exist) and no path was given".into(),
-        )),
+        (None, None) => Err(SensorError::NoObject),
     }
 }
 

@@ -37,8 +37,9 @@ use routeskew_common::DEFAULT_CAPTURE_LEN;
 use tokio::sync::mpsc::Sender;
 
 pub use counters::{enable_run_stats, ProgramTotals};
-pub use hooks::HookStatus;
+pub use hooks::{HookError, HookStatus, PathFailure};
 pub use reader::BATCH;
+pub use vmlinux::RegsUnavailable;
 
 use crate::event::Event;
 
@@ -113,8 +114,10 @@ impl Default for SensorConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
-    #[error("no eBPF object: {0}; {OBJECT_HINT}")]
-    ObjectMissing(String),
+    #[error("no eBPF object: {} does not exist; {OBJECT_HINT}", path.display())]
+    ObjectMissing { path: PathBuf },
+    #[error("no eBPF object: none was embedded at build time (target/ebpf/routeskew-probes.o did not exist) and no path was given; {OBJECT_HINT}")]
+    NoObject,
     #[error("cannot read eBPF object {path}: {source}; {OBJECT_HINT}")]
     ObjectRead {
         path: PathBuf,
@@ -125,14 +128,17 @@ pub enum SensorError {
         "loading eBPF programs needs root or CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); effective capabilities here: {capeff}"
     )]
     NotPrivileged { capeff: String },
-    #[error("tracefs is not mounted and could not be mounted: {0}")]
-    TracefsUnavailable(String),
+    #[error("tracefs is not mounted and could not be mounted: {source}")]
+    TracefsUnavailable {
+        #[source]
+        source: tracefs::MountAttempts,
+    },
     #[error("the sensor must be started from inside a tokio runtime")]
     NoRuntime,
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("no kernel hook could be attached:\n{0}")]
-    NothingAttached(String),
+    #[error("no kernel hook could be attached:\n{}", hooks::summary(.hooks))]
+    NothingAttached { hooks: Vec<HookStatus> },
     #[error("eBPF map {name} is missing from the object")]
     MapMissing { name: &'static str },
     #[error("eBPF map {name}: {source}")]

@@ -5,6 +5,11 @@
 
 use std::io;
 
+use aya::{
+    programs::{ProgramError, ProgramType},
+    sys::BpfHelper,
+};
+
 use super::{abi, btf, DataHooks};
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -12,7 +17,7 @@ const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Why the hooks that read the saved user registers (socket tracepoints, raw `sys_exit`)
 /// cannot be used: the classic syscall tracepoints are used instead.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum RegsUnavailable {
+pub enum RegsUnavailable {
     #[error("classic syscall tracepoints requested by configuration")]
     Configured,
     #[error(
@@ -20,22 +25,35 @@ pub(super) enum RegsUnavailable {
         std::env::consts::ARCH
     )]
     Architecture,
-    #[error("cannot read {VMLINUX_BTF}: {0}")]
-    BtfRead(io::Error),
-    #[error("{VMLINUX_BTF}: {0}")]
-    Offsets(#[from] abi::AbiError),
-    #[error("{0}")]
-    Helpers(String),
+    #[error("cannot read {VMLINUX_BTF}: {source}")]
+    BtfRead {
+        #[source]
+        source: io::Error,
+    },
+    #[error("{VMLINUX_BTF}: {source}")]
+    Offsets {
+        #[from]
+        source: abi::AbiError,
+    },
+    #[error("the kernel does not offer {helper:?} to {program:?} programs")]
+    HelperMissing {
+        helper: BpfHelper,
+        program: ProgramType,
+    },
+    #[error("probing {helper:?} for {program:?} programs failed: {source}")]
+    HelperProbe {
+        helper: BpfHelper,
+        program: ProgramType,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 /// The helpers behind BTF pointers to the current task and its registers arrived in 5.11
 /// (`bpf_get_current_task_btf`) and 5.15 (`bpf_task_pt_regs`); a kernel with BTF but
 /// without them must not get an object whose every program calls them.
 fn btf_helpers_supported() -> Result<(), RegsUnavailable> {
-    use aya::{
-        programs::ProgramType,
-        sys::{is_helper_supported, BpfHelper},
-    };
+    use aya::sys::is_helper_supported;
     for program in [ProgramType::TracePoint, ProgramType::RawTracePoint] {
         for helper in [
             BpfHelper::BPF_FUNC_get_current_task_btf,
@@ -43,15 +61,13 @@ fn btf_helpers_supported() -> Result<(), RegsUnavailable> {
         ] {
             match is_helper_supported(program, helper) {
                 Ok(true) => {}
-                Ok(false) => {
-                    return Err(RegsUnavailable::Helpers(format!(
-                        "the kernel does not offer {helper:?} to {program:?} programs"
-                    )))
-                }
-                Err(e) => {
-                    return Err(RegsUnavailable::Helpers(format!(
-                        "probing {helper:?} for {program:?} programs failed: {e}"
-                    )))
+                Ok(false) => return Err(RegsUnavailable::HelperMissing { helper, program }),
+                Err(source) => {
+                    return Err(RegsUnavailable::HelperProbe {
+                        helper,
+                        program,
+                        source,
+                    })
                 }
             }
         }
@@ -77,7 +93,7 @@ pub(super) fn btf_config(hooks: DataHooks) -> BtfConfig {
     }
     let blob = match std::fs::read(VMLINUX_BTF) {
         Ok(blob) => blob,
-        Err(e) => return unavailable(RegsUnavailable::BtfRead(e)),
+        Err(source) => return unavailable(RegsUnavailable::BtfRead { source }),
     };
     let btf = match btf::Btf::parse(&blob) {
         Ok(btf) => btf,

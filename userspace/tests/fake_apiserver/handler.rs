@@ -141,11 +141,11 @@ pub(super) async fn handle(State(world): State<Arc<Mutex<World>>>, req: Request)
     };
     let labels = match parse_labels(query.get("labelSelector").map_or("", String::as_str)) {
         Ok(l) => l,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
     };
     let fields = match parse_fields(query.get("fieldSelector").map_or("", String::as_str), kind) {
         Ok(f) => f,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let watch = Watch {

@@ -17,7 +17,18 @@ pub(super) struct LabelReq {
     pub(super) op: LabelOp,
 }
 
-pub(super) fn parse_labels(s: &str) -> Result<Vec<LabelReq>, String> {
+/// A selector this fake API server rejects, as the real one would (400 BadRequest).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SelectorError {
+    #[error("unsupported label selector {part:?}")]
+    Label { part: String },
+    #[error("invalid field selector {part:?}")]
+    Field { part: String },
+    #[error("field label not supported: {key}")]
+    FieldKey { key: String },
+}
+
+pub(super) fn parse_labels(s: &str) -> Result<Vec<LabelReq>, SelectorError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let req = if let Some((k, v)) = part.split_once("!=") {
@@ -36,7 +47,7 @@ pub(super) fn parse_labels(s: &str) -> Result<Vec<LabelReq>, String> {
                 op: LabelOp::Absent,
             }
         } else if part.contains(' ') {
-            return Err(format!("unsupported label selector {part:?}"));
+            return Err(SelectorError::Label { part: part.into() });
         } else {
             LabelReq {
                 key: part.into(),
@@ -48,17 +59,17 @@ pub(super) fn parse_labels(s: &str) -> Result<Vec<LabelReq>, String> {
     Ok(out)
 }
 
-pub(super) fn parse_fields(s: &str, kind: Kind) -> Result<Vec<(String, String)>, String> {
+pub(super) fn parse_fields(s: &str, kind: Kind) -> Result<Vec<(String, String)>, SelectorError> {
     let mut out = Vec::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part
             .split_once('=')
-            .ok_or_else(|| format!("invalid field selector {part:?}"))?;
+            .ok_or_else(|| SelectorError::Field { part: part.into() })?;
         let k = k.trim_end_matches('=');
         let supported = matches!(k, "metadata.name" | "metadata.namespace")
             || (kind == Kind::Pod && matches!(k, "spec.nodeName" | "status.phase"));
         if !supported {
-            return Err(format!("field label not supported: {k}"));
+            return Err(SelectorError::FieldKey { key: k.into() });
         }
         out.push((k.to_string(), v.to_string()));
     }

@@ -5,8 +5,8 @@ use super::fields::{
     complete_lines, header_slots, is_chunked, map_err, parse_content_length, version_of,
 };
 use super::head::{
-    cut_bytes, cut_str, HeaderId, HeaderList, InlineBytes, InlineStr, Message, ParseError,
-    ResponseHead, Version, MAX_BODY_PREFIX,
+    cut_bytes, cut_str, HeaderId, HeaderList, InlineBytes, Message, ParseError, ResponseHead,
+    Version, MAX_BODY_PREFIX,
 };
 
 pub(super) fn parse_response_at(buf: &[u8]) -> Result<(Message, Option<usize>), ParseError> {
@@ -61,18 +61,7 @@ fn status_line_only(buf: &[u8]) -> Result<ResponseHead, ParseError> {
     let status = code
         .iter()
         .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'));
-    Ok(ResponseHead {
-        version,
-        status,
-        reason: InlineStr::new(),
-        headers: HeaderList::new(),
-        content_type: None,
-        x_content_type_options: None,
-        content_length: None,
-        chunked: false,
-        body_prefix: InlineBytes::new(),
-        truncated: true,
-    })
+    Ok(empty_head(version, status, b"", true))
 }
 
 fn response_from(

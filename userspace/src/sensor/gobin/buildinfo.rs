@@ -9,7 +9,7 @@
 //! 32  Go ≥ 1.18: uvarint length + version bytes, uvarint length + module info
 //! ```
 
-use super::GoBinError;
+use super::{BuildInfoDefect as Defect, GoBinError};
 
 pub const MAGIC: &[u8; 14] = b"\xff Go buildinf:";
 const HEADER_LEN: usize = 32;
@@ -30,12 +30,12 @@ fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 fn version_str(bytes: &[u8]) -> Result<String, GoBinError> {
-    let s = std::str::from_utf8(bytes)
-        .map_err(|_| GoBinError::BadBuildInfo("version is not UTF-8".into()))?;
+    let s = std::str::from_utf8(bytes).map_err(|_| Defect::NotUtf8)?;
     if !s.starts_with("go") {
-        return Err(GoBinError::BadBuildInfo(format!(
-            "version {s:?} does not start with \"go\""
-        )));
+        return Err(Defect::NotGo {
+            version: s.to_owned(),
+        }
+        .into());
     }
     Ok(s.to_owned())
 }
@@ -47,26 +47,23 @@ pub fn version<'a>(
     read: impl Fn(u64, usize) -> Option<&'a [u8]>,
 ) -> Result<String, GoBinError> {
     if blob.len() < HEADER_LEN || &blob[..MAGIC.len()] != MAGIC {
-        return Err(GoBinError::BadBuildInfo("no build-info magic".into()));
+        return Err(Defect::NoMagic.into());
     }
     let ptr_size = usize::from(blob[14]);
     let flags = blob[15];
     if flags & FLAG_INLINE != 0 {
-        let (len, n) = uvarint(&blob[HEADER_LEN..])
-            .ok_or_else(|| GoBinError::BadBuildInfo("bad version length".into()))?;
+        let (len, n) = uvarint(&blob[HEADER_LEN..]).ok_or(Defect::BadLength)?;
         if len > MAX_VERSION_LEN {
-            return Err(GoBinError::BadBuildInfo(format!(
-                "version length {len} is implausible"
-            )));
+            return Err(Defect::Implausible { len }.into());
         }
         let start = HEADER_LEN + n;
         let bytes = blob
             .get(start..start + len as usize)
-            .ok_or_else(|| GoBinError::BadBuildInfo("version runs past the blob".into()))?;
+            .ok_or(Defect::PastBlob)?;
         return version_str(bytes);
     }
     if ptr_size != 4 && ptr_size != 8 {
-        return Err(GoBinError::BadBuildInfo(format!("pointer size {ptr_size}")));
+        return Err(Defect::PointerSize { ptr_size }.into());
     }
     let word = |b: &[u8]| -> Option<u64> {
         let b = b.get(..ptr_size)?;
@@ -79,15 +76,13 @@ pub fn version<'a>(
             Some(u64::from_le_bytes(a))
         }
     };
-    let unreadable = |what: &str| GoBinError::BadBuildInfo(format!("{what} is not in the binary"));
+    let unreadable = |what| Defect::Unreadable { what };
     let header_ptr = word(&blob[16..]).ok_or_else(|| unreadable("version pointer"))?;
     let header = read(header_ptr, 2 * ptr_size).ok_or_else(|| unreadable("version header"))?;
     let data = word(header).ok_or_else(|| unreadable("version data pointer"))?;
     let len = word(&header[ptr_size..]).ok_or_else(|| unreadable("version length"))?;
     if len > MAX_VERSION_LEN {
-        return Err(GoBinError::BadBuildInfo(format!(
-            "version length {len} is implausible"
-        )));
+        return Err(Defect::Implausible { len }.into());
     }
     let bytes = read(data, len as usize).ok_or_else(|| unreadable("version string"))?;
     version_str(bytes)

@@ -11,6 +11,7 @@
 //! text base would have no source).
 
 pub mod buildinfo;
+mod error;
 pub mod pclntab;
 pub mod retsites;
 
@@ -18,41 +19,8 @@ use std::{fs::File, io, os::fd::AsRawFd, path::Path, ptr::NonNull};
 
 use object::{Object, ObjectSection, ObjectSegment};
 
+pub use error::{BuildInfoDefect, GoBinError, PclntabDefect};
 use pclntab::{FuncRange, Pclntab};
-
-#[derive(Debug, thiserror::Error)]
-pub enum GoBinError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("not an ELF file: {0}")]
-    NotElf(String),
-    #[error("not an x86-64 Go binary: {0}")]
-    NotAmd64(String),
-    #[error(
-        "no Go function table (.gopclntab) found: not a Go binary, or one without section headers"
-    )]
-    NoPclntab,
-    #[error("built by Go {0}, whose function table layout is not supported (Go 1.18 or later is)")]
-    UnsupportedGo(String),
-    #[error("malformed Go function table: {0}")]
-    BadPclntab(String),
-    #[error("malformed Go build info: {0}")]
-    BadBuildInfo(String),
-    #[error("cannot tell where the text starts: the pcHeader has no textStart and neither runtime.moduledata nor a .text section was found")]
-    NoTextStart,
-    #[error("function {0} is not in the binary")]
-    FunctionMissing(String),
-    #[error("function {name} at {address:#x} is not inside a loaded file segment")]
-    NotInFile { name: String, address: u64 },
-    #[error("undecodable instruction at {address:#x}")]
-    Undecodable { address: u64 },
-    #[error("function {0} has no RET instruction")]
-    NoReturn(String),
-}
 
 /// A read-only private mapping of a whole file. Binaries are mapped instead of read:
 /// Traefik is 185 MB, and resolution only touches its tables and a few functions.
@@ -68,7 +36,7 @@ unsafe impl Sync for Mapped {}
 impl Mapped {
     fn open(path: &Path) -> Result<Mapped, GoBinError> {
         let io_err = |source| GoBinError::Io {
-            path: path.display().to_string(),
+            path: path.to_owned(),
             source,
         };
         let file = File::open(path).map_err(io_err)?;
@@ -76,7 +44,9 @@ impl Mapped {
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l > 0)
-            .ok_or_else(|| GoBinError::NotElf(format!("{} is empty", path.display())))?;
+            .ok_or_else(|| GoBinError::Empty {
+                path: path.to_owned(),
+            })?;
         // SAFETY: a fresh mapping of an open fd, checked for failure. The files mapped
         // are executables of running processes, which the kernel refuses to open for
         // writing (ETXTBSY), so the bytes cannot change or shrink under the mapping.
@@ -174,12 +144,16 @@ impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, GoBinError> {
         let map = Mapped::open(path)?;
         let data = map.bytes();
-        let file = object::File::parse(data).map_err(|e| GoBinError::NotElf(e.to_string()))?;
+        let file = object::File::parse(data).map_err(|source| GoBinError::Unparsable { source })?;
         if file.format() != object::BinaryFormat::Elf {
-            return Err(GoBinError::NotElf(format!("{:?} file", file.format())));
+            return Err(GoBinError::NotElf {
+                format: file.format(),
+            });
         }
         if file.architecture() != object::Architecture::X86_64 {
-            return Err(GoBinError::NotAmd64(format!("{:?}", file.architecture())));
+            return Err(GoBinError::NotAmd64 {
+                architecture: file.architecture(),
+            });
         }
         let segments: Vec<(u64, u64, u64)> = file
             .segments()
@@ -259,10 +233,12 @@ impl GoBinary {
 
     /// Entry and RET sites of `name`.
     pub fn function(&self, name: &str) -> Result<GoFunction, GoBinError> {
-        let FuncRange { entry_off, size } = self
-            .table()?
-            .find(name)?
-            .ok_or_else(|| GoBinError::FunctionMissing(name.to_owned()))?;
+        let FuncRange { entry_off, size } =
+            self.table()?
+                .find(name)?
+                .ok_or_else(|| GoBinError::FunctionMissing {
+                    name: name.to_owned(),
+                })?;
         let address = self.text_start + entry_off;
         let not_in_file = || GoBinError::NotInFile {
             name: name.to_owned(),
@@ -277,7 +253,9 @@ impl GoBinary {
             .ok_or_else(not_in_file)?;
         let rets = retsites::ret_sites(code, address)?;
         if rets.is_empty() {
-            return Err(GoBinError::NoReturn(name.to_owned()));
+            return Err(GoBinError::NoReturn {
+                name: name.to_owned(),
+            });
         }
         let ret_offsets = rets
             .into_iter()
@@ -365,13 +343,13 @@ fn build_version(
     let blob = match file.section_by_name(".go.buildinfo") {
         Some(s) => s
             .data()
-            .map_err(|e| GoBinError::BadBuildInfo(e.to_string()))?,
+            .map_err(|source| BuildInfoDefect::Section { source })?,
         None => {
             // Without a section header the blob is 16-byte aligned in a data segment.
             let at = data
                 .chunks(16)
                 .position(|c| c.starts_with(buildinfo::MAGIC))
-                .ok_or_else(|| GoBinError::BadBuildInfo("no .go.buildinfo".into()))?;
+                .ok_or(BuildInfoDefect::Missing)?;
             &data[at * 16..]
         }
     };

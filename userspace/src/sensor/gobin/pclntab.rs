@@ -21,7 +21,7 @@
 //! different header without `textStart` and with pointer-sized ftab entries) and older
 //! layouts are reported as unsupported, never guessed at.
 
-use super::GoBinError;
+use super::{GoBinError, PclntabDefect as Defect};
 
 pub const MAGIC_GO118: u32 = 0xffff_fff0;
 pub const MAGIC_GO120: u32 = 0xffff_fff1;
@@ -74,45 +74,48 @@ impl<'a> Pclntab<'a> {
     /// Parses the header at the start of `data` and checks that every table it points to
     /// lies inside `data`.
     pub fn parse(data: &'a [u8]) -> Result<Pclntab<'a>, GoBinError> {
-        let bad = |why: &str| GoBinError::BadPclntab(why.to_owned());
-        let magic = u32_at(data, 0).ok_or_else(|| bad("shorter than its magic"))?;
+        let magic = u32_at(data, 0).ok_or(Defect::NoMagic)?;
         match magic {
             MAGIC_GO118 | MAGIC_GO120 => {}
-            MAGIC_GO116 => return Err(GoBinError::UnsupportedGo("1.16 or 1.17".into())),
-            MAGIC_GO12 => return Err(GoBinError::UnsupportedGo("1.2 to 1.15".into())),
-            other => return Err(bad(&format!("unknown magic {other:#x}"))),
+            MAGIC_GO116 => {
+                return Err(GoBinError::UnsupportedGo {
+                    versions: "1.16 or 1.17",
+                })
+            }
+            MAGIC_GO12 => {
+                return Err(GoBinError::UnsupportedGo {
+                    versions: "1.2 to 1.15",
+                })
+            }
+            magic => return Err(Defect::UnknownMagic { magic }.into()),
         }
         if data.len() < HEADER_LEN {
-            return Err(bad("shorter than its header"));
+            return Err(Defect::ShortHeader.into());
         }
         let (min_lc, ptr_size) = (data[6], data[7]);
         if ptr_size != 8 {
-            return Err(GoBinError::NotAmd64(format!(
-                "pclntab pointer size {ptr_size}"
-            )));
+            return Err(GoBinError::PointerSize { ptr_size });
         }
         if min_lc != 1 {
-            return Err(GoBinError::NotAmd64(format!(
-                "pclntab instruction quantum {min_lc}"
-            )));
+            return Err(GoBinError::InstructionQuantum { quantum: min_lc });
         }
         let word = |i: usize| u64_at(data, 8 + 8 * i).unwrap_or(0);
-        let to_off = |v: u64, what: &str| -> Result<usize, GoBinError> {
-            usize::try_from(v)
+        let to_off = |offset: u64, table: &'static str| -> Result<usize, Defect> {
+            usize::try_from(offset)
                 .ok()
                 .filter(|&o| o < data.len())
-                .ok_or_else(|| bad(&format!("{what} offset {v:#x} is outside the table")))
+                .ok_or(Defect::TableOutside { table, offset })
         };
-        let nfunc = usize::try_from(word(0)).map_err(|_| bad("function count does not fit"))?;
+        let nfunc = usize::try_from(word(0)).map_err(|_| Defect::CountTooLarge)?;
         let text_start = word(2);
         let funcname = to_off(word(3), "funcname")?;
         let pcln = to_off(word(7), "pcln")?;
         let ftab_len = nfunc
             .checked_add(1)
             .and_then(|n| n.checked_mul(8))
-            .ok_or_else(|| bad("function count overflows"))?;
+            .ok_or(Defect::CountOverflows)?;
         if nfunc == 0 || pcln.saturating_add(ftab_len) > data.len() {
-            return Err(bad(&format!("{nfunc} functions do not fit the table")));
+            return Err(Defect::FunctionsDoNotFit { nfunc }.into());
         }
         Ok(Pclntab {
             data,
@@ -165,48 +168,44 @@ impl<'a> Pclntab<'a> {
 
     /// The name of function `i`, or an error for a table that points outside itself.
     pub fn name(&self, i: usize) -> Result<&'a [u8], GoBinError> {
-        let bad = |why: String| GoBinError::BadPclntab(why);
-        let (entry, funcoff) = self
-            .ftab(i)
-            .ok_or_else(|| bad(format!("function {i} is past the table")))?;
-        let func = self.pcln.saturating_add(funcoff as usize);
-        let (f_entry, name_off) = u32_at(self.data, func)
-            .zip(u32_at(self.data, func.saturating_add(4)))
-            .ok_or_else(|| bad(format!("function {i} record is outside the table")))?;
+        let func = i;
+        let (entry, funcoff) = self.ftab(i).ok_or(Defect::PastTable { func })?;
+        let record = self.pcln.saturating_add(funcoff as usize);
+        let (f_entry, name_off) = u32_at(self.data, record)
+            .zip(u32_at(self.data, record.saturating_add(4)))
+            .ok_or(Defect::RecordOutside { func })?;
         if f_entry != entry {
-            return Err(bad(format!(
-                "function {i}: table entry {entry:#x} and record entry {f_entry:#x} disagree"
-            )));
+            return Err(Defect::EntriesDisagree {
+                func,
+                table: entry,
+                record: f_entry,
+            }
+            .into());
         }
         let start = self
             .funcname
             .checked_add(name_off as usize)
             .filter(|&s| s < self.data.len())
-            .ok_or_else(|| bad(format!("function {i} name is outside the table")))?;
+            .ok_or(Defect::NameOutside { func })?;
         let rest = &self.data[start..];
         let end = rest
             .iter()
             .position(|&b| b == 0)
-            .ok_or_else(|| bad(format!("function {i} name is not terminated")))?;
+            .ok_or(Defect::NameUnterminated { func })?;
         Ok(&rest[..end])
     }
 
     /// Function `i`'s place in the text.
     pub fn range(&self, i: usize) -> Result<FuncRange, GoBinError> {
-        let (entry, _) = self
-            .ftab(i)
-            .ok_or_else(|| GoBinError::BadPclntab(format!("function {i} is past the table")))?;
-        let (next, _) = self
-            .ftab(i + 1)
-            .ok_or_else(|| GoBinError::BadPclntab(format!("function {i} has no end entry")))?;
-        if next < entry {
-            return Err(GoBinError::BadPclntab(format!(
-                "function {i} ends ({next:#x}) before it starts ({entry:#x})"
-            )));
+        let func = i;
+        let (entry, _) = self.ftab(i).ok_or(Defect::PastTable { func })?;
+        let (end, _) = self.ftab(i + 1).ok_or(Defect::NoEnd { func })?;
+        if end < entry {
+            return Err(Defect::EndsBeforeStart { func, entry, end }.into());
         }
         Ok(FuncRange {
             entry_off: u64::from(entry),
-            size: u64::from(next - entry),
+            size: u64::from(end - entry),
         })
     }
 
@@ -297,10 +296,17 @@ mod tests {
         let mut t = table(MAGIC_GO116, 0);
         assert!(matches!(
             Pclntab::parse(&t),
-            Err(GoBinError::UnsupportedGo(_))
+            Err(GoBinError::UnsupportedGo {
+                versions: "1.16 or 1.17"
+            })
         ));
         t[..4].copy_from_slice(&0x1234u32.to_le_bytes());
-        assert!(matches!(Pclntab::parse(&t), Err(GoBinError::BadPclntab(_))));
+        assert!(matches!(
+            Pclntab::parse(&t),
+            Err(GoBinError::BadPclntab {
+                defect: Defect::UnknownMagic { magic: 0x1234 }
+            })
+        ));
         let t = table(MAGIC_GO120, 0);
         assert!(Pclntab::parse(&t[..40]).is_err());
         // A table cut before its function records: names cannot be read, and that is an
@@ -310,6 +316,9 @@ mod tests {
         assert!(p.find("b.g").is_err());
         let mut t = table(MAGIC_GO120, 0);
         t[7] = 4;
-        assert!(matches!(Pclntab::parse(&t), Err(GoBinError::NotAmd64(_))));
+        assert!(matches!(
+            Pclntab::parse(&t),
+            Err(GoBinError::PointerSize { ptr_size: 4 })
+        ));
     }
 }

@@ -3,60 +3,46 @@
 //! A hook that fails is logged and reported; only a sensor that can capture nothing is
 //! an error.
 
-use std::fmt::Write as _;
+use std::sync::Arc;
 
 use aya::{
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{RawTracePoint, TracePoint},
     Ebpf,
 };
 use routeskew_common::Program;
 
-use super::{Attach, Hook, HookStatus, Needed, DATA_PAIRS, HOOKS};
+use super::{Attach, Hook, HookError, HookStatus, Needed, PathFailure, DATA_PAIRS, HOOKS};
 use crate::sensor::{tracefs, vmlinux::RegsUnavailable, DataHooks, DataPath, SensorError};
 
-/// Keeps the end of a verifier log: the reason for a rejection is in the last lines.
-pub(in crate::sensor) fn describe_program_error(e: &ProgramError) -> String {
-    const KEEP_LINES: usize = 30;
-    match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(KEEP_LINES)..].join("\n");
-            format!("load failed ({io_error}); verifier log (last lines):\n{tail}")
+fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<Option<u32>, HookError> {
+    let program = hook.program;
+    let wrong_kind = |kind| {
+        move |source| HookError::WrongKind {
+            program,
+            kind,
+            source,
         }
-        other => other.to_string(),
-    }
-}
-
-fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<Option<u32>, String> {
-    let program = ebpf.program_mut(hook.program).ok_or_else(|| {
-        format!(
-            "program {} is not in the eBPF object (stale object?)",
-            hook.program
-        )
-    })?;
+    };
+    let ebpf_program = ebpf
+        .program_mut(program)
+        .ok_or(HookError::NotInObject { program })?;
+    let load = |source| HookError::Load { source };
+    let attach = |source| HookError::Attach { source };
     match hook.attach {
         Attach::Tracepoint { category, event } => {
-            let tp: &mut TracePoint = program.try_into().map_err(|e: ProgramError| {
-                format!("program {} is not a tracepoint: {e}", hook.program)
-            })?;
-            tp.load().map_err(|e| describe_program_error(&e))?;
+            let tp: &mut TracePoint = ebpf_program.try_into().map_err(wrong_kind("tracepoint"))?;
+            tp.load().map_err(load)?;
             let insns = tp.info().ok().and_then(|i| i.verified_instruction_count());
-            tp.attach(category, event)
-                .map_err(|e| format!("attach failed: {e}"))?;
+            tp.attach(category, event).map_err(attach)?;
             Ok(insns)
         }
         Attach::Raw { tracepoint } => {
-            let tp: &mut RawTracePoint = program.try_into().map_err(|e: ProgramError| {
-                format!("program {} is not a raw tracepoint: {e}", hook.program)
-            })?;
-            tp.load().map_err(|e| describe_program_error(&e))?;
+            let tp: &mut RawTracePoint = ebpf_program
+                .try_into()
+                .map_err(wrong_kind("raw tracepoint"))?;
+            tp.load().map_err(load)?;
             let insns = tp.info().ok().and_then(|i| i.verified_instruction_count());
-            tp.attach(tracepoint)
-                .map_err(|e| format!("attach failed: {e}"))?;
+            tp.attach(tracepoint).map_err(attach)?;
             Ok(insns)
         }
     }
@@ -82,6 +68,75 @@ fn unload(ebpf: &mut Ebpf, hook: &Hook) {
     }
 }
 
+fn record(out: &mut Vec<Attached>, hook: &Hook, result: Result<Option<u32>, HookError>) {
+    let name = hook.name();
+    let status = match result {
+        Ok(insns) => {
+            tracing::info!(hook = %name, verified_insns = insns, "hook attached");
+            HookStatus {
+                name,
+                attached: true,
+                error: None,
+            }
+        }
+        Err(error) => {
+            tracing::warn!(hook = %name, %error, "hook not attached");
+            HookStatus {
+                name,
+                attached: false,
+                error: Some(error),
+            }
+        }
+    };
+    out.push(Attached {
+        index: hook.index,
+        status,
+    });
+}
+
+/// Attaches the data hooks of one better path (`needed`), all or none; returns why the
+/// path was given up. `failed` is a reason known before trying any.
+fn attach_path(
+    ebpf: &mut Ebpf,
+    out: &mut Vec<Attached>,
+    needed: Needed,
+    mut failed: Option<Arc<PathFailure>>,
+) -> Option<Arc<PathFailure>> {
+    // Per hook: its verified instruction count once attached, None if not attached.
+    let mut results = Vec::new();
+    for hook in HOOKS.iter().filter(|h| h.needed == needed) {
+        let attached = match &failed {
+            Some(_) => None,
+            None => match attach_one(ebpf, hook) {
+                Ok(insns) => Some(insns),
+                Err(source) => {
+                    failed = Some(Arc::new(PathFailure::Hook { source }));
+                    None
+                }
+            },
+        };
+        results.push((hook, attached));
+    }
+    let Some(reason) = failed else {
+        // Nothing failed: every hook is attached.
+        for (hook, attached) in results {
+            record(out, hook, Ok(attached.flatten()));
+        }
+        return None;
+    };
+    for (hook, attached) in results {
+        let reason = Arc::clone(&reason);
+        let error = if attached.is_some() {
+            unload(ebpf, hook);
+            HookError::Detached { reason }
+        } else {
+            HookError::FellBack { reason }
+        };
+        record(out, hook, Err(error));
+    }
+    Some(reason)
+}
+
 /// Attaches the best data path `pref` and `regs` allow (socket tracepoints, raw
 /// `sys_exit`, classic syscall tracepoints, each tried in turn), then the TCP hooks.
 pub(in crate::sensor) fn attach_all(
@@ -90,97 +145,47 @@ pub(in crate::sensor) fn attach_all(
     pref: DataHooks,
     regs: Result<(), RegsUnavailable>,
 ) -> (Vec<Attached>, DataPath) {
-    fn record(out: &mut Vec<Attached>, hook: &Hook, result: Result<Option<u32>, String>) {
-        let name = hook.name();
-        let status = match result {
-            Ok(insns) => {
-                tracing::info!(hook = %name, verified_insns = insns, "hook attached");
-                HookStatus {
-                    name,
-                    attached: true,
-                    error: None,
-                }
-            }
-            Err(error) => {
-                tracing::warn!(hook = %name, %error, "hook not attached");
-                HookStatus {
-                    name,
-                    attached: false,
-                    error: Some(error),
-                }
-            }
-        };
-        out.push(Attached {
-            index: hook.index,
-            status,
-        });
-    }
     let mut out: Vec<Attached> = Vec::new();
-    let hooks_of = |needed: Needed| HOOKS.iter().filter(move |h| h.needed == needed);
-
-    // Each better path either attaches all its data hooks or none of them.
-    let mut path = None;
-    let why_not = match (&regs, pref) {
-        (Err(e), _) => Some(e.to_string()),
-        (Ok(()), DataHooks::RawSysExit) => Some("skipped by configuration".to_owned()),
-        (Ok(()), _) => None,
+    let regs = regs.map_err(Arc::new);
+    let regs_failure = || {
+        regs.as_ref().err().map(|source| {
+            Arc::new(PathFailure::Regs {
+                source: Arc::clone(source),
+            })
+        })
     };
-    let mut fallback_reason = why_not.clone();
-    for (needed, candidate) in [
-        (Needed::Sock, DataPath::SockTracepoints),
-        (Needed::Raw, DataPath::RawSysExit),
-    ] {
-        if path.is_some() {
-            break;
-        }
-        // Both need the registers; only the socket tracepoints can be skipped on request,
-        // and they report closes through inet_sock_set_state.
-        let mut failed = match candidate {
-            DataPath::SockTracepoints => why_not.clone().or_else(|| {
-                layout.unusable(Program::InetSockSetState).map(|why| {
-                    format!("closes are reported by inet_sock_set_state, unusable: {why}")
+
+    // Each better path either attaches all its data hooks or none of them. Both need
+    // the registers; only the socket tracepoints can be skipped on request, and they
+    // report closes through inet_sock_set_state.
+    let sock_failure = regs_failure()
+        .or_else(|| (pref == DataHooks::RawSysExit).then(|| Arc::new(PathFailure::Configured)))
+        .or_else(|| {
+            layout.unusable(Program::InetSockSetState).map(|why| {
+                Arc::new(PathFailure::CloseHook {
+                    source: why.clone(),
                 })
-            }),
-            _ => regs.as_ref().err().map(|e| e.to_string()),
-        };
-        let mut results = Vec::new();
-        for hook in hooks_of(needed) {
-            let result = match &failed {
-                Some(why) => Err(why.clone()),
-                None => attach_one(ebpf, hook),
-            };
-            if let Err(e) = &result {
-                failed.get_or_insert_with(|| e.clone());
+            })
+        });
+    let raw_failure = regs_failure();
+    let mut path = DataPath::Classic;
+    let mut fallback_reason = None;
+    for (needed, candidate, known) in [
+        (Needed::Sock, DataPath::SockTracepoints, sock_failure),
+        (Needed::Raw, DataPath::RawSysExit, raw_failure),
+    ] {
+        match attach_path(ebpf, &mut out, needed, known) {
+            None => {
+                path = candidate;
+                break;
             }
-            results.push((hook, result));
-        }
-        if failed.is_none() {
-            path = Some(candidate);
-        } else {
-            fallback_reason = failed.clone();
-            for (hook, result) in &mut results {
-                if result.is_ok() {
-                    unload(ebpf, hook);
-                    *result = Err(format!(
-                        "detached: another hook of this path failed ({})",
-                        failed.as_deref().unwrap_or_default()
-                    ));
-                }
-            }
-        }
-        for (hook, result) in results {
-            record(
-                &mut out,
-                hook,
-                result.map_err(|e| format!("{e}; falling back")),
-            );
+            Some(reason) => fallback_reason = Some(reason),
         }
     }
-    let path = path.unwrap_or(DataPath::Classic);
     if path != DataPath::SockTracepoints {
         tracing::warn!(
             data_path = ?path,
-            reason = fallback_reason.as_deref().unwrap_or("-"),
+            reason = fallback_reason.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
             "socket tracepoints unavailable: capturing with syscall tracepoints, which cost every syscall on the machine more"
         );
     }
@@ -196,10 +201,12 @@ pub(in crate::sensor) fn attach_all(
                 path == DataPath::Classic
                     && !out.iter().any(|a| a.index == exit && a.status.attached)
             })
-            .map(|&(_, exit)| format!("skipped: {} is not attached", exit.name()));
+            .map(|&(_, exit)| HookError::PartnerNotAttached { partner: exit });
         let result = match (layout.unusable(hook.index), partner_failed) {
-            (Some(why), _) => Err(format!("tracepoint layout unusable: {why}")),
-            (None, Some(why)) => Err(why),
+            (Some(why), _) => Err(HookError::Layout {
+                source: why.clone(),
+            }),
+            (None, Some(error)) => Err(error),
             (None, None) => attach_one(ebpf, hook),
         };
         record(&mut out, hook, result);
@@ -223,16 +230,7 @@ pub(in crate::sensor) fn require_capture(
     let tcp = attached(Program::InetSockSetState);
     let hooks: Vec<HookStatus> = hooks.into_iter().map(|h| h.status).collect();
     if !capturing && !tcp {
-        let mut summary = String::new();
-        for h in &hooks {
-            let _ = writeln!(
-                summary,
-                "  {}: {}",
-                h.name,
-                h.error.as_deref().unwrap_or("attached")
-            );
-        }
-        return Err(SensorError::NothingAttached(summary));
+        return Err(SensorError::NothingAttached { hooks });
     }
     Ok(hooks)
 }

@@ -1,12 +1,18 @@
 //! The kernel hooks: which program attaches where and on which data path ([`HOOKS`]),
 //! what became of each ([`HookStatus`], [`Sensor::hooks`]) and the data path in use
-//! ([`Sensor::data_path`]). Attaching them, and choosing the path, is in `attach`.
+//! ([`Sensor::data_path`]). Attaching them, and choosing the path, is in `attach`; why a
+//! hook or a path failed in `error`.
 
 mod attach;
+mod error;
+
+use std::fmt::Write as _;
 
 use routeskew_common::Program;
 
-pub(super) use attach::{attach_all, describe_program_error, require_capture};
+pub(super) use attach::{attach_all, require_capture};
+pub(super) use error::describe_program_error;
+pub use error::{HookError, PathFailure};
 
 use super::{names, DataPath, Sensor};
 
@@ -180,12 +186,24 @@ const DATA_PAIRS: [(Program, Program); 5] = [
 ];
 
 /// Whether one kernel hook is running.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct HookStatus {
     /// `category/event` of the tracepoint, or `raw_tracepoint/<name>`.
     pub name: String,
     pub attached: bool,
-    pub error: Option<String>,
+    pub error: Option<HookError>,
+}
+
+/// One line per hook: its name and why it is not attached (or "attached").
+pub(super) fn summary(hooks: &[HookStatus]) -> String {
+    let mut summary = String::new();
+    for h in hooks {
+        let _ = match &h.error {
+            Some(error) => writeln!(summary, "  {}: {error}", h.name),
+            None => writeln!(summary, "  {}: attached", h.name),
+        };
+    }
+    summary
 }
 
 impl Sensor {

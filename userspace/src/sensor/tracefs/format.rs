@@ -1,7 +1,7 @@
 //! The `events/<category>/<event>/format` files: one `field:` line per record field, with
 //! its offset, size and signedness.
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
     #[error("line {line}: cannot parse tracepoint field `{text}`")]
     BadField { line: usize, text: String },

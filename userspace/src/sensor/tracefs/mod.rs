@@ -18,19 +18,43 @@ use std::{
 };
 
 pub use format::{EventFormat, Field, FormatError};
-pub use offsets::{layout, Layout};
+pub use offsets::{layout, Layout, Unusable};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS: &str = "/sys/kernel/debug";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
 /// Why tracefs could not be found or mounted: one entry per attempt.
-#[derive(Debug)]
-pub struct MountAttempts(Vec<String>);
+#[derive(Debug, thiserror::Error)]
+#[error("{}", DisplayList(.0))]
+pub struct MountAttempts(Vec<MountAttempt>);
 
-impl fmt::Display for MountAttempts {
+/// One way of reaching tracefs that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountAttempt {
+    #[error("mounted tracefs on {target} but it has no events/")]
+    NoEvents { target: &'static str },
+    #[error("mount -t {fstype} nodev {target}: {source}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The attempts, separated by "; ".
+struct DisplayList<'a>(&'a [MountAttempt]);
+
+impl fmt::Display for DisplayList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("; "))
+        for (i, attempt) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{attempt}")?;
+        }
+        Ok(())
     }
 }
 
@@ -38,16 +62,21 @@ fn has_events(root: &Path) -> bool {
     root.join("events").is_dir()
 }
 
-fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
-    let c = |s: &str| CString::new(s).map_err(io::Error::other);
-    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
+fn mount(target: &'static str, fstype: &'static str) -> Result<(), MountAttempt> {
+    let failed = |source| MountAttempt::Mount {
+        fstype,
+        target,
+        source,
+    };
+    let c = |s: &str| CString::new(s).map_err(|e| failed(io::Error::other(e)));
+    let (source, target_c, fstype_c) = (c("nodev")?, c(target)?, c(fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no
     // mount data is passed.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
             0,
             std::ptr::null(),
         )
@@ -55,7 +84,7 @@ fn mount(source: &str, target: &str, fstype: &str) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(io::Error::last_os_error())
+        Err(failed(io::Error::last_os_error()))
     }
 }
 
@@ -72,39 +101,37 @@ pub fn ensure_tracefs() -> Result<PathBuf, MountAttempts> {
         }
     }
     let mut attempts = Vec::new();
-    match mount("nodev", TRACEFS, "tracefs") {
+    match mount(TRACEFS, "tracefs") {
         Ok(()) if has_events(Path::new(TRACEFS)) => {
             tracing::info!(path = TRACEFS, "mounted tracefs");
             return Ok(PathBuf::from(TRACEFS));
         }
-        Ok(()) => attempts.push(format!(
-            "mounted tracefs on {TRACEFS} but it has no events/"
-        )),
-        Err(e) => attempts.push(format!("mount -t tracefs nodev {TRACEFS}: {e}")),
+        Ok(()) => attempts.push(MountAttempt::NoEvents { target: TRACEFS }),
+        Err(e) => attempts.push(e),
     }
     if !Path::new(DEBUGFS_TRACING).is_dir() {
         // debugfs exposes tracefs under tracing/ (automounted on access).
-        if let Err(e) = mount("nodev", DEBUGFS, "debugfs") {
-            attempts.push(format!("mount -t debugfs nodev {DEBUGFS}: {e}"));
+        if let Err(e) = mount(DEBUGFS, "debugfs") {
+            attempts.push(e);
         }
     }
     if has_events(Path::new(DEBUGFS_TRACING)) {
         tracing::info!(path = DEBUGFS_TRACING, "using tracefs under debugfs");
         return Ok(PathBuf::from(DEBUGFS_TRACING));
     }
-    match mount("nodev", DEBUGFS_TRACING, "tracefs") {
+    match mount(DEBUGFS_TRACING, "tracefs") {
         Ok(()) if has_events(Path::new(DEBUGFS_TRACING)) => {
             tracing::info!(path = DEBUGFS_TRACING, "mounted tracefs");
             Ok(PathBuf::from(DEBUGFS_TRACING))
         }
         Ok(()) => {
-            attempts.push(format!(
-                "mounted tracefs on {DEBUGFS_TRACING} but it has no events/"
-            ));
+            attempts.push(MountAttempt::NoEvents {
+                target: DEBUGFS_TRACING,
+            });
             Err(MountAttempts(attempts))
         }
         Err(e) => {
-            attempts.push(format!("mount -t tracefs nodev {DEBUGFS_TRACING}: {e}"));
+            attempts.push(e);
             Err(MountAttempts(attempts))
         }
     }

@@ -3,13 +3,14 @@
 use std::io;
 
 use routeskew_common::{
-    ErrorReportFields, Program, ReceiveResetFields, SetStateFields, SyscallFields, DATA_CAP,
+    ErrorReportFields, Program, ReceiveResetFields, SetStateFields, SockTupleFields, SyscallFields,
+    DATA_CAP,
 };
 
 use super::{
     layout,
     offsets::{I32, V4, V6},
-    EventFormat, FormatError,
+    EventFormat, FormatError, Unusable,
 };
 
 // Copied from the 6.18 kernel this project is developed on.
@@ -76,12 +77,14 @@ fn layout_of_this_kernel() {
             skaddr: 8,
             oldstate: 16,
             newstate: 20,
-            sport: 24,
-            dport: 26,
-            family: 28,
-            protocol: 30,
-            daddr: 36,
-            daddr_v6: 56,
+            tuple: SockTupleFields {
+                sport: 24,
+                dport: 26,
+                family: 28,
+                protocol: 30,
+                daddr: 36,
+                daddr_v6: 56,
+            },
         }
     );
     // No skaddr in this record on any kernel: matched by tuple instead.
@@ -89,12 +92,14 @@ fn layout_of_this_kernel() {
         c.error_report,
         ErrorReportFields {
             error: 8,
-            sport: 12,
-            dport: 14,
-            family: 16,
-            protocol: 18,
-            daddr: 24,
-            daddr_v6: 44,
+            tuple: SockTupleFields {
+                sport: 12,
+                dport: 14,
+                family: 16,
+                protocol: 18,
+                daddr: 24,
+                daddr_v6: 44,
+            },
         }
     );
     assert_eq!(c.receive_reset, ReceiveResetFields { skaddr: 8 });
@@ -120,8 +125,29 @@ fn disagreeing_syscall_disables_only_its_pair() {
     let why = l
         .unusable(Program::SysEnterSendto)
         .expect("sendto unusable");
-    assert!(why.contains("32"), "{why}");
-    assert!(l.unusable(Program::SysExitSendto).is_some());
+    assert!(
+        matches!(
+            why,
+            Unusable::EnterOffsets {
+                program: Program::SysEnterSendto,
+                fd: 16,
+                buf: 32,
+                first_fd: 16,
+                first_buf: 24,
+            }
+        ),
+        "{why:?}"
+    );
+    assert_eq!(
+        why.to_string(),
+        "sys_enter_sendto: fd/buffer at offsets 16/32, the other syscalls use 16/24"
+    );
+    assert!(matches!(
+        l.unusable(Program::SysExitSendto),
+        Some(Unusable::NeedsPartner {
+            partner: Program::SysEnterSendto
+        })
+    ));
     assert!(l.unusable(Program::SysEnterRead).is_none());
     assert!(l.unusable(Program::SysExitRead).is_none());
     assert_eq!(l.config.syscalls.enter_buf, 24);
@@ -138,8 +164,25 @@ fn missing_events_and_bad_sizes_are_reported_per_program() {
         _ => fixture(c, e),
     };
     let l = layout(partial, 1024);
-    assert!(l.unusable(Program::TcpReceiveReset).is_some());
+    assert!(matches!(
+        l.unusable(Program::TcpReceiveReset),
+        Some(Unusable::Unreadable {
+            category: "tcp",
+            event: "tcp_receive_reset",
+            ..
+        })
+    ));
     let why = l.unusable(Program::InetSkErrorReport).expect("bad size");
+    assert!(
+        matches!(
+            why,
+            Unusable::Field {
+                source: FormatError::FieldSize { size: 8, .. }
+            }
+        ),
+        "{why:?}"
+    );
+    let why = why.to_string();
     assert!(why.contains("error") && why.contains("8 bytes"), "{why}");
     assert!(l.unusable(Program::InetSockSetState).is_none());
     assert!(l.unusable(Program::SysExitWrite).is_none());
@@ -162,6 +205,12 @@ fn set_state_missing_disables_tcp_family() {
     ] {
         assert!(l.unusable(p).is_some(), "program {p:?}");
     }
+    let why = l.unusable(Program::TcpReceiveReset).expect("unusable");
+    assert!(
+        why.to_string()
+            .starts_with("needs inet_sock_set_state (sock/inet_sock_set_state: "),
+        "{why}"
+    );
     assert!(l.unusable(Program::SysEnterClose).is_none());
 }
 

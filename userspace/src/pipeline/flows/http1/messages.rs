@@ -15,6 +15,21 @@ use crate::pipeline::http::{Method, RequestHead, ResponseHead};
 use crate::pipeline::metrics::{Anomaly, Leg};
 
 impl Http1 {
+    /// Counts a truncated head, and an interim (1xx but 101) response, which answers no
+    /// request: only a final response goes on.
+    fn is_final(&self, r: &ResponseHead) -> bool {
+        if r.truncated {
+            self.metrics.truncated_heads.inc();
+        }
+        if r.is_interim() {
+            self.metrics
+                .connection_anomalies
+                .inc(Anomaly::InterimResponse);
+            return false;
+        }
+        true
+    }
+
     pub(super) fn on_client_request(
         &mut self,
         key: ConnKey,
@@ -49,13 +64,7 @@ impl Http1 {
         r: ResponseHead,
         sink: &mut Sink<'_>,
     ) -> (bool, bool) {
-        if r.truncated {
-            self.metrics.truncated_heads.inc();
-        }
-        if r.is_interim() {
-            self.metrics
-                .connection_anomalies
-                .inc(Anomaly::InterimResponse);
+        if !self.is_final(&r) {
             return (false, false);
         }
         sink.traffic.client_responses += 1;
@@ -130,13 +139,7 @@ impl Http1 {
         r: &ResponseHead,
         sink: &mut Sink<'_>,
     ) -> (bool, bool) {
-        if r.truncated {
-            self.metrics.truncated_heads.inc();
-        }
-        if r.is_interim() {
-            self.metrics
-                .connection_anomalies
-                .inc(Anomaly::InterimResponse);
+        if !self.is_final(r) {
             return (false, false);
         }
         sink.traffic.upstream_responses += 1;

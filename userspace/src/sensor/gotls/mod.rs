@@ -9,62 +9,26 @@
 //! transient failure must not blind the agent for good); its replicas keep their
 //! plaintext capture meanwhile.
 
+mod error;
+mod uprobes;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::MetadataExt,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use aya::{
-    programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
-        ProgramError, UProbe,
-    },
-    Ebpf,
-};
+use aya::Ebpf;
 
-use routeskew_common::Program;
-
-use super::{
-    gobin::{GoBinError, GoBinary},
-    hooks::describe_program_error,
-    names,
-};
+pub use error::TlsError;
+use uprobes::{attach_binary, detach, load_all, Links};
+pub use uprobes::{run_stats, RunStats};
 
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const CLOSE: &str = "crypto/tls.(*Conn).Close";
-
-const PROG_WRITE: &str = names::program(Program::GoTlsWrite);
-const PROG_READ: &str = names::program(Program::GoTlsRead);
-const PROG_READ_RET: &str = names::program(Program::GoTlsReadRet);
-const PROG_CLOSE: &str = names::program(Program::GoTlsClose);
-const PROGRAMS: [&str; 4] = [PROG_WRITE, PROG_READ, PROG_READ_RET, PROG_CLOSE];
-
-/// How often a uprobe program ran and for how long in total (the kernel counts only
-/// while run-time statistics are enabled, see [`super::enable_run_stats`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunStats {
-    pub program: &'static str,
-    pub runs: u64,
-    pub run_time: std::time::Duration,
-}
-
-/// Run statistics of the TLS uprobe programs that are loaded.
-pub fn run_stats(ebpf: &mut Ebpf) -> Vec<RunStats> {
-    PROGRAMS
-        .iter()
-        .filter_map(|&name| {
-            let info = uprobe(ebpf, name).ok()?.info().ok()?;
-            Some(RunStats {
-                program: name,
-                runs: info.run_count(),
-                run_time: info.run_time(),
-            })
-        })
-        .collect()
-}
 
 /// A file, as the kernel identifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,46 +38,38 @@ pub struct BinaryId {
 }
 
 /// How the uprobes fared on one binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TlsBinaryStatus {
     pub id: BinaryId,
     /// `/proc/<pid>/exe` of the first process seen running it.
     pub exe: PathBuf,
     /// Processes (of those passed in) that run it.
     pub pids: Vec<u32>,
-    /// The Go version, or why the probes are not on it.
-    pub outcome: Result<String, String>,
+    /// The Go version, or why the probes are not on it (shared with the remembered
+    /// failure until the binary is tried again).
+    pub outcome: Result<String, Arc<TlsError>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum AttachError {
-    #[error(transparent)]
-    Resolve(#[from] GoBinError),
-    #[error("program {0} is not in the eBPF object (stale object?)")]
-    Missing(&'static str),
-    #[error("loading {program}: {error}")]
-    Load {
-        program: &'static str,
-        error: String,
-    },
-    #[error("attaching {program} at file offset {offset:#x}: {error}")]
-    Attach {
-        program: &'static str,
-        offset: u64,
-        #[source]
-        error: ProgramError,
-    },
+/// Equal statuses name the same binary, processes and version, or the very same
+/// remembered failure (a retried binary's new failure is a different one, even with the
+/// same text).
+impl PartialEq for TlsBinaryStatus {
+    fn eq(&self, other: &Self) -> bool {
+        let same_outcome = match (&self.outcome, &other.outcome) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.id == other.id && self.exe == other.exe && self.pids == other.pids && same_outcome
+    }
 }
 
-/// Uprobe links of one binary, by program.
-type Links = Vec<(&'static str, UProbeLinkId)>;
-/// (program, file offset) pairs to attach.
-type Points = Vec<(&'static str, u64)>;
+impl Eq for TlsBinaryStatus {}
 
 struct Attached {
     exe: PathBuf,
     /// Go version, or the error.
-    outcome: Result<(String, Links), String>,
+    outcome: Result<(String, Links), Arc<TlsError>>,
     /// After a failure: when to try this binary again, and the wait after that.
     retry: Option<(Instant, Duration)>,
 }
@@ -131,84 +87,7 @@ pub struct TlsProbes {
     binaries: BTreeMap<BinaryId, Attached>,
     /// The wait after the next failure of a binary that failed before.
     next_wait: BTreeMap<BinaryId, Duration>,
-    loaded: Option<Result<(), String>>,
-}
-
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
-    let program = ebpf.program_mut(name).ok_or(AttachError::Missing(name))?;
-    program
-        .try_into()
-        .map_err(|e: ProgramError| AttachError::Load {
-            program: name,
-            error: e.to_string(),
-        })
-}
-
-fn load_all(ebpf: &mut Ebpf) -> Result<(), String> {
-    for name in PROGRAMS {
-        let p = uprobe(ebpf, name).map_err(|e| e.to_string())?;
-        p.load()
-            .map_err(|e| format!("loading {name}: {}", describe_program_error(&e)))?;
-    }
-    Ok(())
-}
-
-/// Entry and RET-site offsets of the three methods, as (program, file offset) pairs.
-fn attach_points(exe: &std::path::Path) -> Result<(String, Points), GoBinError> {
-    let bin = GoBinary::open(exe)?;
-    let write = bin.function(WRITE)?;
-    let read = bin.function(READ)?;
-    let close = bin.function(CLOSE)?;
-    let mut points = vec![
-        (PROG_WRITE, write.probe_offset),
-        (PROG_READ, read.probe_offset),
-        (PROG_CLOSE, close.probe_offset),
-    ];
-    points.extend(read.ret_offsets.iter().map(|&o| (PROG_READ_RET, o)));
-    let version = bin.go_version.clone().unwrap_or_else(|| "unknown".into());
-    tracing::debug!(
-        exe = %exe.display(),
-        go_version = %version,
-        text_start = bin.text_start(),
-        text_start_source = bin.text_start_source,
-        read_ret_sites = read.ret_offsets.len(),
-        "Go TLS functions resolved"
-    );
-    Ok((version, points))
-}
-
-fn detach(ebpf: &mut Ebpf, links: Links) {
-    for (name, link) in links {
-        let result = uprobe(ebpf, name)
-            .map_err(|e| e.to_string())
-            .and_then(|p| p.detach(link).map_err(|e| e.to_string()));
-        if let Err(error) = result {
-            tracing::debug!(program = name, %error, "detaching a TLS uprobe failed");
-        }
-    }
-}
-
-fn attach_binary(ebpf: &mut Ebpf, exe: &std::path::Path) -> Result<(String, Links), AttachError> {
-    let (version, points) = attach_points(exe)?;
-    let mut links = Vec::with_capacity(points.len());
-    for (name, offset) in points {
-        let result = uprobe(ebpf, name).and_then(|p| {
-            p.attach(offset, exe, UProbeScope::AllProcesses)
-                .map_err(|error| AttachError::Attach {
-                    program: name,
-                    offset,
-                    error,
-                })
-        });
-        match result {
-            Ok(link) => links.push((name, link)),
-            Err(e) => {
-                detach(ebpf, links);
-                return Err(e);
-            }
-        }
-    }
-    Ok((version, links))
+    loaded: Option<Result<(), Arc<TlsError>>>,
 }
 
 impl TlsProbes {
@@ -268,9 +147,11 @@ impl TlsProbes {
                 self.next_wait.insert(id, (wait * 2).min(RETRY_MAX));
             }
             if !self.binaries.contains_key(&id) {
-                let loaded = self.loaded.get_or_insert_with(|| load_all(ebpf)).clone();
-                let outcome =
-                    loaded.and_then(|()| attach_binary(ebpf, &exe).map_err(|e| e.to_string()));
+                let loaded = self
+                    .loaded
+                    .get_or_insert_with(|| load_all(ebpf).map_err(Arc::new))
+                    .clone();
+                let outcome = loaded.and_then(|()| attach_binary(ebpf, &exe).map_err(Arc::new));
                 match &outcome {
                     Ok((version, links)) => tracing::info!(
                         exe = %exe.display(),
@@ -315,7 +196,7 @@ impl TlsProbes {
                     .outcome
                     .as_ref()
                     .map(|(v, _)| v.clone())
-                    .map_err(Clone::clone),
+                    .map_err(Arc::clone),
             });
         }
         out
