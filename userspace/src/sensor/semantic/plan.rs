@@ -1,0 +1,245 @@
+//! The probe plan of one Go binary: the three semantic probes at the emulated `push rbp`
+//! after Go's stack check, the HTTP/2 server the binary answers with, the `net/http`
+//! offsets for its Go version (verified against the binary), and the code ranges of the
+//! API router whose `NotFound` calls are not router misses.
+//!
+//! ## Which HTTP/2 server
+//!
+//! A binary can link both `net/http`'s bundled HTTP/2 server and `golang.org/x/net/http2`'s
+//! (Traefik 3.0 and 3.3 do). `net/http` configures its bundled server only when the
+//! `http.Server`'s `TLSNextProto` is still nil; `x/net`'s `http2.ConfigureServer` fills
+//! it with x/net's server. So the rule: **x/net when `golang.org/x/net/http2.ConfigureServer`
+//! is called directly from code outside `golang.org/x/net/`** (the application wires its
+//! server to x/net: Traefik ≤ 3.3's `pkg/server` does, for TLS and, through x/net's `h2c`,
+//! for cleartext h2), else the bundled server (Traefik ≥ 3.5 sets `http.Server.Protocols`
+//! and no longer links x/net's server at all). The rule is on the binary's own calls, not
+//! on names of Traefik versions; its evidence is kept in [`SemanticPlan::h2_evidence`].
+//!
+//! Addresses are link-time virtual addresses: for the non-PIE Go binaries Traefik ships,
+//! they are the addresses in the running process too.
+
+use std::path::Path;
+
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, Register};
+use routeskew_common::{AddrRange, GoHttpBinary, SemProbe, SEM_API_RANGES};
+
+use crate::sensor::gobin::{buildinfo, GoBinary};
+
+use super::{callers, offsets, offsets::H2Server, verify, SemanticError};
+
+pub(super) const H1_WRITE_HEADER: &str = "net/http.(*response).WriteHeader";
+pub(super) const H2_BUNDLED: &str = "net/http.(*http2responseWriterState).writeHeader";
+pub(super) const H2_XNET: &str = "golang.org/x/net/http2.(*responseWriterState).writeHeader";
+const NOT_FOUND: &str = "net/http.NotFound";
+const XNET_CONFIGURE_SERVER: &str = "golang.org/x/net/http2.ConfigureServer";
+const XNET_MODULE: &str = "golang.org/x/net";
+
+/// Callers of `net/http.NotFound` (as the return address at `[rbp+8]` when `NotFound`
+/// runs) that are Traefik's API router, not the entrypoint's no-router handler: the
+/// API's and dashboard's routes are a gorilla/mux router, whose default not-found handler
+/// is `http.NotFoundHandler()`.
+pub const API_CALLERS: &[&str] = &["github.com/gorilla/mux.(*Router).ServeHTTP"];
+
+/// One probe to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SemanticProbe {
+    pub probe: SemProbe,
+    pub function: String,
+    /// Virtual address of the probed `push rbp`.
+    pub address: u64,
+    /// Its file offset (what a uprobe is attached at).
+    pub file_offset: u64,
+}
+
+/// Everything the agent needs to attach the semantic sensor to one binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SemanticPlan {
+    pub go_version: String,
+    pub h2: H2Server,
+    /// Why [`Self::h2`] was chosen (for the attach log).
+    pub h2_evidence: String,
+    pub probes: Vec<SemanticProbe>,
+    /// What `SEM_BINARIES[slot]` gets: verified offsets, `valid = 1`, text, API callers.
+    pub binary: GoHttpBinary,
+    /// Names of the checks that verified the offsets.
+    pub verified: Vec<String>,
+}
+
+/// [`plan`] for the binary at `path`.
+pub fn plan_path(path: &Path) -> Result<SemanticPlan, SemanticError> {
+    let bin = GoBinary::open(path).map_err(|source| SemanticError::Binary {
+        path: path.display().to_string(),
+        source,
+    })?;
+    plan(&bin)
+}
+
+/// Resolves and verifies the semantic probe plan of `bin`. Nothing is guessed: any
+/// function, version or offset that cannot be established is an error.
+pub fn plan(bin: &GoBinary) -> Result<SemanticPlan, SemanticError> {
+    let go_version = bin.go_version.clone().ok_or(SemanticError::NoGoVersion)?;
+    let (h2, h2_evidence) = h2_server(bin)?;
+    let xnet = bin
+        .module_info
+        .as_deref()
+        .and_then(|m| buildinfo::dependency_version(m, XNET_MODULE));
+    let offsets = offsets::offsets_for(&go_version, h2, xnet)?;
+    let h2_function = match h2 {
+        H2Server::Bundled => H2_BUNDLED,
+        H2Server::XNet => H2_XNET,
+    };
+    let probes = [
+        (SemProbe::H1WriteHeader, H1_WRITE_HEADER),
+        (SemProbe::H2WriteHeader, h2_function),
+        (SemProbe::NotFound, NOT_FOUND),
+    ]
+    .into_iter()
+    .map(|(probe, name)| probe_at(bin, probe, name))
+    .collect::<Result<Vec<_>, _>>()?;
+    let verified = verify::verify(bin, &offsets, h2)?;
+    let (text_start, text) = bin.text().map_err(|source| SemanticError::Function {
+        name: "the text".into(),
+        source,
+    })?;
+    let mut api_callers = [AddrRange::default(); SEM_API_RANGES];
+    let ranges = api_caller_ranges(bin)?;
+    if ranges.len() > SEM_API_RANGES {
+        return Err(SemanticError::TooManyApiCallers {
+            count: ranges.len(),
+            max: SEM_API_RANGES,
+        });
+    }
+    api_callers[..ranges.len()].copy_from_slice(&ranges);
+    Ok(SemanticPlan {
+        go_version,
+        h2,
+        h2_evidence,
+        probes,
+        binary: GoHttpBinary {
+            offsets,
+            valid: 1,
+            _pad: 0,
+            text: AddrRange {
+                start: text_start,
+                end: text_start + text.len() as u64,
+            },
+            api_callers,
+        },
+        verified,
+    })
+}
+
+fn missing_or(name: &str) -> impl FnOnce(crate::sensor::gobin::GoBinError) -> SemanticError + '_ {
+    move |source| match source {
+        crate::sensor::gobin::GoBinError::FunctionMissing(_) => SemanticError::FunctionMissing {
+            name: name.to_owned(),
+        },
+        source => SemanticError::Function {
+            name: name.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Whether `name` is in the binary (a damaged table is an error, not a "no").
+fn has_function(bin: &GoBinary, name: &str) -> Result<bool, SemanticError> {
+    match bin.function(name) {
+        Ok(_) => Ok(true),
+        Err(crate::sensor::gobin::GoBinError::FunctionMissing(_)) => Ok(false),
+        Err(e) => Err(missing_or(name)(e)),
+    }
+}
+
+/// The HTTP/2 server the binary answers with (see the module comment).
+fn h2_server(bin: &GoBinary) -> Result<(H2Server, String), SemanticError> {
+    let bundled = has_function(bin, H2_BUNDLED)?;
+    let xnet = has_function(bin, H2_XNET)?;
+    let wired: Vec<String> = if xnet && has_function(bin, XNET_CONFIGURE_SERVER)? {
+        let configure = bin
+            .function(XNET_CONFIGURE_SERVER)
+            .map_err(missing_or(XNET_CONFIGURE_SERVER))?;
+        callers::direct_callers(bin, XNET_CONFIGURE_SERVER, configure.address)?
+            .into_iter()
+            .map(|c| c.caller)
+            .filter(|c| !c.starts_with("golang.org/x/net/"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match (bundled, xnet, wired.first()) {
+        (_, true, Some(caller)) => Ok((
+            H2Server::XNet,
+            format!("{XNET_CONFIGURE_SERVER} is called by {caller}"),
+        )),
+        (true, _, _) => {
+            Ok((
+                H2Server::Bundled,
+                if xnet {
+                    format!("{H2_XNET} is linked but nothing outside x/net calls {XNET_CONFIGURE_SERVER}")
+                } else {
+                    format!("{H2_XNET} is not linked")
+                },
+            ))
+        }
+        (false, _, _) => Err(SemanticError::NoH2Server {
+            bundled: H2_BUNDLED,
+            xnet: H2_XNET,
+        }),
+    }
+}
+
+/// `name`'s probe: the `push rbp` after the stack check, checked by decoding it.
+fn probe_at(bin: &GoBinary, probe: SemProbe, name: &str) -> Result<SemanticProbe, SemanticError> {
+    let f = bin.function(name).map_err(missing_or(name))?;
+    let address = f.probe_offset - f.entry_offset + f.address;
+    let not_push = |found: String| SemanticError::NotPushRbp {
+        function: name.to_owned(),
+        address,
+        found,
+    };
+    // One instruction is at most 15 bytes (fewer at the end of the text).
+    let bytes = (1..=15)
+        .rev()
+        .find_map(|n| bin.read(address, n))
+        .ok_or_else(|| not_push("nothing: outside the file".into()))?;
+    let insn = Decoder::with_ip(64, bytes, address, DecoderOptions::NONE).decode();
+    if f.probe_offset == f.entry_offset {
+        return Err(not_push(format!(
+            "no Go stack-check prologue before {:?}",
+            insn.mnemonic()
+        )));
+    }
+    if insn.is_invalid()
+        || insn.mnemonic() != Mnemonic::Push
+        || insn.op0_register() != Register::RBP
+    {
+        let len = insn.len().clamp(1, bytes.len());
+        return Err(not_push(format!(
+            "{:?} ({:02x?})",
+            insn.mnemonic(),
+            &bytes[..len]
+        )));
+    }
+    Ok(SemanticProbe {
+        probe,
+        function: name.to_owned(),
+        address,
+        file_offset: f.probe_offset,
+    })
+}
+
+/// Code ranges of the [`API_CALLERS`] the binary has.
+fn api_caller_ranges(bin: &GoBinary) -> Result<Vec<AddrRange>, SemanticError> {
+    let mut out = Vec::new();
+    for &name in API_CALLERS {
+        if !has_function(bin, name)? {
+            continue;
+        }
+        let f = bin.function(name).map_err(missing_or(name))?;
+        out.push(AddrRange {
+            start: f.address,
+            end: f.address + f.size,
+        });
+    }
+    Ok(out)
+}
