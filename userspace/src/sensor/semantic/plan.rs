@@ -40,6 +40,13 @@ const XNET_MODULE: &str = "golang.org/x/net";
 /// is `http.NotFoundHandler()`.
 pub const API_CALLERS: &[&str] = &["github.com/gorilla/mux.(*Router).ServeHTTP"];
 
+/// Traefik's API and dashboard code. Its only direct call of `net/http.NotFound` in the
+/// 3.0–3.7 releases is `http.StripPrefix`'s closure inlined into the dashboard's route
+/// handler (`pkg/api/dashboard.Append.funcN.StripPrefix.1`), which that handler calls
+/// through a register: `[rbp+8]` then lies in the handler, `dashboard.Append.funcN`.
+const API_PACKAGES: &str = "github.com/traefik/traefik/v3/pkg/api/";
+const INLINED_STRIP_PREFIX: &str = ".StripPrefix.";
+
 /// One probe to attach.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SemanticProbe {
@@ -228,18 +235,35 @@ fn probe_at(bin: &GoBinary, probe: SemProbe, name: &str) -> Result<SemanticProbe
     })
 }
 
-/// Code ranges of the [`API_CALLERS`] the binary has.
+/// Code ranges of the [`API_CALLERS`] the binary has, and of the API/dashboard handlers
+/// whose inlined `StripPrefix` closure calls `NotFound` (found by the binary's own calls).
 fn api_caller_ranges(bin: &GoBinary) -> Result<Vec<AddrRange>, SemanticError> {
-    let mut out = Vec::new();
-    for &name in API_CALLERS {
+    let not_found = bin.function(NOT_FOUND).map_err(missing_or(NOT_FOUND))?;
+    let handlers: Vec<String> = callers::direct_callers(bin, NOT_FOUND, not_found.address)?
+        .into_iter()
+        .filter(|c| c.caller.starts_with(API_PACKAGES))
+        .filter_map(|c| {
+            let at = c.caller.find(INLINED_STRIP_PREFIX)?;
+            Some(c.caller[..at].to_owned())
+        })
+        .collect();
+    let mut out: Vec<AddrRange> = Vec::new();
+    for name in API_CALLERS
+        .iter()
+        .copied()
+        .chain(handlers.iter().map(String::as_str))
+    {
         if !has_function(bin, name)? {
             continue;
         }
         let f = bin.function(name).map_err(missing_or(name))?;
-        out.push(AddrRange {
+        let range = AddrRange {
             start: f.address,
             end: f.address + f.size,
-        });
+        };
+        if !out.contains(&range) {
+            out.push(range);
+        }
     }
     Ok(out)
 }

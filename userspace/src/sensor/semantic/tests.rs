@@ -96,8 +96,20 @@ fn every_release_resolves_and_verifies() {
             .unwrap();
         assert_eq!(b.api_callers[0].start, mux.address, "{version}");
         assert_eq!(b.api_callers[0].end, mux.address + mux.size, "{version}");
+        // The dashboard's handler around its inlined StripPrefix closure.
+        let dashboard = b.api_callers[1];
+        let (name, entry, _) = GoBinary::open(&path)
+            .unwrap()
+            .function_at(dashboard.start)
+            .unwrap()
+            .unwrap();
+        assert_eq!(entry, dashboard.start, "{version}");
         assert!(
-            b.api_callers[1..].iter().all(|r| r.start == r.end),
+            name.starts_with("github.com/traefik/traefik/v3/pkg/api/dashboard.Append.func"),
+            "{version}: {name}"
+        );
+        assert!(
+            b.api_callers[2..].iter().all(|r| r.start == r.end),
             "{version}"
         );
         let addrs: Vec<String> = plan
@@ -106,10 +118,14 @@ fn every_release_resolves_and_verifies() {
             .map(|p| format!("{:?} {:#x} (file {:#x})", p.probe, p.address, p.file_offset))
             .collect();
         eprintln!(
-            "Traefik {version}: {} h2 {:?}; {}; resolve+verify {took:?}",
+            "Traefik {version}: {} h2 {:?}; {}; API callers {:#x}..{:#x}, {:#x}..{:#x} ({name}); resolve+verify {took:?}",
             plan.go_version,
             plan.h2,
-            addrs.join(", ")
+            addrs.join(", "),
+            b.api_callers[0].start,
+            b.api_callers[0].end,
+            dashboard.start,
+            dashboard.end,
         );
     }
 }
