@@ -71,4 +71,6 @@ pub enum SemanticError {
 }
 
 #[cfg(test)]
+mod code_tests;
+#[cfg(test)]
 mod tests;

@@ -46,7 +46,8 @@ use super::SemanticError;
 pub enum H2Server {
     /// `net/http`'s bundled copy (`http2responseWriterState`).
     Bundled,
-    /// `golang.org/x/net/http2` (`responseWriterState`), at this module version.
+    /// `golang.org/x/net/http2` (`responseWriterState`; its layout is keyed by the
+    /// binary's x/net module version).
     XNet,
 }
 

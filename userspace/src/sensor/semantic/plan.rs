@@ -117,6 +117,14 @@ pub fn plan(bin: &GoBinary) -> Result<SemanticPlan, SemanticError> {
         });
     }
     api_callers[..ranges.len()].copy_from_slice(&ranges);
+    tracing::debug!(
+        go_version = %go_version,
+        h2 = ?h2,
+        h2_evidence = %h2_evidence,
+        api_callers = ranges.len(),
+        checks = verified.len(),
+        "semantic plan resolved and verified"
+    );
     Ok(SemanticPlan {
         go_version,
         h2,
