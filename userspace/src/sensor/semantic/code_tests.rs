@@ -47,3 +47,29 @@ fn a_register_holds_the_receiver_only_if_it_does_on_every_path() {
         Err(SemanticError::Undecodable { address: 0x10, .. })
     ));
 }
+
+/// Arbitrary bytes give accesses or a typed error, never a panic (branches out of the
+/// range, into the middle of instructions, loops).
+#[test]
+fn random_code_never_panics() {
+    let mut rng = fastrand::Rng::with_seed(13);
+    let mut decoded = 0;
+    for _ in 0..3000 {
+        let len = rng.usize(1..200);
+        // Biased towards the opcodes the tracker looks at: mov, cmp, jcc, call, ret.
+        let code: Vec<u8> = (0..len)
+            .map(|_| match rng.u8(0..8) {
+                0 => 0x48,
+                1 => 0x8b,
+                2 => 0x74,
+                3 => 0xe8,
+                4 => 0x80,
+                _ => rng.u8(..),
+            })
+            .collect();
+        if receiver_accesses("f", &code, 0x1000, 0x28).is_ok() {
+            decoded += 1;
+        }
+    }
+    assert!(decoded > 0);
+}
