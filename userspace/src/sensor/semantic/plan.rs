@@ -12,7 +12,8 @@
 //! is called directly from code outside `golang.org/x/net/`** (the application wires its
 //! server to x/net: Traefik ≤ 3.3's `pkg/server` does, for TLS and, through x/net's `h2c`,
 //! for cleartext h2), else the bundled server (Traefik ≥ 3.5 sets `http.Server.Protocols`
-//! and no longer links x/net's server at all). The rule is on the binary's own calls, not
+//! and no longer links x/net's server at all); x/net also when the bundled server is not
+//! linked at all, as it is then the only HTTP/2 server there is. The rule is on the binary's own calls, not
 //! on names of Traefik versions; its evidence is kept in [`SemanticPlan::h2_evidence`].
 //!
 //! Addresses are link-time virtual addresses: for the non-PIE Go binaries Traefik ships,
@@ -181,7 +182,16 @@ fn h2_server(bin: &GoBinary) -> Result<(H2Server, String), SemanticError> {
     } else {
         Vec::new()
     };
-    match (bundled, xnet, wired.first()) {
+    decide_h2(bundled, xnet, wired.first().map(String::as_str))
+}
+
+/// The rule of the module comment, on what the binary links and who wires x/net in.
+fn decide_h2(
+    bundled: bool,
+    xnet: bool,
+    wired_by: Option<&str>,
+) -> Result<(H2Server, String), SemanticError> {
+    match (bundled, xnet, wired_by) {
         (_, true, Some(caller)) => Ok((
             H2Server::XNet,
             format!("{XNET_CONFIGURE_SERVER} is called by {caller}"),
@@ -196,7 +206,11 @@ fn h2_server(bin: &GoBinary) -> Result<(H2Server, String), SemanticError> {
                 },
             ))
         }
-        (false, _, _) => Err(SemanticError::NoH2Server {
+        (false, true, None) => Ok((
+            H2Server::XNet,
+            format!("{H2_BUNDLED} is not linked: x/net's is the only HTTP/2 server"),
+        )),
+        (false, false, _) => Err(SemanticError::NoH2Server {
             bundled: H2_BUNDLED,
             xnet: H2_XNET,
         }),
@@ -274,4 +288,28 @@ fn api_caller_ranges(bin: &GoBinary) -> Result<Vec<AddrRange>, SemanticError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_server_rule() {
+        let pick = |b, x, w| decide_h2(b, x, w).map(|(h2, _)| h2);
+        // Traefik 3.0/3.3: both linked, x/net wired in by pkg/server.
+        assert_eq!(
+            pick(true, true, Some("pkg/server.f")).unwrap(),
+            H2Server::XNet
+        );
+        // x/net linked (e.g. for a client) but not wired to a server: bundled.
+        assert_eq!(pick(true, true, None).unwrap(), H2Server::Bundled);
+        // Traefik 3.5+: x/net's server not linked.
+        assert_eq!(pick(true, false, None).unwrap(), H2Server::Bundled);
+        assert_eq!(pick(false, true, None).unwrap(), H2Server::XNet);
+        assert!(matches!(
+            pick(false, false, None),
+            Err(SemanticError::NoH2Server { .. })
+        ));
+    }
 }
