@@ -27,15 +27,22 @@ impl Mapped {
             .ok()
             .filter(|&l| l > 0)
             .ok_or_else(|| GoBinError::NotElf(format!("{} is empty", path.display())))?;
+        // Shared, not private: the kernel installs every active uprobe's INT3 into each
+        // private mapping of a file that may execute, read-only ones included
+        // (`valid_vma` in kernel/events/uprobes.c skips only VM_MAYSHARE mappings), so a
+        // private mapping shows 0xcc instead of `push rbp` wherever a probe is attached,
+        // ours or another tracer's. A shared mapping (and read(2)) shows the file.
+        //
         // SAFETY: a fresh mapping of an open fd, checked for failure. The files mapped
         // are executables of running processes, which the kernel refuses to open for
-        // writing (ETXTBSY), so the bytes cannot change or shrink under the mapping.
+        // writing (ETXTBSY), so the bytes cannot change or shrink under the mapping; the
+        // fd is read-only, so the mapping cannot write to the file.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ,
-                libc::MAP_PRIVATE,
+                libc::MAP_SHARED,
                 file.as_raw_fd(),
                 0,
             )
