@@ -45,6 +45,19 @@ pub fn traefik_binary() -> Result<PathBuf> {
     )
 }
 
+/// One Traefik release of the version matrix (`cargo xtask test` and `cargo xtask setup`
+/// install 3.0.4, 3.3.6, 3.5.3, 3.6.15 and 3.7.15, one per Go minor version 1.22–1.26).
+pub fn traefik_release(version: &str) -> Result<PathBuf> {
+    let path = workspace_root().join(format!("target/tools/traefik-{version}/bin/traefik"));
+    if !path.is_file() {
+        bail!(
+            "Traefik {version} not found at {} (`cargo xtask setup` installs the release matrix)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// The agent binary: `ROUTESKEW_AGENT`, else the workspace's debug build.
 pub fn agent_binary() -> Result<PathBuf> {
     from_env_or(

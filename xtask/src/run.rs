@@ -168,6 +168,10 @@ pub(crate) fn lint() -> Result<()> {
 /// skip, when the agent was built without one.
 const REQUIRE_EBPF: &str = "ROUTESKEW_REQUIRE_EBPF";
 
+/// Makes the semantic sensor's tests on the Traefik release matrix fail, instead of skip,
+/// when a release binary is missing.
+const REQUIRE_TRAEFIK_RELEASES: &str = "ROUTESKEW_REQUIRE_TRAEFIK_RELEASES";
+
 /// The one ignored test of the unprivileged crates, run by the privileged tier.
 const KUBE_PRIVILEGED_TEST: &str = "agent_runs_with_kubernetes_discovery";
 
@@ -195,6 +199,9 @@ fn test_tiers(unit_only: bool, filter: &[String], tally: &mut Tally) -> Result<(
     // those tests say they were skipped.
     if !unit_only && prereqs::is_root() {
         unit.env("ROUTESKEW_TRAEFIK", prereqs::ensure_all()?);
+        // The semantic sensor resolves one release per supported Go version.
+        prereqs::ensure_traefik_releases()?;
+        unit.env(REQUIRE_TRAEFIK_RELEASES, "1");
     }
     if !unit_only {
         // Ignored (it needs root) but run by the privileged tier below: left out here so

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod names;
 pub mod prog_info;
 mod reader;
+pub mod semantic;
 pub mod tracefs;
 mod vmlinux;
 mod watched;

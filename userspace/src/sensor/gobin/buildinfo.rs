@@ -8,6 +8,10 @@
 //! 16  Go ≤ 1.17: two pointers to Go string headers {data, len}: version, module info
 //! 32  Go ≥ 1.18: uvarint length + version bytes, uvarint length + module info
 //! ```
+//!
+//! The module info is framed by two 16-byte sentinels; inside, one line per item:
+//! `path`, `mod`, `dep\t<path>\t<version>\t<sum>`, `=>` (a replacement of the line
+//! before), `build`.
 
 use super::{BuildInfoDefect as Defect, GoBinError};
 
@@ -88,6 +92,55 @@ pub fn version<'a>(
     version_str(bytes)
 }
 
+/// Bytes of each sentinel around the module info.
+const MODINFO_SENTINEL: usize = 16;
+/// Longer is not module info (Traefik's is about 30 KiB).
+const MAX_MODINFO_LEN: u64 = 1 << 22;
+
+/// The module lines of a Go ≥ 1.18 blob (strings inline), without their framing; `None`
+/// for the older format, a binary built outside a module, or a damaged blob.
+pub fn module_info(blob: &[u8]) -> Option<String> {
+    if blob.len() < HEADER_LEN || &blob[..MAGIC.len()] != MAGIC || blob[15] & FLAG_INLINE == 0 {
+        return None;
+    }
+    let (vlen, n) = uvarint(&blob[HEADER_LEN..])?;
+    let at = HEADER_LEN
+        .checked_add(n)?
+        .checked_add(usize::try_from(vlen).ok()?)?;
+    let (mlen, n) = uvarint(blob.get(at..)?)?;
+    if mlen > MAX_MODINFO_LEN {
+        return None;
+    }
+    let start = at.checked_add(n)?;
+    let framed = blob.get(start..start.checked_add(usize::try_from(mlen).ok()?)?)?;
+    // Framing: a sentinel, the lines (ending in a newline), a sentinel.
+    if framed.len() <= 2 * MODINFO_SENTINEL || framed[framed.len() - MODINFO_SENTINEL - 1] != b'\n'
+    {
+        return None;
+    }
+    let lines = &framed[MODINFO_SENTINEL..framed.len() - MODINFO_SENTINEL];
+    String::from_utf8(lines.to_vec()).ok()
+}
+
+/// The version of module `path` the binary was built with: its `dep` line, or the `=>`
+/// line that replaces it (`None` when the replacement is a local directory, which has no
+/// version, or when the module is not a dependency).
+pub fn dependency_version<'a>(module_info: &'a str, path: &str) -> Option<&'a str> {
+    let mut lines = module_info.lines().peekable();
+    while let Some(line) = lines.next() {
+        let mut cols = line.split('\t');
+        if cols.next() != Some("dep") || cols.next() != Some(path) {
+            continue;
+        }
+        let version = cols.next()?;
+        return match lines.peek().map(|l| l.split('\t').collect::<Vec<_>>()) {
+            Some(r) if r.first() == Some(&"=>") => r.get(2).copied().filter(|v| !v.is_empty()),
+            _ => Some(version),
+        };
+    }
+    None
+}
+
 /// `go1.26.9` → (1, 26); `None` for development builds (`devel ...`).
 pub fn major_minor(version: &str) -> Option<(u32, u32)> {
     let rest = version.strip_prefix("go")?;
@@ -148,6 +201,49 @@ mod tests {
         b.push(3);
         b.extend_from_slice(b"xyz");
         assert!(version(&b, |_, _| None).is_err());
+    }
+
+    fn framed(lines: &str) -> Vec<u8> {
+        let mut b = header(8, FLAG_INLINE);
+        b.push(8);
+        b.extend_from_slice(b"go1.22.4");
+        let body = [
+            &[0xaa; MODINFO_SENTINEL][..],
+            lines.as_bytes(),
+            &[0xbb; MODINFO_SENTINEL],
+        ]
+        .concat();
+        let mut len = body.len();
+        while len >= 0x80 {
+            b.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        b.push(len as u8);
+        b.extend_from_slice(&body);
+        b
+    }
+
+    #[test]
+    fn module_lines_and_dependency_versions() {
+        let lines = "path\tx\nmod\tx\t(devel)\t\n\
+            dep\tgolang.org/x/net\tv0.26.0\th1:abc=\n\
+            dep\tgithub.com/a/b\tv1.0.0\th1:def=\n=>\tgithub.com/c/b\tv1.2.0\th1:ghi=\n\
+            dep\tgithub.com/local\tv0.1.0\n=>\t../local\t\n";
+        let info = module_info(&framed(lines)).unwrap();
+        assert_eq!(info, lines);
+        assert_eq!(
+            dependency_version(&info, "golang.org/x/net"),
+            Some("v0.26.0")
+        );
+        assert_eq!(dependency_version(&info, "github.com/a/b"), Some("v1.2.0"));
+        assert_eq!(dependency_version(&info, "github.com/local"), None);
+        assert_eq!(dependency_version(&info, "golang.org/x/net/http2"), None);
+        // No framing newline: not module info.
+        let mut b = framed(lines);
+        let at = b.len() - MODINFO_SENTINEL - 1;
+        b[at] = b'x';
+        assert_eq!(module_info(&b), None);
+        assert_eq!(module_info(&header(8, 0)), None);
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub enum PclntabDefect {
     NameOutside { func: usize },
     #[error("function {func} name is not terminated")]
     NameUnterminated { func: usize },
+    #[error("the table has no closing entry")]
+    NoTableEnd,
     #[error("function {func} has no end entry")]
     NoEnd { func: usize },
     #[error("function {func} ends ({end:#x}) before it starts ({entry:#x})")]

@@ -12,74 +12,18 @@
 
 pub mod buildinfo;
 mod error;
+mod mapped;
 pub mod pclntab;
 pub mod retsites;
 
-use std::{fs::File, io, os::fd::AsRawFd, path::Path, ptr::NonNull};
+use std::path::Path;
+
+use mapped::Mapped;
 
 use object::{Object, ObjectSection, ObjectSegment};
 
 pub use error::{BuildInfoDefect, GoBinError, PclntabDefect};
 use pclntab::{FuncRange, Pclntab};
-
-/// A read-only private mapping of a whole file. Binaries are mapped instead of read:
-/// Traefik is 185 MB, and resolution only touches its tables and a few functions.
-struct Mapped {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned; nothing aliases it mutably.
-unsafe impl Send for Mapped {}
-unsafe impl Sync for Mapped {}
-
-impl Mapped {
-    fn open(path: &Path) -> Result<Mapped, GoBinError> {
-        let io_err = |source| GoBinError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l > 0)
-            .ok_or_else(|| GoBinError::Empty {
-                path: path.to_owned(),
-            })?;
-        // SAFETY: a fresh mapping of an open fd, checked for failure. The files mapped
-        // are executables of running processes, which the kernel refuses to open for
-        // writing (ETXTBSY), so the bytes cannot change or shrink under the mapping.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io_err(io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or_else(|| io_err(io::Error::other("mmap returned NULL")))?;
-        Ok(Mapped { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live PROT_READ mapping of `len` bytes until drop.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `open` mapped; no borrow of it outlives self.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
 
 /// A function resolved for uprobes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +52,12 @@ pub struct GoBinary {
     /// Where the text base came from, for logs.
     pub text_start_source: &'static str,
     pub go_version: Option<String>,
+    /// The build info's module lines (`go version -m`: `path`, `mod`, `dep`, `=>`,
+    /// `build`), when the binary has them.
+    pub module_info: Option<String>,
+    /// `runtime.moduledata.types..etypes`, when moduledata was found with absolute
+    /// pointers (not in PIE builds).
+    types: Option<(u64, u64)>,
     /// Loadable segments: (vaddr, file offset, file size).
     segments: Vec<(u64, u64, u64)>,
 }
@@ -139,6 +89,10 @@ fn read_only_data(name: &str) -> bool {
 const MD_FUNCNAMETAB: usize = 8;
 const MD_FTAB: usize = 128;
 const MD_TEXT: usize = 176;
+/// `types` and `etypes`: the runtime type descriptors (`nameOff`/`typeOff` values are
+/// relative to `types`). Same offsets from Go 1.20 to 1.26 (`runtime/symtab.go`).
+const MD_TYPES: usize = 296;
+const MD_ETYPES: usize = 304;
 
 impl GoBinary {
     pub fn open(path: &Path) -> Result<GoBinary, GoBinError> {
@@ -166,9 +120,17 @@ impl GoBinary {
         let (pcl_vaddr, pclntab) = find_pclntab(&file)?;
         let table = Pclntab::parse(&data[pclntab.0..pclntab.1])?;
 
-        let moduledata = find_moduledata(&file, data, pcl_vaddr, &table);
+        let moduledata = find_moduledata(&file, pcl_vaddr, &table);
+        let md_word = |off: usize| {
+            moduledata
+                .and_then(|md| u64_le(md, off))
+                .filter(|&v| v != 0)
+        };
+        let types = md_word(MD_TYPES)
+            .zip(md_word(MD_ETYPES))
+            .filter(|(start, end)| start < end);
         let text_section = file.section_by_name(".text").map(|s| s.address());
-        let (text_start, text_start_source) = match (table.header_text_start(), moduledata) {
+        let (text_start, text_start_source) = match (table.header_text_start(), md_word(MD_TEXT)) {
             (Some(t), _) => (t, "pcHeader.textStart"),
             (None, Some(t)) => (t, "runtime.moduledata.text"),
             (None, None) => (
@@ -177,11 +139,11 @@ impl GoBinary {
             ),
         };
 
-        let go_version = match build_version(&file, data, &segments) {
-            Ok(v) => Some(v),
+        let (go_version, module_info) = match build_info(&file, data, &segments) {
+            Ok((v, m)) => (Some(v), m),
             Err(error) => {
                 tracing::debug!(path = %path.display(), %error, "no Go version in the binary");
-                None
+                (None, None)
             }
         };
         Ok(GoBinary {
@@ -189,6 +151,8 @@ impl GoBinary {
             text_start,
             text_start_source,
             go_version,
+            module_info,
+            types,
             segments,
             map,
         })
@@ -224,7 +188,47 @@ impl GoBinary {
             .collect()
     }
 
-    fn file_offset(&self, address: u64, len: u64) -> Option<u64> {
+    /// The function holding virtual address `address`: (name, entry address, size).
+    pub fn function_at(&self, address: u64) -> Result<Option<(String, u64, u64)>, GoBinError> {
+        let Some(off) = address.checked_sub(self.text_start) else {
+            return Ok(None);
+        };
+        let table = self.table()?;
+        let Some(i) = table.containing(off)? else {
+            return Ok(None);
+        };
+        let r = table.range(i)?;
+        let name = String::from_utf8_lossy(table.name(i)?).into_owned();
+        Ok(Some((name, self.text_start + r.entry_off, r.size)))
+    }
+
+    /// The whole Go text as mapped: (start address, bytes).
+    pub fn text(&self) -> Result<(u64, &[u8]), GoBinError> {
+        let len = self.table()?.text_len()?;
+        let bytes = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.read(self.text_start, len))
+            .ok_or_else(|| GoBinError::NotInFile {
+                name: "the text".into(),
+                address: self.text_start,
+            })?;
+        Ok((self.text_start, bytes))
+    }
+
+    /// `runtime.moduledata`'s `[types, etypes)`: where the runtime type descriptors are.
+    pub fn types_range(&self) -> Option<(u64, u64)> {
+        self.types
+    }
+
+    /// `len` bytes of the file mapped at virtual address `address`, if a loadable
+    /// segment holds them all.
+    pub fn read(&self, address: u64, len: usize) -> Option<&[u8]> {
+        let off = usize::try_from(self.file_offset(address, len as u64)?).ok()?;
+        self.map.bytes().get(off..off.checked_add(len)?)
+    }
+
+    /// The file offset of virtual address `address` (`len` bytes from it in the file).
+    pub fn file_offset(&self, address: u64, len: u64) -> Option<u64> {
         self.segments.iter().find_map(|&(vaddr, off, size)| {
             let rel = address.checked_sub(vaddr)?;
             (rel.checked_add(len)? <= size).then_some(off + rel)
@@ -304,16 +308,15 @@ fn find_pclntab(file: &object::File<'_>) -> Result<(u64, (usize, usize)), GoBinE
     Err(GoBinError::NoPclntab)
 }
 
-/// `runtime.moduledata.text`: the runtime's own text base. Go 1.26 puts moduledata in a
+/// `runtime.moduledata`'s bytes (its `text` is the runtime's own text base). Go 1.26 puts moduledata in a
 /// `.go.module` section; earlier ones keep it in `.noptrdata` (or `.data.rel.ro` in PIE
 /// builds, where the pointers are relocations and read as 0, so this yields nothing).
 /// A candidate must point at this pcHeader, at its funcnametab and at its ftab.
-fn find_moduledata(
-    file: &object::File<'_>,
-    _data: &[u8],
+fn find_moduledata<'d>(
+    file: &object::File<'d>,
     pcl_vaddr: u64,
     table: &Pclntab<'_>,
-) -> Option<u64> {
+) -> Option<&'d [u8]> {
     let funcnametab = pcl_vaddr + table.funcname_offset() as u64;
     let ftab = pcl_vaddr + table.ftab_offset() as u64;
     for name in [".go.module", ".noptrdata", ".data"] {
@@ -322,12 +325,12 @@ fn find_moduledata(
         };
         let Ok(d) = s.data() else { continue };
         let mut at = 0usize;
-        while at + MD_TEXT + 8 <= d.len() {
+        while at + MD_ETYPES + 8 <= d.len() {
             if u64_le(d, at) == Some(pcl_vaddr)
                 && u64_le(d, at + MD_FUNCNAMETAB) == Some(funcnametab)
                 && u64_le(d, at + MD_FTAB) == Some(ftab)
             {
-                return u64_le(d, at + MD_TEXT).filter(|&t| t != 0);
+                return Some(&d[at..]);
             }
             at += 8;
         }
@@ -335,11 +338,12 @@ fn find_moduledata(
     None
 }
 
-fn build_version(
+/// The Go version and, when present, the module lines.
+fn build_info(
     file: &object::File<'_>,
     data: &[u8],
     segments: &[(u64, u64, u64)],
-) -> Result<String, GoBinError> {
+) -> Result<(String, Option<String>), GoBinError> {
     let blob = match file.section_by_name(".go.buildinfo") {
         Some(s) => s
             .data()
@@ -353,14 +357,15 @@ fn build_version(
             &data[at * 16..]
         }
     };
-    buildinfo::version(blob, |addr, len| {
+    let version = buildinfo::version(blob, |addr, len| {
         let off = segments.iter().find_map(|&(vaddr, off, size)| {
             let rel = addr.checked_sub(vaddr)?;
             (rel.checked_add(len as u64)? <= size).then_some(off + rel)
         })?;
         let off = usize::try_from(off).ok()?;
         data.get(off..off + len)
-    })
+    })?;
+    Ok((version, buildinfo::module_info(blob)))
 }
 
 #[cfg(test)]

@@ -221,6 +221,36 @@ impl<'a> Pclntab<'a> {
         Ok(None)
     }
 
+    /// The function whose range holds text offset `off` (entries are in text order).
+    pub fn containing(&self, off: u64) -> Result<Option<usize>, GoBinError> {
+        let entry = |i: usize| {
+            self.ftab(i)
+                .map(|(e, _)| u64::from(e))
+                .ok_or_else(|| GoBinError::from(Defect::PastTable { func: i }))
+        };
+        if off < entry(0)? || off >= entry(self.nfunc)? {
+            return Ok(None);
+        }
+        // The last function starting at or before `off`.
+        let (mut lo, mut hi) = (0, self.nfunc);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if entry(mid)? <= off {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(Some(lo))
+    }
+
+    /// Offset of the end of the text (the table's closing entry).
+    pub fn text_len(&self) -> Result<u64, GoBinError> {
+        self.ftab(self.nfunc)
+            .map(|(e, _)| u64::from(e))
+            .ok_or_else(|| GoBinError::from(Defect::NoTableEnd))
+    }
+
     /// Every function as (name, range), in text order.
     pub fn functions(
         &self,
@@ -282,6 +312,12 @@ mod tests {
                 })
             );
             assert_eq!(p.find("a.").unwrap(), None);
+            assert_eq!(p.containing(0x10).unwrap(), Some(0));
+            assert_eq!(p.containing(0x2f).unwrap(), Some(0));
+            assert_eq!(p.containing(0x37).unwrap(), Some(1));
+            assert_eq!(p.containing(0x38).unwrap(), None);
+            assert_eq!(p.containing(0xf).unwrap(), None);
+            assert_eq!(p.text_len().unwrap(), 0x38);
         }
     }
 

@@ -1,0 +1,71 @@
+//! A read-only private mapping of a whole file.
+
+use std::{fs::File, io, os::fd::AsRawFd, path::Path, ptr::NonNull};
+
+use super::GoBinError;
+
+/// A read-only private mapping of a whole file. Binaries are mapped instead of read:
+/// Traefik is 185 MB, and resolution only touches its tables and a few functions.
+pub(super) struct Mapped {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned; nothing aliases it mutably.
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
+impl Mapped {
+    pub(super) fn open(path: &Path) -> Result<Mapped, GoBinError> {
+        let io_err = |source| GoBinError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| GoBinError::Empty {
+                path: path.to_owned(),
+            })?;
+        // Shared, not private: the kernel installs every active uprobe's INT3 into each
+        // private mapping of a file that may execute, read-only ones included
+        // (`valid_vma` in kernel/events/uprobes.c skips only VM_MAYSHARE mappings), so a
+        // private mapping shows 0xcc instead of `push rbp` wherever a probe is attached,
+        // ours or another tracer's. A shared mapping (and read(2)) shows the file.
+        //
+        // SAFETY: a fresh mapping of an open fd, checked for failure. The files mapped
+        // are executables of running processes, which the kernel refuses to open for
+        // writing (ETXTBSY), so the bytes cannot change or shrink under the mapping; the
+        // fd is read-only, so the mapping cannot write to the file.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io_err(io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io_err(io::Error::other("mmap returned NULL")))?;
+        Ok(Mapped { ptr, len })
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live PROT_READ mapping of `len` bytes until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped; no borrow of it outlives self.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
