@@ -2,11 +2,35 @@
 //! started after the preconditions), the agent's passive counts as [`Table`]s, Traefik's
 //! own access logs as ground truth, and the checks every run ends with.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::metrics::Metrics;
+use crate::plans::{Step, Tls};
 use crate::tally::{add, class_of_status, diff, host_label, table, Table};
-use crate::{paths, Agent, AgentConfig, Scenario, Testbed, TestbedConfig};
+use crate::{paths, tls, Agent, AgentConfig, Scenario, Testbed, TestbedConfig};
+
+/// How long curl keeps an upgraded `wss` connection open (well inside the agent's
+/// early-close window).
+const WS_HOLD: Duration = Duration::from_millis(500);
+
+/// Sends one step of a TLS plan to a replica's `websecure` entrypoint with curl
+/// (`--http1.1` keep-alive, `--http2` streams of one connection, or `wss` upgrades held
+/// for [`WS_HOLD`]); the statuses curl saw, in order.
+pub async fn send_tls(addr: SocketAddr, s: &Step<Tls>) -> Vec<u16> {
+    let (host, path, n, kind) = (s.host.clone(), s.path, s.n, s.kind);
+    tokio::task::spawn_blocking(move || match kind {
+        Tls::Http => tls::curl_https(addr, &host, &vec![path; n]),
+        Tls::Http2 => tls::curl_https_h2(addr, &host, &vec![path; n]),
+        Tls::Ws => (0..n)
+            .map(|_| tls::curl_wss_upgrade(addr, &host, path, WS_HOLD))
+            .collect(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("curl task for {}{}: {e}", s.host, s.path))
+    .unwrap_or_else(|e| panic!("{} × {}{} via {addr}: {e:#}", s.n, s.host, s.path))
+}
 
 /// A running test bed and the agent watching it.
 pub struct Fleet {

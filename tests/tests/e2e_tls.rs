@@ -13,38 +13,14 @@
     unused_crate_dependencies,
     reason = "this target sees every dependency of its package and uses a few; the library target is checked"
 )]
-#![expect(
-    clippy::unwrap_used,
-    reason = "helpers outside #[test] functions unwrap too (clippy.toml covers only tests); a panic there fails the test"
-)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
-use routeskew_testbed::plans::{self, Tls};
+use routeskew_testbed::plans;
 use routeskew_testbed::tally::diff;
-use routeskew_testbed::{tls, TestbedConfig};
-
-/// How long curl keeps an upgraded connection open (well inside the early-close window).
-const WS_HOLD: Duration = Duration::from_millis(500);
-
-type Step = plans::Step<Tls>;
-
-async fn send(addr: SocketAddr, s: &Step) -> Vec<u16> {
-    let (host, path, n, kind) = (s.host.clone(), s.path, s.n, s.kind);
-    tokio::task::spawn_blocking(move || match kind {
-        Tls::Http => tls::curl_https(addr, &host, &vec![path; n]),
-        Tls::Http2 => tls::curl_https_h2(addr, &host, &vec![path; n]),
-        Tls::Ws => (0..n)
-            .map(|_| tls::curl_wss_upgrade(addr, &host, path, WS_HOLD))
-            .collect(),
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("{} × {}{} via {addr}: {e:#}", s.n, s.host, s.path))
-}
+use routeskew_testbed::TestbedConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pins_router_misses_over_tls() {
@@ -70,7 +46,7 @@ async fn agent_pins_router_misses_over_tls() {
     for s in &steps {
         let r = &bed.replicas()[s.replica];
         let addr = r.websecure_addr.expect("websecure entrypoint");
-        let statuses = send(addr, s).await;
+        let statuses = e2e::send_tls(addr, s).await;
         assert_eq!(
             statuses,
             vec![s.status; s.n],

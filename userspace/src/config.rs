@@ -124,6 +124,12 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_DATA_HOOKS", value_enum, default_value_t = DataHooksArg::Auto)]
     pub data_hooks: DataHooksArg,
 
+    /// How responses are seen: `bytes` copies the leading bytes of socket I/O (and TLS
+    /// plaintext) and parses HTTP in the agent; `semantic` reads Go net/http's own state
+    /// at one uprobe per response and counts in the kernel (no per-syscall hooks).
+    #[arg(long, env = "ROUTESKEW_SENSOR", value_enum, default_value_t = SensorArg::Bytes)]
+    pub sensor: SensorArg,
+
     /// An upgraded WebSocket connection closed sooner than this counts as an early close.
     #[arg(long, env = "ROUTESKEW_WS_EARLY_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ws_early_close: Duration,
@@ -231,6 +237,25 @@ pub struct KubeArgs {
     /// The host's /proc (with hostPID), for container processes and binaries.
     #[arg(long, env = "ROUTESKEW_HOST_PROC", default_value = "/proc")]
     pub host_proc: PathBuf,
+}
+
+/// `--sensor`: how responses are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SensorArg {
+    /// Byte capture on socket hooks and the Go TLS uprobes; the pipeline parses HTTP.
+    Bytes,
+    /// Uprobes on Go net/http's response funnels; counted in the kernel.
+    Semantic,
+}
+
+impl SensorArg {
+    /// The `mode` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bytes => "bytes",
+            Self::Semantic => "semantic",
+        }
+    }
 }
 
 /// `--data-hooks`: which kernel hooks capture socket data.

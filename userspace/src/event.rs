@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::hosts::Host;
+
 /// Which process (and cgroup) an event belongs to. Discovery maps it to a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Origin {
@@ -150,6 +152,28 @@ pub enum EventKind {
     ProbeVerdict(Box<ProbeVerdict>),
     /// Enabled routers the replica's API listed (the prober's router inventory).
     RouterInventory { enabled: u64 },
+    /// Responses the semantic sensor counted in the kernel since its previous fold.
+    Responses(ResponseCount),
+}
+
+/// A number of responses of one replica with the same Host, status and kind, counted in
+/// the kernel by the semantic sensor (`Go net/http`'s own `WriteHeader`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseCount {
+    /// The request's Host as published to the kernel, or [`Host::Missing`] for any
+    /// Host that was not (it counts as `other`).
+    pub host: Host,
+    pub status: u16,
+    /// A 404 written right after Traefik's no-router handler (`net/http.NotFound`
+    /// called from outside its API router) on the same request.
+    pub router_miss: bool,
+    /// Answered by the HTTP/2 server.
+    pub h2: bool,
+    /// The exchange was the agent's own probe.
+    pub probe: bool,
+    /// A `101` the reverse proxy relayed (a WebSocket upgrade that succeeded).
+    pub upgrade: bool,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,7 @@ wire_enum! {
         SemH1WriteHeader = 20,
         SemH2WriteHeader = 21,
         SemNotFound = 22,
+        SemUpgrade = 23,
     }
 }
 
@@ -81,6 +82,7 @@ const NAMES: [&str; Program::COUNT as usize] = [
     "sem_h1_write_header",
     "sem_h2_write_header",
     "sem_not_found",
+    "sem_upgrade",
 ];
 
 /// Per-program, per-CPU counters (summed over CPUs by the agent).

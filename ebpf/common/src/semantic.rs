@@ -38,6 +38,9 @@ wire_enum! {
         H2WriteHeader = 1,
         /// `net/http.NotFound`: Traefik's no-router handler (and its API's 404s).
         NotFound = 2,
+        /// `net/http/httputil.(*ReverseProxy).handleUpgradeResponse`: a backend's `101`
+        /// relayed over the hijacked connection (no `WriteHeader` runs for it).
+        Upgrade = 3,
     }
 }
 
@@ -99,6 +102,8 @@ pub mod sem_flags {
     pub const H2: u16 = 2;
     /// The exchange came from the agent's own prober.
     pub const PROBE: u16 = 4;
+    /// A `101 Switching Protocols` relayed by the reverse proxy (a WebSocket upgrade).
+    pub const UPGRADE: u16 = 8;
 }
 
 /// Key of the per-CPU response counters.
@@ -170,6 +175,78 @@ const _: () = {
     assert!(SEM_HOST_CAP.is_power_of_two());
 };
 
+/// ASCII lowercase of every byte value (a table lookup instead of a branch per byte:
+/// the verifier walks the hash loop once per byte, and branches multiply its states).
+static LOWER: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).to_ascii_lowercase();
+        i += 1;
+    }
+    t
+};
+
+/// `buf[i & MASK]`, with the index opaque to the optimiser: the BPF verifier needs the
+/// mask applied right before the access, and LLVM would otherwise fold it into the
+/// arithmetic that computed `i` (an access at `buf + x - 2` with `x` masked is rejected).
+#[inline(always)]
+fn at(buf: &[u8; SEM_HOST_CAP], i: usize) -> u8 {
+    // SAFETY: a read of a local.
+    let i = unsafe { core::ptr::read_volatile(&i) } & (SEM_HOST_CAP - 1);
+    buf[i]
+}
+
+/// Longest port suffix: `:` and five digits.
+const PORT_SUFFIX: usize = 6;
+
+/// FNV-1a of the normalised host in `buf[..len]` (`0 < len <= SEM_HOST_CAP`), or 0 when
+/// it cannot be a known host. As the agent normalises: a `:port` of 1–5 digits at the
+/// end is cut (after `]` for a bracketed IPv6 literal), then one trailing dot, and the
+/// rest is hashed in ASCII lowercase. A Host the agent would call invalid hashes to a
+/// value no known host has (known hosts contain no `:` outside brackets).
+#[inline(always)]
+pub fn raw_host_hash(buf: &[u8; SEM_HOST_CAP], len: usize) -> u64 {
+    let mut end = len;
+    // The port: digits back from the end up to a colon.
+    let mut k = 1;
+    while k <= PORT_SUFFIX {
+        if k > len {
+            break;
+        }
+        let c = at(buf, len - k);
+        if c == b':' {
+            if k == 1 {
+                // `host:` has an empty port.
+                return 0;
+            }
+            end = len - k;
+            break;
+        }
+        if !c.is_ascii_digit() {
+            break;
+        }
+        k += 1;
+    }
+    if end < len && buf[0] == b'[' && (end == 0 || at(buf, end - 1) != b']') {
+        // A colon inside an IPv6 literal, not a port.
+        end = len;
+    }
+    if end > 0 && at(buf, end - 1) == b'.' {
+        end -= 1;
+    }
+    let mut h = FNV_START;
+    let mut i = 0;
+    while i < SEM_HOST_CAP {
+        if i >= end {
+            break;
+        }
+        h = fnv_step(h, LOWER[buf[i] as usize]);
+        i += 1;
+    }
+    fnv_finish(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +264,6 @@ mod tests {
         for p in SemProbe::ALL {
             assert_eq!(SemProbe::try_from(p as u32), Ok(p));
         }
-        assert!(SemProbe::try_from(3).is_err());
+        assert!(SemProbe::try_from(4).is_err());
     }
 }

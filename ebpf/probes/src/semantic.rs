@@ -20,8 +20,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use routeskew_common::{
-    fnv_finish, fnv_step, sem_flags, GoHttpBinary, GoroutineKey, MissMark, Program, SemKey,
-    FNV_START, SEM_HOST_CAP, SEM_MISS_TTL_NS,
+    raw_host_hash, sem_flags, GoHttpBinary, GoroutineKey, MissMark, Program, SemKey, SEM_HOST_CAP,
+    SEM_MISS_TTL_NS,
 };
 
 use crate::{
@@ -88,6 +88,51 @@ pub(crate) fn rs_sem_not_found(ctx: ProbeContext) -> u32 {
         count(PROG, Counter::MapFull);
     }
     0
+}
+
+/// `net/http/httputil.(*ReverseProxy).handleUpgradeResponse(rw, req, res)`: RAX = p,
+/// RBX/RCX = rw (interface), RDI = req, RSI = res. Called only for a backend's `101`,
+/// which it relays over the hijacked connection without `WriteHeader`.
+#[uprobe]
+pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
+    const PROG: Program = Program::SemUpgrade;
+    let Some(cgroup_id) = watched_cgroup() else {
+        return 0;
+    };
+    let Some(bin) = binary(&ctx, PROG) else {
+        return 0;
+    };
+    let regs = unsafe { &*ctx.regs };
+    let Ok([host_ptr, host_len]) = (unsafe {
+        bpf_probe_read_user((regs.rdi + u64::from(bin.offsets.req_host)) as *const [u64; 2])
+    }) else {
+        count(PROG, Counter::ReadFailure);
+        return 0;
+    };
+    bump(
+        PROG,
+        SemKey {
+            cgroup_id,
+            host_hash: known_host(PROG, host_ptr, host_len),
+            status: 101,
+            flags: sem_flags::UPGRADE,
+            tgid: (pid_tgid() >> 32) as u32,
+        },
+    );
+    0
+}
+
+/// One more response under `key` (per-CPU: no other writer races on this CPU).
+#[inline(always)]
+fn bump(prog: Program, key: SemKey) {
+    match SEM_COUNTS.get_ptr_mut(key) {
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            if SEM_COUNTS.insert(key, 1, 0).is_err() {
+                count(prog, Counter::MapFull);
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -166,15 +211,7 @@ fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
         flags,
         tgid: (pid_tgid() >> 32) as u32,
     };
-    match SEM_COUNTS.get_ptr_mut(key) {
-        // Per-CPU value: no other writer races with this program on this CPU.
-        Some(n) => unsafe { *n += 1 },
-        None => {
-            if SEM_COUNTS.insert(key, 1, 0).is_err() {
-                count(prog, Counter::MapFull);
-            }
-        }
-    }
+    bump(prog, key);
 }
 
 /// Whether `NotFound` marked this goroutine for this request (same Host string: Traefik's
@@ -214,52 +251,9 @@ fn known_host(prog: Program, ptr: u64, len: u64) -> u64 {
         count(prog, Counter::ReadFailure);
         return 0;
     }
-    let hash = normalised_hash(buf, n as usize);
+    let hash = raw_host_hash(buf, n as usize);
     match unsafe { SEM_HOSTS.get(hash) } {
         Some(_) => hash,
         None => 0,
     }
-}
-
-/// FNV-1a of the normalised host in `buf[..len]`, or 0 when it cannot be a known host.
-#[inline(always)]
-fn normalised_hash(buf: &[u8; SEM_HOST_CAP], len: usize) -> u64 {
-    let (mut h, mut before_last, mut last) = (FNV_START, FNV_START, 0u8);
-    let mut bracket = false;
-    // -1 while in the name, else the number of port digits seen.
-    let mut port: i32 = -1;
-    let mut i = 0;
-    while i < SEM_HOST_CAP {
-        if i >= len {
-            break;
-        }
-        let b = buf[i];
-        i += 1;
-        if port >= 0 {
-            if !b.is_ascii_digit() {
-                return 0;
-            }
-            port += 1;
-            continue;
-        }
-        if b == b'[' && i == 1 {
-            bracket = true;
-        } else if b == b']' {
-            bracket = false;
-        } else if b == b':' && !bracket {
-            port = 0;
-            continue;
-        }
-        let b = b.to_ascii_lowercase();
-        before_last = h;
-        h = fnv_step(h, b);
-        last = b;
-    }
-    if port == 0 || port > 5 {
-        return 0;
-    }
-    if last == b'.' {
-        h = before_last;
-    }
-    fnv_finish(h)
 }

@@ -27,6 +27,8 @@ pub struct TestbedConfig {
     /// Also a `websecure` (TLS) entrypoint per replica, with a self-signed certificate
     /// made by the test bed, serving every route (as `<name>-tls` routers).
     pub tls: bool,
+    /// The Traefik binary; `None` for [`crate::paths::traefik_binary`].
+    pub traefik: Option<PathBuf>,
 }
 
 impl Default for TestbedConfig {
@@ -40,6 +42,7 @@ impl Default for TestbedConfig {
                 .unwrap_or_else(|_| "INFO".into()),
             ready_timeout: Duration::from_secs(30),
             tls: false,
+            traefik: None,
         }
     }
 }

@@ -52,7 +52,10 @@ impl Testbed {
                 );
             }
         }
-        let traefik_bin = paths::traefik_binary()?;
+        let traefik_bin = match &config.traefik {
+            Some(path) => path.clone(),
+            None => paths::traefik_binary()?,
+        };
         let backend_bin = tokio::task::spawn_blocking(backend::build).await??;
         let mount = cgroup::v2_mount()?;
         cgroup::sweep_stale(&mount);

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use routeskew::event::{Direction::Read, Direction::Write, UpstreamFailureReason};
 use routeskew::sensor::SensorConfig;
 
-use crate::data_paths::Capture::{self, Classic, Raw, Sock};
+use crate::data_paths::Capture::{self, Classic, Off, Raw, Sock};
 use crate::events::{
     assert_events, expected,
     Side::Client as C,
@@ -259,6 +259,7 @@ fn check_after(bench: &Bench, case: Case) -> Result<()> {
             let closes = match case.path {
                 Sock => "inet_sock_set_state",
                 Raw | Classic => "sys_enter_close",
+                Off => unreachable!("the cases run on a data path"),
             };
             assert_eq!(emitted(closes), 2);
         }

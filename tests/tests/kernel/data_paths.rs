@@ -1,7 +1,7 @@
 //! The three data paths a sensor can run on, and the hooks each one must attach.
 
 use anyhow::{ensure, Context, Result};
-use routeskew::sensor::{DataHooks, DataPath, HookError, PathFailure, Sensor};
+use routeskew::sensor::{DataHooks, DataPath, HookError, PathFailure, RegsUnavailable, Sensor};
 
 /// Which data hooks a test runs on. This kernel (6.18, BTF) supports all three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +12,8 @@ pub(crate) enum Capture {
     Raw,
     /// The classic `syscalls/*` fallback without any BTF use.
     Classic,
+    /// No data hooks: the semantic sensor's uprobes count responses.
+    Off,
 }
 
 impl Capture {
@@ -20,6 +22,7 @@ impl Capture {
             Capture::Sock => DataHooks::Auto,
             Capture::Raw => DataHooks::RawSysExit,
             Capture::Classic => DataHooks::Classic,
+            Capture::Off => DataHooks::Off,
         }
     }
 
@@ -29,6 +32,7 @@ impl Capture {
             DataHooks::Auto => Capture::Sock,
             DataHooks::RawSysExit => Capture::Raw,
             DataHooks::Classic => Capture::Classic,
+            DataHooks::Off => Capture::Off,
         }
     }
 
@@ -37,13 +41,14 @@ impl Capture {
             Capture::Sock => DataPath::SockTracepoints,
             Capture::Raw => DataPath::RawSysExit,
             Capture::Classic => DataPath::Classic,
+            Capture::Off => DataPath::Off,
         }
     }
 
     /// Data hooks of better paths, listed as not attached with the reason.
     fn skipped(self) -> &'static [&'static str] {
         match self {
-            Capture::Sock => &[],
+            Capture::Sock | Capture::Off => &[],
             Capture::Raw => &[SOCK_HOOKS[0], SOCK_HOOKS[1]],
             Capture::Classic => &[SOCK_HOOKS[0], SOCK_HOOKS[1], RAW_HOOK],
         }
@@ -68,7 +73,7 @@ pub(crate) fn check_hooks(sensor: &Sensor, requested: Capture) -> Result<()> {
             !h.attached
                 && matches!(
                     &h.error,
-                    Some(HookError::FellBack { reason }) if matches!(**reason, PathFailure::Configured)
+                    Some(HookError::FellBack { reason }) if configured(reason)
                 ),
             "{h:#?}"
         );
@@ -82,7 +87,7 @@ pub(crate) fn check_hooks(sensor: &Sensor, requested: Capture) -> Result<()> {
     );
     let enter_close = hooks.iter().any(|h| h.name == "syscalls/sys_enter_close");
     ensure!(
-        enter_close == (requested != Capture::Sock),
+        enter_close == matches!(requested, Capture::Raw | Capture::Classic),
         "sys_enter_close on the {requested:?} path: {hooks:#?}"
     );
     let failed: Vec<_> = hooks
@@ -94,6 +99,16 @@ pub(crate) fn check_hooks(sensor: &Sensor, requested: Capture) -> Result<()> {
         "hooks not attached on this kernel: {failed:#?}"
     );
     Ok(())
+}
+
+/// A path given up by configuration: the socket path skipped on request, or (classic) the
+/// registers deliberately not used.
+fn configured(reason: &PathFailure) -> bool {
+    match reason {
+        PathFailure::Configured => true,
+        PathFailure::Regs { source } => matches!(**source, RegsUnavailable::Configured),
+        _ => false,
+    }
 }
 
 /// Hook names in `Sensor::hooks()`.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::config::{ConfigError, DataHooksArg, RunArgs};
+use crate::config::{ConfigError, DataHooksArg, RunArgs, SensorArg};
 use crate::discovery::kubernetes::KubeError;
 use crate::discovery::local::DiscoveryError;
 use crate::discovery::TargetSet;
@@ -26,7 +26,7 @@ use crate::probe::{ProbeConfig, Prober};
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
 use discovery::Discovery;
 pub use metrics_list::{metric_names, AgentMetrics};
-use scan::{apply_scan, TlsState, Watched};
+use scan::{apply_scan, SemanticState, TlsState, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -120,10 +120,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ring_buffer_bytes: args.ring_buffer_bytes,
             poll_interval: args.poll_interval,
             upstream_responses: args.upstream_responses,
-            data_hooks: match args.data_hooks {
-                DataHooksArg::Auto => DataHooks::Auto,
-                DataHooksArg::RawSysExit => DataHooks::RawSysExit,
-                DataHooksArg::Classic => DataHooks::Classic,
+            data_hooks: match (args.sensor, args.data_hooks) {
+                (SensorArg::Semantic, _) => DataHooks::Off,
+                (SensorArg::Bytes, DataHooksArg::Auto) => DataHooks::Auto,
+                (SensorArg::Bytes, DataHooksArg::RawSysExit) => DataHooks::RawSysExit,
+                (SensorArg::Bytes, DataHooksArg::Classic) => DataHooks::Classic,
             },
         },
         tx,
@@ -183,11 +184,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         failures: Vec::new(),
         published: targets_tx,
         tls: TlsState {
-            enabled: !args.no_tls,
+            enabled: !args.no_tls && args.sensor == SensorArg::Bytes,
+            failed_replicas: 0,
+        },
+        semantic: SemanticState {
+            enabled: args.sensor == SensorArg::Semantic,
             failed_replicas: 0,
         },
     };
-    if !watched.tls.enabled {
+    tracing::info!(mode = args.sensor.as_str(), "sensor mode");
+    if !watched.tls.enabled && args.sensor == SensorArg::Bytes {
         tracing::warn!("Go crypto/tls uprobes disabled by configuration: TLS traffic goes unseen");
     }
     apply_scan(
@@ -198,6 +204,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         &contract,
     );
     discovery.update_hosts(&mut pipeline, &hosts_tx);
+    publish_hosts(&mut sensor, &pipeline);
     discovery.report_readiness(&readiness);
     if probing {
         // The span covers the prober's construction too (its TLS set-up logs).
@@ -225,6 +232,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
 
+    let mut folded = Vec::new();
     loop {
         tokio::select! {
             batch = rx.recv() => {
@@ -246,10 +254,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = discovery.changed() => {
                 apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
                 discovery.update_hosts(&mut pipeline, &hosts_tx);
+                publish_hosts(&mut sensor, &pipeline);
             }
             _ = housekeeping.tick() => {
                 discovery.report_readiness(&readiness);
-                pipeline.tick(crate::event::monotonic_ns());
+                let now = crate::event::monotonic_ns();
+                if watched.semantic.enabled {
+                    fold_responses(&mut sensor, &mut pipeline, now, &mut folded);
+                }
+                pipeline.tick(now);
                 if let Err(e) = sensor.publish_counters(&mut sensor_metrics) {
                     tracing::warn!(error = %e, "reading kernel counters failed");
                 }
@@ -261,6 +274,30 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     readiness.set(false, "shutting down");
     drop(sensor);
     Ok(())
+}
+
+/// The pipeline's known hosts, published to the semantic sensor's kernel map.
+fn publish_hosts(sensor: &mut Sensor, pipeline: &Pipeline) {
+    if let Err(e) = sensor.set_known_hosts(pipeline.known_hosts()) {
+        tracing::warn!(error = %e, "publishing the known hosts to the kernel failed; their responses count as other");
+    }
+}
+
+/// The semantic sensor's counts since the last fold, through the pipeline.
+fn fold_responses(sensor: &mut Sensor, pipeline: &mut Pipeline, now: u64, buf: &mut Vec<Event>) {
+    buf.clear();
+    match sensor.fold_responses(now, buf) {
+        Ok(stats) => {
+            tracing::trace!(
+                keys = stats.keys,
+                events = stats.events,
+                deleted = stats.deleted,
+                "semantic counters folded"
+            );
+            pipeline.handle_batch(buf);
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the semantic sensor's counters failed"),
+    }
 }
 
 fn kernel_release() -> String {

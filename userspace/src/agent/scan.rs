@@ -38,6 +38,35 @@ fn sync_tls(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
         .count() as i64
 }
 
+/// The semantic sensor's uprobes across scans.
+pub(super) struct SemanticState {
+    pub(super) enabled: bool,
+    /// Replicas whose binary the semantic sensor could not be put on (their responses
+    /// go uncounted; they count as failed targets).
+    pub(super) failed_replicas: i64,
+}
+
+/// Puts the semantic uprobes on the targets' binaries; returns how many targets run a
+/// binary where that failed.
+fn sync_semantic(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
+    let pids: Vec<u32> = targets
+        .targets()
+        .iter()
+        .flat_map(|t| t.pids.iter().copied())
+        .collect();
+    let failed_pids: std::collections::HashSet<u32> = sensor
+        .set_semantic_processes(&pids)
+        .into_iter()
+        .filter(|b| b.outcome.is_err())
+        .flat_map(|b| b.pids)
+        .collect();
+    targets
+        .targets()
+        .iter()
+        .filter(|t| t.pids.iter().any(|p| failed_pids.contains(p)))
+        .count() as i64
+}
+
 /// What the agent watches, across discovery scans.
 pub(super) struct Watched {
     pub(super) current: TargetSet,
@@ -46,6 +75,7 @@ pub(super) struct Watched {
     /// The targets as the prober sees them.
     pub(super) published: watch::Sender<TargetSet>,
     pub(super) tls: TlsState,
+    pub(super) semantic: SemanticState,
 }
 
 /// Pushes a discovery result to the kernel filter, the TLS uprobes, the pipeline and the
@@ -62,6 +92,7 @@ pub(super) fn apply_scan(
         failures,
         published,
         tls,
+        semantic,
     } = state;
     for f in &scan.failures {
         if !failures.contains(f) {
@@ -71,7 +102,10 @@ pub(super) fn apply_scan(
     *failures = scan.failures.clone();
     let failed = scan.failures.len() as i64;
     if scan.targets == *current {
-        metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
+        metrics.set_targets(
+            current.replica_count() as i64,
+            failed + tls.failed_replicas + semantic.failed_replicas,
+        );
         return;
     }
     for t in scan.targets.targets() {
@@ -87,10 +121,13 @@ pub(super) fn apply_scan(
     if tls.enabled {
         tls.failed_replicas = sync_tls(&scan.targets, sensor);
     }
+    if semantic.enabled {
+        semantic.failed_replicas = sync_semantic(&scan.targets, sensor);
+    }
     match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
         Ok(()) => metrics.set_targets(
             scan.targets.replica_count() as i64,
-            failed + tls.failed_replicas,
+            failed + tls.failed_replicas + semantic.failed_replicas,
         ),
         Err(e) => {
             tracing::error!(error = %e, "updating the kernel cgroup filter failed");

@@ -158,3 +158,62 @@ fn known_hosts_normalise_deduplicate_and_bound() {
         OTHER_HOST
     );
 }
+
+/// The semantic sensor's kernel hash of a raw Host (`routeskew_common::raw_host_hash`)
+/// agrees with the agent's normalisation: a Host that normalises to a name hashes to that
+/// name's hash; one the agent calls invalid never hashes to a known host's.
+#[test]
+fn kernel_host_hash_agrees_with_normalisation() {
+    use routeskew_common::{host_hash, raw_host_hash, SEM_HOST_CAP};
+    fn kernel(raw: &[u8]) -> u64 {
+        let mut buf = [0u8; SEM_HOST_CAP];
+        buf[..raw.len()].copy_from_slice(raw);
+        raw_host_hash(&buf, raw.len())
+    }
+    let known = KnownHosts::new(["app.test", "a.b", "10.0.0.1", "[::1]", "[2001:db8::7]"]);
+    let known_hashes: Vec<u64> = known
+        .hosts()
+        .iter()
+        .map(|h| host_hash(h.as_bytes()))
+        .collect();
+    let check = |raw: &[u8]| match normalize_host(raw) {
+        Host::Name(n) => assert_eq!(kernel(raw), host_hash(n.as_bytes()), "{raw:?}"),
+        _ => assert!(
+            !known_hashes.contains(&kernel(raw)),
+            "invalid {raw:?} hashes like a known host"
+        ),
+    };
+    for raw in [
+        &b"app.test"[..],
+        b"APP.Test",
+        b"app.test.",
+        b"app.test:8080",
+        b"app.test.:443",
+        b"app.test:",
+        b"app.test:123456",
+        b"app.test:80:80",
+        b"[::1]",
+        b"[::1]:8443",
+        b"[2001:DB8::7]:1",
+        b"[::1",
+        b"10.0.0.1:65535",
+        b":80",
+        b".",
+        b"a.b",
+    ] {
+        check(raw);
+    }
+    // Random Hosts over the characters that matter (xorshift: reproducible).
+    let alphabet = b"aAbB.:[]0189-_";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..50_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + (x % 14) as usize;
+        let raw: Vec<u8> = (0..len)
+            .map(|i| alphabet[((x >> (4 * (i % 16))) as usize + i) % alphabet.len()])
+            .collect();
+        check(&raw);
+    }
+}

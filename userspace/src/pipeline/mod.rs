@@ -166,6 +166,17 @@ impl Pipeline {
                 self.count_unknown(known);
                 return;
             }
+            EventKind::Responses(counted) => {
+                classify::counted_responses(event.origin, counted, &mut self.obs_buf);
+                for obs in self.obs_buf.drain(..) {
+                    if !self.aggregator.record_n(&obs, counted.count) {
+                        self.metrics
+                            .dropped_observations
+                            .inc_by(DropReason::UnknownOrigin, counted.count);
+                    }
+                }
+                return;
+            }
             _ => {}
         }
         self.flows.handle(event, &mut self.flow_buf);

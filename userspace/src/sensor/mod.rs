@@ -66,6 +66,9 @@ pub enum DataHooks {
     /// path, as on a kernel without BTF (for tests, and for kernels where the other paths
     /// misbehave).
     Classic,
+    /// No data hooks at all, only the TCP hooks: the semantic sensor counts responses
+    /// with uprobes on the replicas' own binaries, and nothing runs per syscall.
+    Off,
 }
 
 /// The hooks a running sensor captures data with.
@@ -78,6 +81,8 @@ pub enum DataPath {
     RawSysExit,
     /// Classic `syscalls/sys_{enter,exit}_*` tracepoints.
     Classic,
+    /// No data hooks ([`DataHooks::Off`]).
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +174,8 @@ pub struct Sensor {
     watched: watched::Watched,
     reader: reader::Reader,
     tls: gotls::TlsProbes,
+    semantic: semantic::attach::SemanticProbes,
+    counts: semantic::counts::SemanticCounts,
 }
 
 impl Sensor {
@@ -208,6 +215,8 @@ impl Sensor {
             watched,
             reader,
             tls: gotls::TlsProbes::default(),
+            semantic: semantic::attach::SemanticProbes::default(),
+            counts: semantic::counts::SemanticCounts::default(),
         })
     }
 
@@ -217,6 +226,32 @@ impl Sensor {
     /// hooks keep capturing plaintext.
     pub fn set_tls_processes(&mut self, pids: &[u32]) -> Vec<gotls::TlsBinaryStatus> {
         self.tls.sync(&mut self.ebpf, pids)
+    }
+
+    /// Puts the semantic sensor's uprobes on the executables of these processes (one
+    /// plan and attachment per distinct binary) and takes them off binaries none of them
+    /// runs any more. Failures are reported per binary, never fatal.
+    pub fn set_semantic_processes(
+        &mut self,
+        pids: &[u32],
+    ) -> Vec<semantic::attach::SemanticBinaryStatus> {
+        self.semantic.sync(&mut self.ebpf, pids)
+    }
+
+    /// Publishes the hosts the semantic sensor counts by name (others count as `other`).
+    pub fn set_known_hosts(&mut self, hosts: &crate::hosts::KnownHosts) -> Result<(), SensorError> {
+        self.counts.set_known_hosts(&mut self.ebpf, hosts)
+    }
+
+    /// Appends the semantic sensor's responses counted since the previous call, one
+    /// [`crate::event::EventKind::Responses`] event per (replica, host, status, kind).
+    pub fn fold_responses(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<Event>,
+    ) -> Result<semantic::counts::FoldStats, SensorError> {
+        self.counts
+            .fold(&mut self.ebpf, self.watched.ids(), now_ns, out)
     }
 }
 

@@ -9,11 +9,22 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_WATCHED: &str = "WATCHED_CGROUPS";
 pub const MAP_WATCHED_SET: &str = "WATCHED_SET";
 pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_SEM_BINARIES: &str = "SEM_BINARIES";
+pub const MAP_SEM_HOSTS: &str = "SEM_HOSTS";
+pub const MAP_SEM_COUNTS: &str = "SEM_COUNTS";
 /// The [`routeskew_common::Config`] global (in `.rodata`, set before load).
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// Every map the agent opens.
-pub const MAPS: [&str; 4] = [MAP_EVENTS, MAP_WATCHED, MAP_WATCHED_SET, MAP_COUNTERS];
+pub const MAPS: [&str; 7] = [
+    MAP_EVENTS,
+    MAP_WATCHED,
+    MAP_WATCHED_SET,
+    MAP_COUNTERS,
+    MAP_SEM_BINARIES,
+    MAP_SEM_HOSTS,
+    MAP_SEM_COUNTS,
+];
 
 /// Function name, in the object, of the program in slot `p`.
 pub const fn program(p: Program) -> &'static str {
@@ -45,6 +56,7 @@ const PROGRAMS: [&str; Program::COUNT as usize] = [
     "rs_sem_h1_write_header",
     "rs_sem_h2_write_header",
     "rs_sem_not_found",
+    "rs_sem_upgrade",
 ];
 
 #[cfg(test)]

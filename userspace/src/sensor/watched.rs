@@ -34,6 +34,11 @@ impl Watched {
             capacity,
         })
     }
+
+    /// The cgroup ids last written.
+    pub(super) fn ids(&self) -> &BTreeSet<u64> {
+        &self.ids
+    }
 }
 
 impl Sensor {

@@ -261,6 +261,12 @@ impl Aggregator {
 
     /// Count one observation. Returns false when its origin is not a known replica.
     pub fn record(&mut self, obs: &Observation) -> bool {
+        self.record_n(obs, 1)
+    }
+
+    /// Count `n` identical observations (the semantic sensor's folded counters).
+    /// Returns false when their origin is not a known replica.
+    pub fn record_n(&mut self, obs: &Observation, n: u64) -> bool {
         let Some(i) = self.slot_of(obs.origin()) else {
             return false;
         };
@@ -274,7 +280,7 @@ impl Aggregator {
             return false;
         };
         let host = &self.hosts.labels()[h];
-        s.counter_for(obs, h, host, &self.contract).inc();
+        s.counter_for(obs, h, host, &self.contract).inc_by(n);
         true
     }
 

@@ -128,10 +128,12 @@ impl Flows {
                     ts_ns: ev.ts_ns,
                 });
             }
-            // Not socket events: the pipeline settles the prober's events before flows.
+            // Not socket events: the pipeline settles the prober's events and the
+            // semantic sensor's counts before flows.
             EventKind::Probe(_)
             | EventKind::ProbeVerdict(_)
-            | EventKind::RouterInventory { .. } => {}
+            | EventKind::RouterInventory { .. }
+            | EventKind::Responses(_) => {}
         }
         self.publish_connections();
     }

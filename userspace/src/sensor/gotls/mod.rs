@@ -66,6 +66,32 @@ impl PartialEq for TlsBinaryStatus {
 
 impl Eq for TlsBinaryStatus {}
 
+/// The distinct binaries these processes run (by `/proc/<pid>/exe`'s device and inode),
+/// each with the first process's exe path and every process running it. A process that
+/// is gone is skipped (the next discovery scan drops it).
+pub(crate) fn binary_ids(pids: &[u32]) -> BTreeMap<BinaryId, (PathBuf, Vec<u32>)> {
+    let mut in_use: BTreeMap<BinaryId, (PathBuf, Vec<u32>)> = BTreeMap::new();
+    for &pid in pids {
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        match std::fs::metadata(&exe) {
+            Ok(m) => {
+                let id = BinaryId {
+                    dev: m.dev(),
+                    ino: m.ino(),
+                };
+                in_use
+                    .entry(id)
+                    .or_insert_with(|| (exe, Vec::new()))
+                    .1
+                    .push(pid);
+            }
+            // Gone between discovery and now: the next scan drops it.
+            Err(error) => tracing::debug!(pid, %error, "no executable for process"),
+        }
+    }
+    in_use
+}
+
 struct Attached {
     exe: PathBuf,
     /// Go version, or the error.
@@ -94,25 +120,7 @@ impl TlsProbes {
     /// Puts the uprobes on the binaries these processes run and takes them off binaries
     /// none of them runs any more. Returns one status per binary in use.
     pub fn sync(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<TlsBinaryStatus> {
-        let mut in_use: BTreeMap<BinaryId, (PathBuf, Vec<u32>)> = BTreeMap::new();
-        for &pid in pids {
-            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-            match std::fs::metadata(&exe) {
-                Ok(m) => {
-                    let id = BinaryId {
-                        dev: m.dev(),
-                        ino: m.ino(),
-                    };
-                    in_use
-                        .entry(id)
-                        .or_insert_with(|| (exe, Vec::new()))
-                        .1
-                        .push(pid);
-                }
-                // Gone between discovery and now: the next scan drops it.
-                Err(error) => tracing::debug!(pid, %error, "no executable for process"),
-            }
-        }
+        let in_use = binary_ids(pids);
         let gone: BTreeSet<BinaryId> = self
             .binaries
             .keys()

@@ -170,10 +170,16 @@ pub(in crate::sensor) fn attach_all(
     let raw_failure = regs_failure();
     let mut path = DataPath::Classic;
     let mut fallback_reason = None;
-    for (needed, candidate, known) in [
-        (Needed::Sock, DataPath::SockTracepoints, sock_failure),
-        (Needed::Raw, DataPath::RawSysExit, raw_failure),
-    ] {
+    let candidates = if pref == DataHooks::Off {
+        path = DataPath::Off;
+        Vec::new()
+    } else {
+        vec![
+            (Needed::Sock, DataPath::SockTracepoints, sock_failure),
+            (Needed::Raw, DataPath::RawSysExit, raw_failure),
+        ]
+    };
+    for (needed, candidate, known) in candidates {
         match attach_path(ebpf, &mut out, needed, known) {
             None => {
                 path = candidate;
@@ -182,7 +188,7 @@ pub(in crate::sensor) fn attach_all(
             Some(reason) => fallback_reason = Some(reason),
         }
     }
-    if path != DataPath::SockTracepoints {
+    if matches!(path, DataPath::RawSysExit | DataPath::Classic) {
         tracing::warn!(
             data_path = ?path,
             reason = fallback_reason.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string),
@@ -222,7 +228,8 @@ pub(in crate::sensor) fn require_capture(
 ) -> Result<Vec<HookStatus>, SensorError> {
     let attached = |i: Program| hooks.iter().any(|h| h.index == i && h.status.attached);
     let capturing = match path {
-        DataPath::SockTracepoints | DataPath::RawSysExit => true,
+        // With no data hooks, the semantic sensor's uprobes capture.
+        DataPath::SockTracepoints | DataPath::RawSysExit | DataPath::Off => true,
         DataPath::Classic => DATA_PAIRS[..4]
             .iter()
             .any(|&(e, x)| attached(e) && attached(x)),

@@ -66,7 +66,7 @@ impl Hook {
             Needed::Sock => path == DataPath::SockTracepoints,
             Needed::Raw => path == DataPath::RawSysExit,
             Needed::Classic => path == DataPath::Classic,
-            Needed::Syscalls => path != DataPath::SockTracepoints,
+            Needed::Syscalls => matches!(path, DataPath::RawSysExit | DataPath::Classic),
         }
     }
 }

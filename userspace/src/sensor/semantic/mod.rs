@@ -1,14 +1,21 @@
 //! The semantic sensor's userspace half: for one Go binary, where its `net/http` funnels
 //! are (the probe plan) and which struct offsets the kernel programs may read, checked
-//! against the binary itself before anything is attached. Pure file parsing: no aya here.
+//! against the binary itself before anything is attached (pure file parsing); then the
+//! attachment and the counters.
 //!
 //! - [`offsets`]: the checked-in table of `net/http` struct offsets per Go release;
 //! - [`plan()`]: the probes (at the emulated `push rbp` after Go's stack check), the HTTP/2
 //!   server the binary answers with, and the API router's code ranges;
-//! - [`verify`]: the table against the binary's machine code and type descriptors.
+//! - [`verify`]: the table against the binary's machine code and type descriptors;
+//! - [`attach`]: the aya half, the plan written into a kernel slot and the uprobes attached
+//!   per binary in use;
+//! - [`counts`]: the known hosts published to the kernel, its per-CPU counters folded
+//!   into events.
 
+pub mod attach;
 mod callers;
 mod code;
+pub mod counts;
 pub mod offsets;
 mod plan;
 mod rtype;

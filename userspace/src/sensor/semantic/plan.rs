@@ -32,6 +32,7 @@ pub(super) const H1_WRITE_HEADER: &str = "net/http.(*response).WriteHeader";
 pub(super) const H2_BUNDLED: &str = "net/http.(*http2responseWriterState).writeHeader";
 pub(super) const H2_XNET: &str = "golang.org/x/net/http2.(*responseWriterState).writeHeader";
 const NOT_FOUND: &str = "net/http.NotFound";
+const UPGRADE: &str = "net/http/httputil.(*ReverseProxy).handleUpgradeResponse";
 const XNET_CONFIGURE_SERVER: &str = "golang.org/x/net/http2.ConfigureServer";
 const XNET_MODULE: &str = "golang.org/x/net";
 
@@ -100,6 +101,7 @@ pub fn plan(bin: &GoBinary) -> Result<SemanticPlan, SemanticError> {
         (SemProbe::H1WriteHeader, H1_WRITE_HEADER),
         (SemProbe::H2WriteHeader, h2_function),
         (SemProbe::NotFound, NOT_FOUND),
+        (SemProbe::Upgrade, UPGRADE),
     ]
     .into_iter()
     .map(|(probe, name)| probe_at(bin, probe, name))

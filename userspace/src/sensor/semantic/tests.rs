@@ -80,7 +80,8 @@ fn every_release_resolves_and_verifies() {
             [
                 SemProbe::H1WriteHeader,
                 SemProbe::H2WriteHeader,
-                SemProbe::NotFound
+                SemProbe::NotFound,
+                SemProbe::Upgrade
             ]
         );
         assert_eq!(b.valid, 1);

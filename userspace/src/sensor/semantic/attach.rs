@@ -1,0 +1,303 @@
+//! The semantic sensor's aya half: per distinct binary that watched replicas run, its
+//! verified plan written into a `SEM_BINARIES` slot and the three uprobes attached at the
+//! plan's file offsets with the slot as their cookie. A binary none of them runs any more
+//! is detached and its slot freed (invalidated first, so that a late hit is an anomaly,
+//! never a read with another binary's offsets).
+//!
+//! A binary whose plan cannot be resolved is remembered with its error for as long as it
+//! is in use: the plan depends on the file's bytes only, and a new release is a new file
+//! (another inode), so trying again would only repeat the failure.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use aya::{
+    maps::{Array, MapData},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        ProgramError, UProbe,
+    },
+    Ebpf,
+};
+use routeskew_common::{GoHttpBinary, Program, SemProbe, SEM_BINARY_SLOTS};
+
+use super::{plan_path, SemanticError, SemanticPlan};
+use crate::sensor::{
+    gotls::{binary_ids, BinaryId},
+    hooks::describe_program_error,
+    names,
+};
+
+const PROG_H1: &str = names::program(Program::SemH1WriteHeader);
+const PROG_H2: &str = names::program(Program::SemH2WriteHeader);
+const PROG_NOT_FOUND: &str = names::program(Program::SemNotFound);
+const PROG_UPGRADE: &str = names::program(Program::SemUpgrade);
+const PROGRAMS: [&str; 4] = [PROG_H1, PROG_H2, PROG_NOT_FOUND, PROG_UPGRADE];
+
+fn program_of(probe: SemProbe) -> &'static str {
+    match probe {
+        SemProbe::H1WriteHeader => PROG_H1,
+        SemProbe::H2WriteHeader => PROG_H2,
+        SemProbe::NotFound => PROG_NOT_FOUND,
+        SemProbe::Upgrade => PROG_UPGRADE,
+    }
+}
+
+/// Why the semantic sensor is not on a binary.
+#[derive(Debug, thiserror::Error)]
+pub enum SemanticAttachError {
+    #[error(transparent)]
+    Plan(#[from] SemanticError),
+    #[error("program {program} is not in the eBPF object (stale object?)")]
+    Missing { program: &'static str },
+    #[error("program {program}: {source}")]
+    NotUprobe {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("loading {program}: {}", describe_program_error(.source))]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching {program} at file offset {offset:#x}: {source}")]
+    Attach {
+        program: &'static str,
+        offset: u64,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("all {SEM_BINARY_SLOTS} binary slots are in use")]
+    NoSlot,
+    #[error("writing the binary's slot: {0}")]
+    Slot(#[source] aya::maps::MapError),
+}
+
+/// How the semantic sensor fared on one binary.
+#[derive(Debug, Clone)]
+pub struct SemanticBinaryStatus {
+    pub id: BinaryId,
+    pub exe: PathBuf,
+    /// Processes (of those passed in) that run it.
+    pub pids: Vec<u32>,
+    /// The Go version, or why the probes are not on it.
+    pub outcome: Result<String, Arc<SemanticAttachError>>,
+}
+
+struct Attached {
+    slot: u32,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    go_version: String,
+}
+
+struct Binary {
+    exe: PathBuf,
+    outcome: Result<Attached, Arc<SemanticAttachError>>,
+}
+
+/// The semantic probes across discovery scans.
+#[derive(Default)]
+pub struct SemanticProbes {
+    binaries: BTreeMap<BinaryId, Binary>,
+    loaded: Option<Result<(), Arc<SemanticAttachError>>>,
+}
+
+fn uprobe<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+) -> Result<&'a mut UProbe, SemanticAttachError> {
+    ebpf.program_mut(program)
+        .ok_or(SemanticAttachError::Missing { program })?
+        .try_into()
+        .map_err(|source| SemanticAttachError::NotUprobe { program, source })
+}
+
+fn load_all(ebpf: &mut Ebpf) -> Result<(), SemanticAttachError> {
+    for program in PROGRAMS {
+        uprobe(ebpf, program)?
+            .load()
+            .map_err(|source| SemanticAttachError::Load { program, source })?;
+    }
+    Ok(())
+}
+
+fn slots(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, GoHttpBinary>, SemanticAttachError> {
+    let map = ebpf
+        .map_mut(names::MAP_SEM_BINARIES)
+        .ok_or(SemanticAttachError::Missing {
+            program: names::MAP_SEM_BINARIES,
+        })?;
+    Array::try_from(map).map_err(SemanticAttachError::Slot)
+}
+
+fn detach(ebpf: &mut Ebpf, attached: Attached) {
+    for (program, link) in attached.links {
+        match uprobe(ebpf, program).map(|p| p.detach(link)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(program, %error, "detaching a semantic uprobe failed")
+            }
+            Err(error) => tracing::debug!(program, %error, "detaching a semantic uprobe failed"),
+        }
+    }
+    // Invalidated after the links are gone: a hit in flight reads valid = 0 and counts
+    // an anomaly instead of using the next binary's offsets.
+    if let Err(error) = slots(ebpf).and_then(|mut s| {
+        s.set(attached.slot, GoHttpBinary::default(), 0)
+            .map_err(SemanticAttachError::Slot)
+    }) {
+        tracing::warn!(slot = attached.slot, %error, "clearing a semantic binary slot failed");
+    }
+}
+
+/// Writes the plan into `slot` and attaches every probe; all or none.
+fn attach(
+    ebpf: &mut Ebpf,
+    exe: &std::path::Path,
+    plan: &SemanticPlan,
+    slot: u32,
+) -> Result<Attached, SemanticAttachError> {
+    slots(ebpf)?
+        .set(slot, plan.binary, 0)
+        .map_err(SemanticAttachError::Slot)?;
+    let mut attached = Attached {
+        slot,
+        links: Vec::with_capacity(plan.probes.len()),
+        go_version: plan.go_version.clone(),
+    };
+    for probe in &plan.probes {
+        let program = program_of(probe.probe);
+        let offset = probe.file_offset;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(u64::from(slot)),
+        };
+        let result = uprobe(ebpf, program).and_then(|p| {
+            p.attach(point, exe, UProbeScope::AllProcesses)
+                .map_err(|source| SemanticAttachError::Attach {
+                    program,
+                    offset,
+                    source,
+                })
+        });
+        match result {
+            Ok(link) => attached.links.push((program, link)),
+            Err(e) => {
+                detach(ebpf, attached);
+                return Err(e);
+            }
+        }
+    }
+    Ok(attached)
+}
+
+impl SemanticProbes {
+    /// Attaches the semantic sensor to the binaries these processes run and detaches it
+    /// from binaries none of them runs any more. One status per binary in use.
+    pub fn sync(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<SemanticBinaryStatus> {
+        let in_use = binary_ids(pids);
+        let gone: BTreeSet<BinaryId> = self
+            .binaries
+            .keys()
+            .filter(|id| !in_use.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(Binary {
+                exe,
+                outcome: Ok(attached),
+            }) = self.binaries.remove(&id)
+            {
+                tracing::info!(exe = %exe.display(), slot = attached.slot, "no watched replica runs this binary any more; semantic uprobes detached");
+                detach(ebpf, attached);
+            }
+        }
+        let mut out = Vec::with_capacity(in_use.len());
+        for (id, (exe, pids)) in in_use {
+            if !self.binaries.contains_key(&id) {
+                let outcome = self.attach_new(ebpf, id, &exe);
+                self.binaries.insert(
+                    id,
+                    Binary {
+                        exe: exe.clone(),
+                        outcome,
+                    },
+                );
+            }
+            let Some(b) = self.binaries.get(&id) else {
+                continue;
+            };
+            out.push(SemanticBinaryStatus {
+                id,
+                exe: b.exe.clone(),
+                pids,
+                outcome: b
+                    .outcome
+                    .as_ref()
+                    .map(|a| a.go_version.clone())
+                    .map_err(Arc::clone),
+            });
+        }
+        out
+    }
+
+    fn attach_new(
+        &mut self,
+        ebpf: &mut Ebpf,
+        id: BinaryId,
+        exe: &std::path::Path,
+    ) -> Result<Attached, Arc<SemanticAttachError>> {
+        let log_failure = |error: &SemanticAttachError| {
+            tracing::warn!(
+                exe = %exe.display(),
+                dev = id.dev,
+                inode = id.ino,
+                %error,
+                "semantic sensor not attached to this binary: its replicas' responses go uncounted"
+            );
+        };
+        let loaded = self
+            .loaded
+            .get_or_insert_with(|| load_all(ebpf).map_err(Arc::new))
+            .clone();
+        if let Err(e) = loaded {
+            log_failure(&e);
+            return Err(e);
+        }
+        let result = plan_path(exe)
+            .map_err(SemanticAttachError::from)
+            .and_then(|plan| {
+                let slot = self.free_slot().ok_or(SemanticAttachError::NoSlot)?;
+                let attached = attach(ebpf, exe, &plan, slot)?;
+                tracing::info!(
+                    exe = %exe.display(),
+                    dev = id.dev,
+                    inode = id.ino,
+                    go_version = %plan.go_version,
+                    h2 = ?plan.h2,
+                    slot,
+                    uprobes = attached.links.len(),
+                    "semantic uprobes attached"
+                );
+                Ok(attached)
+            });
+        if let Err(error) = &result {
+            log_failure(error);
+        }
+        result.map_err(Arc::new)
+    }
+
+    fn free_slot(&self) -> Option<u32> {
+        let used: BTreeSet<u32> = self
+            .binaries
+            .values()
+            .filter_map(|b| b.outcome.as_ref().ok().map(|a| a.slot))
+            .collect();
+        (0..SEM_BINARY_SLOTS).find(|s| !used.contains(s))
+    }
+}
