@@ -62,6 +62,24 @@ fn probes_run(m: &Metrics, replica: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_find_the_broken_replica_and_the_blind_sensor() {
+    probes_find_the_broken_replica_and_the_blind(Sensor::Bytes).await;
+}
+
+/// The same with the semantic sensor: it tells the prober's connections (probe and
+/// housekeeping) apart by their address, counts in the kernel, and its counts settle the
+/// prober's reports by (replica, host, status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semantic_sensor_counts_probes_once_and_goes_blind_honestly() {
+    probes_find_the_broken_replica_and_the_blind(Sensor::Semantic).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sensor {
+    Bytes,
+    Semantic,
+}
+
+async fn probes_find_the_broken_replica_and_the_blind(sensor: Sensor) {
     let agent_bin = e2e::preconditions();
 
     let mut bed = Testbed::start(TestbedConfig {
@@ -96,6 +114,12 @@ async fn probes_find_the_broken_replica_and_the_blind_sensor() {
             // Discovery runs once: see the module comment on blinding.
             "--rescan-interval".into(),
             "1h".into(),
+            "--sensor".into(),
+            match sensor {
+                Sensor::Bytes => "bytes",
+                Sensor::Semantic => "semantic",
+            }
+            .into(),
         ],
         ..AgentConfig::for_testbed(&bed)
     })
@@ -189,8 +213,35 @@ async fn probes_find_the_broken_replica_and_the_blind_sensor() {
     );
 
     // (d) Probe traffic is probe traffic: the sensor saw it (nothing blind), counted it as
-    //     source="probe" once per probe, and counted nothing as passive.
-    let m = agent.scrape().await.unwrap();
+    //     source="probe" once per probe, and counted nothing as passive. (The semantic
+    //     sensor's counts reach the pipeline on its 1 s fold: wait for the first.)
+    let probe_counted = |m: &Metrics, r: &str, family: &str, host: &str, label: (&str, &str)| {
+        m.sum(
+            family,
+            &[("replica", r), ("host", host), label, ("source", "probe")],
+        )
+    };
+    let m = agent
+        .scrape_until(Duration::from_secs(5), |m| {
+            names.iter().all(|r| {
+                probe_counted(
+                    m,
+                    r,
+                    "routeskew_http_responses_total",
+                    &sc.app_host,
+                    ("class", "ok"),
+                ) > 0.0
+                    && probe_counted(
+                        m,
+                        r,
+                        "routeskew_ws_upgrades_total",
+                        &sc.ws_host,
+                        ("outcome", "upgraded"),
+                    ) > 0.0
+            })
+        })
+        .await
+        .unwrap();
     for r in &names {
         assert_eq!(
             blind(&m, r),
@@ -312,9 +363,14 @@ async fn probes_find_the_broken_replica_and_the_blind_sensor() {
         agent.log_tail()
     );
     eprintln!("blind sensor noticed {detected_after:?} after the replica left the watched cgroup");
-    // Two intervals, plus the scrape poll (250 ms) and scheduling on a shared machine.
+    // Two intervals, plus the scrape poll (250 ms) and scheduling on a shared machine;
+    // the semantic sensor's copy is waited for 2 s (its counts come on the 1 s fold).
+    let slack = match sensor {
+        Sensor::Bytes => Duration::from_millis(1500),
+        Sensor::Semantic => Duration::from_millis(3000),
+    };
     assert!(
-        detected_after <= 2 * INTERVAL + Duration::from_millis(1500),
+        detected_after <= 2 * INTERVAL + slack,
         "blindness took {detected_after:?} to show with a {INTERVAL:?} interval"
     );
     // Probes keep running and keep their verdicts; the other replicas stay seen.

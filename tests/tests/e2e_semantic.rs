@@ -28,15 +28,29 @@ fn merge(mut a: Table, b: &Table) -> Table {
     a
 }
 
+/// How the agent is expected to see the replicas.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Semantic,
+    /// The semantic sensor refused the binary; byte capture counts instead.
+    Fallback,
+}
+
 async fn semantic_fleet_counts_exactly(release: &str) {
+    fleet_counts_exactly(release, &[], Mode::Semantic).await;
+}
+
+async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
     let traefik = paths::traefik_release(release).expect("precondition: the Traefik release");
+    let mut args = vec!["--sensor".to_string(), "semantic".to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let fleet = Fleet::start(
         TestbedConfig {
             tls: true,
             traefik: Some(traefik),
             ..TestbedConfig::default()
         },
-        vec!["--sensor".into(), "semantic".into()],
+        args,
     )
     .await;
     let Fleet {
@@ -94,7 +108,7 @@ async fn semantic_fleet_counts_exactly(release: &str) {
     // read yet).
     let upgraded = |t: Table| -> Table {
         t.into_iter()
-            .filter(|((_, _, outcome), _)| outcome == "upgraded")
+            .filter(|((_, _, outcome), _)| mode == Mode::Fallback || outcome == "upgraded")
             .collect()
     };
     let want_ws = upgraded(merge(ws_plain, &ws_tls));
@@ -121,20 +135,52 @@ async fn semantic_fleet_counts_exactly(release: &str) {
     );
     fleet.assert_router_misses_only_on_the_broken_replica(&m);
 
-    // The counts came from the semantic uprobes alone: one plan attached for the shared
-    // binary, and no data hook (nothing per syscall) on the machine.
     let full_log = std::fs::read_to_string(bed.dir().join("agent.log")).unwrap_or_default();
-    assert_eq!(
-        full_log.matches("semantic uprobes attached").count(),
-        1,
-        "one binary, one attachment; agent log:\n{log}"
-    );
-    for program in ["sock_send", "sock_recv", "sys_exit", "go_tls_write"] {
+    let data_events = [
+        "sock_send_length",
+        "sock_recv_length",
+        "sys_exit",
+        "go_tls_write",
+    ]
+    .iter()
+    .map(|p| m.sum("routeskew_sensor_events_total", &[("program", p)]))
+    .sum::<f64>();
+    let mode_label = match mode {
+        Mode::Semantic => "semantic",
+        Mode::Fallback => "bytes",
+    };
+    for r in names {
         assert_eq!(
-            m.sum("routeskew_sensor_events_total", &[("program", program)]),
-            0.0,
-            "{program} ran in semantic mode"
+            m.get(
+                "routeskew_sensor_mode",
+                &[("replica", r), ("mode", mode_label)]
+            )
+            .expect("routeskew_sensor_mode"),
+            Some(1.0),
+            "{r} is not seen in {mode_label} mode"
         );
+    }
+    match mode {
+        // The counts came from the semantic uprobes alone: one plan attached for the
+        // shared binary, and no data hook (nothing per syscall) on the machine.
+        Mode::Semantic => {
+            assert_eq!(
+                full_log.matches("semantic uprobes attached").count(),
+                1,
+                "one binary, one attachment; agent log:\n{log}"
+            );
+            assert_eq!(data_events, 0.0, "data hooks ran in semantic mode");
+        }
+        // The wrong offset failed verification: nothing was attached with it, and byte
+        // capture (attached only now) counted everything exactly.
+        Mode::Fallback => {
+            assert!(
+                full_log.contains("offset verification failed"),
+                "agent log:\n{log}"
+            );
+            assert_eq!(full_log.matches("semantic uprobes attached").count(), 0);
+            assert!(data_events > 0.0, "byte capture did not run");
+        }
     }
     let anomalies = m.sum("routeskew_sensor_anomalies_total", &[]);
     assert_eq!(anomalies, 0.0, "kernel anomalies; agent log:\n{log}");
@@ -153,6 +199,19 @@ async fn semantic_fleet_counts_exactly(release: &str) {
         diff(&want, &got)
     );
     fleet.stop();
+}
+
+/// A deliberately wrong offset (the request's Host one word off) fails verification
+/// against the binary: the semantic sensor is not attached with it, and the replicas are
+/// counted exactly by byte capture instead, WebSocket outcomes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_offset_falls_back_to_byte_capture() {
+    fleet_counts_exactly(
+        "3.7.15",
+        &["--semantic-offset", "req-host=136"],
+        Mode::Fallback,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::sensor::semantic::{OffsetField, OffsetOverride};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "routeskew",
@@ -130,6 +132,12 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_SENSOR", value_enum, default_value_t = SensorArg::Bytes)]
     pub sensor: SensorArg,
 
+    /// Testing only: replace one entry of the semantic sensor's offset table before it is
+    /// verified against each binary, as `FIELD=BYTES` (e.g. `req-host=136`). A wrong
+    /// offset fails verification, and the replicas fall back to byte capture.
+    #[arg(long, hide = true, value_parser = parse_offset_override)]
+    pub semantic_offset: Option<OffsetOverride>,
+
     /// An upgraded WebSocket connection closed sooner than this counts as an early close.
     #[arg(long, env = "ROUTESKEW_WS_EARLY_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ws_early_close: Duration,
@@ -237,6 +245,17 @@ pub struct KubeArgs {
     /// The host's /proc (with hostPID), for container processes and binaries.
     #[arg(long, env = "ROUTESKEW_HOST_PROC", default_value = "/proc")]
     pub host_proc: PathBuf,
+}
+
+fn parse_offset_override(s: &str) -> Result<OffsetOverride, String> {
+    use clap::ValueEnum as _;
+    let (field, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not FIELD=BYTES"))?;
+    Ok(OffsetOverride {
+        field: OffsetField::from_str(field, true)?,
+        value: value.parse().map_err(|e| format!("{value:?}: {e}"))?,
+    })
 }
 
 /// `--sensor`: how responses are seen.

@@ -173,7 +173,29 @@ pub struct ResponseCount {
     pub probe: bool,
     /// A `101` the reverse proxy relayed (a WebSocket upgrade that succeeded).
     pub upgrade: bool,
+    /// The exchange was one of the agent's housekeeping requests (never counted).
+    pub housekeeping: bool,
     pub count: u64,
+}
+
+/// What one of the agent's own connections to a replica is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// A probe check: counted as `source="probe"`.
+    Probe,
+    /// Router inventory, endpoint checks: never counted.
+    Housekeeping,
+}
+
+/// Tells the sensor which of a replica's peers are the agent's own connections, by the
+/// connection's local address (the replica's `RemoteAddr` of it). The semantic sensor
+/// marks their responses; the byte-capture sensor recognises them by User-Agent and
+/// needs none of this.
+pub trait PeerTags: Send + Sync {
+    /// Until [`PeerTags::untag`]. False when the sensor could not take it (the
+    /// responses then count as passive; the failure is the sensor's to count and log).
+    fn tag(&self, peer: SocketAddr, role: PeerRole) -> bool;
+    fn untag(&self, peer: SocketAddr);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,6 +27,21 @@ pub const SEM_HOST_KEYS: u32 = 1024;
 /// A `NotFound` mark older than this is not joined to a later 404 on the same goroutine.
 pub const SEM_MISS_TTL_NS: u64 = 5_000_000_000;
 
+/// Longest `Request.RemoteAddr` the kernel reads to recognise the agent's own
+/// connections (`[v6-address%zone]:port` fits).
+pub const SEM_PEER_CAP: usize = 64;
+
+/// Peer addresses of the agent's own connections open at once (`SEM_PEERS`).
+pub const SEM_PEER_KEYS: u32 = 1024;
+
+/// What the agent's own connection to a replica is for (`SEM_PEERS` values).
+pub mod sem_peer {
+    /// A probe check: its responses count as `source="probe"`.
+    pub const PROBE: u32 = 1;
+    /// Housekeeping (router inventory, endpoint checks): never counted.
+    pub const HOUSEKEEPING: u32 = 2;
+}
+
 wire_enum! {
     /// Which semantic probe a program/attach point is (the agent resolves one address per
     /// probe per binary).
@@ -104,6 +119,8 @@ pub mod sem_flags {
     pub const PROBE: u16 = 4;
     /// A `101 Switching Protocols` relayed by the reverse proxy (a WebSocket upgrade).
     pub const UPGRADE: u16 = 8;
+    /// The exchange was one of the agent's housekeeping requests (never counted).
+    pub const HOUSEKEEPING: u16 = 16;
 }
 
 /// Key of the per-CPU response counters.
@@ -150,6 +167,35 @@ pub const fn fnv_finish(h: u64) -> u64 {
     } else {
         h
     }
+}
+
+/// Key of a peer address as Go's `Request.RemoteAddr` spells it (`1.2.3.4:5`,
+/// `[::1]:5`): its bytes as eight little-endian words, zero past its length, folded with
+/// the length. Fixed work and no byte loop: the kernel reads the string into eight zeroed
+/// words. Never 0.
+#[inline(always)]
+pub const fn peer_key(words: &[u64; SEM_PEER_CAP / 8], len: u64) -> u64 {
+    let mut h = FNV_START ^ len;
+    let mut i = 0;
+    while i < SEM_PEER_CAP / 8 {
+        h = (h ^ words[i]).wrapping_mul(FNV_PRIME);
+        h ^= h >> 29;
+        i += 1;
+    }
+    fnv_finish(h)
+}
+
+/// [`peer_key`] of an address string (the agent's side); `None` when it is empty or
+/// longer than [`SEM_PEER_CAP`].
+pub fn peer_key_of(addr: &[u8]) -> Option<u64> {
+    if addr.is_empty() || addr.len() > SEM_PEER_CAP {
+        return None;
+    }
+    let mut words = [0u64; SEM_PEER_CAP / 8];
+    for (i, b) in addr.iter().enumerate() {
+        words[i / 8] |= u64::from(*b) << (8 * (i % 8));
+    }
+    Some(peer_key(&words, addr.len() as u64))
 }
 
 /// FNV-1a of an already normalised host (the agent's side of the kernel's hash).
@@ -265,5 +311,26 @@ mod tests {
             assert_eq!(SemProbe::try_from(p as u32), Ok(p));
         }
         assert!(SemProbe::try_from(4).is_err());
+    }
+
+    #[test]
+    fn peer_keys_tell_addresses_apart() {
+        let a = peer_key_of(b"127.0.0.1:41234").unwrap();
+        assert_ne!(a, 0);
+        assert_eq!(Some(a), peer_key_of(b"127.0.0.1:41234"));
+        for other in [
+            &b"127.0.0.1:41235"[..],
+            b"127.0.0.2:41234",
+            b"127.0.0.1:4123",
+            b"127.0.0.1:412340",
+            b"[::1]:41234",
+        ] {
+            assert_ne!(Some(a), peer_key_of(other), "{other:?}");
+        }
+        // Trailing zero bytes are not the end of the string: the length is in the key.
+        assert_ne!(peer_key_of(b"a"), peer_key_of(b"a\0"));
+        assert_eq!(peer_key_of(b""), None);
+        assert_eq!(peer_key_of(&[b'1'; SEM_PEER_CAP + 1]), None);
+        assert!(peer_key_of(&[b'1'; SEM_PEER_CAP]).is_some());
     }
 }

@@ -107,6 +107,14 @@ pub struct TcpSock {
 /// replicas).
 pub const WATCHED_FAST: usize = 16;
 
+/// How a watched cgroup's responses are seen (`WATCHED_CGROUPS` values).
+pub mod watch_mode {
+    /// Byte capture: the socket hooks and the Go TLS uprobes copy its HTTP.
+    pub const BYTES: u32 = 1;
+    /// The semantic sensor counts its responses; the byte-capture programs skip it.
+    pub const SEMANTIC: u32 = 2;
+}
+
 /// The single element of the kernel's fast watched-cgroup set. `count` above
 /// [`WATCHED_FAST`] means "too many: look in the hash map".
 #[repr(C)]
@@ -116,7 +124,8 @@ pub struct WatchedSet {
     /// Last, so that a concurrent reader of a half-written update sees the new ids no
     /// later than the new count.
     pub count: u32,
-    pub _pad: u32,
+    /// Bit `i`: `ids[i]` is counted by the semantic sensor, not by byte capture.
+    pub semantic_mask: u32,
 }
 
 /// Value of the per-thread map that carries a syscall's arguments from enter to exit

@@ -1,7 +1,7 @@
 //! Cheap checks that run before anything is copied.
 
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated};
-use routeskew_common::{config_flags, WATCHED_FAST};
+use routeskew_common::{config_flags, watch_mode, WATCHED_FAST};
 
 use crate::{
     maps::{cfg, CONFIG, WATCHED_CGROUPS, WATCHED_SET},
@@ -26,9 +26,9 @@ fn current_cgroup_id() -> u64 {
     }
 }
 
-/// The current task's cgroup v2 id when it is watched.
+/// The current task's cgroup v2 id and its `watch_mode` when it is watched.
 #[inline(always)]
-pub(crate) fn watched_cgroup() -> Option<u64> {
+fn watched() -> Option<(u64, u32)> {
     let id = current_cgroup_id();
     if let Some(set) = WATCHED_SET.get(0) {
         let n = set.count as usize;
@@ -36,17 +36,43 @@ pub(crate) fn watched_cgroup() -> Option<u64> {
             let mut i = 0;
             while i < WATCHED_FAST {
                 if i < n && set.ids[i] == id {
-                    return Some(id);
+                    let mode = if (set.semantic_mask >> i) & 1 == 1 {
+                        watch_mode::SEMANTIC
+                    } else {
+                        watch_mode::BYTES
+                    };
+                    return Some((id, mode));
                 }
                 i += 1;
             }
             return None;
         }
     }
-    if unsafe { WATCHED_CGROUPS.get(id) }.is_some() {
-        Some(id)
-    } else {
-        None
+    unsafe { WATCHED_CGROUPS.get(id) }.map(|mode| (id, *mode))
+}
+
+/// The current task's cgroup v2 id when it is watched, in either mode (the TCP hooks).
+#[inline(always)]
+pub(crate) fn watched_cgroup() -> Option<u64> {
+    watched().map(|(id, _)| id)
+}
+
+/// The current task's cgroup v2 id when byte capture watches it (the data hooks and the
+/// Go TLS uprobes).
+#[inline(always)]
+pub(crate) fn captured_cgroup() -> Option<u64> {
+    match watched() {
+        Some((id, mode)) if mode != watch_mode::SEMANTIC => Some(id),
+        _ => None,
+    }
+}
+
+/// The current task's cgroup v2 id when the semantic sensor counts it.
+#[inline(always)]
+pub(crate) fn semantic_cgroup() -> Option<u64> {
+    match watched() {
+        Some((id, watch_mode::SEMANTIC)) => Some(id),
+        _ => None,
     }
 }
 

@@ -19,7 +19,7 @@ use routeskew_common::{conn_flags, Direction, GoroutineKey, Program, TlsConnKey,
 use crate::{
     capture::{capture, emit_data, keep_ahead, Conn, Transfer, MIN_LEN},
     emit::{self, Closed, Owner},
-    filter::{pid_tgid, watched_cgroup},
+    filter::{captured_cgroup, pid_tgid},
     maps::{count, Counter, TLS_CONNS, TLS_READS},
 };
 
@@ -51,7 +51,7 @@ fn tls_key(id: u64, conn: u64) -> Conn {
 /// Entry of `(*Conn).Write(b)`: the bytes are about to be encrypted and sent.
 #[uprobe]
 pub(crate) fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };
@@ -82,7 +82,7 @@ pub(crate) fn rs_go_tls_write(ctx: ProbeContext) -> u32 {
 /// Entry of `(*Conn).Read(b)`: remember where the plaintext will land.
 #[uprobe]
 pub(crate) fn rs_go_tls_read(ctx: ProbeContext) -> u32 {
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };
@@ -153,7 +153,7 @@ pub(crate) fn rs_go_tls_read_ret(ctx: ProbeContext) -> u32 {
 /// Entry of `(*Conn).Close`: the end of a connection that carried captured HTTP.
 #[uprobe]
 pub(crate) fn rs_go_tls_close(ctx: ProbeContext) -> u32 {
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return 0;
     };
     let regs = unsafe { &*ctx.regs };

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use routeskew_common::{
     Config, ConnKey, ConnState, GoHttpBinary, GoroutineKey, MissMark, PendingIo, Program,
     ProgramCounters, SemKey, SockConn, TcpSock, TlsConnKey, TlsRead, WatchedSet, SEM_BINARY_SLOTS,
-    SEM_COUNT_KEYS, SEM_HOST_CAP, SEM_HOST_KEYS,
+    SEM_COUNT_KEYS, SEM_HOST_CAP, SEM_HOST_KEYS, SEM_PEER_KEYS,
 };
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
@@ -140,6 +140,17 @@ pub(crate) static SEM_COUNTS: PerCpuHashMap<SemKey, u64> =
 #[map]
 pub(crate) static SEM_MISSES: LruHashMap<GoroutineKey, MissMark> =
     LruHashMap::with_max_entries(4096, 0);
+
+/// Peer addresses (`Request.RemoteAddr` keys, see `peer_key`) of the agent's own open
+/// connections to replicas, with what each is for (`sem_peer`); written by the agent
+/// around each probe and housekeeping request.
+#[map]
+pub(crate) static SEM_PEERS: HashMap<u64, u32> = HashMap::with_max_entries(SEM_PEER_KEYS, 0);
+
+/// `[0]`: non-zero while the agent has peers in `SEM_PEERS` worth looking up (its prober
+/// runs): without it no response pays for reading `RemoteAddr`.
+#[map]
+pub(crate) static SEM_PEERS_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch for a copied `Host` (too big for the 512-byte stack with the rest).
 #[map]

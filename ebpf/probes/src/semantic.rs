@@ -20,13 +20,16 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use routeskew_common::{
-    raw_host_hash, sem_flags, GoHttpBinary, GoroutineKey, MissMark, Program, SemKey, SEM_HOST_CAP,
-    SEM_MISS_TTL_NS,
+    peer_key, raw_host_hash, sem_flags, sem_peer, GoHttpBinary, GoroutineKey, MissMark, Program,
+    SemKey, SEM_HOST_CAP, SEM_MISS_TTL_NS, SEM_PEER_CAP,
 };
 
 use crate::{
-    filter::{pid_tgid, watched_cgroup},
-    maps::{count, Counter, SEM_BINARIES, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_SCRATCH},
+    filter::{pid_tgid, semantic_cgroup},
+    maps::{
+        count, Counter, SEM_BINARIES, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_PEERS, SEM_PEERS_ON,
+        SEM_SCRATCH,
+    },
 };
 
 /// `net/http.(*response).WriteHeader(code)`: RAX = w, RBX = code.
@@ -50,7 +53,7 @@ pub(crate) fn rs_sem_h2_write_header(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub(crate) fn rs_sem_not_found(ctx: ProbeContext) -> u32 {
     const PROG: Program = Program::SemNotFound;
-    let Some(_cgroup) = watched_cgroup() else {
+    let Some(_cgroup) = semantic_cgroup() else {
         return 0;
     };
     let Some(bin) = binary(&ctx, PROG) else {
@@ -96,7 +99,7 @@ pub(crate) fn rs_sem_not_found(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
     const PROG: Program = Program::SemUpgrade;
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = semantic_cgroup() else {
         return 0;
     };
     let Some(bin) = binary(&ctx, PROG) else {
@@ -115,11 +118,47 @@ pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
             cgroup_id,
             host_hash: known_host(PROG, host_ptr, host_len),
             status: 101,
-            flags: sem_flags::UPGRADE,
+            flags: sem_flags::UPGRADE | peer_flags(PROG, regs.rdi, bin.offsets.req_remote_addr),
             tgid: (pid_tgid() >> 32) as u32,
         },
     );
     0
+}
+
+/// `PROBE` or `HOUSEKEEPING` when the request came over one of the agent's own
+/// connections (its `RemoteAddr` is in `SEM_PEERS`), else 0. Reads nothing unless the
+/// agent has turned the lookup on.
+#[inline(always)]
+fn peer_flags(prog: Program, req: u64, remote_addr_off: u32) -> u16 {
+    if SEM_PEERS_ON.get(0).is_none_or(|on| *on == 0) {
+        return 0;
+    }
+    let Ok([ptr, len]) =
+        (unsafe { bpf_probe_read_user((req + u64::from(remote_addr_off)) as *const [u64; 2]) })
+    else {
+        count(prog, Counter::ReadFailure);
+        return 0;
+    };
+    if len == 0 || len > SEM_PEER_CAP as u64 {
+        return 0;
+    }
+    let mut words = [0u64; SEM_PEER_CAP / 8];
+    let n = (len as u32) & (SEM_PEER_CAP as u32 * 2 - 1);
+    if n == 0 || n > SEM_PEER_CAP as u32 {
+        return 0;
+    }
+    let rc = unsafe {
+        generated::bpf_probe_read_user(words.as_mut_ptr().cast::<c_void>(), n, ptr as *const c_void)
+    };
+    if rc != 0 {
+        count(prog, Counter::ReadFailure);
+        return 0;
+    }
+    match unsafe { SEM_PEERS.get(peer_key(&words, len)) } {
+        Some(&sem_peer::PROBE) => sem_flags::PROBE,
+        Some(&sem_peer::HOUSEKEEPING) => sem_flags::HOUSEKEEPING,
+        _ => 0,
+    }
 }
 
 /// One more response under `key` (per-CPU: no other writer races on this CPU).
@@ -159,7 +198,7 @@ fn binary(ctx: &ProbeContext, prog: Program) -> Option<&'static GoHttpBinary> {
 
 #[inline(always)]
 fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = semantic_cgroup() else {
         return;
     };
     let Some(bin) = binary(ctx, prog) else {
@@ -200,7 +239,10 @@ fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
         count(prog, Counter::ReadFailure);
         return;
     };
-    let mut flags = if h2 { sem_flags::H2 } else { 0 };
+    let mut flags = peer_flags(prog, req, bin.offsets.req_remote_addr);
+    if h2 {
+        flags |= sem_flags::H2;
+    }
     if code == 404 && was_not_found(regs.r14, host_ptr) {
         flags |= sem_flags::ROUTER_MISS;
     }

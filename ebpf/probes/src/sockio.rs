@@ -14,7 +14,7 @@ use routeskew_common::{Direction, Program};
 
 use crate::{
     capture::{take, worth_a_look, Conn, Transfer},
-    filter::{pid_tgid, watched_cgroup},
+    filter::{captured_cgroup, pid_tgid},
     maps::{cfg, CONFIG},
     regs,
 };
@@ -49,7 +49,7 @@ fn on_sock_io(sk: u64, ret: i32, dir: Direction) {
     if !worth_a_look(dir, i64::from(ret)) {
         return;
     }
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return;
     };
     let c = &CONFIG;

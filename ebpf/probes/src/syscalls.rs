@@ -29,7 +29,7 @@ use routeskew_common::{config_flags, conn_flags, ConnKey, Direction, PendingIo, 
 use crate::{
     capture::{take, worth_a_look, Conn, Transfer},
     emit::{self, Closed, Owner},
-    filter::{pid_tgid, watched_cgroup},
+    filter::{captured_cgroup, pid_tgid},
     maps::{cfg, count, Counter, CLOSING, CONFIG, CONNS, PENDING_IO},
     regs,
 };
@@ -75,7 +75,7 @@ fn on_raw_exit(regs: u64, ret: i64) {
     if !worth_a_look(dir, ret) {
         return;
     }
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return;
     };
     let (Some(fd), Some(buf)) = (
@@ -179,7 +179,7 @@ fn read_fd(ctx: &TracePointContext) -> Option<u32> {
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, prog: Program) {
-    if watched_cgroup().is_none() {
+    if captured_cgroup().is_none() {
         return;
     }
     let Some(fd) = read_fd(ctx) else { return };
@@ -197,7 +197,7 @@ fn on_enter(ctx: &TracePointContext, prog: Program) {
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext, prog: Program, dir: Direction) {
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return;
     };
     let id = pid_tgid();
@@ -241,7 +241,7 @@ pub(crate) fn rs_enter_close(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_close(ctx: &TracePointContext) {
     let prog = Program::SysEnterClose;
-    let Some(cgroup_id) = watched_cgroup() else {
+    let Some(cgroup_id) = captured_cgroup() else {
         return;
     };
     let Some(fd) = read_fd(ctx) else { return };

@@ -108,6 +108,11 @@ pub(crate) fn exposition_with_every_family() -> String {
     m.sensor.set_totals("", SensorTotals::default());
     m.sensor.set_program_misses("", 0);
     m.sensor.set_hook_attached("", false);
+    m.sensor.modes.set([crate::sensor::metrics::ModeLabels {
+        replica: String::new(),
+        namespace: String::new(),
+        mode: String::new(),
+    }]);
     m.encode()
 }
 
@@ -152,6 +157,7 @@ mod tests {
             "routeskew_probe_duration_seconds_count",
             "routeskew_sensor_decode_errors_total",
             "routeskew_sensor_hook_attached",
+            "routeskew_sensor_mode",
             "routeskew_pipeline_connections",
             "routeskew_discovery_api_errors_total",
         ] {

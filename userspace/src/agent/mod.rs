@@ -69,6 +69,9 @@ pub enum AgentError {
 const EVENT_QUEUE: usize = 16;
 /// Probe reports waiting for the pipeline (a round sends one per replica, host and check).
 const PROBE_QUEUE: usize = 1024;
+/// Least time the semantic sensor's copy of a probe exchange is waited for: its counts
+/// reach the pipeline on the 1 s housekeeping fold.
+const SEMANTIC_PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     args.validate()?;
@@ -126,6 +129,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 (SensorArg::Bytes, DataHooksArg::RawSysExit) => DataHooks::RawSysExit,
                 (SensorArg::Bytes, DataHooksArg::Classic) => DataHooks::Classic,
             },
+            semantic_offset: args.semantic_offset,
         },
         tx,
     )?;
@@ -160,7 +164,11 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ws_early_close: args.ws_early_close,
             series_grace: args.series_grace,
             upstream_responses: args.upstream_responses,
-            probe_deadline: probe_cfg.sensor_deadline(),
+            probe_deadline: match args.sensor {
+                SensorArg::Bytes => probe_cfg.sensor_deadline(),
+                // The semantic sensor's counts reach the pipeline on the 1 s fold.
+                SensorArg::Semantic => probe_cfg.sensor_deadline().max(SEMANTIC_PROBE_DEADLINE),
+            },
             ..PipelineConfig::default()
         },
         contract.clone(),
@@ -184,16 +192,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         failures: Vec::new(),
         published: targets_tx,
         tls: TlsState {
-            enabled: !args.no_tls && args.sensor == SensorArg::Bytes,
+            enabled: !args.no_tls,
             failed_replicas: 0,
         },
         semantic: SemanticState {
             enabled: args.sensor == SensorArg::Semantic,
-            failed_replicas: 0,
+            modes: sensor_metrics.modes.clone(),
         },
     };
     tracing::info!(mode = args.sensor.as_str(), "sensor mode");
-    if !watched.tls.enabled && args.sensor == SensorArg::Bytes {
+    if !watched.tls.enabled {
         tracing::warn!("Go crypto/tls uprobes disabled by configuration: TLS traffic goes unseen");
     }
     apply_scan(
@@ -209,8 +217,16 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     if probing {
         // The span covers the prober's construction too (its TLS set-up logs).
         let span = tracing::info_span!("prober");
-        let prober = span
+        let mut prober = span
             .in_scope(|| Prober::new(probe_cfg, probe_tx, targets_rx).with_host_updates(hosts_rx));
+        if args.sensor == SensorArg::Semantic {
+            match sensor.peer_tags() {
+                Ok(tags) => prober = prober.with_peer_tags(Arc::new(tags)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the semantic sensor cannot tell the prober's connections apart: probe responses count as passive")
+                }
+            }
+        }
         tokio::spawn(prober.run().instrument(span));
     } else {
         drop(probe_tx);

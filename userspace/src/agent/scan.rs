@@ -1,12 +1,16 @@
-//! Each discovery result applied: the kernel cgroup filter, the Go TLS uprobes, the
+//! Each discovery result applied: the semantic sensor (and the byte-capture fallback for
+//! replicas it cannot count), the kernel cgroup filter, the Go TLS uprobes, the
 //! pipeline's targets, the prober's copy and the target gauges, logging only what changed.
+
+use std::collections::{BTreeSet, HashSet};
 
 use tokio::sync::watch;
 
 use crate::discovery::local::{Scan, ScanFailure};
-use crate::discovery::TargetSet;
+use crate::discovery::{Target, TargetSet};
 use crate::metrics::Contract;
 use crate::pipeline::Pipeline;
+use crate::sensor::metrics::{ModeLabels, SensorModes};
 use crate::sensor::Sensor;
 
 /// The Go TLS uprobes across scans.
@@ -17,54 +21,51 @@ pub(super) struct TlsState {
     pub(super) failed_replicas: i64,
 }
 
-/// Puts the TLS uprobes on the targets' binaries; returns how many targets run a binary
-/// where that failed.
-fn sync_tls(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
-    let pids: Vec<u32> = targets
-        .targets()
-        .iter()
+fn pids_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> Vec<u32> {
+    targets
+        .into_iter()
         .flat_map(|t| t.pids.iter().copied())
-        .collect();
-    let failed_pids: std::collections::HashSet<u32> = sensor
-        .set_tls_processes(&pids)
+        .collect()
+}
+
+/// Puts the TLS uprobes on these targets' binaries (and takes them off every other);
+/// returns how many of them run a binary where that failed.
+fn sync_tls(targets: &[&Target], sensor: &mut Sensor) -> i64 {
+    let failed_pids: HashSet<u32> = sensor
+        .set_tls_processes(&pids_of(targets.iter().copied()))
         .into_iter()
         .filter(|b| b.outcome.is_err())
         .flat_map(|b| b.pids)
         .collect();
     targets
-        .targets()
         .iter()
         .filter(|t| t.pids.iter().any(|p| failed_pids.contains(p)))
         .count() as i64
 }
 
-/// The semantic sensor's uprobes across scans.
+/// The semantic sensor across scans.
 pub(super) struct SemanticState {
     pub(super) enabled: bool,
-    /// Replicas whose binary the semantic sensor could not be put on (their responses
-    /// go uncounted; they count as failed targets).
-    pub(super) failed_replicas: i64,
+    /// `routeskew_sensor_mode`.
+    pub(super) modes: SensorModes,
 }
 
-/// Puts the semantic uprobes on the targets' binaries; returns how many targets run a
-/// binary where that failed.
-fn sync_semantic(targets: &TargetSet, sensor: &mut Sensor) -> i64 {
-    let pids: Vec<u32> = targets
-        .targets()
-        .iter()
-        .flat_map(|t| t.pids.iter().copied())
-        .collect();
-    let failed_pids: std::collections::HashSet<u32> = sensor
-        .set_semantic_processes(&pids)
+/// Puts the semantic uprobes on the targets' binaries; returns the cgroups of the
+/// targets it counts (every process of theirs runs a binary it is attached to). The
+/// others fall back to byte capture.
+fn sync_semantic(targets: &TargetSet, sensor: &mut Sensor) -> BTreeSet<u64> {
+    let counted: HashSet<u32> = sensor
+        .set_semantic_processes(&pids_of(targets.targets()))
         .into_iter()
-        .filter(|b| b.outcome.is_err())
+        .filter(|b| b.outcome.is_ok())
         .flat_map(|b| b.pids)
         .collect();
     targets
         .targets()
         .iter()
-        .filter(|t| t.pids.iter().any(|p| failed_pids.contains(p)))
-        .count() as i64
+        .filter(|t| !t.pids.is_empty() && t.pids.iter().all(|p| counted.contains(p)))
+        .map(|t| t.cgroup_id)
+        .collect()
 }
 
 /// What the agent watches, across discovery scans.
@@ -102,10 +103,7 @@ pub(super) fn apply_scan(
     *failures = scan.failures.clone();
     let failed = scan.failures.len() as i64;
     if scan.targets == *current {
-        metrics.set_targets(
-            current.replica_count() as i64,
-            failed + tls.failed_replicas + semantic.failed_replicas,
-        );
+        metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
         return;
     }
     for t in scan.targets.targets() {
@@ -118,16 +116,44 @@ pub(super) fn apply_scan(
             tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, "replica gone");
         }
     }
+    let counted = if semantic.enabled {
+        sync_semantic(&scan.targets, sensor)
+    } else {
+        BTreeSet::new()
+    };
+    let captured: Vec<&Target> = scan
+        .targets
+        .targets()
+        .iter()
+        .filter(|t| !counted.contains(&t.cgroup_id))
+        .collect();
+    if semantic.enabled && !captured.is_empty() {
+        for hook in sensor.ensure_byte_capture() {
+            match &hook.error {
+                None => tracing::info!(hook = %hook.name, "hook attached for byte capture"),
+                Some(e) => tracing::warn!(hook = %hook.name, error = %e, "hook unavailable"),
+            }
+        }
+    }
     if tls.enabled {
-        tls.failed_replicas = sync_tls(&scan.targets, sensor);
+        tls.failed_replicas = sync_tls(&captured, sensor);
     }
-    if semantic.enabled {
-        semantic.failed_replicas = sync_semantic(&scan.targets, sensor);
-    }
-    match sensor.set_watched_cgroups(&scan.targets.cgroup_ids()) {
+    semantic.modes.set(scan.targets.targets().iter().map(|t| {
+        ModeLabels {
+            replica: t.replica.name.clone(),
+            namespace: t.replica.namespace.clone(),
+            mode: if counted.contains(&t.cgroup_id) {
+                "semantic"
+            } else {
+                "bytes"
+            }
+            .into(),
+        }
+    }));
+    match sensor.set_watched(&scan.targets.cgroup_ids(), &counted) {
         Ok(()) => metrics.set_targets(
             scan.targets.replica_count() as i64,
-            failed + tls.failed_replicas + semantic.failed_replicas,
+            failed + tls.failed_replicas,
         ),
         Err(e) => {
             tracing::error!(error = %e, "updating the kernel cgroup filter failed");

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::discovery::TargetSet;
-use crate::event::{Event, EventKind, Origin, ProbeReport};
+use crate::event::{Event, EventKind, Origin, ProbeReport, ResponseCount};
 use crate::hosts::KnownHosts;
 use crate::metrics::Contract;
 use crate::pipeline::aggregate::Aggregator;
@@ -167,14 +167,7 @@ impl Pipeline {
                 return;
             }
             EventKind::Responses(counted) => {
-                classify::counted_responses(event.origin, counted, &mut self.obs_buf);
-                for obs in self.obs_buf.drain(..) {
-                    if !self.aggregator.record_n(&obs, counted.count) {
-                        self.metrics
-                            .dropped_observations
-                            .inc_by(DropReason::UnknownOrigin, counted.count);
-                    }
-                }
+                self.record_counted(event, counted);
                 return;
             }
             _ => {}
@@ -205,6 +198,37 @@ impl Pipeline {
             // A WebSocket probe closes right after its 101: that is no early close.
             ProbeRef::Check(_) if matches!(fe, FlowEvent::WsEarlyClose { .. }) => false,
             ProbeRef::Check(id) => self.ledger.kernel_saw(id, now_ns) == Sighting::Count,
+        }
+    }
+
+    /// Responses the semantic sensor counted: housekeeping dropped, probe responses
+    /// settled with the prober's reports (see [`ledger`]), the rest counted.
+    fn record_counted(&mut self, event: &Event, counted: &ResponseCount) {
+        if counted.housekeeping {
+            self.housekeeping_exchanges += counted.count;
+            return;
+        }
+        let n = if counted.probe {
+            self.ledger.kernel_counted(
+                event.origin,
+                &counted.host,
+                counted.status,
+                counted.count,
+                event.ts_ns,
+            )
+        } else {
+            counted.count
+        };
+        if n == 0 {
+            return;
+        }
+        classify::counted_responses(event.origin, counted, &mut self.obs_buf);
+        for obs in self.obs_buf.drain(..) {
+            if !self.aggregator.record_n(&obs, n) {
+                self.metrics
+                    .dropped_observations
+                    .inc_by(DropReason::UnknownOrigin, n);
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::check::{Answer, BODY_PREFIX};
-use crate::event::ProbeAnswer;
+use crate::event::{PeerRole, PeerTags, ProbeAnswer};
 
 /// Why a probe request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -184,16 +184,59 @@ pub struct Request<'a> {
     /// Host header and SNI.
     pub host: &'a str,
     pub path: &'a str,
-    pub user_agent: &'a str,
+    /// Who sends it: the User-Agent, and the sensor told the connection is the agent's.
+    pub caller: &'a Caller,
 }
 
-async fn connect(r: &Request<'_>) -> Result<Stream, ClientError> {
+/// Who sends a request: its User-Agent (the byte-capture sensor's probe tag), and the
+/// semantic sensor's registry of the agent's own connections with this one's role.
+#[derive(Clone)]
+pub struct Caller {
+    pub user_agent: String,
+    pub role: PeerRole,
+    pub tags: Option<Arc<dyn PeerTags>>,
+}
+
+/// The connection's local address stays tagged while this lives.
+pub struct Tagged {
+    tags: Arc<dyn PeerTags>,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("user_agent", &self.user_agent)
+            .field("role", &self.role)
+            .field("tagged", &self.tags.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Tagged {
+    fn drop(&mut self) {
+        self.tags.untag(self.local);
+    }
+}
+
+/// Tags the connection before anything is sent on it.
+fn tag(caller: &Caller, tcp: &TcpStream) -> Option<Tagged> {
+    let tags = caller.tags.as_ref()?;
+    let local = tcp.local_addr().ok()?;
+    tags.tag(local, caller.role).then(|| Tagged {
+        tags: Arc::clone(tags),
+        local,
+    })
+}
+
+async fn connect(r: &Request<'_>) -> Result<(Stream, Option<Tagged>), ClientError> {
     let tcp = TcpStream::connect(r.addr)
         .await
         .map_err(|source| ClientError::Connect { source })?;
     let _ = tcp.set_nodelay(true);
+    let tagged = tag(r.caller, &tcp);
     let Some(tls) = r.tls else {
-        return Ok(Box::pin(tcp));
+        return Ok((Box::pin(tcp), tagged));
     };
     // The host without a port; an IP literal gives no SNI, as browsers do.
     let name = host_without_port(r.host);
@@ -206,7 +249,7 @@ async fn connect(r: &Request<'_>) -> Result<Stream, ClientError> {
         .connect(server_name, tcp)
         .await
         .map_err(|source| ClientError::Tls { source })?;
-    Ok(Box::pin(stream))
+    Ok((Box::pin(stream), tagged))
 }
 
 fn host_without_port(host: &str) -> &str {
@@ -221,7 +264,7 @@ fn host_without_port(host: &str) -> &str {
 
 /// `GET path` with the given Host; reads at most `body_cap` bytes of the body.
 pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError> {
-    let stream = connect(r).await?;
+    let (stream, _tagged) = connect(r).await?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
@@ -233,7 +276,7 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
         )
         .header(
             USER_AGENT,
-            HeaderValue::from_str(r.user_agent).map_err(ClientError::header)?,
+            HeaderValue::from_str(&r.caller.user_agent).map_err(ClientError::header)?,
         )
         .body(Empty::<Bytes>::new())
         .map_err(|source| ClientError::Request {
@@ -303,7 +346,7 @@ fn canonical_reason(status: hyper::StatusCode) -> String {
 pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let stream = connect(r).await?;
+    let (stream, _tagged) = connect(r).await?;
     let scheme = if r.tls.is_some() { "wss" } else { "ws" };
     let uri = format!("{scheme}://{}{}", r.host, r.path);
     let mut req = uri
@@ -313,7 +356,7 @@ pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
         })?;
     req.headers_mut().insert(
         USER_AGENT,
-        HeaderValue::from_str(r.user_agent).map_err(ClientError::header)?,
+        HeaderValue::from_str(&r.caller.user_agent).map_err(ClientError::header)?,
     );
     match tokio_tungstenite::client_async(req, stream).await {
         Ok((mut ws, resp)) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 
 use super::check::Answer;
-use super::client::{self, Request, Tls};
+use super::client::{self, Caller, Request, Tls};
 use super::inventory::{self, API_BODY_CAP, ROUTERS_PATH};
 use super::Prober;
 use crate::discovery::{Endpoint, Target, TargetSet};
@@ -116,16 +116,16 @@ impl Prober {
             return;
         }
         let tls = self.tls.clone();
-        let ua = self.housekeeping_ua.clone();
+        let caller = self.housekeeping.clone();
         let timeout = self.cfg.timeout;
         let found: Vec<(SocketAddr, Option<EndpointInfo>)> = stream::iter(todo)
             .map(|addr| {
                 let tls = tls.clone();
-                let ua = ua.clone();
+                let caller = caller.clone();
                 async move {
                     (
                         addr,
-                        classify_endpoint(addr, tls.as_ref(), &ua, timeout).await,
+                        classify_endpoint(addr, tls.as_ref(), &caller, timeout).await,
                     )
                 }
             })
@@ -224,7 +224,7 @@ impl Prober {
 async fn classify_endpoint(
     addr: SocketAddr,
     tls: Option<&Tls>,
-    ua: &str,
+    caller: &Caller,
     timeout: Duration,
 ) -> Option<EndpointInfo> {
     let host = addr.to_string();
@@ -233,7 +233,7 @@ async fn classify_endpoint(
         tls,
         host: &host,
         path: ROUTERS_PATH,
-        user_agent: ua,
+        caller,
     };
     let is_api = |a: &Answer| a.status == 200 && inventory::parse_router_page(&a.body).is_ok();
     let plain = tokio::time::timeout(timeout, client::get(&req(None), API_BODY_CAP)).await;

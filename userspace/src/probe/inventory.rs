@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::client::{self, ClientError, Request, Tls};
+use super::client::{self, Caller, ClientError, Request, Tls};
 use super::Prober;
 use crate::discovery::TargetSet;
 use crate::event::{Event, EventKind};
@@ -169,7 +169,7 @@ pub fn missing_routers(
 async fn fetch_inventory(
     addr: SocketAddr,
     tls: Option<&Tls>,
-    ua: &str,
+    caller: &Caller,
     timeout: Duration,
 ) -> Result<(RouterPage, Option<BTreeMap<u16, String>>), FetchError> {
     let host = addr.to_string();
@@ -182,7 +182,7 @@ async fn fetch_inventory(
             tls,
             host: &host,
             path: &path,
-            user_agent: ua,
+            caller,
         };
         let a = tokio::time::timeout(timeout, client::get(&req, API_BODY_CAP))
             .await
@@ -202,7 +202,7 @@ async fn fetch_inventory(
         tls,
         host: &host,
         path: ENTRYPOINTS_PATH,
-        user_agent: ua,
+        caller,
     };
     // Entrypoint names only refine endpoint selection; their absence is no failure.
     let names = match tokio::time::timeout(timeout, client::get(&req, API_BODY_CAP)).await {
@@ -234,7 +234,7 @@ impl Prober {
                 continue;
             }
             let tls = if tls { self.tls.as_ref() } else { None };
-            match fetch_inventory(addr, tls, &self.housekeeping_ua, self.cfg.timeout).await {
+            match fetch_inventory(addr, tls, &self.housekeeping, self.cfg.timeout).await {
                 Ok((page, port_names)) => {
                     if st.api_backoff.succeed() || st.api_missing_logged {
                         tracing::info!(replica = %t.replica.name, %addr, "Traefik API reachable again");

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 
 use super::check::{self, Answer};
-use super::client::{self, ClientError, Request, Tls};
+use super::client::{self, Caller, ClientError, Request, Tls};
 use super::{replica_origin, Prober};
 use crate::discovery::{Replica, TargetSet};
-use crate::event::{Event, EventKind, Origin, ProbeCheck, ProbeReport, ProbeVerdict};
+use crate::event::{Event, EventKind, Origin, PeerRole, ProbeCheck, ProbeReport, ProbeVerdict};
 use crate::pipeline::http;
 
 /// One probe check to run.
@@ -103,8 +103,12 @@ impl Prober {
         stream::iter(jobs)
             .map(|job| {
                 let tls = tls.clone();
-                let ua = http::probe_check_user_agent(&self.cfg.version, job.id);
-                async move { run_job(job, tls, ua, timeout).await }
+                let caller = Caller {
+                    user_agent: http::probe_check_user_agent(&self.cfg.version, job.id),
+                    role: PeerRole::Probe,
+                    tags: self.housekeeping.tags.clone(),
+                };
+                async move { run_job(job, tls, caller, timeout).await }
             })
             .buffer_unordered(self.cfg.concurrency.max(1))
             .collect()
@@ -166,14 +170,14 @@ impl Prober {
     }
 }
 
-async fn run_job(job: Job, tls: Option<Tls>, ua: String, timeout: Duration) -> JobResult {
+async fn run_job(job: Job, tls: Option<Tls>, caller: Caller, timeout: Duration) -> JobResult {
     let started = Instant::now();
     let req = Request {
         addr: job.addr,
         tls: if job.tls { tls.as_ref() } else { None },
         host: &job.host,
         path: &job.path,
-        user_agent: &ua,
+        caller: &caller,
     };
     let fut = async {
         match job.check {
@@ -282,6 +286,9 @@ mod tests {
         p.cfg.ports = vec![9000];
         let eps = p.probe_endpoints(&t2);
         assert_eq!(eps, vec![("127.0.0.1:9000".parse().unwrap(), false)]);
-        assert_eq!(p.housekeeping_ua, "routeskew-probe/0.0.0 housekeeping");
+        assert_eq!(
+            p.housekeeping.user_agent,
+            "routeskew-probe/0.0.0 housekeeping"
+        );
     }
 }

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::discovery::{Replica, Target, TargetSet};
-use crate::event::{Event, Origin};
+use crate::event::{Event, Origin, PeerRole, PeerTags};
 use crate::hosts::KnownHosts;
 use crate::pipeline::http;
 
-use client::Tls;
+use client::{Caller, Tls};
 use endpoints::{Backoff, EndpointState};
 
 pub use config::ProbeConfig;
@@ -88,7 +88,8 @@ pub struct Prober {
     endpoints: HashMap<SocketAddr, EndpointState>,
     replicas: HashMap<Replica, ReplicaState>,
     next_id: u64,
-    housekeeping_ua: String,
+    /// The router inventory's and endpoint checks' caller (its tags are the probes' too).
+    housekeeping: Caller,
 }
 
 fn replica_origin(t: &Target) -> Origin {
@@ -118,7 +119,11 @@ impl Prober {
         };
         let hosts = Arc::new(KnownHosts::new(&cfg.hosts));
         Prober {
-            housekeeping_ua: http::probe_housekeeping_user_agent(&cfg.version),
+            housekeeping: Caller {
+                user_agent: http::probe_housekeeping_user_agent(&cfg.version),
+                role: PeerRole::Housekeeping,
+                tags: None,
+            },
             hosts,
             host_updates: None,
             cfg,
@@ -132,6 +137,13 @@ impl Prober {
     }
 
     /// Follows the known hosts discovery publishes instead of the configured ones.
+    /// Tells the sensor which connections are the agent's own (the semantic sensor marks
+    /// their responses as probe or housekeeping).
+    pub fn with_peer_tags(mut self, tags: Arc<dyn PeerTags>) -> Self {
+        self.housekeeping.tags = Some(tags);
+        self
+    }
+
     pub fn with_host_updates(mut self, hosts: watch::Receiver<Arc<KnownHosts>>) -> Self {
         self.host_updates = Some(hosts);
         self

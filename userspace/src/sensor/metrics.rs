@@ -33,6 +33,29 @@ pub struct HookLabels {
     pub hook: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub replica: String,
+    pub namespace: String,
+    /// `semantic` or `bytes`.
+    pub mode: String,
+}
+
+/// `routeskew_sensor_mode{replica,namespace,mode}`: 1 for the mode each watched replica
+/// is seen with. A handle on the family, for the agent's scans.
+#[derive(Clone, Default)]
+pub struct SensorModes(Family<ModeLabels, Gauge>);
+
+impl SensorModes {
+    /// Exactly these (replica, namespace, mode) rows at 1; every other row goes.
+    pub fn set(&self, rows: impl IntoIterator<Item = ModeLabels>) {
+        self.0.clear();
+        for row in rows {
+            self.0.get_or_create(&row).set(1);
+        }
+    }
+}
+
 /// Increment that takes a counter from `old` to `new`; a smaller `new` means the source
 /// restarted from zero, so all of it is new.
 fn total_delta(new: u64, old: u64) -> u64 {
@@ -52,6 +75,7 @@ pub struct SensorMetrics {
     program_misses: Family<ProgramLabels, Counter>,
     decode_errors: Counter,
     hooks: Family<HookLabels, Gauge>,
+    pub modes: SensorModes,
     /// Last totals seen per program.
     totals_last: HashMap<String, SensorTotals>,
     /// Last skipped-run totals seen per kernel program.
@@ -70,6 +94,7 @@ impl SensorMetrics {
             program_misses: Family::default(),
             decode_errors: Counter::default(),
             hooks: Family::default(),
+            modes: SensorModes::default(),
             totals_last: HashMap::new(),
             misses_last: HashMap::new(),
             decode_errors_last: 0,
@@ -109,6 +134,11 @@ impl SensorMetrics {
             "decode_errors",
             "Kernel records the agent could not decode",
             m.decode_errors.clone(),
+        );
+        r.register(
+            "mode",
+            "How each watched replica's responses are seen: semantic (Go net/http's own state, counted in the kernel) or bytes (socket and TLS byte capture)",
+            m.modes.0.clone(),
         );
         r.register(
             "hook_attached",

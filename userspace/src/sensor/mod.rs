@@ -103,6 +103,8 @@ pub struct SensorConfig {
     pub upstream_responses: bool,
     /// Which hooks capture data (the best available by default).
     pub data_hooks: DataHooks,
+    /// Testing only: one semantic offset table entry replaced before verification.
+    pub semantic_offset: Option<semantic::OffsetOverride>,
 }
 
 impl Default for SensorConfig {
@@ -114,6 +116,7 @@ impl Default for SensorConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             upstream_responses: false,
             data_hooks: DataHooks::Auto,
+            semantic_offset: None,
         }
     }
 }
@@ -173,6 +176,9 @@ pub struct Sensor {
     path: DataPath,
     watched: watched::Watched,
     reader: reader::Reader,
+    /// Kept for attaching the data hooks later ([`Sensor::ensure_byte_capture`]).
+    layout: tracefs::Layout,
+    regs: Result<(), std::sync::Arc<RegsUnavailable>>,
     tls: gotls::TlsProbes,
     semantic: semantic::attach::SemanticProbes,
     counts: semantic::counts::SemanticCounts,
@@ -193,7 +199,8 @@ impl Sensor {
             config,
             ring_bytes,
         } = load::load(cfg)?;
-        let (hooks, path) = hooks::attach_all(&mut ebpf, &layout, cfg.data_hooks, regs);
+        let regs = regs.map_err(std::sync::Arc::new);
+        let (hooks, path) = hooks::attach_all(&mut ebpf, &layout, cfg.data_hooks, regs.clone());
         let hooks = hooks::require_capture(hooks, path)?;
         let watched = watched::Watched::new(&ebpf)?;
         let reader = reader::Reader::spawn(&mut ebpf, &runtime, events, cfg.poll_interval)?;
@@ -214,8 +221,10 @@ impl Sensor {
             path,
             watched,
             reader,
+            layout,
+            regs,
             tls: gotls::TlsProbes::default(),
-            semantic: semantic::attach::SemanticProbes::default(),
+            semantic: semantic::attach::SemanticProbes::new(cfg.semantic_offset),
             counts: semantic::counts::SemanticCounts::default(),
         })
     }
@@ -228,6 +237,28 @@ impl Sensor {
         self.tls.sync(&mut self.ebpf, pids)
     }
 
+    /// Attaches the data hooks (the best path the kernel allows) when the sensor started
+    /// without them: a replica the semantic sensor cannot count falls back to byte
+    /// capture. Returns the statuses of the hooks attached now (none when they already
+    /// were).
+    pub fn ensure_byte_capture(&mut self) -> &[HookStatus] {
+        if self.path != DataPath::Off {
+            return &[];
+        }
+        let (new, path) = hooks::attach_data(
+            &mut self.ebpf,
+            &self.layout,
+            DataHooks::Auto,
+            self.regs.clone(),
+        );
+        let new = hooks::statuses(new);
+        tracing::info!(data_path = ?path, attached = new.iter().filter(|h| h.attached).count(), "byte capture attached for replicas the semantic sensor cannot count");
+        self.path = path;
+        let start = self.hooks.len();
+        self.hooks.extend(new);
+        &self.hooks[start..]
+    }
+
     /// Puts the semantic sensor's uprobes on the executables of these processes (one
     /// plan and attachment per distinct binary) and takes them off binaries none of them
     /// runs any more. Failures are reported per binary, never fatal.
@@ -236,6 +267,12 @@ impl Sensor {
         pids: &[u32],
     ) -> Vec<semantic::attach::SemanticBinaryStatus> {
         self.semantic.sync(&mut self.ebpf, pids)
+    }
+
+    /// The semantic sensor's registry of the agent's own connections (turns the kernel's
+    /// `RemoteAddr` lookup on; call once, when the prober starts).
+    pub fn peer_tags(&mut self) -> Result<semantic::peers::KernelPeers, SensorError> {
+        semantic::peers::KernelPeers::take(&mut self.ebpf)
     }
 
     /// Publishes the hosts the semantic sensor counts by name (others count as `other`).

@@ -12,11 +12,13 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_SEM_BINARIES: &str = "SEM_BINARIES";
 pub const MAP_SEM_HOSTS: &str = "SEM_HOSTS";
 pub const MAP_SEM_COUNTS: &str = "SEM_COUNTS";
+pub const MAP_SEM_PEERS: &str = "SEM_PEERS";
+pub const MAP_SEM_PEERS_ON: &str = "SEM_PEERS_ON";
 /// The [`routeskew_common::Config`] global (in `.rodata`, set before load).
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// Every map the agent opens.
-pub const MAPS: [&str; 7] = [
+pub const MAPS: [&str; 9] = [
     MAP_EVENTS,
     MAP_WATCHED,
     MAP_WATCHED_SET,
@@ -24,6 +26,8 @@ pub const MAPS: [&str; 7] = [
     MAP_SEM_BINARIES,
     MAP_SEM_HOSTS,
     MAP_SEM_COUNTS,
+    MAP_SEM_PEERS,
+    MAP_SEM_PEERS_ON,
 ];
 
 /// Function name, in the object, of the program in slot `p`.

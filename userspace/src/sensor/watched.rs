@@ -7,7 +7,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapError},
     Ebpf,
 };
-use routeskew_common::{WatchedSet, WATCHED_FAST};
+use routeskew_common::{watch_mode, WatchedSet, WATCHED_FAST};
 
 use super::{
     map_err,
@@ -18,6 +18,8 @@ use super::{
 /// The cgroup ids the kernel watches, as last written.
 pub(super) struct Watched {
     ids: BTreeSet<u64>,
+    /// Those the semantic sensor counts (the byte-capture programs skip them).
+    semantic: BTreeSet<u64>,
     /// Entries the kernel's hash map holds.
     capacity: u32,
 }
@@ -31,6 +33,7 @@ impl Watched {
         };
         Ok(Watched {
             ids: BTreeSet::new(),
+            semantic: BTreeSet::new(),
             capacity,
         })
     }
@@ -42,9 +45,19 @@ impl Watched {
 }
 
 impl Sensor {
-    /// Makes the kernel watch exactly these cgroup ids (applies the diff to
-    /// WATCHED_CGROUPS).
+    /// Makes the kernel watch exactly these cgroup ids, all with byte capture.
     pub fn set_watched_cgroups(&mut self, ids: &[u64]) -> Result<(), SensorError> {
+        self.set_watched(ids, &BTreeSet::new())
+    }
+
+    /// Makes the kernel watch exactly these cgroup ids (applies the diff to
+    /// WATCHED_CGROUPS); those in `semantic` are counted by the semantic sensor, the
+    /// others captured as bytes.
+    pub fn set_watched(
+        &mut self,
+        ids: &[u64],
+        semantic: &BTreeSet<u64>,
+    ) -> Result<(), SensorError> {
         let watched = &mut self.watched;
         let wanted: BTreeSet<u64> = ids.iter().copied().collect();
         if wanted.len() > watched.capacity as usize {
@@ -66,21 +79,39 @@ impl Sensor {
             }
             watched.ids.remove(&id);
         }
-        let new: Vec<u64> = wanted.difference(&watched.ids).copied().collect();
-        for id in new {
-            map.insert(id, 1, 0).map_err(map_err(MAP_WATCHED))?;
+        // New ids, and ids whose mode changed (a replica falling back to byte capture).
+        let mode = |id: &u64| {
+            if semantic.contains(id) {
+                watch_mode::SEMANTIC
+            } else {
+                watch_mode::BYTES
+            }
+        };
+        let changed: Vec<u64> = wanted
+            .iter()
+            .filter(|id| {
+                !watched.ids.contains(id) || watched.semantic.contains(id) != semantic.contains(id)
+            })
+            .copied()
+            .collect();
+        for id in changed {
+            map.insert(id, mode(&id), 0).map_err(map_err(MAP_WATCHED))?;
             watched.ids.insert(id);
         }
+        watched.semantic = wanted.intersection(semantic).copied().collect();
         // The kernel scans this first; written after the hash so that it never points
         // the kernel at a hash missing an id.
         let mut set = WatchedSet {
             ids: [0; WATCHED_FAST],
             count: u32::MAX,
-            _pad: 0,
+            semantic_mask: 0,
         };
         if watched.ids.len() <= WATCHED_FAST {
-            for (slot, id) in set.ids.iter_mut().zip(&watched.ids) {
+            for (i, (slot, id)) in set.ids.iter_mut().zip(&watched.ids).enumerate() {
                 *slot = *id;
+                if watched.semantic.contains(id) {
+                    set.semantic_mask |= 1 << i;
+                }
             }
             set.count = watched.ids.len() as u32;
         }

@@ -18,5 +18,6 @@ mod harness;
 mod probes;
 mod robustness;
 mod routing;
+mod semantic;
 mod upstream;
 mod websocket;

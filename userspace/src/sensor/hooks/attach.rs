@@ -143,10 +143,28 @@ pub(in crate::sensor) fn attach_all(
     ebpf: &mut Ebpf,
     layout: &tracefs::Layout,
     pref: DataHooks,
-    regs: Result<(), RegsUnavailable>,
+    regs: Result<(), Arc<RegsUnavailable>>,
+) -> (Vec<Attached>, DataPath) {
+    let (mut out, path) = attach_data(ebpf, layout, pref, regs);
+    attach_rest(ebpf, layout, path, &mut out, |n| n == Needed::Always);
+    tracing::info!(data_path = ?path, "data capture path");
+    (out, path)
+}
+
+/// The hooks' statuses.
+pub(in crate::sensor) fn statuses(hooks: Vec<Attached>) -> Vec<HookStatus> {
+    hooks.into_iter().map(|h| h.status).collect()
+}
+
+/// Attaches the data hooks only: the best data path `pref` and `regs` allow and the
+/// syscall hooks that path needs (nothing for [`DataHooks::Off`]).
+pub(in crate::sensor) fn attach_data(
+    ebpf: &mut Ebpf,
+    layout: &tracefs::Layout,
+    pref: DataHooks,
+    regs: Result<(), Arc<RegsUnavailable>>,
 ) -> (Vec<Attached>, DataPath) {
     let mut out: Vec<Attached> = Vec::new();
-    let regs = regs.map_err(Arc::new);
     let regs_failure = || {
         regs.as_ref().err().map(|source| {
             Arc::new(PathFailure::Regs {
@@ -196,9 +214,23 @@ pub(in crate::sensor) fn attach_all(
         );
     }
 
+    attach_rest(ebpf, layout, path, &mut out, |n| {
+        matches!(n, Needed::Classic | Needed::Syscalls)
+    });
+    (out, path)
+}
+
+/// Attaches the hooks of `path` beyond the better paths' data hooks that `which` picks.
+fn attach_rest(
+    ebpf: &mut Ebpf,
+    layout: &tracefs::Layout,
+    path: DataPath,
+    out: &mut Vec<Attached>,
+    which: impl Fn(Needed) -> bool,
+) {
     for hook in HOOKS
         .iter()
-        .filter(|h| !matches!(h.needed, Needed::Sock | Needed::Raw) && h.wanted_on(path))
+        .filter(|h| which(h.needed) && h.wanted_on(path))
     {
         let partner_failed = DATA_PAIRS
             .iter()
@@ -215,10 +247,8 @@ pub(in crate::sensor) fn attach_all(
             (None, Some(error)) => Err(error),
             (None, None) => attach_one(ebpf, hook),
         };
-        record(&mut out, hook, result);
+        record(out, hook, result);
     }
-    tracing::info!(data_path = ?path, "data capture path");
-    (out, path)
 }
 
 /// The hooks' statuses, or an error when neither data nor TCP events can be captured.

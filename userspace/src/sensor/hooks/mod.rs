@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use routeskew_common::Program;
 
-pub(super) use attach::{attach_all, require_capture};
+pub(super) use attach::{attach_all, attach_data, require_capture, statuses};
 pub(super) use error::describe_program_error;
 pub use error::{HookError, PathFailure};
 

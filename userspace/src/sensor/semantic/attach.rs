@@ -24,7 +24,7 @@ use aya::{
 };
 use routeskew_common::{GoHttpBinary, Program, SemProbe, SEM_BINARY_SLOTS};
 
-use super::{plan_path, SemanticError, SemanticPlan};
+use super::{plan_path_with, SemanticError, SemanticPlan};
 use crate::sensor::{
     gotls::{binary_ids, BinaryId},
     hooks::describe_program_error,
@@ -104,6 +104,8 @@ struct Binary {
 #[derive(Default)]
 pub struct SemanticProbes {
     binaries: BTreeMap<BinaryId, Binary>,
+    /// `--semantic-offset`: replaces one table entry before verification.
+    tweak: Option<super::OffsetOverride>,
     loaded: Option<Result<(), Arc<SemanticAttachError>>>,
 }
 
@@ -197,6 +199,14 @@ fn attach(
 }
 
 impl SemanticProbes {
+    /// Nothing attached yet; `tweak` replaces one offset table entry before verification.
+    pub fn new(tweak: Option<super::OffsetOverride>) -> Self {
+        SemanticProbes {
+            tweak,
+            ..Self::default()
+        }
+    }
+
     /// Attaches the semantic sensor to the binaries these processes run and detaches it
     /// from binaries none of them runs any more. One status per binary in use.
     pub fn sync(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<SemanticBinaryStatus> {
@@ -258,7 +268,7 @@ impl SemanticProbes {
                 dev = id.dev,
                 inode = id.ino,
                 %error,
-                "semantic sensor not attached to this binary: its replicas' responses go uncounted"
+                "semantic sensor not attached to this binary: its replicas fall back to byte capture"
             );
         };
         let loaded = self
@@ -269,7 +279,7 @@ impl SemanticProbes {
             log_failure(&e);
             return Err(e);
         }
-        let result = plan_path(exe)
+        let result = plan_path_with(exe, self.tweak)
             .map_err(SemanticAttachError::from)
             .and_then(|plan| {
                 let slot = self.free_slot().ok_or(SemanticAttachError::NoSlot)?;

@@ -165,6 +165,7 @@ impl SemanticCounts {
                 h2: key.flags & sem_flags::H2 != 0,
                 probe: key.flags & sem_flags::PROBE != 0,
                 upgrade: key.flags & sem_flags::UPGRADE != 0,
+                housekeeping: key.flags & sem_flags::HOUSEKEEPING != 0,
                 count,
             }),
         }

@@ -10,18 +10,24 @@
 //! - [`attach`]: the aya half, the plan written into a kernel slot and the uprobes attached
 //!   per binary in use;
 //! - [`counts`]: the known hosts published to the kernel, its per-CPU counters folded
-//!   into events.
+//!   into events;
+//! - [`peers`]: the agent's own connections, so that probe and housekeeping responses
+//!   are told apart from passive traffic.
 
 pub mod attach;
 mod callers;
 mod code;
 pub mod counts;
 pub mod offsets;
+pub mod peers;
 mod plan;
 mod rtype;
 pub mod verify;
 
-pub use plan::{plan, plan_path, SemanticPlan, SemanticProbe, API_CALLERS};
+pub use plan::{
+    plan, plan_path, plan_path_with, OffsetField, OffsetOverride, SemanticPlan, SemanticProbe,
+    API_CALLERS,
+};
 
 use crate::sensor::gobin::GoBinError;
 

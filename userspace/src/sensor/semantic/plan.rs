@@ -74,6 +74,51 @@ pub struct SemanticPlan {
     pub verified: Vec<String>,
 }
 
+/// One entry of the offset table replaced before verification (`--semantic-offset`, a
+/// test of the fallback: a wrong offset must fail verification, never be used).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffsetOverride {
+    pub field: OffsetField,
+    pub value: u32,
+}
+
+/// The entries of [`routeskew_common::GoHttpOffsets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OffsetField {
+    H1Req,
+    H1WroteHeader,
+    H2Req,
+    H2WroteHeader,
+    ReqHost,
+    ReqRemoteAddr,
+}
+
+impl OffsetOverride {
+    fn apply(self, o: &mut routeskew_common::GoHttpOffsets) {
+        let slot = match self.field {
+            OffsetField::H1Req => &mut o.h1_req,
+            OffsetField::H1WroteHeader => &mut o.h1_wrote_header,
+            OffsetField::H2Req => &mut o.h2_req,
+            OffsetField::H2WroteHeader => &mut o.h2_wrote_header,
+            OffsetField::ReqHost => &mut o.req_host,
+            OffsetField::ReqRemoteAddr => &mut o.req_remote_addr,
+        };
+        *slot = self.value;
+    }
+}
+
+/// [`plan`] for the binary at `path`, with `tweak` applied to its offset table.
+pub fn plan_path_with(
+    path: &Path,
+    tweak: Option<OffsetOverride>,
+) -> Result<SemanticPlan, SemanticError> {
+    let bin = GoBinary::open(path).map_err(|source| SemanticError::Binary {
+        path: path.display().to_string(),
+        source,
+    })?;
+    plan_with(&bin, tweak)
+}
+
 /// [`plan`] for the binary at `path`.
 pub fn plan_path(path: &Path) -> Result<SemanticPlan, SemanticError> {
     let bin = GoBinary::open(path).map_err(|source| SemanticError::Binary {
@@ -86,13 +131,21 @@ pub fn plan_path(path: &Path) -> Result<SemanticPlan, SemanticError> {
 /// Resolves and verifies the semantic probe plan of `bin`. Nothing is guessed: any
 /// function, version or offset that cannot be established is an error.
 pub fn plan(bin: &GoBinary) -> Result<SemanticPlan, SemanticError> {
+    plan_with(bin, None)
+}
+
+fn plan_with(bin: &GoBinary, tweak: Option<OffsetOverride>) -> Result<SemanticPlan, SemanticError> {
     let go_version = bin.go_version.clone().ok_or(SemanticError::NoGoVersion)?;
     let (h2, h2_evidence) = h2_server(bin)?;
     let xnet = bin
         .module_info
         .as_deref()
         .and_then(|m| buildinfo::dependency_version(m, XNET_MODULE));
-    let offsets = offsets::offsets_for(&go_version, h2, xnet)?;
+    let mut offsets = offsets::offsets_for(&go_version, h2, xnet)?;
+    if let Some(t) = tweak {
+        tracing::warn!(field = ?t.field, value = t.value, "semantic offset table overridden by configuration");
+        t.apply(&mut offsets);
+    }
     let h2_function = match h2 {
         H2Server::Bundled => H2_BUNDLED,
         H2Server::XNet => H2_XNET,

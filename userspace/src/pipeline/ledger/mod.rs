@@ -21,12 +21,22 @@
 //! Probes that got no answer expect nothing from the kernel (there was no exchange to
 //! see); if the kernel saw the request anyway (a WebSocket reset) its copy is counted.
 //!
+//! The semantic sensor counts probe responses in the kernel without their ids (it knows
+//! the agent's connections by address, not their User-Agent): those settle by key,
+//! (replica, host, status), in [`keyed`]. Each counted probe response confirms the oldest
+//! report awaiting that key; one that finds none leaves a short-lived credit for a report
+//! still on its way; a report declared blind leaves a debt that a late kernel count pays
+//! instead of being counted twice.
+//!
 //! The clock is an argument everywhere (CLOCK_MONOTONIC nanoseconds in the agent), so the
 //! tests drive it by hand.
+
+mod keyed;
 
 use std::collections::HashMap;
 
 use crate::event::{Origin, ProbeReport};
+use keyed::Keyed;
 
 /// Probe checks tracked at once; the prober sends a few per replica, host and interval.
 const MAX_ENTRIES: usize = 16_384;
@@ -73,6 +83,7 @@ pub struct Ledger {
     deadline_ns: u64,
     entries: HashMap<u64, Entry>,
     stats: LedgerStats,
+    keyed: Keyed,
 }
 
 impl Ledger {
@@ -82,6 +93,7 @@ impl Ledger {
             deadline_ns,
             entries: HashMap::new(),
             stats: LedgerStats::default(),
+            keyed: Keyed::default(),
         }
     }
 
@@ -135,6 +147,12 @@ impl Ledger {
                     self.stats.overflow += 1;
                     return;
                 }
+                if self.keyed.take_credit(origin, &report, now_ns) {
+                    self.entries.insert(id, Entry::Done { at_ns: now_ns });
+                    self.stats.confirmed += 1;
+                    return;
+                }
+                self.keyed.awaiting(origin, &report);
                 self.entries.insert(
                     id,
                     Entry::Awaiting {
@@ -163,9 +181,14 @@ impl Ledger {
                 self.entries.insert(id, Entry::Done { at_ns: now_ns })
             {
                 self.stats.missed += 1;
+                self.keyed.missed(origin, &report, now_ns);
                 missed.push((origin, report));
             }
         }
+        let entries = &self.entries;
+        self.keyed.expire(now_ns, |id| {
+            matches!(entries.get(&id), Some(Entry::Awaiting { .. }))
+        });
         self.entries.retain(|_, e| match e {
             Entry::Seen { at_ns } | Entry::Done { at_ns } => {
                 now_ns.saturating_sub(*at_ns) < RETAIN_NS
@@ -187,97 +210,4 @@ impl Ledger {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::ProbeCheck;
-
-    const MS: u64 = 1_000_000;
-    const O: Origin = Origin {
-        tgid: 7,
-        cgroup_id: 70,
-    };
-
-    fn report(id: u64, answered: bool) -> Box<ProbeReport> {
-        Box::new(ProbeReport {
-            id,
-            check: ProbeCheck::Http,
-            host: "a.test".into(),
-            response: answered.then(|| crate::event::ProbeAnswer {
-                status: 200,
-                reason: "OK".into(),
-                headers: http::HeaderMap::new(),
-                body_prefix: bytes::Bytes::new(),
-            }),
-            elapsed: std::time::Duration::from_millis(1),
-        })
-    }
-
-    fn expire(l: &mut Ledger, now: u64) -> Vec<u64> {
-        let mut out = Vec::new();
-        l.expire(now, &mut out);
-        out.into_iter().map(|(_, r)| r.id).collect()
-    }
-
-    #[test]
-    fn kernel_before_prober_counts_once() {
-        let mut l = Ledger::new(500 * MS);
-        assert_eq!(l.kernel_saw(1, 10 * MS), Sighting::Count);
-        l.reported(O, report(1, true), 12 * MS);
-        assert!(expire(&mut l, 2_000 * MS).is_empty());
-        assert_eq!(l.stats().confirmed, 1);
-        // A duplicate kernel copy is not counted again.
-        assert_eq!(l.kernel_saw(1, 2_100 * MS), Sighting::Late);
-    }
-
-    #[test]
-    fn prober_before_kernel_within_deadline() {
-        let mut l = Ledger::new(500 * MS);
-        l.reported(O, report(2, true), 10 * MS);
-        assert!(expire(&mut l, 400 * MS).is_empty());
-        assert_eq!(l.kernel_saw(2, 450 * MS), Sighting::Count);
-        assert!(expire(&mut l, 5_000 * MS).is_empty());
-        assert_eq!(l.stats().confirmed, 1);
-        assert_eq!(l.stats().missed, 0);
-    }
-
-    #[test]
-    fn blind_sensor_is_detected_at_the_deadline() {
-        let mut l = Ledger::new(500 * MS);
-        l.reported(O, report(3, true), 10 * MS);
-        l.reported(O, report(4, true), 20 * MS);
-        assert_eq!(l.next_deadline(), Some(510 * MS));
-        assert!(expire(&mut l, 509 * MS).is_empty());
-        assert_eq!(expire(&mut l, 510 * MS), vec![3]);
-        assert_eq!(expire(&mut l, 600 * MS), vec![4]);
-        assert_eq!(l.stats().missed, 2);
-        // The kernel copy, when it finally comes, was already counted from the report.
-        assert_eq!(l.kernel_saw(3, 700 * MS), Sighting::Late);
-        assert_eq!(l.stats().late, 1);
-        assert_eq!(l.next_deadline(), None);
-    }
-
-    #[test]
-    fn unanswered_probes_expect_nothing() {
-        let mut l = Ledger::new(500 * MS);
-        l.reported(O, report(5, false), 10 * MS);
-        assert!(expire(&mut l, 10_000 * MS).is_empty());
-        assert_eq!(l.stats().missed, 0);
-        // The kernel saw the request of a reset WebSocket probe: counted.
-        assert_eq!(l.kernel_saw(5, 10_001 * MS), Sighting::Count);
-    }
-
-    #[test]
-    fn settled_ids_are_forgotten_and_memory_is_bounded() {
-        let mut l = Ledger::new(500 * MS);
-        for id in 0..10 {
-            assert_eq!(l.kernel_saw(id, 0), Sighting::Count);
-        }
-        expire(&mut l, RETAIN_NS);
-        assert!(l.is_empty());
-        for id in 0..(MAX_ENTRIES as u64 + 5) {
-            l.reported(O, report(id, true), 0);
-        }
-        assert_eq!(l.len(), MAX_ENTRIES);
-        assert_eq!(l.stats().overflow, 5);
-    }
-}
+mod tests;
