@@ -178,3 +178,28 @@ pub fn stop(agent: &mut Agent, bed: &mut Testbed) {
     agent.stop();
     bed.stop().expect("stopping the test bed");
 }
+
+/// `routeskew_probe_success` of one replica, host and check.
+pub fn probe_success(m: &Metrics, replica: &str, host: &str, check: &str) -> Option<f64> {
+    m.get(
+        "routeskew_probe_success",
+        &[("replica", replica), ("host", host), ("check", check)],
+    )
+    .expect("routeskew_probe_success")
+}
+
+/// `routeskew_sensor_blind_probes_total` of one replica.
+pub fn blind_probes(m: &Metrics, replica: &str) -> f64 {
+    m.sum(
+        "routeskew_sensor_blind_probes_total",
+        &[("replica", replica)],
+    )
+}
+
+/// Probe checks the prober ran on one replica (its duration histogram's count).
+pub fn probes_run(m: &Metrics, replica: &str) -> f64 {
+    m.sum(
+        "routeskew_probe_duration_seconds_count",
+        &[("replica", replica)],
+    )
+}

@@ -38,27 +38,7 @@ use routeskew_testbed::{
 
 const INTERVAL: Duration = Duration::from_secs(1);
 
-fn success(m: &Metrics, replica: &str, host: &str, check: &str) -> Option<f64> {
-    m.get(
-        "routeskew_probe_success",
-        &[("replica", replica), ("host", host), ("check", check)],
-    )
-    .unwrap()
-}
-
-fn blind(m: &Metrics, replica: &str) -> f64 {
-    m.sum(
-        "routeskew_sensor_blind_probes_total",
-        &[("replica", replica)],
-    )
-}
-
-fn probes_run(m: &Metrics, replica: &str) -> f64 {
-    m.sum(
-        "routeskew_probe_duration_seconds_count",
-        &[("replica", replica)],
-    )
-}
+use e2e::{blind_probes as blind, probe_success as success, probes_run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_find_the_broken_replica_and_the_blind_sensor() {

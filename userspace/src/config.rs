@@ -247,14 +247,35 @@ pub struct KubeArgs {
     pub host_proc: PathBuf,
 }
 
-fn parse_offset_override(s: &str) -> Result<OffsetOverride, String> {
-    use clap::ValueEnum as _;
+/// Why `--semantic-offset` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetOverrideError {
+    #[error("{given:?} is not FIELD=BYTES")]
+    Shape { given: String },
+    #[error("unknown field {field:?}")]
+    Field { field: String },
+    #[error("{value:?} is not a byte offset: {source}")]
+    Value {
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+fn parse_offset_override(s: &str) -> Result<OffsetOverride, OffsetOverrideError> {
     let (field, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not FIELD=BYTES"))?;
+        .ok_or_else(|| OffsetOverrideError::Shape {
+            given: s.to_owned(),
+        })?;
     Ok(OffsetOverride {
-        field: OffsetField::from_str(field, true)?,
-        value: value.parse().map_err(|e| format!("{value:?}: {e}"))?,
+        field: OffsetField::from_str(field, true).map_err(|_| OffsetOverrideError::Field {
+            field: field.to_owned(),
+        })?,
+        value: value.parse().map_err(|source| OffsetOverrideError::Value {
+            value: value.to_owned(),
+            source,
+        })?,
     })
 }
 

@@ -28,6 +28,7 @@ pub mod prog_info;
 mod reader;
 pub mod semantic;
 pub mod tracefs;
+pub mod uprobes;
 mod vmlinux;
 mod watched;
 

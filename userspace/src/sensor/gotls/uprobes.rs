@@ -3,17 +3,16 @@
 
 use std::path::Path;
 
-use aya::{
-    programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
-        ProgramError, UProbe,
-    },
-    Ebpf,
-};
+use aya::Ebpf;
 use routeskew_common::Program;
 
 use super::{TlsError, CLOSE, READ, WRITE};
-use crate::sensor::{gobin::GoBinary, names};
+pub(super) use crate::sensor::uprobes::Links;
+use crate::sensor::{
+    gobin::GoBinary,
+    names,
+    uprobes::{self, uprobe},
+};
 
 const PROG_WRITE: &str = names::program(Program::GoTlsWrite);
 const PROG_READ: &str = names::program(Program::GoTlsRead);
@@ -45,26 +44,11 @@ pub fn run_stats(ebpf: &mut Ebpf) -> Vec<RunStats> {
         .collect()
 }
 
-/// Uprobe links of one binary, by program.
-pub(super) type Links = Vec<(&'static str, UProbeLinkId)>;
 /// (program, file offset) pairs to attach.
 type Points = Vec<(&'static str, u64)>;
 
-fn uprobe<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut UProbe, TlsError> {
-    let p = ebpf
-        .program_mut(program)
-        .ok_or(TlsError::Missing { program })?;
-    p.try_into()
-        .map_err(|source: ProgramError| TlsError::NotUprobe { program, source })
-}
-
 pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), TlsError> {
-    for program in PROGRAMS {
-        uprobe(ebpf, program)?
-            .load()
-            .map_err(|source| TlsError::Load { program, source })?;
-    }
-    Ok(())
+    Ok(uprobes::load_all(ebpf, &PROGRAMS)?)
 }
 
 /// Entry and RET-site offsets of the three methods, as (program, file offset) pairs.
@@ -92,15 +76,7 @@ fn attach_points(exe: &Path) -> Result<(String, Points), TlsError> {
 }
 
 pub(super) fn detach(ebpf: &mut Ebpf, links: Links) {
-    for (program, link) in links {
-        match uprobe(ebpf, program).map(|p| p.detach(link)) {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(program, %error, "detaching a TLS uprobe failed");
-            }
-            Err(error) => tracing::debug!(program, %error, "detaching a TLS uprobe failed"),
-        }
-    }
+    uprobes::detach(ebpf, links);
 }
 
 /// Resolves `exe` and attaches every program; all or none.
@@ -108,19 +84,11 @@ pub(super) fn attach_binary(ebpf: &mut Ebpf, exe: &Path) -> Result<(String, Link
     let (version, points) = attach_points(exe)?;
     let mut links = Vec::with_capacity(points.len());
     for (program, offset) in points {
-        let result = uprobe(ebpf, program).and_then(|p| {
-            p.attach(offset, exe, UProbeScope::AllProcesses)
-                .map_err(|source| TlsError::Attach {
-                    program,
-                    offset,
-                    source,
-                })
-        });
-        match result {
+        match uprobes::attach(ebpf, program, exe, offset, None) {
             Ok(link) => links.push((program, link)),
             Err(e) => {
                 detach(ebpf, links);
-                return Err(e);
+                return Err(e.into());
             }
         }
     }

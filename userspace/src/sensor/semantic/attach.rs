@@ -16,10 +16,6 @@ use std::{
 
 use aya::{
     maps::{Array, MapData},
-    programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        ProgramError, UProbe,
-    },
     Ebpf,
 };
 use routeskew_common::{GoHttpBinary, Program, SemProbe, SEM_BINARY_SLOTS};
@@ -27,8 +23,8 @@ use routeskew_common::{GoHttpBinary, Program, SemProbe, SEM_BINARY_SLOTS};
 use super::{plan_path_with, SemanticError, SemanticPlan};
 use crate::sensor::{
     gotls::{binary_ids, BinaryId},
-    hooks::describe_program_error,
     names,
+    uprobes::{self, Links, UprobeError},
 };
 
 const PROG_H1: &str = names::program(Program::SemH1WriteHeader);
@@ -51,27 +47,10 @@ fn program_of(probe: SemProbe) -> &'static str {
 pub enum SemanticAttachError {
     #[error(transparent)]
     Plan(#[from] SemanticError),
-    #[error("program {program} is not in the eBPF object (stale object?)")]
-    Missing { program: &'static str },
-    #[error("program {program}: {source}")]
-    NotUprobe {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("loading {program}: {}", describe_program_error(.source))]
-    Load {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("attaching {program} at file offset {offset:#x}: {source}")]
-    Attach {
-        program: &'static str,
-        offset: u64,
-        #[source]
-        source: ProgramError,
-    },
+    #[error(transparent)]
+    Uprobe(#[from] UprobeError),
+    #[error("the eBPF object has no map {name} (stale object?)")]
+    MapMissing { name: &'static str },
     #[error("all {SEM_BINARY_SLOTS} binary slots are in use")]
     NoSlot,
     #[error("writing the binary's slot: {0}")]
@@ -91,7 +70,7 @@ pub struct SemanticBinaryStatus {
 
 struct Attached {
     slot: u32,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Links,
     go_version: String,
 }
 
@@ -109,44 +88,17 @@ pub struct SemanticProbes {
     loaded: Option<Result<(), Arc<SemanticAttachError>>>,
 }
 
-fn uprobe<'a>(
-    ebpf: &'a mut Ebpf,
-    program: &'static str,
-) -> Result<&'a mut UProbe, SemanticAttachError> {
-    ebpf.program_mut(program)
-        .ok_or(SemanticAttachError::Missing { program })?
-        .try_into()
-        .map_err(|source| SemanticAttachError::NotUprobe { program, source })
-}
-
-fn load_all(ebpf: &mut Ebpf) -> Result<(), SemanticAttachError> {
-    for program in PROGRAMS {
-        uprobe(ebpf, program)?
-            .load()
-            .map_err(|source| SemanticAttachError::Load { program, source })?;
-    }
-    Ok(())
-}
-
 fn slots(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, GoHttpBinary>, SemanticAttachError> {
     let map = ebpf
         .map_mut(names::MAP_SEM_BINARIES)
-        .ok_or(SemanticAttachError::Missing {
-            program: names::MAP_SEM_BINARIES,
+        .ok_or(SemanticAttachError::MapMissing {
+            name: names::MAP_SEM_BINARIES,
         })?;
     Array::try_from(map).map_err(SemanticAttachError::Slot)
 }
 
 fn detach(ebpf: &mut Ebpf, attached: Attached) {
-    for (program, link) in attached.links {
-        match uprobe(ebpf, program).map(|p| p.detach(link)) {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(program, %error, "detaching a semantic uprobe failed")
-            }
-            Err(error) => tracing::debug!(program, %error, "detaching a semantic uprobe failed"),
-        }
-    }
+    uprobes::detach(ebpf, attached.links);
     // Invalidated after the links are gone: a hit in flight reads valid = 0 and counts
     // an anomaly instead of using the next binary's offsets.
     if let Err(error) = slots(ebpf).and_then(|mut s| {
@@ -175,23 +127,12 @@ fn attach(
     for probe in &plan.probes {
         let program = program_of(probe.probe);
         let offset = probe.file_offset;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(u64::from(slot)),
-        };
-        let result = uprobe(ebpf, program).and_then(|p| {
-            p.attach(point, exe, UProbeScope::AllProcesses)
-                .map_err(|source| SemanticAttachError::Attach {
-                    program,
-                    offset,
-                    source,
-                })
-        });
+        let result = uprobes::attach(ebpf, program, exe, offset, Some(u64::from(slot)));
         match result {
             Ok(link) => attached.links.push((program, link)),
             Err(e) => {
                 detach(ebpf, attached);
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -273,7 +214,10 @@ impl SemanticProbes {
         };
         let loaded = self
             .loaded
-            .get_or_insert_with(|| load_all(ebpf).map_err(Arc::new))
+            .get_or_insert_with(|| {
+                uprobes::load_all(ebpf, &PROGRAMS)
+                    .map_err(|e| Arc::new(SemanticAttachError::from(e)))
+            })
             .clone();
         if let Err(e) = loaded {
             log_failure(&e);

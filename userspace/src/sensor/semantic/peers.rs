@@ -22,6 +22,17 @@ use crate::{
     sensor::{map_err, names, SensorError},
 };
 
+/// Why an address was not tagged.
+#[derive(Debug, thiserror::Error)]
+enum TagError {
+    #[error("the address is longer than the kernel reads")]
+    TooLong,
+    #[error("the map's lock was poisoned")]
+    Poisoned,
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
 /// `SEM_PEERS`, owned by the prober's side once probing starts.
 pub struct KernelPeers {
     map: Mutex<HashMap<MapData, u64, u32>>,
@@ -74,9 +85,9 @@ impl PeerTags for KernelPeers {
             PeerRole::Housekeeping => sem_peer::HOUSEKEEPING,
         };
         let result = match (key(peer), self.map.lock()) {
-            (Some(k), Ok(mut map)) => map.insert(k, value, 0).map_err(|e| e.to_string()),
-            (None, _) => Err("address too long".to_owned()),
-            (_, Err(_)) => Err("lock poisoned".to_owned()),
+            (Some(k), Ok(mut map)) => map.insert(k, value, 0).map_err(TagError::from),
+            (None, _) => Err(TagError::TooLong),
+            (_, Err(_)) => Err(TagError::Poisoned),
         };
         match result {
             Ok(()) => true,

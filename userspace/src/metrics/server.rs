@@ -1,0 +1,150 @@
+//! Readiness and the HTTP endpoint serving the exposition: `/metrics` (OpenMetrics),
+//! `/healthz`, `/readyz`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+
+use super::OPENMETRICS_CONTENT_TYPE;
+
+/// What `/readyz` says: set by the agent once the sensor is attached and discovery ran,
+/// and by discovery while the API server is unreachable (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<ReadyState>);
+
+#[derive(Default)]
+struct ReadyState {
+    ready: AtomicBool,
+    reason: Mutex<String>,
+    /// Shown under "ready" (e.g. the API server is unreachable and state is stale).
+    note: Mutex<String>,
+}
+
+fn read(m: &Mutex<String>) -> String {
+    m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn write(m: &Mutex<String>, text: &str) {
+    *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = text.to_string();
+}
+
+impl Readiness {
+    /// Not ready, for `reason`.
+    pub fn new(reason: &str) -> Self {
+        let r = Readiness::default();
+        r.set(false, reason);
+        r
+    }
+
+    /// `reason` says why not when `ready` is false.
+    pub fn set(&self, ready: bool, reason: &str) {
+        write(&self.0.reason, reason);
+        self.0.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// A degraded-but-ready condition shown in the `/readyz` body ("" for none).
+    pub fn set_note(&self, note: &str) {
+        write(&self.0.note, note);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// The OpenMetrics text exposition of every metric in `registry`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        // Writing to a String cannot fail; a label encoder could, and then the scrape
+        // gets what was written so far rather than nothing.
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+/// What the HTTP endpoints serve: the registry, complete once every stage registered,
+/// and readiness.
+pub struct Exposition {
+    pub registry: Registry,
+    pub readiness: Readiness,
+}
+
+/// The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(exposition: Arc<Exposition>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(ready_handler))
+        .with_state(exposition)
+}
+
+async fn metrics_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        encode(&e.registry),
+    )
+}
+
+async fn ready_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {
+    let r = &e.readiness.0;
+    if e.readiness.is_ready() {
+        let note = read(&r.note);
+        if note.is_empty() {
+            (StatusCode::OK, "ready\n".to_string())
+        } else {
+            (StatusCode::OK, format!("ready\n{note}\n"))
+        }
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", read(&r.reason)),
+        )
+    }
+}
+
+/// Serve the endpoints on `listener` until the task is dropped or the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    exposition: Arc<Exposition>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(exposition)).await
+}
+
+/// The sample names an OpenMetrics exposition can hold, from its `# TYPE <name> <type>`
+/// lines: a counter's `<name>_total`, a histogram's `_bucket`, `_sum` and `_count`, an info
+/// metric's `<name>_info`, a gauge's (and any other type's) bare name. Read from the
+/// descriptors, not the samples, so a family's names do not depend on which of its
+/// samples happen to be present; counters' optional `_created` samples are not listed
+/// (the agent writes none).
+pub fn sample_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(descriptor) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut words = descriptor.split_whitespace();
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "gaugehistogram" => &["_bucket", "_gsum", "_gcount"],
+            "summary" => &["", "_sum", "_count"],
+            "info" => &["_info"],
+            // gauge, stateset, unknown: samples carry the family's name.
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|suffix| format!("{name}{suffix}")));
+    }
+    names
+}
