@@ -74,6 +74,10 @@ enum Task {
         /// `--agent-arg=--ring-buffer-bytes=1048576`.
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
+        /// An argument of a second agent (repeatable), run in the same rounds as the
+        /// first, e.g. `--agent-arg=--sensor=semantic --versus-arg=--sensor=bytes`.
+        #[arg(long = "versus-arg", allow_hyphen_values = true)]
+        versus_args: Vec<String>,
     },
     /// cargo fmt --check and clippy -D warnings on the workspace.
     Lint,
@@ -105,6 +109,7 @@ fn main() -> Result<()> {
             hooks_only,
             toggle,
             agent_args,
+            versus_args,
         } => run::bench(
             rounds,
             duration,
@@ -112,6 +117,7 @@ fn main() -> Result<()> {
             transport,
             run::BenchMode { hooks_only, toggle },
             &agent_args,
+            &versus_args,
         ),
         Task::Lint => run::lint(),
         Task::DeployCheck => run::deploy_check(),

@@ -325,6 +325,7 @@ pub(crate) fn bench(
     transport: Transport,
     mode: BenchMode,
     agent_args: &[String],
+    versus_args: &[String],
 ) -> Result<()> {
     require_root("bench")?;
     let built = build(true, true)?;
@@ -347,6 +348,7 @@ pub(crate) fn bench(
         args.push("--toggle".to_string());
     }
     args.extend(agent_args.iter().map(|v| format!("--agent-arg={v}")));
+    args.extend(versus_args.iter().map(|v| format!("--versus-arg={v}")));
     let transport = match transport {
         Transport::Plain => "plain",
         Transport::Tls => "tls",

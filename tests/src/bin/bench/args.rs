@@ -44,6 +44,9 @@ pub(crate) struct Args {
     /// Extra agent arguments (`--agent-arg=--ring-buffer-bytes=1048576`), to compare
     /// settings.
     pub(crate) agent_args: Vec<String>,
+    /// A second agent configuration (`--versus-arg=--sensor=bytes`): each round then runs
+    /// without an agent, with the first and with the second, in rotating order.
+    pub(crate) versus_args: Vec<String>,
     /// The agent watches an empty cgroup instead of the replica: what the hooks cost every
     /// process on the machine before any capture (the floor of this design).
     pub(crate) hooks_only: bool,
@@ -66,6 +69,7 @@ pub(crate) fn parse_args_from(mut it: impl Iterator<Item = String>) -> Result<Ar
         no_agent: false,
         bpf_stats: false,
         agent_args: Vec::new(),
+        versus_args: Vec::new(),
         hooks_only: false,
         toggle: false,
     };
@@ -85,12 +89,16 @@ pub(crate) fn parse_args_from(mut it: impl Iterator<Item = String>) -> Result<Ar
             a.agent_args.push(v.to_string());
             continue;
         }
+        if let Some(v) = flag.strip_prefix("--versus-arg=") {
+            a.versus_args.push(v.to_string());
+            continue;
+        }
         if flag == "--transport" {
             a.transports = parse_transports(&it.next().context("--transport needs a value")?)?;
             continue;
         }
         if flag == "-h" || flag == "--help" {
-            println!("usage: bench [--transport plain|tls|both] [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats] [--hooks-only | --toggle] [--agent-arg=ARG ...]");
+            println!("usage: bench [--transport plain|tls|both] [--rounds R] [--duration SECONDS] [--warmup SECONDS] [--threads T] [--connections C] [--no-agent] [--bpf-stats] [--hooks-only | --toggle] [--agent-arg=ARG ...] [--versus-arg=ARG ...]");
             std::process::exit(0);
         }
         let v: u32 = it
@@ -106,6 +114,9 @@ pub(crate) fn parse_args_from(mut it: impl Iterator<Item = String>) -> Result<Ar
             "--connections" => a.connections = v,
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if !a.versus_args.is_empty() && (a.toggle || a.no_agent) {
+        bail!("--versus-arg compares two agents: not with --toggle or --no-agent");
     }
     if a.toggle && (a.hooks_only || a.no_agent || a.transports != [Transport::Plain]) {
         bail!("--toggle measures the plaintext capture alone: use it with --transport plain, without --hooks-only or --no-agent");
@@ -127,6 +138,9 @@ pub(crate) fn agent_flags(a: &Args) -> String {
     }
     for v in &a.agent_args {
         flags.push_str(&format!(" --agent-arg={v}"));
+    }
+    for v in &a.versus_args {
+        flags.push_str(&format!(" --versus-arg={v}"));
     }
     flags
 }

@@ -90,6 +90,20 @@ async fn main() -> Result<()> {
             ),
         };
         eprintln!("== {} at {url}", t.title());
+        if !a.versus_args.is_empty() {
+            let (first, second) = measure::measure_versus(&a, &bed, &url, &host).await?;
+            blocks.push(format!(
+                "#### First agent: `{}`\n\n{}",
+                a.agent_args.join(" "),
+                report::report(&a, t, &first, &host, &env)
+            ));
+            blocks.push(format!(
+                "#### Second agent, alternated in the same rounds: `{}`\n\n{}",
+                a.versus_args.join(" "),
+                report::report(&a, t, &second, &host, &env)
+            ));
+            continue;
+        }
         let rounds = if a.toggle {
             toggle::measure(&a, &bed, &url, &host).await?
         } else {

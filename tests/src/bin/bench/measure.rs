@@ -148,7 +148,18 @@ pub(crate) async fn measure_with_agent(
     url: &str,
     host: &str,
 ) -> Result<(WrkResult, AgentView)> {
-    let mut agent = Agent::start(agent_config(a, bed)?).await?;
+    measure_with(a, &a.agent_args, bed, url, host).await
+}
+
+/// One wrk run with an agent started with `agent_args`.
+async fn measure_with(
+    a: &Args,
+    agent_args: &[String],
+    bed: &Testbed,
+    url: &str,
+    host: &str,
+) -> Result<(WrkResult, AgentView)> {
+    let mut agent = Agent::start(agent_config(a, agent_args, bed)?).await?;
     let before = agent_totals(&agent.scrape().await?, host);
     let cpu_before = process_cpu(agent.pid())?;
     let kernel_before = kernel_stats(a, agent.pid());
@@ -196,14 +207,63 @@ pub(crate) fn bench_cgroup(bed: &Testbed, name: &str) -> Result<std::path::PathB
 
 /// The test bed's agent, with `--agent-arg`s; with `--hooks-only`, watching an empty cgroup
 /// of the test bed's tree instead of the replica.
-pub(crate) fn agent_config(a: &Args, bed: &Testbed) -> Result<AgentConfig> {
+pub(crate) fn agent_config(a: &Args, agent_args: &[String], bed: &Testbed) -> Result<AgentConfig> {
     let mut config = AgentConfig::for_testbed(bed);
-    config.extra_args.extend(a.agent_args.iter().cloned());
+    config.extra_args.extend(agent_args.iter().cloned());
     if a.hooks_only {
         let empty = bench_cgroup(bed, "bench-empty")?;
         config.discovery = routeskew_testbed::agent::Discovery::Cgroups(vec![empty]);
     }
     Ok(config)
+}
+
+/// With `--versus-arg`: warm-up, then `a.rounds` rounds of three runs (no agent, the
+/// `--agent-arg` agent, the `--versus-arg` agent) in an order that rotates every round, so
+/// that none of the three always runs first. Two sets of rounds sharing the runs without.
+pub(crate) async fn measure_versus(
+    a: &Args,
+    bed: &Testbed,
+    url: &str,
+    host: &str,
+) -> Result<(Vec<Round>, Vec<Round>)> {
+    eprintln!("warm-up {} s against {url} ...", a.warmup);
+    if a.warmup > 0 {
+        run_wrk(a, url, host, a.warmup)?;
+    }
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for i in 0..a.rounds as usize {
+        let (mut without, mut with_a, mut with_b) = (None, None, None);
+        for k in 0..3 {
+            match (i + k) % 3 {
+                0 => without = Some(run_wrk(a, url, host, a.duration)?),
+                1 => with_a = Some(measure_with(a, &a.agent_args, bed, url, host).await?),
+                _ => with_b = Some(measure_with(a, &a.versus_args, bed, url, host).await?),
+            }
+        }
+        let (Some(without), Some((wa, va)), Some((wb, vb))) = (without, with_a, with_b) else {
+            bail!("a round did not run all three");
+        };
+        eprintln!(
+            "round {}: without {:.0} req/s; first {:.0} req/s; second {:.0} req/s",
+            i + 1,
+            without.rps,
+            wa.rps,
+            wb.rps
+        );
+        first.push(Round {
+            without,
+            with: Some(wa),
+            agent: Some(va),
+            kernel_without: Vec::new(),
+        });
+        second.push(Round {
+            without,
+            with: Some(wb),
+            agent: Some(vb),
+            kernel_without: Vec::new(),
+        });
+    }
+    Ok((first, second))
 }
 
 /// Warm-up, then `a.rounds` alternating (without, with) measurements against `url`.

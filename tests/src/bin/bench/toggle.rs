@@ -45,7 +45,7 @@ impl Drop for Home<'_> {
 pub(crate) async fn measure(a: &Args, bed: &Testbed, url: &str, host: &str) -> Result<Vec<Round>> {
     let replica = &bed.replicas()[0];
     let parked = bench_cgroup(bed, "bench-parked")?;
-    let mut config = agent_config(a, bed)?;
+    let mut config = agent_config(a, &a.agent_args, bed)?;
     config.discovery =
         routeskew_testbed::agent::Discovery::Cgroups(vec![replica.cgroup_path.clone()]);
     let mut agent = Agent::start(config).await?;
