@@ -142,6 +142,10 @@ pub(crate) fn agent_totals(m: &routeskew_testbed::Metrics, host: &str) -> Totals
     }
 }
 
+/// Polls (250 ms apart) without a change before the agent's count is final: 1.5 s, more
+/// than the semantic sensor's 1 s fold.
+const SETTLED_POLLS: u32 = 6;
+
 pub(crate) async fn measure_with_agent(
     a: &Args,
     bed: &Testbed,
@@ -167,15 +171,21 @@ async fn measure_with(
     let kernel_after = kernel_stats(a, agent.pid());
     // Read again while the agent drains what the kernel handed over during the run.
     let mut cpu_after = process_cpu(agent.pid())?;
-    // The agent may still be draining its ring buffer: read once the count stops moving.
+    // The agent may still be draining its ring buffer, and the semantic sensor's counts
+    // come on its 1 s fold: read once the count has not moved for longer than a fold.
     let mut after = agent_totals(&agent.scrape().await?, host);
-    for _ in 0..40 {
+    let mut still = 0;
+    for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = agent_totals(&agent.scrape().await?, host);
-        let settled = now.counted == after.counted;
+        still = if now.counted == after.counted {
+            still + 1
+        } else {
+            0
+        };
         after = now;
         cpu_after = process_cpu(agent.pid())?;
-        if settled {
+        if still >= SETTLED_POLLS {
             break;
         }
     }

@@ -18,6 +18,7 @@ pub mod attach;
 mod callers;
 mod code;
 pub mod counts;
+mod funcs;
 pub mod offsets;
 pub mod peers;
 mod plan;

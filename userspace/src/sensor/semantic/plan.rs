@@ -28,13 +28,9 @@ use crate::sensor::gobin::{buildinfo, GoBinary};
 
 use super::{callers, offsets, offsets::H2Server, verify, SemanticError};
 
-pub(super) const H1_WRITE_HEADER: &str = "net/http.(*response).WriteHeader";
-pub(super) const H2_BUNDLED: &str = "net/http.(*http2responseWriterState).writeHeader";
-pub(super) const H2_XNET: &str = "golang.org/x/net/http2.(*responseWriterState).writeHeader";
-const NOT_FOUND: &str = "net/http.NotFound";
-const UPGRADE: &str = "net/http/httputil.(*ReverseProxy).handleUpgradeResponse";
-const XNET_CONFIGURE_SERVER: &str = "golang.org/x/net/http2.ConfigureServer";
-const XNET_MODULE: &str = "golang.org/x/net";
+use super::funcs::{
+    H1_WRITE_HEADER, H2_BUNDLED, H2_XNET, NOT_FOUND, UPGRADE, XNET_CONFIGURE_SERVER, XNET_MODULE,
+};
 
 /// Callers of `net/http.NotFound` (as the return address at `[rbp+8]` when `NotFound`
 /// runs) that are Traefik's API router, not the entrypoint's no-router handler: the

@@ -19,8 +19,8 @@ use crate::sensor::gobin::GoBinary;
 
 use super::{
     code::{self, Shape},
+    funcs::{H1_WRITE_HEADER, H2_BUNDLED, H2_XNET},
     offsets::H2Server,
-    plan::{H1_WRITE_HEADER, H2_BUNDLED, H2_XNET},
     rtype::{self, Layout, Wanted, KIND_BOOL, KIND_INT, KIND_POINTER, KIND_STRING},
     SemanticError,
 };
