@@ -51,8 +51,9 @@ pub(super) struct SemanticState {
 }
 
 /// Puts the semantic uprobes on the targets' binaries; returns the cgroups of the
-/// targets it counts (every process of theirs runs a binary it is attached to). The
-/// others fall back to byte capture.
+/// targets it counts: every process of theirs runs a binary it is attached to (a target
+/// with no process yet has nothing to capture either way). The others fall back to byte
+/// capture.
 fn sync_semantic(targets: &TargetSet, sensor: &mut Sensor) -> BTreeSet<u64> {
     let counted: HashSet<u32> = sensor
         .set_semantic_processes(&pids_of(targets.targets()))
@@ -63,7 +64,7 @@ fn sync_semantic(targets: &TargetSet, sensor: &mut Sensor) -> BTreeSet<u64> {
     targets
         .targets()
         .iter()
-        .filter(|t| !t.pids.is_empty() && t.pids.iter().all(|p| counted.contains(p)))
+        .filter(|t| t.pids.iter().all(|p| counted.contains(p)))
         .map(|t| t.cgroup_id)
         .collect()
 }
