@@ -64,7 +64,30 @@ pub fn curl_https(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u1
 /// Like [`curl_https`] but over HTTP/2 (negotiated with ALPN): every path is a stream of
 /// one connection. Fails unless curl really spoke HTTP/2.
 pub fn curl_https_h2(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u16>> {
-    curl_https_as(addr, host, paths, "--http2", "2")
+    curl_as(addr, host, paths, &["--http2"], "https", "2")
+}
+
+/// `paths` as streams of one HTTP/2 connection over TLS, spaced by `--rate` (e.g.
+/// `"2/s"`): one connection that lives on between its requests.
+pub fn curl_https_h2_paced(
+    addr: SocketAddr,
+    host: &str,
+    paths: &[&str],
+    rate: &str,
+) -> Result<Vec<u16>> {
+    curl_as(
+        addr,
+        host,
+        paths,
+        &["--http2", "--rate", rate],
+        "https",
+        "2",
+    )
+}
+
+/// `paths` over cleartext HTTP/2 (h2c, prior knowledge).
+pub fn curl_h2c(addr: SocketAddr, host: &str, paths: &[&str]) -> Result<Vec<u16>> {
+    curl_as(addr, host, paths, &["--http2-prior-knowledge"], "http", "2")
 }
 
 fn curl_https_as(
@@ -74,9 +97,21 @@ fn curl_https_as(
     flag: &str,
     want_version: &str,
 ) -> Result<Vec<u16>> {
+    curl_as(addr, host, paths, &[flag], "https", want_version)
+}
+
+fn curl_as(
+    addr: SocketAddr,
+    host: &str,
+    paths: &[&str],
+    flags: &[&str],
+    scheme: &str,
+    want_version: &str,
+) -> Result<Vec<u16>> {
     let curl = paths::which("curl").context("curl not found (apt-get install curl)")?;
     let mut cmd = Command::new(curl);
-    cmd.args(["--silent", "--show-error", "--insecure", flag])
+    cmd.args(["--silent", "--show-error", "--insecure"])
+        .args(flags)
         .args(["--max-time", "10"])
         .arg("--resolve")
         .arg(format!("{host}:{}:{}", addr.port(), addr.ip()))
@@ -84,7 +119,7 @@ fn curl_https_as(
     for p in paths {
         // One --output per URL: each applies to the next URL only.
         cmd.args(["--output", "/dev/null"])
-            .arg(format!("https://{host}:{}{p}", addr.port()));
+            .arg(format!("{scheme}://{host}:{}{p}", addr.port()));
     }
     let out = cmd.output().context("running curl")?;
     if !out.status.success() {

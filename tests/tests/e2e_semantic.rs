@@ -13,13 +13,13 @@
     reason = "this target sees every dependency of its package and uses a few; the library target is checked"
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::plans::{self, Plain};
 use routeskew_testbed::tally::{diff, Table};
-use routeskew_testbed::{paths, traffic, TestbedConfig};
+use routeskew_testbed::{paths, tls, traffic, Agent, AgentConfig, Testbed, TestbedConfig};
 
 fn merge(mut a: Table, b: &Table) -> Table {
     for (k, v) in b {
@@ -199,6 +199,117 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
         diff(&want, &got)
     );
     fleet.stop();
+}
+
+/// The release this test runs (the matrix's releases all serve h2c on plaintext).
+const H2C_RELEASE: &str = "3.7.15";
+
+/// The semantic sensor counts per HTTP/2 stream at the server's `writeHeader`, so it needs
+/// nothing from a connection's start: an h2 connection over TLS opened before the agent
+/// (cloudflared keeps them for hours) is counted from the first stream after attachment,
+/// and h2c (cleartext HTTP/2, prior knowledge) is counted exactly, router misses included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_h2_connection_and_h2c_are_counted() {
+    let agent_bin = e2e::preconditions();
+    let mut bed = Testbed::start(TestbedConfig {
+        tls: true,
+        traefik: Some(paths::traefik_release(H2C_RELEASE).expect("precondition: the release")),
+        ..TestbedConfig::default()
+    })
+    .await
+    .expect("starting the test bed");
+    let sc = bed.scenario().clone();
+    let first = bed.replicas()[0].clone();
+    let broken = bed.broken().expect("a broken replica").clone();
+
+    // One h2 connection over TLS: 16 streams, one every 500 ms, from before the agent.
+    const STREAMS: usize = 16;
+    const SPACING: Duration = Duration::from_millis(500);
+    let addr = first.websecure_addr.expect("websecure entrypoint");
+    let host = sc.app_host.clone();
+    let started = Instant::now();
+    let client = tokio::task::spawn_blocking(move || {
+        tls::curl_https_h2_paced(addr, &host, &["/"; STREAMS], "2/s")
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut agent = Agent::start(AgentConfig {
+        binary: Some(agent_bin),
+        extra_args: vec!["--sensor".into(), "semantic".into()],
+        ..AgentConfig::for_testbed(&bed)
+    })
+    .await
+    .expect("starting the agent");
+    // The uprobes are on once the agent logs them; streams sent after that must count.
+    let attached_after = loop {
+        if std::fs::read_to_string(bed.dir().join("agent.log"))
+            .unwrap_or_default()
+            .contains("semantic uprobes attached")
+        {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never attached"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let statuses = client.await.expect("curl task").expect("curl");
+    assert_eq!(statuses, vec![200; STREAMS]);
+    let after = (0..STREAMS)
+        .filter(|i| SPACING * (*i as u32) > attached_after + SPACING)
+        .count() as f64;
+    assert!(after >= 4.0, "the agent took {attached_after:?} to attach");
+
+    // h2c to each replica's plaintext entrypoint: the app host, and the missing one.
+    let mut want_h2c = Vec::new();
+    for r in bed.replicas() {
+        let n = 2 + r.index;
+        // One connection each: a second stream on one h2c connection fails in curl's
+        // framing layer against these Traefik releases (checked by hand with curl 7.88).
+        let codes: Vec<u16> = (0..n)
+            .flat_map(|_| tls::curl_h2c(r.web_addr, &sc.missing_host, &["/"]).expect("curl h2c"))
+            .collect();
+        let miss = r.index == broken.index;
+        assert_eq!(codes, vec![if miss { 404 } else { 200 }; n]);
+        want_h2c.push((r.name.clone(), n as f64, miss));
+    }
+
+    let count = |m: &Metrics, r: &str, h: &str, class: &str| {
+        m.sum(
+            "routeskew_http_responses_total",
+            &[
+                ("replica", r),
+                ("host", h),
+                ("class", class),
+                ("source", "passive"),
+            ],
+        )
+    };
+    let h2c_done = |m: &Metrics| {
+        want_h2c.iter().all(|(r, n, miss)| {
+            count(
+                m,
+                r,
+                &sc.missing_host,
+                if *miss { "router_miss" } else { "ok" },
+            ) == *n
+        })
+    };
+    let m = agent
+        .scrape_until(Duration::from_secs(10), |m| {
+            h2c_done(m) && count(m, &first.name, &sc.app_host, "ok") >= after
+        })
+        .await
+        .expect("scraping the agent");
+    let log = agent.log_tail();
+    assert!(h2c_done(&m), "h2c counts; agent log:\n{log}");
+    let older = count(&m, &first.name, &sc.app_host, "ok");
+    assert!(
+        older >= after && older <= STREAMS as f64,
+        "{older} streams of the older h2 connection counted; {after} were sent after the uprobes were attached at {attached_after:?}"
+    );
+    eprintln!("older h2 connection: {older} of {STREAMS} streams counted ({after} sent after attachment); h2c exact");
+    e2e::stop(&mut agent, &mut bed);
 }
 
 /// A deliberately wrong offset (the request's Host one word off) fails verification
