@@ -19,7 +19,9 @@ use routeskew_testbed::e2e::{self, Fleet};
 use routeskew_testbed::metrics::Metrics;
 use routeskew_testbed::plans::{self, Plain};
 use routeskew_testbed::tally::{diff, Table};
-use routeskew_testbed::{paths, tls, traffic, Agent, AgentConfig, Testbed, TestbedConfig};
+use routeskew_testbed::{
+    paths, tls, traffic, Agent, AgentConfig, ConnMode, Testbed, TestbedConfig,
+};
 
 fn merge(mut a: Table, b: &Table) -> Table {
     for (k, v) in b {
@@ -348,4 +350,94 @@ async fn semantic_sensor_traefik_3_6_15() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn semantic_sensor_traefik_3_7_15() {
     semantic_fleet_counts_exactly("3.7.15").await;
+}
+
+/// The run-time check: offsets that passed verification but are wrong in the kernel
+/// (simulated with `--semantic-kernel-offset req-host=136`, the request's Host one word
+/// off) make the semantic sensor miss every probe; after three in a row the agent moves
+/// the replica to byte capture, which sees its probes and counts client traffic exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_whose_probes_go_unseen_move_to_byte_capture() {
+    let agent_bin = e2e::preconditions();
+    let mut bed = Testbed::start(TestbedConfig {
+        access_log: false,
+        ..TestbedConfig::default()
+    })
+    .await
+    .expect("starting the test bed");
+    let sc = bed.scenario().clone();
+    let names: Vec<String> = bed.replicas().iter().map(|r| r.name.clone()).collect();
+    let mut agent = Agent::start(AgentConfig {
+        binary: Some(agent_bin),
+        extra_args: [
+            "--sensor",
+            "semantic",
+            "--semantic-kernel-offset",
+            "req-host=136",
+            "--probe-interval",
+            "1s",
+            "--probe-timeout",
+            "2s",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..AgentConfig::for_testbed(&bed)
+    })
+    .await
+    .expect("starting the agent");
+    let mode = |m: &Metrics, r: &str, mode: &str| {
+        m.get("routeskew_sensor_mode", &[("replica", r), ("mode", mode)])
+            .expect("routeskew_sensor_mode")
+    };
+    let moved = |m: &Metrics| names.iter().all(|r| mode(m, r, "bytes") == Some(1.0));
+    let m = agent
+        .scrape_until(Duration::from_secs(30), moved)
+        .await
+        .expect("scraping the agent");
+    let log = agent.log_tail();
+    assert!(
+        moved(&m),
+        "replicas still in semantic mode; agent log:\n{log}"
+    );
+    assert!(log.contains("byte capture takes over"), "agent log:\n{log}");
+
+    // From now on byte capture counts: client traffic exactly, probes as probes.
+    let passive = |m: &Metrics, r: &str| {
+        m.sum(
+            "routeskew_http_responses_total",
+            &[
+                ("replica", r),
+                ("host", &sc.app_host),
+                ("class", "ok"),
+                ("source", "passive"),
+            ],
+        )
+    };
+    let before: Vec<f64> = names.iter().map(|r| passive(&m, r)).collect();
+    for r in bed.replicas() {
+        traffic::send_http(
+            r.web_addr,
+            &sc.app_host,
+            "/",
+            4 + r.index,
+            ConnMode::KeepAlive,
+        )
+        .await
+        .expect("client traffic");
+    }
+    let want = |m: &Metrics| {
+        bed.replicas()
+            .iter()
+            .all(|r| passive(m, &r.name) == before[r.index] + (4 + r.index) as f64)
+    };
+    let m = agent
+        .scrape_until(Duration::from_secs(10), want)
+        .await
+        .expect("scraping the agent");
+    assert!(
+        want(&m),
+        "client traffic after the move; agent log:\n{}",
+        agent.log_tail()
+    );
+    e2e::stop(&mut agent, &mut bed);
 }

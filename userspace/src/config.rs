@@ -138,6 +138,12 @@ pub struct RunArgs {
     #[arg(long, hide = true, value_parser = parse_offset_override)]
     pub semantic_offset: Option<OffsetOverride>,
 
+    /// Testing only: replace one entry of what the kernel gets, after verification, as
+    /// `FIELD=BYTES`: the semantic sensor then misses the probes, and the agent's run-time
+    /// check must move the replicas to byte capture.
+    #[arg(long, hide = true, value_parser = parse_offset_override)]
+    pub semantic_kernel_offset: Option<OffsetOverride>,
+
     /// An upgraded WebSocket connection closed sooner than this counts as an early close.
     #[arg(long, env = "ROUTESKEW_WS_EARLY_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ws_early_close: Duration,

@@ -130,6 +130,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 (SensorArg::Bytes, DataHooksArg::Classic) => DataHooks::Classic,
             },
             semantic_offset: args.semantic_offset,
+            semantic_kernel_offset: args.semantic_kernel_offset,
         },
         tx,
     )?;
@@ -198,6 +199,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         semantic: SemanticState {
             enabled: args.sensor == SensorArg::Semantic,
             modes: sensor_metrics.modes.clone(),
+            counted: Default::default(),
+            demoted: Default::default(),
+            dirty: false,
         },
     };
     tracing::info!(mode = args.sensor.as_str(), "sensor mode");
@@ -279,6 +283,9 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     fold_responses(&mut sensor, &mut pipeline, now, &mut folded);
                 }
                 pipeline.tick(now);
+                if scan::demote_blind(&mut watched, &mut pipeline) {
+                    apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                }
                 if let Err(e) = sensor.publish_counters(&mut sensor_metrics) {
                     tracing::warn!(error = %e, "reading kernel counters failed");
                 }

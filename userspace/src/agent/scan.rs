@@ -48,6 +48,42 @@ pub(super) struct SemanticState {
     pub(super) enabled: bool,
     /// `routeskew_sensor_mode`.
     pub(super) modes: SensorModes,
+    /// Cgroups it counts now.
+    pub(super) counted: BTreeSet<u64>,
+    /// Cgroups it kept missing probes of: byte capture for them from then on.
+    pub(super) demoted: BTreeSet<u64>,
+    /// A demotion waits to be applied (the targets did not change).
+    pub(super) dirty: bool,
+}
+
+/// Missed probes in a row (none confirmed in between) after which the semantic sensor
+/// is no longer trusted for a replica.
+const BLIND_STREAK: u32 = 3;
+
+/// The run-time check of the semantic sensor: a replica whose last [`BLIND_STREAK`]
+/// answered probes it all missed (wrong offsets verification did not catch, a binary
+/// that changed under it) goes to byte capture. True when the scan must be applied
+/// again.
+pub(super) fn demote_blind(state: &mut Watched, pipeline: &mut Pipeline) -> bool {
+    let sem = &mut state.semantic;
+    if !sem.enabled {
+        return false;
+    }
+    for o in pipeline.blind_replicas(BLIND_STREAK) {
+        if sem.counted.contains(&o.cgroup_id) && sem.demoted.insert(o.cgroup_id) {
+            let replica = state
+                .current
+                .targets()
+                .iter()
+                .find(|t| t.cgroup_id == o.cgroup_id)
+                .map(|t| t.replica.name.clone())
+                .unwrap_or_default();
+            tracing::warn!(%replica, cgroup_id = o.cgroup_id, missed = BLIND_STREAK, "the semantic sensor missed this replica's last probes: byte capture takes over");
+            sem.dirty = true;
+        }
+        pipeline.forgive_blindness(o);
+    }
+    sem.dirty
 }
 
 /// Puts the semantic uprobes on the targets' binaries; returns the cgroups of the
@@ -103,7 +139,7 @@ pub(super) fn apply_scan(
     }
     *failures = scan.failures.clone();
     let failed = scan.failures.len() as i64;
-    if scan.targets == *current {
+    if scan.targets == *current && !semantic.dirty {
         metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
         return;
     }
@@ -122,6 +158,9 @@ pub(super) fn apply_scan(
     } else {
         BTreeSet::new()
     };
+    let counted: BTreeSet<u64> = counted.difference(&semantic.demoted).copied().collect();
+    semantic.counted = counted.clone();
+    semantic.dirty = false;
     let captured: Vec<&Target> = scan
         .targets
         .targets()

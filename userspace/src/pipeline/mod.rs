@@ -115,6 +115,19 @@ impl Pipeline {
 
     pub fn set_targets(&mut self, targets: TargetSet) {
         self.aggregator.set_targets(targets);
+        let aggregator = &mut self.aggregator;
+        self.ledger.retain_streaks(|o| aggregator.is_known(o));
+    }
+
+    /// Replicas whose sensor missed their last `min` answered probes or more, none
+    /// confirmed in between (see [`ledger`]).
+    pub fn blind_replicas(&self, min: u32) -> Vec<Origin> {
+        self.ledger.blind_replicas(min).collect()
+    }
+
+    /// Starts a replica's blind streak afresh (its sensor was changed).
+    pub fn forgive_blindness(&mut self, origin: Origin) {
+        self.ledger.forgive(origin);
     }
 
     /// Replace the hosts that get their own `host` label (as published by the agent).

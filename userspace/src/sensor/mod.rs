@@ -106,6 +106,8 @@ pub struct SensorConfig {
     pub data_hooks: DataHooks,
     /// Testing only: one semantic offset table entry replaced before verification.
     pub semantic_offset: Option<semantic::OffsetOverride>,
+    /// Testing only: one entry of what the kernel gets replaced after verification.
+    pub semantic_kernel_offset: Option<semantic::OffsetOverride>,
 }
 
 impl Default for SensorConfig {
@@ -118,6 +120,7 @@ impl Default for SensorConfig {
             upstream_responses: false,
             data_hooks: DataHooks::Auto,
             semantic_offset: None,
+            semantic_kernel_offset: None,
         }
     }
 }
@@ -225,7 +228,10 @@ impl Sensor {
             layout,
             regs,
             tls: gotls::TlsProbes::default(),
-            semantic: semantic::attach::SemanticProbes::new(cfg.semantic_offset),
+            semantic: semantic::attach::SemanticProbes::new(
+                cfg.semantic_offset,
+                cfg.semantic_kernel_offset,
+            ),
             counts: semantic::counts::SemanticCounts::default(),
         })
     }

@@ -113,6 +113,7 @@ impl Ledger {
                 if let Some(e @ Entry::Awaiting { .. }) = self.entries.get_mut(&id) {
                     *e = Entry::Done { at_ns: now_ns };
                     self.stats.confirmed += 1;
+                    self.streaks.remove(&origin);
                     left -= 1;
                 }
             }

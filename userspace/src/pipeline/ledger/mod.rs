@@ -84,6 +84,8 @@ pub struct Ledger {
     entries: HashMap<u64, Entry>,
     stats: LedgerStats,
     keyed: Keyed,
+    /// Per replica: probes declared blind since its last confirmed one.
+    streaks: HashMap<Origin, u32>,
 }
 
 impl Ledger {
@@ -94,6 +96,7 @@ impl Ledger {
             entries: HashMap::new(),
             stats: LedgerStats::default(),
             keyed: Keyed::default(),
+            streaks: HashMap::new(),
         }
     }
 
@@ -121,6 +124,9 @@ impl Ledger {
                 Sighting::Count
             }
             Some(e @ Entry::Awaiting { .. }) => {
+                if let Entry::Awaiting { origin, .. } = e {
+                    self.streaks.remove(origin);
+                }
                 *e = Entry::Done { at_ns: now_ns };
                 self.stats.confirmed += 1;
                 Sighting::Count
@@ -139,6 +145,7 @@ impl Ledger {
             Some(Entry::Seen { .. }) => {
                 self.entries.insert(id, Entry::Done { at_ns: now_ns });
                 self.stats.confirmed += 1;
+                self.streaks.remove(&origin);
             }
             Some(_) => {}
             None if report.response.is_none() => {}
@@ -150,6 +157,7 @@ impl Ledger {
                 if self.keyed.take_credit(origin, &report, now_ns) {
                     self.entries.insert(id, Entry::Done { at_ns: now_ns });
                     self.stats.confirmed += 1;
+                    self.streaks.remove(&origin);
                     return;
                 }
                 self.keyed.awaiting(origin, &report);
@@ -181,6 +189,7 @@ impl Ledger {
                 self.entries.insert(id, Entry::Done { at_ns: now_ns })
             {
                 self.stats.missed += 1;
+                *self.streaks.entry(origin).or_default() += 1;
                 self.keyed.missed(origin, &report, now_ns);
                 missed.push((origin, report));
             }
@@ -195,6 +204,25 @@ impl Ledger {
             }
             Entry::Awaiting { .. } => true,
         });
+    }
+
+    /// Replicas whose last `min` or more answered probes were all missed by the sensor
+    /// (none confirmed in between): a sensor that is blind there, not one that missed one.
+    pub fn blind_replicas(&self, min: u32) -> impl Iterator<Item = Origin> + '_ {
+        self.streaks
+            .iter()
+            .filter(move |(_, n)| **n >= min)
+            .map(|(o, _)| *o)
+    }
+
+    /// Starts the replica's streak afresh (its sensor was changed).
+    pub fn forgive(&mut self, origin: Origin) {
+        self.streaks.remove(&origin);
+    }
+
+    /// Keeps the streaks of replicas `keep` says are still watched.
+    pub fn retain_streaks(&mut self, mut keep: impl FnMut(Origin) -> bool) {
+        self.streaks.retain(|o, _| keep(*o));
     }
 
     /// The earliest deadline pending, if any (lets the caller skip needless sweeps).

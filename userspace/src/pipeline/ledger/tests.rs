@@ -150,3 +150,29 @@ fn a_kernel_count_after_the_blind_verdict_is_not_counted_again() {
     blind.sort_unstable();
     assert_eq!(blind, vec![2, 3]);
 }
+
+#[test]
+fn blind_streaks_count_misses_in_a_row_per_replica() {
+    let mut l = Ledger::new(500 * MS);
+    let other = Origin {
+        tgid: 8,
+        cgroup_id: 80,
+    };
+    for id in 1..=3 {
+        l.reported(O, report(id, true), id * 10 * MS);
+    }
+    l.reported(other, report(9, true), 10 * MS);
+    assert_eq!(l.kernel_saw(9, 20 * MS), Sighting::Count);
+    let _ = expire(&mut l, 1_000 * MS);
+    assert_eq!(l.blind_replicas(3).collect::<Vec<_>>(), vec![O]);
+    assert_eq!(l.blind_replicas(4).count(), 0);
+    // A confirmed probe ends the streak; so does forgiving it.
+    l.reported(O, report(4, true), 1_100 * MS);
+    assert_eq!(l.kernel_saw(4, 1_110 * MS), Sighting::Count);
+    assert_eq!(l.blind_replicas(1).count(), 0);
+    l.reported(O, report(5, true), 1_200 * MS);
+    let _ = expire(&mut l, 2_000 * MS);
+    assert_eq!(l.blind_replicas(1).count(), 1);
+    l.forgive(O);
+    assert_eq!(l.blind_replicas(1).count(), 0);
+}

@@ -85,6 +85,9 @@ pub struct SemanticProbes {
     binaries: BTreeMap<BinaryId, Binary>,
     /// `--semantic-offset`: replaces one table entry before verification.
     tweak: Option<super::OffsetOverride>,
+    /// `--semantic-kernel-offset`: replaces one entry of what the kernel gets, after
+    /// verification (a test of the run-time check: the probes then go unseen).
+    kernel_tweak: Option<super::OffsetOverride>,
     loaded: Option<Result<(), Arc<SemanticAttachError>>>,
 }
 
@@ -140,10 +143,15 @@ fn attach(
 }
 
 impl SemanticProbes {
-    /// Nothing attached yet; `tweak` replaces one offset table entry before verification.
-    pub fn new(tweak: Option<super::OffsetOverride>) -> Self {
+    /// Nothing attached yet; `tweak` replaces one offset table entry before
+    /// verification, `kernel_tweak` one entry of what the kernel gets after it.
+    pub fn new(
+        tweak: Option<super::OffsetOverride>,
+        kernel_tweak: Option<super::OffsetOverride>,
+    ) -> Self {
         SemanticProbes {
             tweak,
+            kernel_tweak,
             ..Self::default()
         }
     }
@@ -225,7 +233,11 @@ impl SemanticProbes {
         }
         let result = plan_path_with(exe, self.tweak)
             .map_err(SemanticAttachError::from)
-            .and_then(|plan| {
+            .and_then(|mut plan| {
+                if let Some(t) = self.kernel_tweak {
+                    tracing::warn!(field = ?t.field, value = t.value, "the kernel gets a semantic offset the binary was not verified with (testing only)");
+                    t.apply(&mut plan.binary.offsets);
+                }
                 let slot = self.free_slot().ok_or(SemanticAttachError::NoSlot)?;
                 let attached = attach(ebpf, exe, &plan, slot)?;
                 tracing::info!(

@@ -90,7 +90,8 @@ pub enum OffsetField {
 }
 
 impl OffsetOverride {
-    fn apply(self, o: &mut routeskew_common::GoHttpOffsets) {
+    /// Replaces the entry in `o`.
+    pub fn apply(self, o: &mut routeskew_common::GoHttpOffsets) {
         let slot = match self.field {
             OffsetField::H1Req => &mut o.h1_req,
             OffsetField::H1WroteHeader => &mut o.h1_wrote_header,
