@@ -159,7 +159,7 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
             )
             .expect("routeskew_sensor_mode"),
             Some(1.0),
-            "{r} is not seen in {mode_label} mode"
+            "{r} is not seen in {mode_label} mode; agent log:\n{log}"
         );
     }
     match mode {

@@ -14,6 +14,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::uprobe,
     programs::ProbeContext,
@@ -53,13 +54,9 @@ pub(crate) fn rs_sem_h2_write_header(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub(crate) fn rs_sem_not_found(ctx: ProbeContext) -> u32 {
     const PROG: Program = Program::SemNotFound;
-    let Some(_cgroup) = semantic_cgroup() else {
+    let Some((_, bin, regs)) = hit(&ctx, PROG) else {
         return 0;
     };
-    let Some(bin) = binary(&ctx, PROG) else {
-        return 0;
-    };
-    let regs = unsafe { &*ctx.regs };
     let Ok(caller) = (unsafe { bpf_probe_read_user((regs.rbp + 8) as *const u64) }) else {
         count(PROG, Counter::ReadFailure);
         return 0;
@@ -99,16 +96,10 @@ pub(crate) fn rs_sem_not_found(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
     const PROG: Program = Program::SemUpgrade;
-    let Some(cgroup_id) = semantic_cgroup() else {
+    let Some((cgroup_id, bin, regs)) = hit(&ctx, PROG) else {
         return 0;
     };
-    let Some(bin) = binary(&ctx, PROG) else {
-        return 0;
-    };
-    let regs = unsafe { &*ctx.regs };
-    let Ok([host_ptr, host_len]) = (unsafe {
-        bpf_probe_read_user((regs.rdi + u64::from(bin.offsets.req_host)) as *const [u64; 2])
-    }) else {
+    let Some(([host_ptr, host_len], remote_addr)) = request_fields(bin, regs.rdi) else {
         count(PROG, Counter::ReadFailure);
         return 0;
     };
@@ -118,7 +109,7 @@ pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
             cgroup_id,
             host_hash: known_host(PROG, host_ptr, host_len),
             status: 101,
-            flags: sem_flags::UPGRADE | peer_flags(PROG, regs.rdi, bin.offsets.req_remote_addr),
+            flags: sem_flags::UPGRADE | peer_flags(PROG, remote_addr),
             tgid: (pid_tgid() >> 32) as u32,
         },
     );
@@ -126,17 +117,11 @@ pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
 }
 
 /// `PROBE` or `HOUSEKEEPING` when the request came over one of the agent's own
-/// connections (its `RemoteAddr` is in `SEM_PEERS`), else 0. Reads nothing unless the
-/// agent has turned the lookup on.
+/// connections (its `RemoteAddr`, `(ptr, len)`, is in `SEM_PEERS`), else 0. `None` when
+/// the agent has not turned the lookup on (nothing was read for it then).
 #[inline(always)]
-fn peer_flags(prog: Program, req: u64, remote_addr_off: u32) -> u16 {
-    if SEM_PEERS_ON.get(0).is_none_or(|on| *on == 0) {
-        return 0;
-    }
-    let Ok([ptr, len]) =
-        (unsafe { bpf_probe_read_user((req + u64::from(remote_addr_off)) as *const [u64; 2]) })
-    else {
-        count(prog, Counter::ReadFailure);
+fn peer_flags(prog: Program, remote_addr: Option<[u64; 2]>) -> u16 {
+    let Some([ptr, len]) = remote_addr else {
         return 0;
     };
     if len == 0 || len > SEM_PEER_CAP as u64 {
@@ -161,6 +146,61 @@ fn peer_flags(prog: Program, req: u64, remote_addr_off: u32) -> u16 {
     }
 }
 
+/// Words of a response writer read at once: `req` and `wroteHeader` lie in its first
+/// 128 bytes in every table entry (h1: 8 and 40, h2: 8 and 80), and both structs are
+/// larger than that.
+const WRITER_WORDS: usize = 16;
+
+/// `req` and `wroteHeader` of the response writer at `w`: one user read where both lie
+/// in its first [`WRITER_WORDS`] words, two otherwise.
+#[inline(always)]
+fn writer_fields(w: u64, req_off: u32, wrote_off: u32) -> Option<(u64, u8)> {
+    let (req_off, wrote_off) = (req_off as usize, wrote_off as usize);
+    // The verifier wants aligned stack reads, so the word index is masked rather than
+    // proven aligned by a test the compiler folds into the address. `req` is a pointer
+    // field, 8-aligned in every verified plan (offsets match the type descriptors).
+    if req_off + 8 <= WRITER_WORDS * 8 && wrote_off < WRITER_WORDS * 8 {
+        let win = unsafe { bpf_probe_read_user(w as *const [u64; WRITER_WORDS]) }.ok()?;
+        let req = win[(req_off >> 3) & (WRITER_WORDS - 1)];
+        let word = win[(wrote_off >> 3) & (WRITER_WORDS - 1)];
+        return Some((req, (word >> ((wrote_off & 7) << 3)) as u8));
+    }
+    let wrote = unsafe { bpf_probe_read_user((w + wrote_off as u64) as *const u8) }.ok()?;
+    let req = unsafe { bpf_probe_read_user((w + req_off as u64) as *const u64) }.ok()?;
+    Some((req, wrote))
+}
+
+/// Words of a request read at once from its `Host`: `RemoteAddr` is 48 bytes after it in
+/// every table entry.
+const REQUEST_WORDS: usize = 8;
+
+/// The request's `Host` as `(ptr, len)`, and its `RemoteAddr` when the agent's peer
+/// lookup is on: one user read where both lie in [`REQUEST_WORDS`] words from `Host`.
+#[inline(always)]
+fn request_fields(bin: &GoHttpBinary, req: u64) -> Option<([u64; 2], Option<[u64; 2]>)> {
+    let host_off = bin.offsets.req_host as usize;
+    let ra_off = bin.offsets.req_remote_addr as usize;
+    if SEM_PEERS_ON.get(0).is_none_or(|on| *on == 0) {
+        let host =
+            unsafe { bpf_probe_read_user((req + host_off as u64) as *const [u64; 2]) }.ok()?;
+        return Some((host, None));
+    }
+    if ra_off > host_off && ra_off - host_off + 16 <= REQUEST_WORDS * 8 {
+        let win =
+            unsafe { bpf_probe_read_user((req + host_off as u64) as *const [u64; REQUEST_WORDS]) }
+                .ok()?;
+        let i = (ra_off - host_off) >> 3;
+        let ra = [
+            win[i & (REQUEST_WORDS - 1)],
+            win[(i + 1) & (REQUEST_WORDS - 1)],
+        ];
+        return Some(([win[0], win[1]], Some(ra)));
+    }
+    let host = unsafe { bpf_probe_read_user((req + host_off as u64) as *const [u64; 2]) }.ok()?;
+    let ra = unsafe { bpf_probe_read_user((req + ra_off as u64) as *const [u64; 2]) }.ok()?;
+    Some((host, Some(ra)))
+}
+
 /// One more response under `key` (per-CPU: no other writer races on this CPU).
 #[inline(always)]
 fn bump(prog: Program, key: SemKey) {
@@ -183,6 +223,16 @@ fn goroutine(g: u64) -> GoroutineKey {
     }
 }
 
+/// A probe hit in a replica the semantic sensor counts: its cgroup, the binary's verified
+/// plan and the registers; `None` for any other process (and an anomaly counted when the
+/// binary's slot holds no valid plan).
+#[inline(always)]
+fn hit(ctx: &ProbeContext, prog: Program) -> Option<(u64, &'static GoHttpBinary, &pt_regs)> {
+    let cgroup_id = semantic_cgroup()?;
+    let bin = binary(ctx, prog)?;
+    Some((cgroup_id, bin, unsafe { &*ctx.regs }))
+}
+
 /// The verified plan of the binary this probe was attached to (cookie = slot).
 #[inline(always)]
 fn binary(ctx: &ProbeContext, prog: Program) -> Option<&'static GoHttpBinary> {
@@ -198,13 +248,9 @@ fn binary(ctx: &ProbeContext, prog: Program) -> Option<&'static GoHttpBinary> {
 
 #[inline(always)]
 fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
-    let Some(cgroup_id) = semantic_cgroup() else {
+    let Some((cgroup_id, bin, regs)) = hit(ctx, prog) else {
         return;
     };
-    let Some(bin) = binary(ctx, prog) else {
-        return;
-    };
-    let regs = unsafe { &*ctx.regs };
     let (w, code) = (regs.rax, regs.rbx);
     // Go ignores 1xx other than 101 here (h1) or writes them and returns (h2).
     if (100..200).contains(&code) && (h2 || code != 101) {
@@ -220,8 +266,7 @@ fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
     } else {
         (bin.offsets.h1_req, bin.offsets.h1_wrote_header)
     };
-    let Ok(wrote) = (unsafe { bpf_probe_read_user((w + u64::from(wrote_off)) as *const u8) })
-    else {
+    let Some((req, wrote)) = writer_fields(w, req_off, wrote_off) else {
         count(prog, Counter::ReadFailure);
         return;
     };
@@ -229,17 +274,11 @@ fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
         // A superfluous WriteHeader: Go drops it.
         return;
     }
-    let Ok(req) = (unsafe { bpf_probe_read_user((w + u64::from(req_off)) as *const u64) }) else {
+    let Some(([host_ptr, host_len], remote_addr)) = request_fields(bin, req) else {
         count(prog, Counter::ReadFailure);
         return;
     };
-    let Ok([host_ptr, host_len]) = (unsafe {
-        bpf_probe_read_user((req + u64::from(bin.offsets.req_host)) as *const [u64; 2])
-    }) else {
-        count(prog, Counter::ReadFailure);
-        return;
-    };
-    let mut flags = peer_flags(prog, req, bin.offsets.req_remote_addr);
+    let mut flags = peer_flags(prog, remote_addr);
     if h2 {
         flags |= sem_flags::H2;
     }
