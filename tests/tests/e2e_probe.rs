@@ -289,6 +289,23 @@ async fn probes_find_the_broken_replica_and_the_blind(sensor: Sensor) {
             ]
         ) > 0.0
     );
+    // The unrouted WebSocket probe is a WebSocket outcome too, with either sensor.
+    let ws_miss = |m: &Metrics| {
+        m.sum(
+            "routeskew_ws_upgrades_total",
+            &[
+                ("replica", &broken.name),
+                ("host", &sc.missing_host),
+                ("outcome", "router_miss"),
+                ("source", "probe"),
+            ],
+        ) > 0.0
+    };
+    let m = agent
+        .scrape_until(Duration::from_secs(5), ws_miss)
+        .await
+        .unwrap();
+    assert!(ws_miss(&m), "no unrouted WebSocket probe counted");
     // Client traffic next to the probes is counted exactly, as passive.
     for r in bed.replicas() {
         let n = 3 + r.index;

@@ -106,18 +106,12 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
     fleet.assert_access_logs_match(&want_tls, true);
     let want = merge(want_plain, &want_tls);
     // Upgrades are counted where the reverse proxy relays the backend's 101; a refused
-    // or unrouted upgrade is only a response so far (the request's Upgrade header is not
-    // read yet).
-    let upgraded = |t: Table| -> Table {
-        t.into_iter()
-            .filter(|((_, _, outcome), _)| mode == Mode::Fallback || outcome == "upgraded")
-            .collect()
-    };
-    let want_ws = upgraded(merge(ws_plain, &ws_tls));
+    // or unrouted one from the request head the kernel copies for such answers.
+    let want_ws = merge(ws_plain, &ws_tls);
 
     let m = agent
         .scrape_until(Duration::from_secs(15), |m: &Metrics| {
-            fleet.responses(m) == want && upgraded(fleet.ws_upgrades(m)) == want_ws
+            fleet.responses(m) == want && fleet.ws_upgrades(m) == want_ws
         })
         .await
         .expect("scraping the agent");
@@ -130,9 +124,9 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
         &log,
     );
     e2e::assert_table(
-        "routeskew_ws_upgrades_total{outcome=\"upgraded\"} (semantic sensor)",
+        &format!("routeskew_ws_upgrades_total ({mode:?})"),
         &want_ws,
-        &upgraded(fleet.ws_upgrades(&m)),
+        &fleet.ws_upgrades(&m),
         &log,
     );
     fleet.assert_router_misses_only_on_the_broken_replica(&m);
@@ -172,6 +166,25 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
                 "one binary, one attachment; agent log:\n{log}"
             );
             assert_eq!(data_events, 0.0, "data hooks ran in semantic mode");
+            // Refused and unrouted upgrades came from request heads, each recognised.
+            let refused: u64 = want_ws
+                .iter()
+                .filter(|((_, _, outcome), _)| outcome != "upgraded")
+                .map(|(_, n)| *n)
+                .sum();
+            let heads = |result: &str| {
+                m.get(
+                    "routeskew_pipeline_request_heads_total",
+                    &[("result", result)],
+                )
+                .expect("routeskew_pipeline_request_heads_total")
+                .unwrap_or(0.0)
+            };
+            assert!(refused > 0, "the plan refuses upgrades");
+            assert_eq!(heads("websocket"), refused as f64, "agent log:\n{log}");
+            for other in ["other_request", "unparsed", "truncated"] {
+                assert_eq!(heads(other), 0.0, "{other}; agent log:\n{log}");
+            }
         }
         // The wrong offset failed verification: nothing was attached with it, and byte
         // capture (attached only now) counted everything exactly.

@@ -154,6 +154,23 @@ pub enum EventKind {
     RouterInventory { enabled: u64 },
     /// Responses the semantic sensor counted in the kernel since its previous fold.
     Responses(ResponseCount),
+    /// The request head the semantic sensor copied for one of those responses (an
+    /// HTTP/1.x `GET` answered with 300 or more, not 304, outside the agent's own
+    /// connections), so that a refused or unrouted WebSocket upgrade is recognised.
+    Head(CopiedHead),
+}
+
+/// See [`EventKind::Head`]. The response itself is in a [`ResponseCount`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedHead {
+    /// The hash the kernel counted the response's Host under (0: `other`).
+    pub host_hash: u64,
+    pub status: u16,
+    /// The 404 came from Traefik's no-router handler.
+    pub router_miss: bool,
+    /// The start of the connection's read buffer; the request head when the agent finds
+    /// the same Host in it.
+    pub bytes: Bytes,
 }
 
 /// A number of responses of one replica with the same Host, status and kind, counted in

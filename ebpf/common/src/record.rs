@@ -11,6 +11,9 @@ wire_enum! {
         Close = 2,
         /// An [`UpstreamEvent`]: an outgoing TCP connection failed.
         Upstream = 3,
+        /// A [`HeadEvent`]: the semantic sensor's copy of a request head it answered
+        /// with 300 or more.
+        Head = 4,
     }
 }
 
@@ -142,8 +145,29 @@ pub struct UpstreamEvent {
     pub daddr: [u8; 16],
 }
 
+/// The head of an HTTP/1.x `GET` a watched Go server answered with a status of 300 or
+/// more (not 304), as its connection's read buffer holds it: the semantic sensor's only
+/// per-response record, and only for such answers (see
+/// [`SEM_HEAD_CAP`](crate::SEM_HEAD_CAP)).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadEvent {
+    pub header: EventHeader,
+    /// [`SemKey::host_hash`](crate::SemKey::host_hash) of the request's `Host`.
+    pub host_hash: u64,
+    /// The status written.
+    pub status: u16,
+    /// [`sem_flags`](crate::sem_flags) of the response.
+    pub flags: u16,
+    /// Bytes of `head` that hold the buffer's read bytes.
+    pub len: u32,
+    pub head: [u8; crate::SEM_HEAD_CAP],
+}
+
 const _: () = {
     use core::mem::{offset_of, size_of};
+    assert!(size_of::<HeadEvent>() == 32 + 16 + crate::SEM_HEAD_CAP);
+    assert!(offset_of!(HeadEvent, head) == 48);
     assert!(size_of::<EventHeader>() == 32);
     assert!(size_of::<DataEvent>() == 32 + 40 + DATA_CAP);
     assert!(offset_of!(DataEvent, data) == 72);

@@ -21,6 +21,12 @@ pub const SEM_API_RANGES: usize = 4;
 /// Keys of the per-CPU counter map (bounded: the agent folds and deletes dead keys).
 pub const SEM_COUNT_KEYS: u32 = 16384;
 
+/// Bytes of an HTTP/1.x request head the kernel copies for a `GET` answered with a
+/// status of 300 or more (not 304), so that the agent can tell a refused or unrouted
+/// WebSocket upgrade (its `Upgrade` header) from any other answer. Browsers put the
+/// header within the first few hundred bytes.
+pub const SEM_HEAD_CAP: usize = 1024;
+
 /// Known hosts the agent publishes to the kernel (hash → id).
 pub const SEM_HOST_KEYS: u32 = 1024;
 
@@ -76,6 +82,14 @@ pub struct GoHttpOffsets {
     pub req_host: u32,
     /// `Request.RemoteAddr` (string).
     pub req_remote_addr: u32,
+    /// `response.conn` (`*conn`): the HTTP/1.x connection, for the request head.
+    pub h1_conn: u32,
+    /// `conn.bufr` (`*bufio.Reader`): what the request head was read through.
+    pub conn_bufr: u32,
+    /// `bufio.Reader.buf` (`[]byte`).
+    pub bufr_buf: u32,
+    /// `bufio.Reader.w` (`int`): how much of `buf` holds read bytes.
+    pub bufr_w: u32,
 }
 
 /// A half-open range of code addresses, `[start, end)`, as mapped in the process.
@@ -211,10 +225,11 @@ pub const fn host_hash(host: &[u8]) -> u64 {
 
 const _: () = {
     use core::mem::{offset_of, size_of};
-    assert!(size_of::<GoHttpOffsets>() == 24);
+    assert!(size_of::<GoHttpOffsets>() == 40);
     assert!(size_of::<AddrRange>() == 16);
-    assert!(size_of::<GoHttpBinary>() == 24 + 8 + 16 + 16 * SEM_API_RANGES);
-    assert!(offset_of!(GoHttpBinary, text) == 32);
+    assert!(size_of::<GoHttpBinary>() == 40 + 8 + 16 + 16 * SEM_API_RANGES);
+    assert!(offset_of!(GoHttpBinary, text) == 48);
+    assert!(SEM_HEAD_CAP.is_power_of_two());
     assert!(size_of::<SemKey>() == 24);
     assert!(offset_of!(SemKey, status) == 16);
     assert!(size_of::<MissMark>() == 16);

@@ -13,6 +13,7 @@ mod filter;
 mod gotls;
 mod maps;
 mod regs;
+mod sem_head;
 mod semantic;
 mod sockio;
 mod syscalls;

@@ -5,7 +5,8 @@
 //!
 //! Per response: the status code from a register, `req` and `wroteHeader` from the
 //! response writer, the `Host` string from the request, normalised and hashed here, and
-//! one per-CPU counter increment. Nothing crosses the ring buffer.
+//! one per-CPU counter increment. Nothing crosses the ring buffer but the request head
+//! of a rare answer ([`sem_head`]).
 //!
 //! Go's register ABI on amd64: arguments in RAX, RBX, RCX, ...; R14 = the goroutine's `g`.
 //! At the probe (before `push rbp`) `[rsp]` is the return address and RBP still the
@@ -31,6 +32,7 @@ use crate::{
         count, Counter, SEM_BINARIES, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_PEERS, SEM_PEERS_ON,
         SEM_SCRATCH,
     },
+    sem_head,
 };
 
 /// `net/http.(*response).WriteHeader(code)`: RAX = w, RBX = code.
@@ -292,6 +294,9 @@ fn write_header(ctx: &ProbeContext, prog: Program, h2: bool) {
         flags,
         tgid: (pid_tgid() >> 32) as u32,
     };
+    if sem_head::wanted(code, flags) {
+        sem_head::send(prog, &bin.offsets, w, &key);
+    }
     bump(prog, key);
 }
 

@@ -28,7 +28,7 @@
 //! h2, including a Go backend's own `http.NotFound`, comes out with `date` before
 //! `x-content-type-options` or without it, and never matches.
 
-use crate::event::{Origin, ResponseCount, UpstreamFailureReason};
+use crate::event::{Origin, UpstreamFailureReason};
 use crate::hosts::Host;
 use crate::pipeline::flows::exchange::FlowEvent;
 use crate::pipeline::http::{HeaderId, ResponseHead, Version};
@@ -213,7 +213,7 @@ pub struct Classifier {
     metrics: Option<PipelineMetrics>,
 }
 
-fn http_class(status: u16, miss: bool) -> HttpClass {
+pub(super) fn http_class(status: u16, miss: bool) -> HttpClass {
     match status {
         100..=399 => HttpClass::Ok,
         404 if miss => HttpClass::RouterMiss,
@@ -223,32 +223,7 @@ fn http_class(status: u16, miss: bool) -> HttpClass {
     }
 }
 
-/// The observations of responses the semantic sensor counted in the kernel (its own
-/// router-miss evidence: `NotFound` from the router chain before the 404): the response,
-/// and for a relayed `101` the WebSocket upgrade too.
-pub fn counted_responses(origin: Origin, counted: &ResponseCount, out: &mut Vec<Observation>) {
-    let source = if counted.probe {
-        Source::Probe
-    } else {
-        Source::Passive
-    };
-    if counted.upgrade {
-        out.push(Observation::Ws {
-            origin,
-            host: counted.host.clone(),
-            outcome: WsOutcome::Upgraded,
-            source,
-        });
-    }
-    out.push(Observation::Http {
-        origin,
-        host: counted.host.clone(),
-        class: http_class(counted.status, counted.router_miss),
-        source,
-    });
-}
-
-fn ws_outcome(status: u16, version: Version, class: HttpClass) -> WsOutcome {
+pub(super) fn ws_outcome(status: u16, version: Version, class: HttpClass) -> WsOutcome {
     match (status, class) {
         (101, _) => WsOutcome::Upgraded,
         // RFC 8441: an extended CONNECT is accepted with a 2xx, and the stream carries

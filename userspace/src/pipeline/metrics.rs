@@ -24,7 +24,7 @@ mod labels;
 #[cfg(test)]
 mod tests;
 
-pub use labels::{Anomaly, DropReason, Eviction, InputKind, Leg, Skip, Unclassified};
+pub use labels::{Anomaly, DropReason, Eviction, HeadResult, InputKind, Leg, Skip, Unclassified};
 
 /// The values of one label of a counter family, as a fieldless enum.
 pub trait LabelValue: Copy + fmt::Debug + Send + Sync + 'static {
@@ -152,6 +152,8 @@ pub struct PipelineMetrics {
     pub connections: Gauge,
     /// Replicas whose series were removed after they left the target set.
     pub removed_replicas: Counter,
+    /// Request heads the semantic sensor copied, by what they were.
+    pub request_heads: CounterFamily<HeadResult>,
 }
 
 impl PipelineMetrics {
@@ -238,6 +240,11 @@ impl PipelineMetrics {
             "removed_replicas",
             "Replicas whose series were removed after leaving the target set",
             m.removed_replicas.clone(),
+        );
+        r.register(
+            "request_heads",
+            "Request heads the semantic sensor copied for answers of 300 or more, by what they were",
+            m.request_heads.clone(),
         );
         m
     }

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod probe_report;
 mod probe_series;
+pub mod semantic;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,6 +168,7 @@ impl Pipeline {
                 self.count_unknown(known);
                 self.ledger
                     .reported(event.origin, report.clone(), event.ts_ns);
+                self.judge_settled_upgrades(event.ts_ns);
                 return;
             }
             EventKind::ProbeVerdict(verdict) => {
@@ -181,6 +183,13 @@ impl Pipeline {
             }
             EventKind::Responses(counted) => {
                 self.record_counted(event, counted);
+                return;
+            }
+            EventKind::Head(head) => {
+                let known = Arc::clone(self.aggregator.known_hosts());
+                let result = semantic::copied_head(event.origin, head, &known, &mut self.obs_buf);
+                self.metrics.request_heads.inc(result);
+                self.record_observations();
                 return;
             }
             _ => {}
@@ -222,20 +231,22 @@ impl Pipeline {
             return;
         }
         let n = if counted.probe {
-            self.ledger.kernel_counted(
+            let n = self.ledger.kernel_counted(
                 event.origin,
                 &counted.host,
                 counted.status,
                 counted.count,
                 event.ts_ns,
-            )
+            );
+            self.judge_settled_upgrades(event.ts_ns);
+            n
         } else {
             counted.count
         };
         if n == 0 {
             return;
         }
-        classify::counted_responses(event.origin, counted, &mut self.obs_buf);
+        semantic::counted_responses(event.origin, counted, &mut self.obs_buf);
         for obs in self.obs_buf.drain(..) {
             if !self.aggregator.record_n(&obs, n) {
                 self.metrics
@@ -243,6 +254,23 @@ impl Pipeline {
                     .inc_by(DropReason::UnknownOrigin, n);
             }
         }
+    }
+
+    /// WebSocket checks a semantic count settled with a refusal: the count made their
+    /// response; their upgrade outcome is judged from the report, as for a blind probe.
+    fn judge_settled_upgrades(&mut self, ts_ns: u64) {
+        // Rare (one per refused WebSocket probe): fresh buffers are fine.
+        let mut settled = Vec::new();
+        self.ledger.take_settled_upgrades(&mut settled);
+        let mut judged = Vec::new();
+        for (origin, report) in settled {
+            if let Some(fe) = probe_report::report_exchange(origin, &report, ts_ns) {
+                self.classifier.classify(fe, &mut judged);
+            }
+        }
+        judged.retain(|o| matches!(o, Observation::Ws { .. }));
+        self.obs_buf.append(&mut judged);
+        self.record_observations();
     }
 
     /// The prober's account of a replica that is not (or no longer) a known replica.

@@ -19,5 +19,6 @@ mod probes;
 mod robustness;
 mod routing;
 mod semantic;
+mod semantic_heads;
 mod upstream;
 mod websocket;

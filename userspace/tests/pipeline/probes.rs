@@ -4,7 +4,7 @@
 use crate::harness::*;
 use routeskew::event::ProbeAnswer;
 
-fn probe_report(
+pub(crate) fn probe_report(
     h: &mut Harness,
     o: Origin,
     id: u64,

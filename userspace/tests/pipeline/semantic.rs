@@ -6,7 +6,14 @@ use crate::harness::*;
 use routeskew::event::{ProbeAnswer, ResponseCount};
 use routeskew::hosts::{normalize_host, Host};
 
-fn counted(h: &mut Harness, o: Origin, host: Host, status: u16, flags: (bool, bool, bool), n: u64) {
+pub(crate) fn counted(
+    h: &mut Harness,
+    o: Origin,
+    host: Host,
+    status: u16,
+    flags: (bool, bool, bool),
+    n: u64,
+) {
     let (router_miss, probe, upgrade) = flags;
     let ts = h.step();
     h.p.handle(&Event {

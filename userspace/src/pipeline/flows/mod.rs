@@ -129,11 +129,12 @@ impl Flows {
                 });
             }
             // Not socket events: the pipeline settles the prober's events and the
-            // semantic sensor's counts before flows.
+            // semantic sensor's counts and heads before flows.
             EventKind::Probe(_)
             | EventKind::ProbeVerdict(_)
             | EventKind::RouterInventory { .. }
-            | EventKind::Responses(_) => {}
+            | EventKind::Responses(_)
+            | EventKind::Head(_) => {}
         }
         self.publish_connections();
     }

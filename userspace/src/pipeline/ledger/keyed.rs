@@ -111,10 +111,16 @@ impl Ledger {
                     break;
                 };
                 if let Some(e @ Entry::Awaiting { .. }) = self.entries.get_mut(&id) {
-                    *e = Entry::Done { at_ns: now_ns };
+                    let settled = std::mem::replace(e, Entry::Done { at_ns: now_ns });
                     self.stats.confirmed += 1;
                     self.streaks.remove(&origin);
                     left -= 1;
+                    match settled {
+                        Entry::Awaiting { report, .. } if super::refused_upgrade(&report) => {
+                            self.settled_upgrades.push((origin, report));
+                        }
+                        _ => {}
+                    }
                 }
             }
         }

@@ -35,7 +35,7 @@ mod keyed;
 
 use std::collections::HashMap;
 
-use crate::event::{Origin, ProbeReport};
+use crate::event::{Origin, ProbeCheck, ProbeReport};
 use keyed::Keyed;
 
 /// Probe checks tracked at once; the prober sends a few per replica, host and interval.
@@ -79,6 +79,12 @@ pub struct LedgerStats {
     pub overflow: u64,
 }
 
+/// A WebSocket check answered with something other than `101`.
+fn refused_upgrade(report: &ProbeReport) -> bool {
+    report.check == ProbeCheck::WebSocket
+        && report.response.as_ref().is_some_and(|r| r.status != 101)
+}
+
 pub struct Ledger {
     deadline_ns: u64,
     entries: HashMap<u64, Entry>,
@@ -86,6 +92,10 @@ pub struct Ledger {
     keyed: Keyed,
     /// Per replica: probes declared blind since its last confirmed one.
     streaks: HashMap<Origin, u32>,
+    /// WebSocket checks a semantic count settled with an answer other than `101`: the
+    /// count made their response, their upgrade outcome is judged from the report (the
+    /// kernel copies no head of the agent's own requests). Drained by the pipeline.
+    settled_upgrades: Vec<(Origin, Box<ProbeReport>)>,
 }
 
 impl Ledger {
@@ -97,7 +107,21 @@ impl Ledger {
             stats: LedgerStats::default(),
             keyed: Keyed::default(),
             streaks: HashMap::new(),
+            settled_upgrades: Vec::new(),
         }
+    }
+
+    /// A report settled by a semantic count.
+    fn settled_by_count(&mut self, origin: Origin, report: Box<ProbeReport>) {
+        if refused_upgrade(&report) {
+            self.settled_upgrades.push((origin, report));
+        }
+    }
+
+    /// Moves the WebSocket checks settled by semantic counts with an answer other than
+    /// `101` since the last call into `out`.
+    pub fn take_settled_upgrades(&mut self, out: &mut Vec<(Origin, Box<ProbeReport>)>) {
+        out.append(&mut self.settled_upgrades);
     }
 
     pub fn stats(&self) -> &LedgerStats {
@@ -158,6 +182,7 @@ impl Ledger {
                     self.entries.insert(id, Entry::Done { at_ns: now_ns });
                     self.stats.confirmed += 1;
                     self.streaks.remove(&origin);
+                    self.settled_by_count(origin, report);
                     return;
                 }
                 self.keyed.awaiting(origin, &report);

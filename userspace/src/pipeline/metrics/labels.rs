@@ -136,3 +136,19 @@ impl LabelValue for ParseError {
         self as usize
     }
 }
+
+label_values! {
+    /// What a request head copied by the semantic sensor turned out to be.
+    pub enum HeadResult("result") {
+        /// A WebSocket upgrade request: its answer is counted as an upgrade outcome.
+        WebSocket => "websocket",
+        /// Any other request.
+        NotUpgrade => "not_upgrade",
+        /// The copy ended before the head did, and its complete lines held no upgrade.
+        Truncated => "truncated",
+        /// Another request's head (its Host differs from the one counted).
+        OtherRequest => "other_request",
+        /// Not an HTTP/1.x request head.
+        Unparsed => "unparsed",
+    }
+}

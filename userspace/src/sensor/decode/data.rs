@@ -16,7 +16,7 @@ pub(super) const ARENA_CHUNK: usize = 64 * 1024;
 
 /// The arena's next `captured` (after `first`, a byte the kernel kept from the previous
 /// read) as its own [`Bytes`].
-fn take_bytes(arena: &mut BytesMut, first: Option<u8>, captured: &[u8]) -> Bytes {
+pub(super) fn take_bytes(arena: &mut BytesMut, first: Option<u8>, captured: &[u8]) -> Bytes {
     let n = captured.len() + usize::from(first.is_some());
     if arena.capacity() < n {
         arena.reserve(ARENA_CHUNK.max(n));

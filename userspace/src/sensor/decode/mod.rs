@@ -7,6 +7,7 @@
 
 mod close;
 mod data;
+mod head;
 #[cfg(test)]
 mod tests;
 mod upstream;
@@ -93,6 +94,7 @@ fn decode_with(rec: &[u8], arena: &mut BytesMut) -> Result<Event, DecodeError> {
         RecordKind::Data => data::decode_data(rec, arena)?,
         RecordKind::Close => close::decode_close(rec)?,
         RecordKind::Upstream => upstream::decode_upstream(rec)?,
+        RecordKind::Head => head::decode_head(rec, arena)?,
     };
     Ok(Event {
         ts_ns,

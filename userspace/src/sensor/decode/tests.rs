@@ -4,8 +4,9 @@ use std::{mem::size_of, net::Ipv6Addr};
 
 use bytes::Bytes;
 use routeskew_common::{
-    conn_flags, CloseEvent, ConnSource, DataEvent, Direction as WireDirection, EventHeader,
-    RecordKind, UnknownValue, UpstreamEvent, UpstreamReason, DATA_CAP, READ_AHEAD,
+    conn_flags, sem_flags, CloseEvent, ConnSource, DataEvent, Direction as WireDirection,
+    EventHeader, HeadEvent, RecordKind, UnknownValue, UpstreamEvent, UpstreamReason, DATA_CAP,
+    READ_AHEAD, SEM_HEAD_CAP,
 };
 
 use super::{
@@ -13,7 +14,9 @@ use super::{
     upstream::{AF_INET, AF_INET6},
     DecodeError, Decoder,
 };
-use crate::event::{ConnId, Direction, Event, EventKind, Origin, UpstreamFailureReason};
+use crate::event::{
+    ConnId, CopiedHead, Direction, Event, EventKind, Origin, UpstreamFailureReason,
+};
 
 fn decode(rec: &[u8]) -> Result<Event, DecodeError> {
     Decoder::default().decode(rec)
@@ -354,4 +357,52 @@ fn garbage() {
     ));
     let rec = bytes_of(&header(RecordKind::Upstream as u32));
     assert!(matches!(decode(&rec), Err(DecodeError::Short { .. })));
+}
+
+fn head_record(len: u32, flags: u16) -> HeadEvent {
+    let mut head = [0u8; SEM_HEAD_CAP];
+    head[..4].copy_from_slice(b"GET ");
+    HeadEvent {
+        header: header(RecordKind::Head as u32),
+        host_hash: 77,
+        status: 404,
+        flags,
+        len,
+        head,
+    }
+}
+
+#[test]
+fn head_records_keep_their_length_and_flags() {
+    let ev = decode(&bytes_of(&head_record(4, sem_flags::ROUTER_MISS))).expect("decode");
+    assert_eq!(
+        ev.kind,
+        EventKind::Head(CopiedHead {
+            host_hash: 77,
+            status: 404,
+            router_miss: true,
+            bytes: Bytes::from_static(b"GET "),
+        })
+    );
+    let EventKind::Head(h) = decode(&bytes_of(&head_record(SEM_HEAD_CAP as u32, 0)))
+        .expect("decode")
+        .kind
+    else {
+        panic!("a head");
+    };
+    assert_eq!((h.bytes.len(), h.router_miss), (SEM_HEAD_CAP, false));
+    // A length past the copy bound is a corrupt record, not an over-read.
+    assert!(matches!(
+        decode(&bytes_of(&head_record(SEM_HEAD_CAP as u32 + 1, 0))),
+        Err(DecodeError::CapturedLen { .. })
+    ));
+    let mut short = bytes_of(&head_record(4, 0));
+    short.truncate(size_of::<HeadEvent>() - 1);
+    assert!(matches!(
+        decode(&short),
+        Err(DecodeError::Short {
+            what: "head record",
+            ..
+        })
+    ));
 }

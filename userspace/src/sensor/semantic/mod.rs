@@ -19,6 +19,7 @@ mod callers;
 mod code;
 pub mod counts;
 mod funcs;
+mod head_layout;
 pub mod offsets;
 pub mod peers;
 mod plan;

@@ -21,6 +21,14 @@
 //!                  Host string                     128   <- req_host
 //!                  Form 144, PostForm 152, MultipartForm 160, Trailer 168,
 //!                  RemoteAddr string               176   <- req_remote_addr
+//! server.go    type conn struct {   (response.conn   0   <- h1_conn)
+//!                  server 0, cancelCtx 8, rwc net.Conn 16, remoteAddr 32,
+//!                  tlsState 48, werr error 56, r *connReader 72,
+//!                  bufr *bufio.Reader               80   <- conn_bufr
+//! bufio.go     type Reader struct {
+//!                  buf []byte                        0   <- bufr_buf
+//!                  rd io.Reader 24, r int 40,
+//!                  w int                            48   <- bufr_w
 //! h2_bundle.go type http2responseWriterState struct {
 //!                  stream *http2stream               0
 //!                  req *Request                      8   <- h2_req
@@ -62,6 +70,10 @@ const GO_1_22_TO_1_26: GoHttpOffsets = GoHttpOffsets {
     h2_wrote_header: 80,
     req_host: 128,
     req_remote_addr: 176,
+    h1_conn: 0,
+    conn_bufr: 80,
+    bufr_buf: 0,
+    bufr_w: 48,
 };
 
 /// x/net `http2.responseWriterState`: `req` and `wroteHeader`, for module versions

@@ -87,6 +87,10 @@ pub enum OffsetField {
     H2WroteHeader,
     ReqHost,
     ReqRemoteAddr,
+    H1Conn,
+    ConnBufr,
+    BufrBuf,
+    BufrW,
 }
 
 impl OffsetOverride {
@@ -99,6 +103,10 @@ impl OffsetOverride {
             OffsetField::H2WroteHeader => &mut o.h2_wrote_header,
             OffsetField::ReqHost => &mut o.req_host,
             OffsetField::ReqRemoteAddr => &mut o.req_remote_addr,
+            OffsetField::H1Conn => &mut o.h1_conn,
+            OffsetField::ConnBufr => &mut o.conn_bufr,
+            OffsetField::BufrBuf => &mut o.bufr_buf,
+            OffsetField::BufrW => &mut o.bufr_w,
         };
         *slot = self.value;
     }

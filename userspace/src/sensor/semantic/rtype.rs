@@ -33,6 +33,7 @@ const KIND_MASK: u8 = 0x1f;
 pub(super) const KIND_BOOL: u8 = 1;
 pub(super) const KIND_INT: u8 = 2;
 pub(super) const KIND_POINTER: u8 = 22;
+pub(super) const KIND_SLICE: u8 = 23;
 pub(super) const KIND_STRING: u8 = 24;
 const KIND_STRUCT: u8 = 25;
 /// Longer is not a struct this code looks for.

@@ -95,8 +95,18 @@ fn every_release_resolves_and_verifies() {
             (8, 40, 8, 80)
         );
         assert_eq!((b.offsets.req_host, b.offsets.req_remote_addr), (128, 176));
-        // Two machine-code checks of h1, one of h2, one over the type descriptors.
-        assert_eq!(plan.verified.len(), 4, "{version}: {:?}", plan.verified);
+        assert_eq!(
+            (
+                b.offsets.h1_conn,
+                b.offsets.conn_bufr,
+                b.offsets.bufr_buf,
+                b.offsets.bufr_w
+            ),
+            (0, 80, 0, 48)
+        );
+        // Two machine-code checks of h1, one of h2, two over the type descriptors (the
+        // request and writers, the path to the request head).
+        assert_eq!(plan.verified.len(), 5, "{version}: {:?}", plan.verified);
         let mux = GoBinary::open(&path)
             .unwrap()
             .function(API_CALLERS[0])
@@ -138,6 +148,36 @@ fn every_release_resolves_and_verifies() {
 }
 
 use routeskew_common::SemProbe;
+
+#[test]
+fn every_wrong_offset_fails_verification() {
+    let Some(path) = release("3.7.15") else {
+        return;
+    };
+    let plan = plan_path(&path).unwrap();
+    let o = plan.binary.offsets;
+    // Each entry moved by one word (or byte, for the bools) must be caught by a witness.
+    for (field, right) in [
+        (OffsetField::H1Req, o.h1_req),
+        (OffsetField::H1WroteHeader, o.h1_wrote_header),
+        (OffsetField::H2Req, o.h2_req),
+        (OffsetField::H2WroteHeader, o.h2_wrote_header),
+        (OffsetField::ReqHost, o.req_host),
+        (OffsetField::ReqRemoteAddr, o.req_remote_addr),
+        (OffsetField::H1Conn, o.h1_conn),
+        (OffsetField::ConnBufr, o.conn_bufr),
+        (OffsetField::BufrBuf, o.bufr_buf),
+        (OffsetField::BufrW, o.bufr_w),
+    ] {
+        for value in [right + 8, right + 1] {
+            let tweak = OffsetOverride { field, value };
+            match plan_path_with(&path, Some(tweak)) {
+                Err(SemanticError::Verification { .. }) => {}
+                other => panic!("{field:?}={value}: {other:?}"),
+            }
+        }
+    }
+}
 
 #[test]
 fn non_go_files_are_typed_errors() {

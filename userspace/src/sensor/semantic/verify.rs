@@ -11,7 +11,8 @@
 //!
 //! Type descriptors ([`super::rtype`]): `net/http.Request` (Host, RemoteAddr,
 //! ProtoMajor), `net/http.response` (req, wroteHeader), the h2 state (req,
-//! wroteHeader), and that each `req` field points at that very `Request` type.
+//! wroteHeader), and that each `req` field points at that very `Request` type; the path
+//! to the HTTP/1.x request head ([`super::head_layout`]).
 
 use routeskew_common::GoHttpOffsets;
 
@@ -20,6 +21,7 @@ use crate::sensor::gobin::GoBinary;
 use super::{
     code::{self, Shape},
     funcs::{H1_WRITE_HEADER, H2_BUNDLED, H2_XNET},
+    head_layout::{self, BUFIO_READER, CONN},
     offsets::H2Server,
     rtype::{self, Layout, Wanted, KIND_BOOL, KIND_INT, KIND_POINTER, KIND_STRING},
     SemanticError,
@@ -32,7 +34,7 @@ const REQUEST: Wanted = Wanted {
     pkg_path: "net/http",
     name: "http.Request",
 };
-const RESPONSE: Wanted = Wanted {
+pub(super) const RESPONSE: Wanted = Wanted {
     pkg_path: "net/http",
     name: "http.response",
 };
@@ -45,7 +47,7 @@ const H2_STATE_XNET: Wanted = Wanted {
     name: "http2.responseWriterState",
 };
 
-fn mismatch(
+pub(super) fn mismatch(
     what: &str,
     expected: impl std::fmt::Display,
     found: impl std::fmt::Display,
@@ -174,7 +176,7 @@ fn machine_code(
 }
 
 /// The one layout found for `want` (several identical copies are one).
-fn single<'a>(want: &Wanted, found: &'a [Layout]) -> Result<&'a Layout, SemanticError> {
+pub(super) fn single<'a>(want: &Wanted, found: &'a [Layout]) -> Result<&'a Layout, SemanticError> {
     let what = format!("type descriptor of {}.{}", want.pkg_path, want.name);
     let first = found
         .first()
@@ -189,7 +191,7 @@ fn single<'a>(want: &Wanted, found: &'a [Layout]) -> Result<&'a Layout, Semantic
     Ok(first)
 }
 
-fn field_at(
+pub(super) fn field_at(
     l: &Layout,
     ty: &Wanted,
     name: &str,
@@ -223,7 +225,13 @@ fn type_descriptors(
         H2Server::Bundled => H2_STATE_BUNDLED,
         H2Server::XNet => H2_STATE_XNET,
     };
-    let found = rtype::find_structs(bin, &[REQUEST, RESPONSE, state])?;
+    let found = rtype::find_structs(bin, &[REQUEST, RESPONSE, state, CONN, BUFIO_READER])?;
+    let head = head_layout::verify(
+        single(&RESPONSE, &found[1])?,
+        single(&CONN, &found[3])?,
+        single(&BUFIO_READER, &found[4])?,
+        o,
+    )?;
     let request = single(&REQUEST, &found[0])?;
     field_at(request, &REQUEST, "Host", KIND_STRING, o.req_host)?;
     field_at(
@@ -269,5 +277,6 @@ fn type_descriptors(
         "types: Request.Host {} RemoteAddr {}, response.req {} wroteHeader {}, {}.req {} wroteHeader {}",
         o.req_host, o.req_remote_addr, o.h1_req, o.h1_wrote_header, state.name, o.h2_req, o.h2_wrote_header
     ));
+    passed.push(head);
     Ok(())
 }
