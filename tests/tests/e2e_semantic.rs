@@ -63,6 +63,7 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
     let plans::Expected {
         http: want_plain,
         ws: ws_plain,
+        early_closes: early_plain,
         ..
     } = plans::expected(&plain, bed.replicas(), &fleet.sc);
     for s in &plain {
@@ -87,6 +88,7 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
     let plans::Expected {
         http: want_tls,
         ws: ws_tls,
+        early_closes: early_tls,
         ..
     } = plans::expected(&secure, bed.replicas(), &fleet.sc);
     for s in &secure {
@@ -108,10 +110,13 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
     // Upgrades are counted where the reverse proxy relays the backend's 101; a refused
     // or unrouted one from the request head the kernel copies for such answers.
     let want_ws = merge(ws_plain, &ws_tls);
+    // The test clients close every upgraded connection inside the early-close window.
+    let want_early = merge(early_plain, &early_tls);
+    let early = |m: &Metrics| fleet.by_label(m, "routeskew_ws_early_closes_total", "host");
 
     let m = agent
         .scrape_until(Duration::from_secs(15), |m: &Metrics| {
-            fleet.responses(m) == want && fleet.ws_upgrades(m) == want_ws
+            fleet.responses(m) == want && fleet.ws_upgrades(m) == want_ws && early(m) == want_early
         })
         .await
         .expect("scraping the agent");
@@ -127,6 +132,12 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
         &format!("routeskew_ws_upgrades_total ({mode:?})"),
         &want_ws,
         &fleet.ws_upgrades(&m),
+        &log,
+    );
+    e2e::assert_table(
+        &format!("routeskew_ws_early_closes_total ({mode:?})"),
+        &want_early,
+        &early(&m),
         &log,
     );
     fleet.assert_router_misses_only_on_the_broken_replica(&m);

@@ -158,6 +158,9 @@ pub enum EventKind {
     /// HTTP/1.x `GET` answered with 300 or more, not 304, outside the agent's own
     /// connections), so that a refused or unrouted WebSocket upgrade is recognised.
     Head(CopiedHead),
+    /// A WebSocket session the semantic sensor saw upgraded (passive traffic) ended: the
+    /// hijacked client connection was closed `open_ns` after the upgrade.
+    WsClosed { host_hash: u64, open_ns: u64 },
 }
 
 /// See [`EventKind::Head`]. The response itself is in a [`ResponseCount`].

@@ -42,6 +42,7 @@ wire_enum! {
         SemH2WriteHeader = 21,
         SemNotFound = 22,
         SemUpgrade = 23,
+        SemConnClose = 24,
     }
 }
 
@@ -83,6 +84,7 @@ const NAMES: [&str; Program::COUNT as usize] = [
     "sem_h2_write_header",
     "sem_not_found",
     "sem_upgrade",
+    "sem_conn_close",
 ];
 
 /// Per-program, per-CPU counters (summed over CPUs by the agent).

@@ -14,6 +14,8 @@ wire_enum! {
         /// A [`HeadEvent`]: the semantic sensor's copy of a request head it answered
         /// with 300 or more.
         Head = 4,
+        /// A [`WsClosedEvent`]: a WebSocket session the semantic sensor saw upgraded ended.
+        WsClosed = 5,
     }
 }
 
@@ -164,8 +166,21 @@ pub struct HeadEvent {
     pub head: [u8; crate::SEM_HEAD_CAP],
 }
 
+/// The end of a WebSocket session a watched Go server relayed (passive traffic only):
+/// one record per session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WsClosedEvent {
+    pub header: EventHeader,
+    /// [`SemKey::host_hash`](crate::SemKey::host_hash) of the upgrade request.
+    pub host_hash: u64,
+    /// From the upgrade's relay to the close of the client connection.
+    pub open_ns: u64,
+}
+
 const _: () = {
     use core::mem::{offset_of, size_of};
+    assert!(size_of::<WsClosedEvent>() == 48);
     assert!(size_of::<HeadEvent>() == 32 + 16 + crate::SEM_HEAD_CAP);
     assert!(offset_of!(HeadEvent, head) == 48);
     assert!(size_of::<EventHeader>() == 32);

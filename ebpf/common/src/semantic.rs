@@ -62,7 +62,20 @@ wire_enum! {
         /// `net/http/httputil.(*ReverseProxy).handleUpgradeResponse`: a backend's `101`
         /// relayed over the hijacked connection (no `WriteHeader` runs for it).
         Upgrade = 3,
+        /// `net.(*conn).Close`: on the goroutine that relayed a `101`, the end of the
+        /// WebSocket session (`handleUpgradeResponse` closes the hijacked client
+        /// connection when the copy ends; a `*tls.Conn` closes its `net.conn`).
+        ConnClose = 4,
     }
+}
+
+/// What an upgrade leaves for the same goroutine's next `net.(*conn).Close`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpgradeMark {
+    /// [`SemKey::host_hash`] of the upgrade request.
+    pub host_hash: u64,
+    pub ts_ns: u64,
 }
 
 /// Struct offsets of Go's `net/http` the programs use, per Go version (verified by the
@@ -233,6 +246,7 @@ const _: () = {
     assert!(size_of::<SemKey>() == 24);
     assert!(offset_of!(SemKey, status) == 16);
     assert!(size_of::<MissMark>() == 16);
+    assert!(size_of::<UpgradeMark>() == 16);
     assert!(SEM_HOST_CAP.is_power_of_two());
 };
 
@@ -325,7 +339,7 @@ mod tests {
         for p in SemProbe::ALL {
             assert_eq!(SemProbe::try_from(p as u32), Ok(p));
         }
-        assert!(SemProbe::try_from(4).is_err());
+        assert!(SemProbe::try_from(5).is_err());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use routeskew_common::{
     Config, ConnKey, ConnState, GoHttpBinary, GoroutineKey, MissMark, PendingIo, Program,
-    ProgramCounters, SemKey, SockConn, TcpSock, TlsConnKey, TlsRead, WatchedSet, SEM_BINARY_SLOTS,
-    SEM_COUNT_KEYS, SEM_HOST_CAP, SEM_HOST_KEYS, SEM_PEER_KEYS,
+    ProgramCounters, SemKey, SockConn, TcpSock, TlsConnKey, TlsRead, UpgradeMark, WatchedSet,
+    SEM_BINARY_SLOTS, SEM_COUNT_KEYS, SEM_HOST_CAP, SEM_HOST_KEYS, SEM_PEER_KEYS,
 };
 
 /// Written by the agent at load time (`EbpfLoader::override_global`); the default is
@@ -140,6 +140,12 @@ pub(crate) static SEM_COUNTS: PerCpuHashMap<SemKey, u64> =
 #[map]
 pub(crate) static SEM_MISSES: LruHashMap<GoroutineKey, MissMark> =
     LruHashMap::with_max_entries(4096, 0);
+
+/// Upgrades relayed by a goroutine, taken by its next `net.(*conn).Close` (the end of the
+/// session). LRU: a mark whose close never came (a failed hijack) ages out.
+#[map]
+pub(crate) static SEM_UPGRADES: LruHashMap<GoroutineKey, UpgradeMark> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Peer addresses (`Request.RemoteAddr` keys, see `peer_key`) of the agent's own open
 /// connections to replicas, with what each is for (`sem_peer`); written by the agent

@@ -32,7 +32,7 @@ use crate::{
         count, Counter, SEM_BINARIES, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_PEERS, SEM_PEERS_ON,
         SEM_SCRATCH,
     },
-    sem_head,
+    sem_head, sem_session,
 };
 
 /// `net/http.(*response).WriteHeader(code)`: RAX = w, RBX = code.
@@ -105,13 +105,19 @@ pub(crate) fn rs_sem_upgrade(ctx: ProbeContext) -> u32 {
         count(PROG, Counter::ReadFailure);
         return 0;
     };
+    let peer = peer_flags(PROG, remote_addr);
+    let host_hash = known_host(PROG, host_ptr, host_len);
+    if peer == 0 {
+        // The agent's own WebSocket probes close at once: no early close for them.
+        sem_session::mark(PROG, regs.r14, host_hash);
+    }
     bump(
         PROG,
         SemKey {
             cgroup_id,
-            host_hash: known_host(PROG, host_ptr, host_len),
+            host_hash,
             status: 101,
-            flags: sem_flags::UPGRADE | peer_flags(PROG, remote_addr),
+            flags: sem_flags::UPGRADE | peer,
             tgid: (pid_tgid() >> 32) as u32,
         },
     );
@@ -217,7 +223,7 @@ fn bump(prog: Program, key: SemKey) {
 }
 
 #[inline(always)]
-fn goroutine(g: u64) -> GoroutineKey {
+pub(crate) fn goroutine(g: u64) -> GoroutineKey {
     GoroutineKey {
         tgid: (pid_tgid() >> 32) as u32,
         _pad: 0,
@@ -229,7 +235,10 @@ fn goroutine(g: u64) -> GoroutineKey {
 /// plan and the registers; `None` for any other process (and an anomaly counted when the
 /// binary's slot holds no valid plan).
 #[inline(always)]
-fn hit(ctx: &ProbeContext, prog: Program) -> Option<(u64, &'static GoHttpBinary, &pt_regs)> {
+pub(crate) fn hit(
+    ctx: &ProbeContext,
+    prog: Program,
+) -> Option<(u64, &'static GoHttpBinary, &pt_regs)> {
     let cgroup_id = semantic_cgroup()?;
     let bin = binary(ctx, prog)?;
     Some((cgroup_id, bin, unsafe { &*ctx.regs }))

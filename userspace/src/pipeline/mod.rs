@@ -82,6 +82,8 @@ pub struct Pipeline {
     /// Kernel copies of the agent's own non-probe requests (endpoint checks, router
     /// inventory), never counted.
     housekeeping_exchanges: u64,
+    /// [`PipelineConfig::ws_early_close`], for sessions the semantic sensor timed.
+    ws_early_close_ns: u64,
 }
 
 impl Pipeline {
@@ -111,6 +113,7 @@ impl Pipeline {
             ledger: Ledger::new(u64::try_from(cfg.probe_deadline.as_nanos()).unwrap_or(u64::MAX)),
             missed_buf: Vec::new(),
             housekeeping_exchanges: 0,
+            ws_early_close_ns: u64::try_from(cfg.ws_early_close.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
@@ -190,6 +193,17 @@ impl Pipeline {
                 let result = semantic::copied_head(event.origin, head, &known, &mut self.obs_buf);
                 self.metrics.request_heads.inc(result);
                 self.record_observations();
+                return;
+            }
+            EventKind::WsClosed { host_hash, open_ns } => {
+                if *open_ns < self.ws_early_close_ns {
+                    let host = semantic::host_of(*host_hash, self.aggregator.known_hosts());
+                    self.obs_buf.push(Observation::WsEarlyClose {
+                        origin: event.origin,
+                        host,
+                    });
+                    self.record_observations();
+                }
                 return;
             }
             _ => {}

@@ -1,10 +1,10 @@
 //! The semantic sensor's inputs, judged: responses the kernel counted (with its own
 //! router-miss evidence: `NotFound` from the router chain before the 404), and request
 //! heads it copied for rare answers, which tell a refused or unrouted WebSocket upgrade
-//! from any other answer.
+//! from any other answer, and the ends of the WebSocket sessions it saw upgraded.
 
 use crate::event::{CopiedHead, Origin, ResponseCount};
-use crate::hosts::{Host, KnownHosts};
+use crate::hosts::{normalize_host, Host, KnownHosts};
 use crate::pipeline::classify::{http_class, ws_outcome, Observation, Source, WsOutcome};
 use crate::pipeline::http::{self, Message, Version};
 use crate::pipeline::metrics::HeadResult;
@@ -82,4 +82,17 @@ fn kernel_hash(host: &Host, known: &KnownHosts) -> u64 {
         }
         _ => 0,
     }
+}
+
+/// The known host the kernel hashed to `hash`, or [`Host::Missing`] (`other`) for 0 or a
+/// host no longer known (published hosts are few: a scan, on a rare event).
+pub fn host_of(hash: u64, known: &KnownHosts) -> Host {
+    if hash == 0 {
+        return Host::Missing;
+    }
+    known
+        .hosts()
+        .iter()
+        .find(|h| routeskew_common::host_hash(h.as_bytes()) == hash)
+        .map_or(Host::Missing, |h| normalize_host(h.as_bytes()))
 }

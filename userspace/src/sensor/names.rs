@@ -61,6 +61,7 @@ const PROGRAMS: [&str; Program::COUNT as usize] = [
     "rs_sem_h2_write_header",
     "rs_sem_not_found",
     "rs_sem_upgrade",
+    "rs_sem_conn_close",
 ];
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Request heads the semantic sensor copies for answers of 300 or more: an upgrade
 //! request's answer becomes its WebSocket outcome; anything else, another request's head
 //! or junk is counted by what it was and yields no outcome. The agent's own WebSocket
-//! probes, settled by counts, get their outcome from their reports.
+//! probes, settled by counts, get their outcome from their reports. WebSocket sessions
+//! it timed: early closes.
 
 use crate::harness::*;
 use crate::probes::probe_report;
@@ -129,4 +130,45 @@ fn websocket_probes_settled_by_counts_get_their_outcome_from_the_report() {
     assert_eq!(h.ws("traefik-1", APP, "router_miss", "probe"), Some(2.0));
     assert_eq!(h.p.probe_stats().confirmed, 3);
     assert_eq!(h.p.probe_stats().missed, 0);
+}
+
+#[test]
+fn sessions_closed_inside_the_window_are_early_closes() {
+    let mut h = Harness::new(
+        PipelineConfig {
+            known_hosts: vec![APP.into()],
+            ws_early_close: Duration::from_secs(10),
+            ..PipelineConfig::default()
+        },
+        1,
+    );
+    let r1 = origin(1);
+    let app = routeskew_common::host_hash(APP.as_bytes());
+    for (host_hash, open_ns) in [
+        (app, 2 * S),
+        (app, 10 * S - 1),
+        (app, 10 * S),
+        (0, MS),
+        (7, MS),
+    ] {
+        let ts = h.step();
+        h.p.handle(&Event {
+            ts_ns: ts,
+            origin: r1,
+            kind: EventKind::WsClosed { host_hash, open_ns },
+        });
+    }
+    let early = |host: &str| {
+        h.value(
+            "routeskew_ws_early_closes_total",
+            &[
+                ("replica", "traefik-1"),
+                ("namespace", "traefik"),
+                ("host", host),
+            ],
+        )
+    };
+    assert_eq!(early(APP), Some(2.0));
+    // Not published (0) or no longer known: `other`.
+    assert_eq!(early("other"), Some(2.0));
 }

@@ -134,7 +134,8 @@ impl Flows {
             | EventKind::ProbeVerdict(_)
             | EventKind::RouterInventory { .. }
             | EventKind::Responses(_)
-            | EventKind::Head(_) => {}
+            | EventKind::Head(_)
+            | EventKind::WsClosed { .. } => {}
         }
         self.publish_connections();
     }

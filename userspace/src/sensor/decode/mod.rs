@@ -95,6 +95,7 @@ fn decode_with(rec: &[u8], arena: &mut BytesMut) -> Result<Event, DecodeError> {
         RecordKind::Close => close::decode_close(rec)?,
         RecordKind::Upstream => upstream::decode_upstream(rec)?,
         RecordKind::Head => head::decode_head(rec, arena)?,
+        RecordKind::WsClosed => head::decode_ws_closed(rec)?,
     };
     Ok(Event {
         ts_ns,

@@ -5,8 +5,8 @@ use std::{mem::size_of, net::Ipv6Addr};
 use bytes::Bytes;
 use routeskew_common::{
     conn_flags, sem_flags, CloseEvent, ConnSource, DataEvent, Direction as WireDirection,
-    EventHeader, HeadEvent, RecordKind, UnknownValue, UpstreamEvent, UpstreamReason, DATA_CAP,
-    READ_AHEAD, SEM_HEAD_CAP,
+    EventHeader, HeadEvent, RecordKind, UnknownValue, UpstreamEvent, UpstreamReason, WsClosedEvent,
+    DATA_CAP, READ_AHEAD, SEM_HEAD_CAP,
 };
 
 use super::{
@@ -405,4 +405,23 @@ fn head_records_keep_their_length_and_flags() {
             ..
         })
     ));
+}
+
+#[test]
+fn ws_closed_records() {
+    let rec = WsClosedEvent {
+        header: header(RecordKind::WsClosed as u32),
+        host_hash: 5,
+        open_ns: 1_500_000_000,
+    };
+    assert_eq!(
+        decode(&bytes_of(&rec)).expect("decode").kind,
+        EventKind::WsClosed {
+            host_hash: 5,
+            open_ns: 1_500_000_000
+        }
+    );
+    let mut short = bytes_of(&rec);
+    short.pop();
+    assert!(matches!(decode(&short), Err(DecodeError::Short { .. })));
 }

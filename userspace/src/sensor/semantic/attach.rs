@@ -31,14 +31,25 @@ const PROG_H1: &str = names::program(Program::SemH1WriteHeader);
 const PROG_H2: &str = names::program(Program::SemH2WriteHeader);
 const PROG_NOT_FOUND: &str = names::program(Program::SemNotFound);
 const PROG_UPGRADE: &str = names::program(Program::SemUpgrade);
-const PROGRAMS: [&str; 4] = [PROG_H1, PROG_H2, PROG_NOT_FOUND, PROG_UPGRADE];
+const PROG_CONN_CLOSE: &str = names::program(Program::SemConnClose);
+/// One program per probe, loaded once for every binary.
+const PROGRAMS: [&str; SemProbe::ALL.len()] = {
+    let mut p = [""; SemProbe::ALL.len()];
+    let mut i = 0;
+    while i < p.len() {
+        p[i] = program_of(SemProbe::ALL[i]);
+        i += 1;
+    }
+    p
+};
 
-fn program_of(probe: SemProbe) -> &'static str {
+const fn program_of(probe: SemProbe) -> &'static str {
     match probe {
         SemProbe::H1WriteHeader => PROG_H1,
         SemProbe::H2WriteHeader => PROG_H2,
         SemProbe::NotFound => PROG_NOT_FOUND,
         SemProbe::Upgrade => PROG_UPGRADE,
+        SemProbe::ConnClose => PROG_CONN_CLOSE,
     }
 }
 

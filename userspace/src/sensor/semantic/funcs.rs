@@ -11,6 +11,8 @@ pub(super) const H2_XNET: &str = "golang.org/x/net/http2.(*responseWriterState).
 pub(super) const NOT_FOUND: &str = "net/http.NotFound";
 /// A backend's `101` relayed over the hijacked connection.
 pub(super) const UPGRADE: &str = "net/http/httputil.(*ReverseProxy).handleUpgradeResponse";
+/// The end of a relayed WebSocket session: the hijacked client connection's close.
+pub(super) const CONN_CLOSE: &str = "net.(*conn).Close";
 /// Called directly by an application that serves HTTP/2 with x/net.
 pub(super) const XNET_CONFIGURE_SERVER: &str = "golang.org/x/net/http2.ConfigureServer";
 pub(super) const XNET_MODULE: &str = "golang.org/x/net";

@@ -29,7 +29,8 @@ use crate::sensor::gobin::{buildinfo, GoBinary};
 use super::{callers, offsets, offsets::H2Server, verify, SemanticError};
 
 use super::funcs::{
-    H1_WRITE_HEADER, H2_BUNDLED, H2_XNET, NOT_FOUND, UPGRADE, XNET_CONFIGURE_SERVER, XNET_MODULE,
+    CONN_CLOSE, H1_WRITE_HEADER, H2_BUNDLED, H2_XNET, NOT_FOUND, UPGRADE, XNET_CONFIGURE_SERVER,
+    XNET_MODULE,
 };
 
 /// Callers of `net/http.NotFound` (as the return address at `[rbp+8]` when `NotFound`
@@ -160,6 +161,7 @@ fn plan_with(bin: &GoBinary, tweak: Option<OffsetOverride>) -> Result<SemanticPl
         (SemProbe::H2WriteHeader, h2_function),
         (SemProbe::NotFound, NOT_FOUND),
         (SemProbe::Upgrade, UPGRADE),
+        (SemProbe::ConnClose, CONN_CLOSE),
     ]
     .into_iter()
     .map(|(probe, name)| probe_at(bin, probe, name))

@@ -81,7 +81,8 @@ fn every_release_resolves_and_verifies() {
                 SemProbe::H1WriteHeader,
                 SemProbe::H2WriteHeader,
                 SemProbe::NotFound,
-                SemProbe::Upgrade
+                SemProbe::Upgrade,
+                SemProbe::ConnClose,
             ]
         );
         assert_eq!(b.valid, 1);
