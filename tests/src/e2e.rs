@@ -43,6 +43,11 @@ pub struct Fleet {
     pub broken: String,
 }
 
+/// The agent arguments that select the byte-capture sensor (the default is `semantic`).
+pub fn byte_capture() -> Vec<String> {
+    vec!["--sensor".into(), "bytes".into()]
+}
+
 /// Root, the agent binary and Traefik, or the test cannot run; returns the agent binary.
 pub fn preconditions() -> PathBuf {
     paths::require_root().expect("precondition");

@@ -21,7 +21,8 @@ use routeskew_testbed::{expect, traffic, TestbedConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_pins_router_misses_on_the_broken_replica() {
-    let fleet = Fleet::start(TestbedConfig::default(), Vec::new()).await;
+    // The byte-capture suite (e2e_semantic covers the same plan with the default sensor).
+    let fleet = Fleet::start(TestbedConfig::default(), e2e::byte_capture()).await;
     let Fleet {
         bed,
         agent,

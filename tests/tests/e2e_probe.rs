@@ -436,6 +436,8 @@ async fn tls_endpoints_are_probed_and_seen_by_the_tls_sensor() {
         if no_tls {
             extra_args.push("--no-tls".into());
         }
+        // `--no-tls` blinds the byte-capture sensor's TLS uprobes, the subject here.
+        extra_args.extend(e2e::byte_capture());
         Agent::start(AgentConfig {
             binary: Some(agent_bin.clone()),
             extra_args,

@@ -64,7 +64,7 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
         http: want_plain,
         ws: ws_plain,
         early_closes: early_plain,
-        ..
+        upstream: upstream_plain,
     } = plans::expected(&plain, bed.replicas(), &fleet.sc);
     for s in &plain {
         let r = &bed.replicas()[s.replica];
@@ -89,7 +89,7 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
         http: want_tls,
         ws: ws_tls,
         early_closes: early_tls,
-        ..
+        upstream: upstream_tls,
     } = plans::expected(&secure, bed.replicas(), &fleet.sc);
     for s in &secure {
         let addr = bed.replicas()[s.replica]
@@ -113,10 +113,17 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
     // The test clients close every upgraded connection inside the early-close window.
     let want_early = merge(early_plain, &early_tls);
     let early = |m: &Metrics| fleet.by_label(m, "routeskew_ws_early_closes_total", "host");
+    // Upstream connect failures: the TCP state tracepoints, as with byte capture.
+    let want_upstream = merge(upstream_plain, &upstream_tls);
+    let upstream =
+        |m: &Metrics| fleet.by_label(m, "routeskew_upstream_connect_failures_total", "reason");
 
     let m = agent
         .scrape_until(Duration::from_secs(15), |m: &Metrics| {
-            fleet.responses(m) == want && fleet.ws_upgrades(m) == want_ws && early(m) == want_early
+            fleet.responses(m) == want
+                && fleet.ws_upgrades(m) == want_ws
+                && early(m) == want_early
+                && upstream(m) == want_upstream
         })
         .await
         .expect("scraping the agent");
@@ -138,6 +145,12 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
         &format!("routeskew_ws_early_closes_total ({mode:?})"),
         &want_early,
         &early(&m),
+        &log,
+    );
+    e2e::assert_table(
+        "routeskew_upstream_connect_failures_total",
+        &want_upstream,
+        &upstream(&m),
         &log,
     );
     fleet.assert_router_misses_only_on_the_broken_replica(&m);

@@ -29,7 +29,9 @@ async fn agent_pins_router_misses_over_tls() {
             tls: true,
             ..TestbedConfig::default()
         },
-        Vec::new(),
+        // The byte-capture suite (e2e_semantic covers the same plan with the default
+        // sensor).
+        e2e::byte_capture(),
     )
     .await;
     let Fleet {

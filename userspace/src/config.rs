@@ -126,10 +126,11 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_DATA_HOOKS", value_enum, default_value_t = DataHooksArg::Auto)]
     pub data_hooks: DataHooksArg,
 
-    /// How responses are seen: `bytes` copies the leading bytes of socket I/O (and TLS
-    /// plaintext) and parses HTTP in the agent; `semantic` reads Go net/http's own state
-    /// at one uprobe per response and counts in the kernel (no per-syscall hooks).
-    #[arg(long, env = "ROUTESKEW_SENSOR", value_enum, default_value_t = SensorArg::Bytes)]
+    /// How responses are seen: `semantic` reads Go net/http's own state at one uprobe per
+    /// response and counts in the kernel (no per-syscall hooks; a binary it cannot verify
+    /// falls back to byte capture); `bytes` copies the leading bytes of socket I/O (and TLS
+    /// plaintext) of every replica and parses HTTP in the agent.
+    #[arg(long, env = "ROUTESKEW_SENSOR", value_enum, default_value_t = SensorArg::Semantic)]
     pub sensor: SensorArg,
 
     /// Testing only: replace one entry of the semantic sensor's offset table before it is
