@@ -190,6 +190,12 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
                 "one binary, one attachment; agent log:\n{log}"
             );
             assert_eq!(data_events, 0.0, "data hooks ran in semantic mode");
+            assert_eq!(
+                m.get("routeskew_sensor_data_path", &[("path", "off")])
+                    .expect("routeskew_sensor_data_path"),
+                Some(1.0),
+                "no global data hook in semantic mode"
+            );
             // Refused and unrouted upgrades came from request heads, each recognised.
             let refused: u64 = want_ws
                 .iter()
@@ -219,6 +225,12 @@ async fn fleet_counts_exactly(release: &str, extra: &[&str], mode: Mode) {
             );
             assert_eq!(full_log.matches("semantic uprobes attached").count(), 0);
             assert!(data_events > 0.0, "byte capture did not run");
+            assert_eq!(
+                m.get("routeskew_sensor_data_path", &[("path", "off")])
+                    .expect("routeskew_sensor_data_path"),
+                Some(0.0),
+                "byte capture's global hooks are on and say so"
+            );
         }
     }
     let anomalies = m.sum("routeskew_sensor_anomalies_total", &[]);

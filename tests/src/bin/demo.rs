@@ -367,7 +367,7 @@ async fn main() -> Result<()> {
     let tls_rows = rows_since(&after_tls, &after_plain);
     print_table(
         &format!(
-            "{}: TLS (websecure; seen through the Go crypto/tls uprobes)",
+            "{}: TLS (websecure; seen inside Traefik, past the decryption)",
             source(agent.as_ref())
         ),
         &tls_rows,

@@ -101,6 +101,11 @@ impl Sensor {
         for (program, misses) in self.program_misses() {
             metrics.set_program_misses(&program, misses);
         }
+        // Hooks attached since the start (byte capture for a fallback replica) included.
+        for hook in &self.hooks {
+            metrics.set_hook_attached(&hook.name, hook.attached);
+        }
+        metrics.set_data_path(self.path.as_str());
         Ok(())
     }
 

@@ -33,6 +33,11 @@ pub struct HookLabels {
     pub hook: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataPathLabels {
+    pub path: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ModeLabels {
     pub replica: String,
@@ -75,6 +80,8 @@ pub struct SensorMetrics {
     program_misses: Family<ProgramLabels, Counter>,
     decode_errors: Counter,
     hooks: Family<HookLabels, Gauge>,
+    /// 1 for the data path byte capture uses now (`off` while none is attached).
+    data_path: Family<DataPathLabels, Gauge>,
     pub modes: SensorModes,
     /// Last totals seen per program.
     totals_last: HashMap<String, SensorTotals>,
@@ -94,6 +101,7 @@ impl SensorMetrics {
             program_misses: Family::default(),
             decode_errors: Counter::default(),
             hooks: Family::default(),
+            data_path: Family::default(),
             modes: SensorModes::default(),
             totals_last: HashMap::new(),
             misses_last: HashMap::new(),
@@ -145,6 +153,18 @@ impl SensorMetrics {
             "Whether each kernel hook is attached (1) or unavailable on this kernel (0)",
             m.hooks.clone(),
         );
+        r.register(
+            "data_path",
+            "The socket data hooks byte capture runs on (1): every path but off is global, its programs run for the socket I/O of every process on the node and filter by cgroup",
+            m.data_path.clone(),
+        );
+        for path in crate::sensor::DataPath::ALL {
+            m.data_path
+                .get_or_create(&DataPathLabels {
+                    path: path.as_str(),
+                })
+                .set(0);
+        }
         m
     }
 
@@ -189,6 +209,15 @@ impl SensorMetrics {
         self.decode_errors
             .inc_by(total_delta(total, self.decode_errors_last));
         self.decode_errors_last = total;
+    }
+
+    /// `path` at 1, every other data path at 0.
+    pub fn set_data_path(&self, path: &'static str) {
+        for p in crate::sensor::DataPath::ALL {
+            self.data_path
+                .get_or_create(&DataPathLabels { path: p.as_str() })
+                .set(i64::from(p.as_str() == path));
+        }
     }
 
     pub fn set_hook_attached(&self, hook: &str, attached: bool) {
@@ -268,5 +297,23 @@ mod tests {
         // Reloaded program: its count starts again, and all of it is new.
         m.set_program_misses("inet_sock_set_state", 1);
         assert_eq!(line(&encode(&reg), series), Some(&*format!("{series} 6")));
+    }
+
+    #[test]
+    fn the_data_path_is_one_series_at_one() {
+        let (reg, m) = setup();
+        let at = |text: &str, path: &str| {
+            let series = format!("routeskew_sensor_data_path{{path=\"{path}\"}}");
+            line(text, &series).map(|l| l[series.len()..].trim().to_string())
+        };
+        let t = encode(&reg);
+        for p in ["sock_tracepoints", "raw_sys_exit", "classic", "off"] {
+            assert_eq!(at(&t, p).as_deref(), Some("0"), "{p} exists at zero");
+        }
+        m.set_data_path("off");
+        m.set_data_path("sock_tracepoints");
+        let t = encode(&reg);
+        assert_eq!(at(&t, "sock_tracepoints").as_deref(), Some("1"));
+        assert_eq!(at(&t, "off").as_deref(), Some("0"));
     }
 }

@@ -86,6 +86,26 @@ pub enum DataPath {
     Off,
 }
 
+impl DataPath {
+    /// The `path` label of `routeskew_sensor_data_path`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SockTracepoints => "sock_tracepoints",
+            Self::RawSysExit => "raw_sys_exit",
+            Self::Classic => "classic",
+            Self::Off => "off",
+        }
+    }
+
+    /// Every value, for the series created at zero.
+    pub const ALL: [DataPath; 4] = [
+        Self::SockTracepoints,
+        Self::RawSysExit,
+        Self::Classic,
+        Self::Off,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorConfig {
     /// eBPF object to load; `None` uses the one embedded at build time.
