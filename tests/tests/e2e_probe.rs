@@ -235,7 +235,22 @@ async fn probes_find_the_broken_replica_and_the_blind(sensor: Sensor) {
             "routeskew_ws_upgrades_total",
             &[("replica", r), ("source", "passive")],
         );
-        assert_eq!(passive, 0.0, "{r}: probe traffic counted as passive");
+        let passive_series: Vec<String> = m
+            .samples
+            .iter()
+            .filter(|s| {
+                s.labels.get("replica").is_some_and(|v| v == r)
+                    && s.labels.get("source").is_some_and(|v| v == "passive")
+                    && s.value != 0.0
+            })
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            passive,
+            0.0,
+            "{r}: probe traffic counted as passive: {passive_series:?}; agent log:\n{}",
+            agent.log_tail()
+        );
         assert!(
             m.sum(
                 "routeskew_http_responses_total",

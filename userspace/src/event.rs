@@ -216,6 +216,11 @@ pub trait PeerTags: Send + Sync {
     /// responses then count as passive; the failure is the sensor's to count and log).
     fn tag(&self, peer: SocketAddr, role: PeerRole) -> bool;
     fn untag(&self, peer: SocketAddr);
+    /// The connection was given up before its answer (a timeout): the replica may still
+    /// write one, which is the agent's, so the tag may stay a while.
+    fn untag_abandoned(&self, peer: SocketAddr) {
+        self.untag(peer);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -154,6 +154,9 @@ pub struct PipelineMetrics {
     pub removed_replicas: Counter,
     /// Request heads the semantic sensor copied, by what they were.
     pub request_heads: CounterFamily<HeadResult>,
+    /// Exchanges whose User-Agent looked like a probe's but carried no tag this agent
+    /// signed (counted as passive traffic).
+    pub forged_probe_tags: Counter,
 }
 
 impl PipelineMetrics {
@@ -240,6 +243,11 @@ impl PipelineMetrics {
             "removed_replicas",
             "Replicas whose series were removed after leaving the target set",
             m.removed_replicas.clone(),
+        );
+        r.register(
+            "forged_probe_tags",
+            "Exchanges with a probe-looking User-Agent this agent did not sign, counted as passive traffic",
+            m.forged_probe_tags.clone(),
         );
         r.register(
             "request_heads",

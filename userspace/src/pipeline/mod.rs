@@ -227,6 +227,10 @@ impl Pipeline {
         };
         match request.probe_ref {
             ProbeRef::None => true,
+            ProbeRef::Forged => {
+                self.metrics.forged_probe_tags.inc();
+                true
+            }
             ProbeRef::Housekeeping => {
                 self.housekeeping_exchanges += 1;
                 false

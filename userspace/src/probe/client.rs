@@ -201,6 +201,15 @@ pub struct Caller {
 pub struct Tagged {
     tags: Arc<dyn PeerTags>,
     local: SocketAddr,
+    /// The response head arrived: the replica wrote its answer.
+    answered: bool,
+}
+
+/// Notes that the answer's head arrived on a tagged connection.
+fn answered(tagged: &mut Option<Tagged>) {
+    if let Some(t) = tagged {
+        t.answered = true;
+    }
 }
 
 impl std::fmt::Debug for Caller {
@@ -215,7 +224,11 @@ impl std::fmt::Debug for Caller {
 
 impl Drop for Tagged {
     fn drop(&mut self) {
-        self.tags.untag(self.local);
+        if self.answered {
+            self.tags.untag(self.local);
+        } else {
+            self.tags.untag_abandoned(self.local);
+        }
     }
 }
 
@@ -226,6 +239,7 @@ fn tag(caller: &Caller, tcp: &TcpStream) -> Option<Tagged> {
     tags.tag(local, caller.role).then(|| Tagged {
         tags: Arc::clone(tags),
         local,
+        answered: false,
     })
 }
 
@@ -264,7 +278,7 @@ fn host_without_port(host: &str) -> &str {
 
 /// `GET path` with the given Host; reads at most `body_cap` bytes of the body.
 pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError> {
-    let (stream, _tagged) = connect(r).await?;
+    let (stream, mut tagged) = connect(r).await?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
@@ -284,6 +298,7 @@ pub async fn get(r: &Request<'_>, body_cap: usize) -> Result<Answer, ClientError
         })?;
     let exchange = async move {
         let resp = sender.send_request(req).await.map_err(ClientError::http)?;
+        answered(&mut tagged);
         let (parts, mut body) = resp.into_parts();
         let mut buf = BytesMut::new();
         while buf.len() < body_cap {
@@ -346,7 +361,7 @@ fn canonical_reason(status: hyper::StatusCode) -> String {
 pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let (stream, _tagged) = connect(r).await?;
+    let (stream, mut tagged) = connect(r).await?;
     let scheme = if r.tls.is_some() { "wss" } else { "ws" };
     let uri = format!("{scheme}://{}{}", r.host, r.path);
     let mut req = uri
@@ -358,7 +373,11 @@ pub async fn websocket(r: &Request<'_>) -> Result<Answer, ClientError> {
         USER_AGENT,
         HeaderValue::from_str(&r.caller.user_agent).map_err(ClientError::header)?,
     );
-    match tokio_tungstenite::client_async(req, stream).await {
+    let handshake = tokio_tungstenite::client_async(req, stream).await;
+    if matches!(handshake, Ok(_) | Err(WsError::Http(_))) {
+        answered(&mut tagged);
+    }
+    match handshake {
         Ok((mut ws, resp)) => {
             let status = resp.status().as_u16();
             let response = ProbeAnswer {

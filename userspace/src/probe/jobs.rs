@@ -286,9 +286,12 @@ mod tests {
         p.cfg.ports = vec![9000];
         let eps = p.probe_endpoints(&t2);
         assert_eq!(eps, vec![("127.0.0.1:9000".parse().unwrap(), false)]);
-        assert_eq!(
-            p.housekeeping.user_agent,
-            "routeskew-probe/0.0.0 housekeeping"
+        assert!(
+            p.housekeeping
+                .user_agent
+                .starts_with("routeskew-probe/0.0.0 housekeeping/"),
+            "{}",
+            p.housekeeping.user_agent
         );
     }
 }

@@ -168,3 +168,40 @@ fn probes_are_counted_once_and_blindness_is_counted() {
         assert!(l.ends_with(" 0"), "{l}");
     }
 }
+
+/// Any client can send a probe-looking User-Agent: without this agent's signature it
+/// neither hides its traffic from the passive counts nor touches the probe ledger.
+#[test]
+fn forged_probe_tags_are_counted_as_passive_traffic() {
+    let mut h = Harness::with_hosts(1);
+    let o = origin(1);
+    let ok = fixture("traefik_rec_200.bin");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    const CHECKS: u64 = 20_000;
+    const HOUSEKEEPING: u64 = 1_000;
+    for i in 0..CHECKS + HOUSEKEEPING {
+        let ua = if i < CHECKS {
+            format!("routeskew-probe/0.1 check/{:016x}.{:016x}", next(), next())
+        } else {
+            format!("routeskew-probe/0.1 housekeeping/{:016x}", next())
+        };
+        h.data(o, 5, Direction::Read, &client_request(APP, "/", &ua));
+        h.data(o, 5, Direction::Write, &ok);
+    }
+    let n = (CHECKS + HOUSEKEEPING) as f64;
+    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(n));
+    assert_eq!(h.http("traefik-1", APP, "ok", "probe").unwrap_or(0.0), 0.0);
+    assert_eq!(h.pipeline("forged_probe_tags", &[]), n);
+    assert_eq!(h.p.housekeeping_exchanges(), 0);
+    assert!(
+        h.p.probe_stats() == &Default::default(),
+        "{:?}",
+        h.p.probe_stats()
+    );
+}

@@ -135,11 +135,13 @@ fn real_upstream_request_corroborates_its_client_request() {
         Direction::Write,
         &fixture("go_backend_direct_notfound_404.bin"),
     );
-    // The client request carried the probe marker.
+    // The captured request carries an older agent's unsigned probe marker: no tag this
+    // agent signed, so it counts as passive traffic (and as a forged tag).
     assert_eq!(
-        h.http("traefik-1", "rec.example.test", "client_error", "probe"),
+        h.http("traefik-1", "rec.example.test", "client_error", "passive"),
         Some(1.0)
     );
+    assert_eq!(h.pipeline("forged_probe_tags", &[]), 1.0);
     assert_eq!(h.pipeline("signature_with_upstream", &[]), 1.0);
 }
 

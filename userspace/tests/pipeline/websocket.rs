@@ -6,7 +6,9 @@ use crate::harness::*;
 fn websocket_outcomes() {
     let mut h = Harness::with_hosts(1);
     let o = origin(1);
-    let probe_ua = "routeskew-probe/0.1";
+    // Signed probe checks (a probe's closing WebSocket is no early close).
+    let probe_ua = http::probe_check_user_agent("0.1", 1);
+    let probe_ua_2 = http::probe_check_user_agent("0.1", 2);
     // Upgraded, frames flow, closed after 30 s: not an early close.
     h.data(
         o,
@@ -32,8 +34,8 @@ fn websocket_outcomes() {
     h.ts += 30 * S;
     h.close(o, 5, true);
     h.close(o, 9, true);
-    // Upgraded by a probe, closed after 2 s: early close.
-    h.data(o, 6, Direction::Read, &ws_request(APP, probe_ua));
+    // Upgraded by a probe, closed after 2 s: the probe's own close, no early close.
+    h.data(o, 6, Direction::Read, &ws_request(APP, &probe_ua));
     h.data(
         o,
         6,
@@ -42,6 +44,16 @@ fn websocket_outcomes() {
     );
     h.ts += 2 * S;
     h.close(o, 6, true);
+    // Upgraded by a browser, closed after 2 s: early close.
+    h.data(o, 13, Direction::Read, &ws_request(APP, "browser"));
+    h.data(
+        o,
+        13,
+        Direction::Write,
+        &fixture("traefik_ws_upgrade_101.bin"),
+    );
+    h.ts += 2 * S;
+    h.close(o, 13, true);
     // Router miss, backend refused (502), no server (503), reset before any answer.
     h.data(o, 7, Direction::Read, &ws_request(TERM, "browser"));
     h.data(
@@ -64,7 +76,7 @@ fn websocket_outcomes() {
         Direction::Write,
         &fixture("traefik_ws_503_no_server.bin"),
     );
-    h.data(o, 11, Direction::Read, &ws_request(TERM, probe_ua));
+    h.data(o, 11, Direction::Read, &ws_request(TERM, &probe_ua_2));
     h.close(o, 11, false);
     // Rejected by the backend (403).
     h.data(o, 12, Direction::Read, &ws_request(APP, "browser"));
@@ -75,7 +87,7 @@ fn websocket_outcomes() {
         b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
     );
 
-    assert_eq!(h.ws("traefik-1", APP, "upgraded", "passive"), Some(1.0));
+    assert_eq!(h.ws("traefik-1", APP, "upgraded", "passive"), Some(2.0));
     assert_eq!(h.ws("traefik-1", APP, "upgraded", "probe"), Some(1.0));
     assert_eq!(h.ws("traefik-1", TERM, "router_miss", "passive"), Some(1.0));
     assert_eq!(h.ws("traefik-1", APP, "router_miss", "passive"), Some(0.0));
@@ -94,7 +106,7 @@ fn websocket_outcomes() {
         Some(1.0)
     );
     // The HTTP side of the same exchanges.
-    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(1.0));
+    assert_eq!(h.http("traefik-1", APP, "ok", "passive"), Some(2.0));
     assert_eq!(h.http("traefik-1", APP, "ok", "probe"), Some(1.0));
     assert_eq!(
         h.http("traefik-1", TERM, "router_miss", "passive"),

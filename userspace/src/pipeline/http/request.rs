@@ -6,7 +6,7 @@ use super::fields::{
     complete_lines, has_token, header_slots, is_chunked, map_err, parse_content_length, version_of,
 };
 use super::head::{target_hash, Message, Method, ParseError, RequestHead, Version};
-use super::probe_tag::{probe_ref_of, ProbeRef, PROBE_USER_AGENT_PREFIX};
+use super::probe_tag::{probe_ref_of, ProbeRef};
 use crate::hosts::{normalize_host, Host};
 
 /// Request header names the parser reads.
@@ -196,8 +196,9 @@ fn request_from(req: &httparse::Request<'_, '_>, truncated: bool) -> RequestHead
             RequestHeader::Upgrade => upgrade_ws |= has_token(h.value, "websocket"),
             RequestHeader::Connection => connection_upgrade |= has_token(h.value, "upgrade"),
             RequestHeader::UserAgent => {
-                probe = h.value.starts_with(PROBE_USER_AGENT_PREFIX);
                 probe_ref = probe_ref_of(h.value);
+                // Only this agent's own signed tags: an imitation is passive traffic.
+                probe = probe_ref.is_own();
             }
             RequestHeader::ContentLength => match parse_content_length(h.value, content_length) {
                 Ok(n) => content_length = n,

@@ -103,7 +103,9 @@ fn upstream_request_written_by_traefik() {
     let r = one_request(&fixture("traefik_upstream_request.bin"));
     assert_eq!(r.host, Host::Name("rec.example.test".into()));
     assert_eq!(r.forwarded_host, Host::Name("rec.example.test".into()));
-    assert!(r.probe);
+    // Traefik passes the client's User-Agent on: an older agent's unsigned marker.
+    assert_eq!(r.probe_ref, ProbeRef::Forged);
+    assert!(!r.probe);
     // Same method and path as the client's request: same hash.
     let client = one_request(&fixture("traefik_rec_200.req.bin"));
     assert_eq!(client.target, r.target);
@@ -393,18 +395,48 @@ fn probe_tags_round_trip() {
     assert_eq!(r.probe_ref, ProbeRef::Check(0x00ab_cdef_0123_4567));
     let ua = probe_housekeeping_user_agent("0.1.0");
     assert_eq!(probe_ref_of(ua.as_bytes()), ProbeRef::Housekeeping);
-    for other in [
-        &b"routeskew-probe/0.1"[..],
-        b"routeskew-probe/0.1 check/12",
-        b"routeskew-probe/0.1 check/zzzzzzzzzzzzzzzz",
-        b"curl/8 check/0000000000000001",
+    assert_eq!(
+        probe_ref_of(b"curl/8 check/0000000000000001"),
+        ProbeRef::None
+    );
+}
+
+#[test]
+fn probe_tags_nobody_else_signed_are_forged() {
+    let good = probe_check_user_agent("0.1.0", 7);
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    let flipped = format!("{head}.{:016x}", u64::from_str_radix(sig, 16).unwrap() ^ 1);
+    let hk = probe_housekeeping_user_agent("0.1.0");
+    let hk_unsigned = hk.rsplit_once('/').unwrap().0.to_string();
+    let other_id = good.replacen("check/0000000000000007", "check/0000000000000008", 1);
+    for forged in [
+        "routeskew-probe/0.1",
+        "routeskew-probe/0.1 check/12",
+        "routeskew-probe/0.1 check/zzzzzzzzzzzzzzzz",
+        "routeskew-probe/0.1 check/0000000000000001",
+        "routeskew-probe/0.1 housekeeping",
+        &flipped,
+        &hk_unsigned,
+        &other_id,
     ] {
-        assert_eq!(probe_ref_of(other), ProbeRef::None, "{other:?}");
+        assert_eq!(
+            probe_ref_of(forged.as_bytes()),
+            ProbeRef::Forged,
+            "{forged}"
+        );
+        let head = format!("GET / HTTP/1.1\r\nHost: a.test\r\nUser-Agent: {forged}\r\n\r\n");
+        let r = one_request(head.as_bytes());
+        assert!(!r.probe, "{forged}: an imitation is passive traffic");
+        assert_eq!(r.probe_ref, ProbeRef::Forged);
     }
 }
 
 #[test]
 fn probe_marker_is_a_prefix() {
-    assert!(one_request(b"GET / HTTP/1.1\r\nUser-Agent: routeskew-probe/0.1\r\n\r\n").probe);
-    assert!(!one_request(b"GET / HTTP/1.1\r\nUser-Agent: curl routeskew-probe/0.1\r\n\r\n").probe);
+    let ua = probe_check_user_agent("0.1", 3);
+    let own = format!("GET / HTTP/1.1\r\nUser-Agent: {ua}\r\n\r\n");
+    assert!(one_request(own.as_bytes()).probe);
+    let inside = format!("GET / HTTP/1.1\r\nUser-Agent: curl {ua}\r\n\r\n");
+    assert!(!one_request(inside.as_bytes()).probe);
+    assert_eq!(one_request(inside.as_bytes()).probe_ref, ProbeRef::None);
 }

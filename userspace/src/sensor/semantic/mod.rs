@@ -20,6 +20,7 @@ mod code;
 pub mod counts;
 mod funcs;
 mod head_layout;
+mod linger;
 pub mod offsets;
 pub mod peers;
 mod plan;

@@ -9,6 +9,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Mutex,
     },
+    time::Instant,
 };
 
 use aya::{
@@ -17,6 +18,7 @@ use aya::{
 };
 use routeskew_common::{peer_key_of, sem_peer};
 
+use super::linger::Linger;
 use crate::{
     event::{PeerRole, PeerTags},
     sensor::{map_err, names, SensorError},
@@ -36,6 +38,8 @@ enum TagError {
 /// `SEM_PEERS`, owned by the prober's side once probing starts.
 pub struct KernelPeers {
     map: Mutex<HashMap<MapData, u64, u32>>,
+    /// Abandoned connections whose tag stays a while ([`super::linger`]).
+    linger: Mutex<Linger>,
     /// Tags the kernel map refused (full, or an address too long to key).
     pub refused: AtomicU64,
 }
@@ -73,6 +77,7 @@ impl KernelPeers {
             .map_err(map_err(on))?;
         Ok(KernelPeers {
             map: Mutex::new(map),
+            linger: Mutex::new(Linger::default()),
             refused: AtomicU64::new(0),
         })
     }
@@ -84,6 +89,7 @@ impl PeerTags for KernelPeers {
             PeerRole::Probe => sem_peer::PROBE,
             PeerRole::Housekeeping => sem_peer::HOUSEKEEPING,
         };
+        self.sweep(Some(peer));
         let result = match (key(peer), self.map.lock()) {
             (Some(k), Ok(mut map)) => map.insert(k, value, 0).map_err(TagError::from),
             (None, _) => Err(TagError::TooLong),
@@ -101,6 +107,39 @@ impl PeerTags for KernelPeers {
     }
 
     fn untag(&self, peer: SocketAddr) {
+        self.sweep(Some(peer));
+        self.remove(peer);
+    }
+
+    fn untag_abandoned(&self, peer: SocketAddr) {
+        self.sweep(None);
+        if let Ok(mut l) = self.linger.lock() {
+            l.abandoned(peer, Instant::now());
+        } else {
+            self.remove(peer);
+        }
+    }
+}
+
+impl KernelPeers {
+    /// Removes lingering tags whose time is up; `live`'s own lingering entry no longer
+    /// applies (it is tagged or untagged now).
+    fn sweep(&self, live: Option<SocketAddr>) {
+        let due = match self.linger.lock() {
+            Ok(mut l) => {
+                if let Some(p) = live {
+                    l.forget(p);
+                }
+                l.due(Instant::now())
+            }
+            Err(_) => return,
+        };
+        for peer in due {
+            self.remove(peer);
+        }
+    }
+
+    fn remove(&self, peer: SocketAddr) {
         let (Some(k), Ok(mut map)) = (key(peer), self.map.lock()) else {
             return;
         };

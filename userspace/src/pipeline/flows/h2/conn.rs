@@ -372,6 +372,11 @@ impl Inner {
             path
         };
         let ua = f.user_agent.as_deref().unwrap_or_default();
+        let probe_ref = if ua.is_empty() {
+            ProbeRef::None
+        } else {
+            http::probe_ref_of(ua)
+        };
         self.streams.push(Stream {
             id: stream,
             request: ClientRequest {
@@ -380,12 +385,8 @@ impl Inner {
                 host,
                 target: http::target_hash(&method, target),
                 websocket,
-                probe: ua.starts_with(http::PROBE_USER_AGENT_PREFIX),
-                probe_ref: if ua.is_empty() {
-                    ProbeRef::None
-                } else {
-                    http::probe_ref_of(ua)
-                },
+                probe: probe_ref.is_own(),
+                probe_ref,
             },
             response: None,
         });
