@@ -9,6 +9,7 @@ use routeskew_testbed::{Agent, AgentConfig, Testbed};
 use crate::args::Args;
 use crate::wrk::{run_wrk, ticks_to_duration, WrkResult};
 
+#[derive(Clone)]
 pub(crate) struct Round {
     pub(crate) without: WrkResult,
     pub(crate) with: Option<WrkResult>,

@@ -199,6 +199,23 @@ pub(crate) fn machine_cpu_line(rounds: &[Round], nproc: usize) -> String {
     )
 }
 
+/// A round in which the agent counted fewer than this share of wrk's requests measured
+/// a blind agent (not yet attached, or lost), not its cost: it is reported and left out
+/// of the ratios.
+const MIN_COVERAGE: f64 = 0.99;
+
+/// Whether round `r` is void (see [`MIN_COVERAGE`]). Runs where the agent is not meant
+/// to count (`--hooks-only`, `--toggle`) never are.
+pub(crate) fn is_void(a: &Args, r: &Round) -> bool {
+    if a.hooks_only || a.toggle {
+        return false;
+    }
+    match (r.with, &r.agent) {
+        (Some(w), Some(v)) => v.counted < MIN_COVERAGE * w.requests as f64,
+        _ => false,
+    }
+}
+
 /// One markdown block for BENCHMARKS.md.
 pub(crate) fn report(
     a: &Args,
@@ -246,11 +263,16 @@ pub(crate) fn report(
     md.push_str("| round | without: req/s | without: p99 ms | with: req/s | with: p99 ms | ratio (with/without) | agent counted / wrk requests | lost events | agent CPU µs/request |\n");
     md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     let mut ratios = Vec::new();
+    let mut voided = 0;
     for (i, r) in rounds.iter().enumerate() {
+        let void = is_void(a, r);
+        voided += usize::from(void);
         let (wr, wp, ratio, cov, lost, cpu) = match r.with {
             Some(w) => {
                 let ratio = w.rps / r.without.rps;
-                ratios.push(ratio);
+                if !void {
+                    ratios.push(ratio);
+                }
                 let (cov, lost, cpu) = r
                     .agent
                     .as_ref()
@@ -265,7 +287,11 @@ pub(crate) fn report(
                 (
                     format!("{:.0}", w.rps),
                     format!("{:.2}", w.p99_ms),
-                    format!("{ratio:.3}"),
+                    if void {
+                        format!("void ({ratio:.3})")
+                    } else {
+                        format!("{ratio:.3}")
+                    },
                     cov,
                     lost,
                     cpu,
@@ -280,12 +306,23 @@ pub(crate) fn report(
             r.without.p99_ms,
         ));
     }
+    // The rest of the report is about the rounds that measured a counting agent.
+    let all = rounds;
+    let kept: Vec<Round> = rounds.iter().filter(|r| !is_void(a, r)).cloned().collect();
+    let rounds = kept.as_slice();
     let med_without_p99 = median(rounds.iter().map(|r| r.without.p99_ms).collect());
     let with_p99: Vec<f64> = rounds
         .iter()
         .filter_map(|r| r.with.map(|w| w.p99_ms))
         .collect();
     md.push_str("\nwrk counts the requests answered within its run; those in flight at its end are still served and seen by the agent, so the agent's count can exceed wrk's slightly.\n\n");
+    if voided > 0 {
+        md.push_str(&format!(
+            "**{voided} of {} rounds void:** the agent counted fewer than {:.0} % of wrk's requests (a blind agent measures nothing); left out of everything below.\n\n",
+            all.len(),
+            MIN_COVERAGE * 100.0
+        ));
+    }
     if ratios.is_empty() {
         md.push_str(&format!(
             "Median p99 without the agent: {med_without_p99:.2} ms (no agent runs).\n"
@@ -312,7 +349,7 @@ pub(crate) fn report(
     if a.bpf_stats {
         md.push_str(&kernel_table(rounds, transport));
     }
-    let errors: u64 = rounds
+    let errors: u64 = all
         .iter()
         .map(|r| r.without.errors + r.with.map(|w| w.errors).unwrap_or(0))
         .sum();
@@ -322,4 +359,44 @@ pub(crate) fn report(
         ));
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::AgentView;
+    use crate::wrk::WrkResult;
+
+    fn round(requests: u64, counted: f64) -> Round {
+        let run = WrkResult {
+            rps: 1000.0,
+            p99_ms: 1.0,
+            requests,
+            errors: 0,
+            cpu: MachineCpu::default(),
+        };
+        Round {
+            without: run,
+            with: Some(run),
+            agent: Some(AgentView {
+                counted,
+                lost: 0.0,
+                cpu: Duration::ZERO,
+                kernel: Vec::new(),
+            }),
+            kernel_without: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rounds_the_agent_did_not_count_are_void() {
+        let a = crate::args::parse_args_from(std::iter::empty()).expect("defaults");
+        assert!(!is_void(&a, &round(100_000, 100_025.0)));
+        assert!(!is_void(&a, &round(100_000, 99_000.0)));
+        assert!(is_void(&a, &round(100_000, 98_999.0)));
+        assert!(is_void(&a, &round(102_821, 0.0)));
+        let hooks_only = crate::args::parse_args_from(["--hooks-only".to_string()].into_iter())
+            .expect("hooks-only");
+        assert!(!is_void(&hooks_only, &round(100_000, 0.0)));
+    }
 }
