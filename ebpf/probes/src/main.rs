@@ -14,6 +14,7 @@ mod gotls;
 mod maps;
 mod regs;
 mod sem_head;
+mod sem_hit;
 mod sem_session;
 mod semantic;
 mod sockio;

@@ -13,7 +13,7 @@ use crate::{
     emit::{header, now, send, Owner},
     filter::pid_tgid,
     maps::{count, Counter, SEM_UPGRADES},
-    semantic::{goroutine, hit},
+    sem_hit::{goroutine, hit},
 };
 
 /// Marks the goroutine `g` that relays an upgrade of a request with `host_hash`.

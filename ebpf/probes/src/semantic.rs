@@ -15,24 +15,23 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::uprobe,
     programs::ProbeContext,
-    EbpfContext as _,
 };
 use routeskew_common::{
-    peer_key, raw_host_hash, sem_flags, sem_peer, GoHttpBinary, GoroutineKey, MissMark, Program,
-    SemKey, SEM_HOST_CAP, SEM_MISS_TTL_NS, SEM_PEER_CAP,
+    peer_key, raw_host_hash, sem_flags, sem_peer, GoHttpBinary, MissMark, Program, SemKey,
+    SEM_HOST_CAP, SEM_MISS_TTL_NS, SEM_PEER_CAP,
 };
 
 use crate::{
-    filter::{pid_tgid, semantic_cgroup},
+    filter::pid_tgid,
     maps::{
-        count, Counter, SEM_BINARIES, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_PEERS, SEM_PEERS_ON,
-        SEM_SCRATCH,
+        count, Counter, SEM_COUNTS, SEM_HOSTS, SEM_MISSES, SEM_PEERS, SEM_PEERS_ON, SEM_SCRATCH,
     },
-    sem_head, sem_session,
+    sem_head,
+    sem_hit::{goroutine, hit},
+    sem_session,
 };
 
 /// `net/http.(*response).WriteHeader(code)`: RAX = w, RBX = code.
@@ -218,41 +217,6 @@ fn bump(prog: Program, key: SemKey) {
             if SEM_COUNTS.insert(key, 1, 0).is_err() {
                 count(prog, Counter::MapFull);
             }
-        }
-    }
-}
-
-#[inline(always)]
-pub(crate) fn goroutine(g: u64) -> GoroutineKey {
-    GoroutineKey {
-        tgid: (pid_tgid() >> 32) as u32,
-        _pad: 0,
-        g,
-    }
-}
-
-/// A probe hit in a replica the semantic sensor counts: its cgroup, the binary's verified
-/// plan and the registers; `None` for any other process (and an anomaly counted when the
-/// binary's slot holds no valid plan).
-#[inline(always)]
-pub(crate) fn hit(
-    ctx: &ProbeContext,
-    prog: Program,
-) -> Option<(u64, &'static GoHttpBinary, &pt_regs)> {
-    let cgroup_id = semantic_cgroup()?;
-    let bin = binary(ctx, prog)?;
-    Some((cgroup_id, bin, unsafe { &*ctx.regs }))
-}
-
-/// The verified plan of the binary this probe was attached to (cookie = slot).
-#[inline(always)]
-fn binary(ctx: &ProbeContext, prog: Program) -> Option<&'static GoHttpBinary> {
-    let slot = unsafe { generated::bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    match SEM_BINARIES.get(slot) {
-        Some(bin) if bin.valid == 1 => Some(bin),
-        _ => {
-            count(prog, Counter::Anomaly);
-            None
         }
     }
 }

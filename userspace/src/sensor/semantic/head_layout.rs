@@ -7,18 +7,9 @@
 use routeskew_common::GoHttpOffsets;
 
 use super::{
+    field_check::{field_at, mismatch, BUFIO_READER, CONN, RESPONSE},
     rtype::{Layout, Wanted, KIND_INT, KIND_POINTER, KIND_SLICE},
-    verify::{field_at, mismatch, RESPONSE},
     SemanticError,
-};
-
-pub(super) const CONN: Wanted = Wanted {
-    pkg_path: "net/http",
-    name: "http.conn",
-};
-pub(super) const BUFIO_READER: Wanted = Wanted {
-    pkg_path: "bufio",
-    name: "bufio.Reader",
 };
 
 /// Checks `response.conn`, `conn.bufr`, `bufio.Reader.buf` and `.w` in `o`; returns the

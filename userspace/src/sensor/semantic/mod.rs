@@ -18,6 +18,7 @@ pub mod attach;
 mod callers;
 mod code;
 pub mod counts;
+mod field_check;
 mod funcs;
 mod head_layout;
 mod linger;

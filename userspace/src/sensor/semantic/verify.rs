@@ -20,44 +20,19 @@ use crate::sensor::gobin::GoBinary;
 
 use super::{
     code::{self, Shape},
+    field_check::{
+        field_at, mismatch, single, BUFIO_READER, CONN, H2_STATE_BUNDLED, H2_STATE_XNET, REQUEST,
+        RESPONSE,
+    },
     funcs::{H1_WRITE_HEADER, H2_BUNDLED, H2_XNET},
-    head_layout::{self, BUFIO_READER, CONN},
+    head_layout,
     offsets::H2Server,
-    rtype::{self, Layout, Wanted, KIND_BOOL, KIND_INT, KIND_POINTER, KIND_STRING},
+    rtype::{self, KIND_BOOL, KIND_INT, KIND_POINTER, KIND_STRING},
     SemanticError,
 };
 
 /// `Request.ProtoMajor`: what `WriteHeader` reads through `w.req` (same in 1.22–1.26).
 const REQ_PROTO_MAJOR: u64 = 40;
-
-const REQUEST: Wanted = Wanted {
-    pkg_path: "net/http",
-    name: "http.Request",
-};
-pub(super) const RESPONSE: Wanted = Wanted {
-    pkg_path: "net/http",
-    name: "http.response",
-};
-const H2_STATE_BUNDLED: Wanted = Wanted {
-    pkg_path: "net/http",
-    name: "http.http2responseWriterState",
-};
-const H2_STATE_XNET: Wanted = Wanted {
-    pkg_path: "golang.org/x/net/http2",
-    name: "http2.responseWriterState",
-};
-
-pub(super) fn mismatch(
-    what: &str,
-    expected: impl std::fmt::Display,
-    found: impl std::fmt::Display,
-) -> SemanticError {
-    SemanticError::Verification {
-        what: what.to_owned(),
-        expected: expected.to_string(),
-        found: found.to_string(),
-    }
-}
 
 /// Checks `offsets` against `bin`; returns the names of the checks that passed.
 pub fn verify(
@@ -172,46 +147,6 @@ fn machine_code(
         "code: {h2_name} tests and sets [rws+{}]",
         o.h2_wrote_header
     ));
-    Ok(())
-}
-
-/// The one layout found for `want` (several identical copies are one).
-pub(super) fn single<'a>(want: &Wanted, found: &'a [Layout]) -> Result<&'a Layout, SemanticError> {
-    let what = format!("type descriptor of {}.{}", want.pkg_path, want.name);
-    let first = found
-        .first()
-        .ok_or_else(|| mismatch(&what, "one", "none"))?;
-    if found.iter().any(|l| l.fields != first.fields) {
-        return Err(mismatch(
-            &what,
-            "one layout",
-            format!("{} different layouts", found.len()),
-        ));
-    }
-    Ok(first)
-}
-
-pub(super) fn field_at(
-    l: &Layout,
-    ty: &Wanted,
-    name: &str,
-    kind: u8,
-    offset: u32,
-) -> Result<(), SemanticError> {
-    let what = format!("{}.{}.{name}", ty.pkg_path, ty.name);
-    let f = l
-        .field(name)
-        .ok_or_else(|| mismatch(&what, offset, "no such field"))?;
-    if f.kind != kind {
-        return Err(mismatch(
-            &what,
-            format!("kind {kind}"),
-            format!("kind {}", f.kind),
-        ));
-    }
-    if f.offset != u64::from(offset) {
-        return Err(mismatch(&what, offset, f.offset));
-    }
     Ok(())
 }
 
