@@ -25,6 +25,11 @@ const ENTRYPOINTS_PATH: &str = "/api/entrypoints";
 pub const PER_PAGE: u32 = 100;
 /// Pages followed at most: 100 000 routers is far beyond any real configuration.
 pub const MAX_PAGES: u32 = 1000;
+/// Routers kept at most: an API that lists more (a hostile or broken one, whatever its
+/// page size) is abandoned rather than held in memory.
+pub const MAX_ROUTERS: usize = 100_000;
+/// One inventory fetch, every page included, takes at most this many probe timeouts.
+const FETCH_TIMEOUTS: u32 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 struct RouterJson {
@@ -87,6 +92,10 @@ enum FetchError {
     },
     #[error("status {status}")]
     Status { status: u16 },
+    #[error("more than {max} routers listed; inventory abandoned")]
+    TooManyRouters { max: usize },
+    #[error("the listing took longer than {budget:?}; inventory abandoned")]
+    OverBudget { budget: Duration },
     #[error(transparent)]
     Parse {
         #[from]
@@ -175,6 +184,8 @@ async fn fetch_inventory(
     let host = addr.to_string();
     let mut all = RouterPage::default();
     let mut page = 1u32;
+    let budget = timeout * FETCH_TIMEOUTS;
+    let deadline = tokio::time::Instant::now() + budget;
     loop {
         let path = format!("{ROUTERS_PATH}?page={page}&per_page={PER_PAGE}");
         let req = Request {
@@ -184,14 +195,27 @@ async fn fetch_inventory(
             path: &path,
             caller,
         };
-        let a = tokio::time::timeout(timeout, client::get(&req, API_BODY_CAP))
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(FetchError::OverBudget { budget });
+        }
+        let a = tokio::time::timeout(timeout.min(left), client::get(&req, API_BODY_CAP))
             .await
-            .map_err(|_| FetchError::Timeout)??;
+            .map_err(|_| {
+                if timeout <= left {
+                    FetchError::Timeout
+                } else {
+                    FetchError::OverBudget { budget }
+                }
+            })??;
         if a.status != 200 {
             return Err(FetchError::Status { status: a.status });
         }
         let p = parse_router_page(&a.body)?;
         all.extend(p);
+        if all.enabled.len() > MAX_ROUTERS {
+            return Err(FetchError::TooManyRouters { max: MAX_ROUTERS });
+        }
         match next_page(page, a.next_page) {
             Some(n) => page = n,
             None => break,
@@ -379,3 +403,7 @@ mod tests {
         assert!(m["traefik-3"].is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "inventory_hostile.rs"]
+mod hostile;
