@@ -98,21 +98,38 @@ impl Prober {
 
     /// Runs `jobs`, at most the configured number at once.
     pub(super) async fn run_jobs(&self, jobs: Vec<Job>) -> Vec<JobResult> {
+        self.job_runner()(jobs).await
+    }
+
+    /// What runs a batch of jobs, owning all it needs: batches of several replicas run
+    /// side by side, so that a replica that answers slowly or not at all holds up only
+    /// its own next round.
+    pub(super) fn job_runner(
+        &self,
+    ) -> impl Fn(Vec<Job>) -> futures_util::future::BoxFuture<'static, Vec<JobResult>> {
         let timeout = self.cfg.timeout;
         let tls = self.tls.clone();
-        stream::iter(jobs)
-            .map(|job| {
-                let tls = tls.clone();
-                let caller = Caller {
-                    user_agent: http::probe_check_user_agent(&self.cfg.version, job.id),
-                    role: PeerRole::Probe,
-                    tags: self.housekeeping.tags.clone(),
-                };
-                async move { run_job(job, tls, caller, timeout).await }
+        let version = self.cfg.version.clone();
+        let tags = self.housekeeping.tags.clone();
+        let concurrency = self.cfg.concurrency.max(1);
+        move |jobs: Vec<Job>| {
+            let (tls, version, tags) = (tls.clone(), version.clone(), tags.clone());
+            Box::pin(async move {
+                stream::iter(jobs)
+                    .map(|job| {
+                        let tls = tls.clone();
+                        let caller = Caller {
+                            user_agent: http::probe_check_user_agent(&version, job.id),
+                            role: PeerRole::Probe,
+                            tags: tags.clone(),
+                        };
+                        async move { run_job(job, tls, caller, timeout).await }
+                    })
+                    .buffer_unordered(concurrency)
+                    .collect()
+                    .await
             })
-            .buffer_unordered(self.cfg.concurrency.max(1))
-            .collect()
-            .await
+        }
     }
 
     /// Hands every report to the pipeline (with its duration), then one verdict per

@@ -18,6 +18,8 @@ mod endpoints;
 pub mod inventory;
 mod jobs;
 #[cfg(test)]
+mod stall_tests;
+#[cfg(test)]
 mod test_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -25,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::discovery::{Replica, Target, TargetSet};
@@ -97,6 +100,18 @@ fn replica_origin(t: &Target) -> Origin {
         tgid: t.pids.first().copied().unwrap_or(0),
         cgroup_id: t.cgroup_id,
     }
+}
+
+/// A round's jobs grouped by replica, in the order the replicas come.
+fn by_replica(jobs: Vec<jobs::Job>) -> Vec<(Replica, Vec<jobs::Job>)> {
+    let mut out: Vec<(Replica, Vec<jobs::Job>)> = Vec::new();
+    for job in jobs {
+        match out.iter_mut().find(|(r, _)| *r == job.replica) {
+            Some((_, batch)) => batch.push(job),
+            None => out.push((job.replica.clone(), vec![job])),
+        }
+    }
+    out
 }
 
 fn jittered(interval: Duration) -> Duration {
@@ -175,22 +190,53 @@ impl Prober {
             ws_checks = self.cfg.ws_paths.len(),
             "prober started"
         );
+        let run = self.job_runner();
+        // Each replica's checks run as one batch; a replica whose batch has not finished
+        // (it answers slowly, or not at all: every check waits for its timeout) skips a
+        // round, and the others keep their pace and get their verdicts as soon as their
+        // own batch ends.
+        let mut inflight = FuturesUnordered::new();
+        let mut busy: HashSet<Replica> = HashSet::new();
+        let mut next = tokio::time::Instant::now();
         loop {
-            self.follow_hosts();
-            let targets = self.targets.borrow_and_update().clone();
-            self.round(&targets).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {
+                    self.follow_hosts();
+                    let targets = self.targets.borrow_and_update().clone();
+                    self.prepare(&targets).await;
+                    for (replica, jobs) in by_replica(self.jobs(&targets)) {
+                        if busy.insert(replica.clone()) {
+                            let batch = run(jobs);
+                            inflight.push(async move { (replica, batch.await) });
+                        } else {
+                            tracing::debug!(replica = %replica.name, "previous probe round still running; this one skipped");
+                        }
+                    }
+                    next = tokio::time::Instant::now() + jittered(self.cfg.interval);
+                }
+                Some((replica, results)) = inflight.next(), if !inflight.is_empty() => {
+                    busy.remove(&replica);
+                    self.record(results).await;
+                }
+            }
             if self.events.is_closed() {
                 return;
             }
-            tokio::time::sleep(jittered(self.cfg.interval)).await;
         }
     }
 
-    /// One pass: classify new endpoints, refresh inventories, run every check.
-    pub async fn round(&mut self, targets: &TargetSet) {
+    /// What a round needs before its checks: replicas tracked, new endpoints classified,
+    /// router inventories refreshed.
+    async fn prepare(&mut self, targets: &TargetSet) {
         self.track_replicas(targets);
         self.classify_endpoints(targets).await;
         self.refresh_inventories(targets).await;
+    }
+
+    /// One pass: classify new endpoints, refresh inventories, run every check and wait
+    /// for all of them.
+    pub async fn round(&mut self, targets: &TargetSet) {
+        self.prepare(targets).await;
         let jobs = self.jobs(targets);
         let results = self.run_jobs(jobs).await;
         self.record(results).await;

@@ -1,0 +1,100 @@
+//! A replica that stops answering holds up only its own probes: the healthy replica
+//! beside it keeps its pace.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use super::test_support::cfg;
+use super::Prober;
+use crate::discovery::{Attribution, Endpoint, Replica, Target, TargetSet};
+use crate::event::{EventKind, Origin};
+
+/// Answers its first `answered` requests with a 200, then accepts and stays silent.
+async fn server(answered: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut served = 0;
+        let mut silent = Vec::new();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            if served >= answered {
+                silent.push(s);
+                continue;
+            }
+            served += 1;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn target(name: &str, cgroup_id: u64, addr: SocketAddr) -> Target {
+    Target {
+        replica: Replica {
+            name: name.into(),
+            namespace: "ns".into(),
+        },
+        cgroup_id,
+        pids: vec![cgroup_id as u32],
+        attribution: Attribution::Pids,
+        endpoints: vec![Endpoint {
+            addr,
+            port_name: None,
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_does_not_stall_its_siblings() {
+    let healthy = server(usize::MAX).await;
+    // Answers the endpoint check (plaintext, then nothing more), then hangs.
+    let hanging = server(1).await;
+    let mut c = cfg(1000);
+    c.timeout = Duration::from_secs(3);
+    c.hosts = (0..20).map(|i| format!("h{i}.test")).collect();
+    c.ws_paths = Vec::new();
+    let (tx, mut rx) = mpsc::channel(4096);
+    let (_wtx, wrx) = watch::channel(TargetSet::new(vec![
+        target("healthy", 1, healthy),
+        target("hanging", 2, hanging),
+    ]));
+    let prober = Prober::new(c, tx, wrx);
+    let task = tokio::spawn(prober.run());
+    let mut rounds = 0;
+    let mut hanging_verdicts = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if let EventKind::ProbeVerdict(v) = &ev.kind {
+            match ev.origin {
+                Origin { cgroup_id: 1, .. } if v.host == "h0.test" => rounds += 1,
+                Origin { cgroup_id: 2, .. } => hanging_verdicts += 1,
+                _ => {}
+            }
+        }
+    }
+    task.abort();
+    // The hanging replica's 20 checks take 5 timeouts (15 s) at 4 at once: before this
+    // change every round waited for them.
+    assert!(rounds >= 3, "healthy replica judged {rounds} times in 10 s");
+    assert_eq!(hanging_verdicts, 0, "its first round cannot have ended yet");
+}
