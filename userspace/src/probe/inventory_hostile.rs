@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::event::PeerRole;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+
+use crate::probe::test_support::read_request_head;
 
 /// Serves every request a page of `per_page` enabled routers and announces another
 /// page, forever.
@@ -30,13 +32,8 @@ async fn endless_api(per_page: usize) -> SocketAddr {
             // Names differ per page, so that nothing deduplicates them.
             let body = body.replace("{}", &page.to_string());
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Next-Page: {}\r\nConnection: close\r\n\r\n",

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::test_support::cfg;
+use super::test_support::{cfg, read_request_head};
 use super::Prober;
 use crate::discovery::{Attribution, Endpoint, Replica, Target, TargetSet};
 use crate::event::{EventKind, Origin};
@@ -29,13 +29,8 @@ async fn server(answered: usize) -> SocketAddr {
             }
             served += 1;
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(

@@ -51,3 +51,17 @@ pub(super) fn prober(c: ProbeConfig) -> Prober {
     let (_wtx, wrx) = watch::channel(TargetSet::default());
     Prober::new(c, tx, wrx)
 }
+
+/// Reads from `s` until the end of a request head; false when the peer went away first.
+pub(super) async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}

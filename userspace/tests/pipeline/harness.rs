@@ -60,6 +60,17 @@ impl Harness {
         Harness { p, m, ts: S }
     }
 
+    /// One replica, `APP` the only known host, the rest of the configuration as `tweak`
+    /// leaves the defaults.
+    pub(crate) fn with_app(tweak: impl FnOnce(&mut PipelineConfig)) -> Self {
+        let mut cfg = PipelineConfig {
+            known_hosts: vec![APP.into()],
+            ..PipelineConfig::default()
+        };
+        tweak(&mut cfg);
+        Harness::new(cfg, 1)
+    }
+
     pub(crate) fn with_hosts(replicas: u32) -> Self {
         Self::new(
             PipelineConfig {

@@ -86,14 +86,7 @@ fn counted_responses_land_in_the_contract_families() {
 
 #[test]
 fn probe_counts_settle_with_the_reports_and_housekeeping_is_dropped() {
-    let mut h = Harness::new(
-        PipelineConfig {
-            known_hosts: vec![APP.into()],
-            probe_deadline: Duration::from_secs(2),
-            ..PipelineConfig::default()
-        },
-        1,
-    );
+    let mut h = Harness::with_app(|c| c.probe_deadline = Duration::from_secs(2));
     let r1 = origin(1);
     let app = normalize_host(APP.as_bytes());
     report(&mut h, r1, 1, ProbeCheck::Http, 200);

@@ -91,14 +91,7 @@ fn other_heads_are_counted_and_yield_no_outcome() {
 
 #[test]
 fn websocket_probes_settled_by_counts_get_their_outcome_from_the_report() {
-    let mut h = Harness::new(
-        PipelineConfig {
-            known_hosts: vec![APP.into()],
-            probe_deadline: Duration::from_secs(2),
-            ..PipelineConfig::default()
-        },
-        1,
-    );
+    let mut h = Harness::with_app(|c| c.probe_deadline = Duration::from_secs(2));
     let r1 = origin(1);
     let app = normalize_host(APP.as_bytes());
     let miss = fixture("traefik_router_miss_404.bin");
@@ -134,14 +127,7 @@ fn websocket_probes_settled_by_counts_get_their_outcome_from_the_report() {
 
 #[test]
 fn sessions_closed_inside_the_window_are_early_closes() {
-    let mut h = Harness::new(
-        PipelineConfig {
-            known_hosts: vec![APP.into()],
-            ws_early_close: Duration::from_secs(10),
-            ..PipelineConfig::default()
-        },
-        1,
-    );
+    let mut h = Harness::with_app(|c| c.ws_early_close = Duration::from_secs(10));
     let r1 = origin(1);
     let app = routeskew_common::host_hash(APP.as_bytes());
     for (host_hash, open_ns) in [
