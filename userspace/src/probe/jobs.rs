@@ -28,6 +28,32 @@ pub(super) struct Job {
     pub(super) id: u64,
 }
 
+/// Jobs still running per (replica, host, check), and whether all that ended succeeded.
+#[derive(Debug, Default)]
+pub(super) struct Groups(BTreeMap<(Replica, String, ProbeCheck), (usize, bool)>);
+
+impl Groups {
+    /// One more job of its group is running.
+    pub(super) fn expect(&mut self, job: &Job) {
+        self.0
+            .entry((job.replica.clone(), job.host.clone(), job.check))
+            .or_insert((0, true))
+            .0 += 1;
+    }
+
+    /// `job` ended with `success`: the group's verdict when it was the last one.
+    fn ended(&mut self, job: &Job, success: bool) -> Option<bool> {
+        let key = (job.replica.clone(), job.host.clone(), job.check);
+        let (left, ok) = self.0.get_mut(&key)?;
+        *left = left.saturating_sub(1);
+        *ok &= success;
+        if *left > 0 {
+            return None;
+        }
+        self.0.remove(&key).map(|(_, ok)| ok)
+    }
+}
+
 pub(super) struct JobResult {
     job: Job,
     answer: Result<Answer, ProbeFailure>,
@@ -98,15 +124,15 @@ impl Prober {
 
     /// Runs `jobs`, at most the configured number at once.
     pub(super) async fn run_jobs(&self, jobs: Vec<Job>) -> Vec<JobResult> {
-        self.job_runner()(jobs).await
+        self.job_runner()(jobs).collect().await
     }
 
-    /// What runs a batch of jobs, owning all it needs: batches of several replicas run
-    /// side by side, so that a replica that answers slowly or not at all holds up only
-    /// its own next round.
+    /// What runs a batch of jobs, owning all it needs, and yields each result as its job
+    /// ends: batches of several replicas run side by side, so that a replica that answers
+    /// slowly or not at all holds up only its own checks.
     pub(super) fn job_runner(
         &self,
-    ) -> impl Fn(Vec<Job>) -> futures_util::future::BoxFuture<'static, Vec<JobResult>> {
+    ) -> impl Fn(Vec<Job>) -> futures_util::stream::BoxStream<'static, JobResult> {
         let timeout = self.cfg.timeout;
         let tls = self.tls.clone();
         let version = self.cfg.version.clone();
@@ -114,21 +140,18 @@ impl Prober {
         let concurrency = self.cfg.concurrency.max(1);
         move |jobs: Vec<Job>| {
             let (tls, version, tags) = (tls.clone(), version.clone(), tags.clone());
-            Box::pin(async move {
-                stream::iter(jobs)
-                    .map(|job| {
-                        let tls = tls.clone();
-                        let caller = Caller {
-                            user_agent: http::probe_check_user_agent(&version, job.id),
-                            role: PeerRole::Probe,
-                            tags: tags.clone(),
-                        };
-                        async move { run_job(job, tls, caller, timeout).await }
-                    })
-                    .buffer_unordered(concurrency)
-                    .collect()
-                    .await
-            })
+            stream::iter(jobs)
+                .map(move |job| {
+                    let tls = tls.clone();
+                    let caller = Caller {
+                        user_agent: http::probe_check_user_agent(&version, job.id),
+                        role: PeerRole::Probe,
+                        tags: tags.clone(),
+                    };
+                    async move { run_job(job, tls, caller, timeout).await }
+                })
+                .buffer_unordered(concurrency)
+                .boxed()
         }
     }
 
@@ -136,44 +159,49 @@ impl Prober {
     /// (replica, host, check): success when every endpoint and path checked succeeded. The
     /// pipeline keeps the series.
     pub(super) async fn record(&mut self, results: Vec<JobResult>) {
-        let mut verdicts: BTreeMap<(Replica, String, ProbeCheck), (Origin, bool)> = BTreeMap::new();
+        let mut groups = Groups::default();
+        for r in &results {
+            groups.expect(&r.job);
+        }
         for r in results {
-            let job = &r.job;
-            let report = ProbeReport {
-                id: job.id,
-                check: job.check,
-                host: job.host.clone(),
-                response: r.answer.as_ref().ok().map(|a| a.response.clone()),
-                elapsed: r.elapsed,
-            };
-            let verdict = check::judge(&report, &self.cfg.ws_accept);
-            if let Err(e) = &r.answer {
-                tracing::debug!(replica = %job.replica.name, host = %job.host, addr = %job.addr, check = job.check.as_str(), reason = e.kind(), "probe got no answer");
-            }
-            let (_, ok) = verdicts
-                .entry((job.replica.clone(), job.host.clone(), job.check))
-                .or_insert((job.origin, true));
-            *ok &= verdict.success;
-            if !self
-                .send(job.origin, EventKind::Probe(Box::new(report)))
-                .await
-            {
+            if !self.record_one(r, &mut groups).await {
                 return;
             }
         }
-        for ((_, host, check), (origin, success)) in verdicts {
-            let verdict = ProbeVerdict {
-                host,
-                check,
-                success,
-            };
-            if !self
-                .send(origin, EventKind::ProbeVerdict(Box::new(verdict)))
-                .await
-            {
-                return;
-            }
+    }
+
+    /// Hands one report to the pipeline, and the verdict of its (replica, host, check)
+    /// once every job of that group in `groups` has ended. False once the pipeline is gone.
+    pub(super) async fn record_one(&mut self, r: JobResult, groups: &mut Groups) -> bool {
+        let job = &r.job;
+        let report = ProbeReport {
+            id: job.id,
+            check: job.check,
+            host: job.host.clone(),
+            response: r.answer.as_ref().ok().map(|a| a.response.clone()),
+            elapsed: r.elapsed,
+        };
+        let verdict = check::judge(&report, &self.cfg.ws_accept);
+        if let Err(e) = &r.answer {
+            tracing::debug!(replica = %job.replica.name, host = %job.host, addr = %job.addr, check = job.check.as_str(), reason = e.kind(), "probe got no answer");
         }
+        let done = groups.ended(job, verdict.success);
+        if !self
+            .send(job.origin, EventKind::Probe(Box::new(report)))
+            .await
+        {
+            return false;
+        }
+        let Some(success) = done else {
+            return true;
+        };
+        let verdict = ProbeVerdict {
+            host: job.host.clone(),
+            check: job.check,
+            success,
+        };
+        self.send(job.origin, EventKind::ProbeVerdict(Box::new(verdict)))
+            .await
     }
 
     /// False once the pipeline is gone (the agent stopped).

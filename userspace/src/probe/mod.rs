@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::{SelectAll, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::discovery::{Replica, Target, TargetSet};
@@ -100,6 +100,12 @@ fn replica_origin(t: &Target) -> Origin {
         tgid: t.pids.first().copied().unwrap_or(0),
         cgroup_id: t.cgroup_id,
     }
+}
+
+/// What a replica's running batch yields: each check's result, then its end.
+enum Batch {
+    Result(jobs::JobResult),
+    Done(Replica),
 }
 
 /// A round's jobs grouped by replica, in the order the replicas come.
@@ -191,11 +197,12 @@ impl Prober {
             "prober started"
         );
         let run = self.job_runner();
-        // Each replica's checks run as one batch; a replica whose batch has not finished
-        // (it answers slowly, or not at all: every check waits for its timeout) skips a
-        // round, and the others keep their pace and get their verdicts as soon as their
-        // own batch ends.
-        let mut inflight = FuturesUnordered::new();
+        // Each replica's checks run as one batch beside the others'; every result is
+        // recorded as it comes, and a (replica, host, check) verdict as soon as its last
+        // check ends. A replica whose batch has not finished (it answers slowly, or not at
+        // all: every check waits for its timeout) skips a round; the others keep their pace.
+        let mut inflight = SelectAll::new();
+        let mut groups = jobs::Groups::default();
         let mut busy: HashSet<Replica> = HashSet::new();
         let mut next = tokio::time::Instant::now();
         loop {
@@ -206,18 +213,31 @@ impl Prober {
                     self.prepare(&targets).await;
                     for (replica, jobs) in by_replica(self.jobs(&targets)) {
                         if busy.insert(replica.clone()) {
-                            let batch = run(jobs);
-                            inflight.push(async move { (replica, batch.await) });
+                            for job in &jobs {
+                                groups.expect(job);
+                            }
+                            let batch = run(jobs)
+                                .map(Batch::Result)
+                                .chain(futures_util::stream::once(async move {
+                                    Batch::Done(replica)
+                                }));
+                            inflight.push(batch.boxed());
                         } else {
                             tracing::debug!(replica = %replica.name, "previous probe round still running; this one skipped");
                         }
                     }
                     next = tokio::time::Instant::now() + jittered(self.cfg.interval);
                 }
-                Some((replica, results)) = inflight.next(), if !inflight.is_empty() => {
-                    busy.remove(&replica);
-                    self.record(results).await;
-                }
+                Some(item) = inflight.next(), if !inflight.is_empty() => match item {
+                    Batch::Result(r) => {
+                        if !self.record_one(r, &mut groups).await {
+                            return;
+                        }
+                    }
+                    Batch::Done(replica) => {
+                        busy.remove(&replica);
+                    }
+                },
             }
             if self.events.is_closed() {
                 return;

@@ -65,8 +65,9 @@ async fn a_silent_replica_does_not_stall_its_siblings() {
     // Answers the endpoint check (plaintext, then nothing more), then hangs.
     let hanging = server(1).await;
     let mut c = cfg(1000);
-    c.timeout = Duration::from_secs(3);
-    c.hosts = (0..20).map(|i| format!("h{i}.test")).collect();
+    let timeout = Duration::from_secs(3);
+    c.timeout = timeout;
+    c.hosts = (0..200).map(|i| format!("h{i}.test")).collect();
     c.ws_paths = Vec::new();
     let (tx, mut rx) = mpsc::channel(4096);
     let (_wtx, wrx) = watch::channel(TargetSet::new(vec![
@@ -74,22 +75,31 @@ async fn a_silent_replica_does_not_stall_its_siblings() {
         target("hanging", 2, hanging),
     ]));
     let prober = Prober::new(c, tx, wrx);
+    let started = tokio::time::Instant::now();
     let task = tokio::spawn(prober.run());
     let mut rounds = 0;
-    let mut hanging_verdicts = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut first_silent: Option<(Duration, bool)> = None;
+    let deadline = started + Duration::from_secs(10);
     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
         if let EventKind::ProbeVerdict(v) = &ev.kind {
             match ev.origin {
                 Origin { cgroup_id: 1, .. } if v.host == "h0.test" => rounds += 1,
-                Origin { cgroup_id: 2, .. } => hanging_verdicts += 1,
+                Origin { cgroup_id: 2, .. } if first_silent.is_none() => {
+                    first_silent = Some((started.elapsed(), v.success));
+                }
                 _ => {}
             }
         }
     }
     task.abort();
-    // The hanging replica's 20 checks take 5 timeouts (15 s) at 4 at once: before this
-    // change every round waited for them.
+    // The hanging replica's 200 checks take 50 timeouts at 4 at once: before replicas
+    // ran apart every round waited for them, and its verdicts came at its round's end.
     assert!(rounds >= 3, "healthy replica judged {rounds} times in 10 s");
-    assert_eq!(hanging_verdicts, 0, "its first round cannot have ended yet");
+    let (at, success) = first_silent.expect("a verdict on the hanging replica");
+    assert!(!success, "the hanging replica judged healthy");
+    // One interval (with its jitter) and one timeout, plus the endpoint check.
+    assert!(
+        at <= Duration::from_millis(1100) + timeout + Duration::from_secs(1),
+        "{at:?}"
+    );
 }
