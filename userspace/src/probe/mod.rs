@@ -104,7 +104,7 @@ fn replica_origin(t: &Target) -> Origin {
 
 /// What a replica's running batch yields: each check's result, then its end.
 enum Batch {
-    Result(jobs::JobResult),
+    Result(Box<jobs::JobResult>),
     Done(Replica),
 }
 
@@ -217,7 +217,7 @@ impl Prober {
                                 groups.expect(job);
                             }
                             let batch = run(jobs)
-                                .map(Batch::Result)
+                                .map(|r| Batch::Result(Box::new(r)))
                                 .chain(futures_util::stream::once(async move {
                                     Batch::Done(replica)
                                 }));
@@ -230,7 +230,7 @@ impl Prober {
                 }
                 Some(item) = inflight.next(), if !inflight.is_empty() => match item {
                     Batch::Result(r) => {
-                        if !self.record_one(r, &mut groups).await {
+                        if !self.record_one(*r, &mut groups).await {
                             return;
                         }
                     }
