@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 
 use super::client::{self, Caller, ClientError, Request, Tls};
@@ -242,7 +243,10 @@ impl Prober {
         let mut changed = false;
         // Router counts go to the pipeline, which keeps the replica's series.
         let mut counts = Vec::new();
-        for t in targets.targets() {
+        // The replicas whose inventory is due, fetched side by side: one slow or silent
+        // API costs its own budget, not its siblings'.
+        let mut due = Vec::new();
+        for (i, t) in targets.targets().iter().enumerate() {
             let api = self.api_endpoint(t);
             let Some(st) = self.replicas.get_mut(&t.replica) else {
                 continue;
@@ -257,8 +261,31 @@ impl Prober {
             if st.api_retry_at.is_some_and(|at| at > now) {
                 continue;
             }
-            let tls = if tls { self.tls.as_ref() } else { None };
-            match fetch_inventory(addr, tls, &self.housekeeping, self.cfg.timeout).await {
+            due.push((i, addr, tls));
+        }
+        let (tls, caller, timeout) = (
+            self.tls.clone(),
+            self.housekeeping.clone(),
+            self.cfg.timeout,
+        );
+        let fetched: Vec<_> = stream::iter(due)
+            .map(move |(i, addr, use_tls)| {
+                let tls = if use_tls { tls.clone() } else { None };
+                let caller = caller.clone();
+                async move {
+                    let r = fetch_inventory(addr, tls.as_ref(), &caller, timeout).await;
+                    (i, addr, r)
+                }
+            })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
+        for (i, addr, result) in fetched {
+            let t = &targets.targets()[i];
+            let Some(st) = self.replicas.get_mut(&t.replica) else {
+                continue;
+            };
+            match result {
                 Ok((page, port_names)) => {
                     if st.api_backoff.succeed() || st.api_missing_logged {
                         tracing::info!(replica = %t.replica.name, %addr, "Traefik API reachable again");

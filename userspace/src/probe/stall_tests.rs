@@ -14,6 +14,11 @@ use crate::event::{EventKind, Origin};
 
 /// Answers its first `answered` requests with a 200, then accepts and stays silent.
 async fn server(answered: usize) -> SocketAddr {
+    server_with(answered, "ok").await
+}
+
+/// [`server`] answering `body`.
+async fn server_with(answered: usize, body: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -32,11 +37,12 @@ async fn server(answered: usize) -> SocketAddr {
                 if !read_request_head(&mut s).await {
                     return;
                 }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    )
-                    .await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
             });
         }
     });
@@ -101,5 +107,36 @@ async fn a_silent_replica_does_not_stall_its_siblings() {
     assert!(
         at <= Duration::from_millis(1100) + timeout + Duration::from_secs(1),
         "{at:?}"
+    );
+}
+
+/// Router inventories are fetched side by side: APIs that stop answering after their
+/// endpoint check cost one budget together, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_apis_are_waited_for_together() {
+    const APIS: u64 = 4;
+    let mut targets = Vec::new();
+    for i in 0..APIS {
+        // An empty router list: the endpoint check takes it for Traefik's API.
+        targets.push(target(&format!("r{i}"), 10 + i, server_with(1, "[]").await));
+    }
+    let mut c = cfg(1000);
+    let timeout = Duration::from_millis(500);
+    c.timeout = timeout;
+    let (tx, _rx) = mpsc::channel(4096);
+    let (_wtx, wrx) = watch::channel(TargetSet::default());
+    let mut prober = Prober::new(c, tx, wrx);
+    let targets = TargetSet::new(targets);
+    let started = std::time::Instant::now();
+    prober.prepare(&targets).await;
+    let took = started.elapsed();
+    // One after another they would take APIS timeouts (2 s).
+    assert!(
+        took < timeout * 3,
+        "{APIS} silent APIs took {took:?} with a {timeout:?} timeout"
+    );
+    assert!(
+        took >= timeout,
+        "the fetches cannot have ended before their timeout"
     );
 }
