@@ -29,6 +29,12 @@ pub struct Config {
     pub numbers: SyscallNumbers,
     /// Valid with [`config_flags::CGROUP_BTF`].
     pub cgroup: CgroupChain,
+    /// Offset of `struct sock.sk_err` (from BTF), valid with [`config_flags::SK_ERR_BTF`]:
+    /// the error a connect failed with is already stored there when the socket's
+    /// `SYN_SENT -> CLOSE` transition is traced (on every kernel: it is written before
+    /// `tcp_done`), so the transition is classified on its own, without pairing it with
+    /// the `inet_sk_error_report` record.
+    pub sock_err: u32,
 }
 
 /// Record offsets of the classic `syscalls/*` tracepoints (one for all data syscalls: the
@@ -139,6 +145,8 @@ pub mod config_flags {
     pub const REGS: u32 = 2;
     /// `Config::cgroup` is valid.
     pub const CGROUP_BTF: u32 = 4;
+    /// `Config::sock_err` is valid.
+    pub const SK_ERR_BTF: u32 = 8;
 }
 
 impl Config {
@@ -198,6 +206,7 @@ impl Config {
             cgroup_kn: 0,
             kernfs_node_id: 0,
         },
+        sock_err: 0,
     };
 }
 
@@ -222,5 +231,6 @@ const _: () = {
     assert!(offset_of!(Config, regs) == 92);
     assert!(offset_of!(Config, numbers) == 104);
     assert!(offset_of!(Config, cgroup) == 124);
-    assert!(size_of::<Config>() == 140);
+    assert!(offset_of!(Config, sock_err) == 140);
+    assert!(size_of::<Config>() == 144);
 };

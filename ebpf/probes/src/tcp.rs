@@ -5,8 +5,10 @@
 //! the cgroup filter applies; the other two fire in softirq context and are filtered by
 //! membership in `TCP_SOCKS`, and their events carry the owner recorded there.
 //!
-//! `inet_sk_error_report` has no socket address, so a still-connecting socket that closes
-//! without a reset is matched to its error report by address tuple, through per-CPU
+//! With BTF the error of a still-connecting socket that closes without a reset is read
+//! from the socket itself (`sk_err`, stored before the CLOSE on every kernel); 0 means the
+//! application gave up. Without BTF: `inet_sk_error_report` has no socket address, so
+//! such a socket is matched to its error report by address tuple, through per-CPU
 //! slots (the two happen back to back on one CPU). Order seen on 6.18: refused = reset,
 //! CLOSE, report(111); ICMP unreachable = report(0), CLOSE, report(113); SYN timeout =
 //! CLOSE, report(110); the application giving up = CLOSE inside its close(2), no report.
@@ -16,7 +18,10 @@
 //! (`SOCK_CONNS`, keyed by socket so that a reused fd number never inherits a mark): that
 //! path has no close(2) hook, so the socket's end is reported as the close of its fd.
 
-use aya_ebpf::{bindings::BPF_ANY, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::bpf_probe_read_kernel, macros::tracepoint,
+    programs::TracePointContext,
+};
 use routeskew_common::{
     config_flags, conn_flags, Program, RecordKind, SockTupleFields, TcpSock, UpstreamEvent,
     UpstreamReason,
@@ -238,6 +243,19 @@ fn on_set_state(ctx: &TracePointContext) {
     if sock.state != TCP_SYN_SENT || sock.reported != 0 {
         return;
     }
+    let c = &CONFIG;
+    if cfg(&c.flags) & config_flags::SK_ERR_BTF != 0 {
+        // The error is stored before the CLOSE: 0 means the owner gave up (close(2)).
+        let at = skaddr.wrapping_add(u64::from(cfg(&c.sock_err)));
+        let error = unsafe { bpf_probe_read_kernel(at as *const i32) }.unwrap_or(0);
+        let reason = if error > 0 {
+            reason_for(error)
+        } else {
+            UpstreamReason::Timeout
+        };
+        emit_upstream(prog, &sock, reason, error.max(0), now());
+        return;
+    }
     // The source port is only chosen after the SYN_SENT transition, so it is read now.
     let Some(sport) = read::<u16>(ctx, &f.tuple.sport) else {
         return;
@@ -328,6 +346,10 @@ fn on_receive_reset(ctx: &TracePointContext) {
 #[inline(always)]
 fn on_error_report(ctx: &TracePointContext) {
     let prog = Program::InetSkErrorReport;
+    if cfg(&CONFIG.flags) & config_flags::SK_ERR_BTF != 0 {
+        // The CLOSE transition read the error from the socket: nothing to pair.
+        return;
+    }
     let f = &CONFIG.error_report;
     if !is_tcp(ctx, &f.tuple) {
         return;

@@ -209,6 +209,13 @@ async fn run(tag: &str, case: Case) -> Result<()> {
         let want = expected(case.want, exchange.ids(), capture_len);
         let skipped = bench.misses() - misses;
         if exchange.got == want || skipped == 0 || attempt == attempts {
+            if exchange.got != want {
+                // What the kernel counted, so that a difference can be explained.
+                eprintln!(
+                    "skipped runs: {skipped}; counters: {:?}",
+                    bench.sensor.totals()
+                );
+            }
             assert_events(&exchange.got, &want);
             return check_after(&bench, case);
         }

@@ -166,6 +166,20 @@ pub fn cgroup_chain(btf: &Btf<'_>) -> Result<CgroupChain, AbiError> {
     })
 }
 
+/// Offset of `struct sock.sk_err` (an `int`): where the kernel stores the error a
+/// connect failed with before it closes the socket.
+pub fn sock_err_offset(btf: &Btf<'_>) -> Result<u32, AbiError> {
+    let m = btf.member("sock", "sk_err")?;
+    if m.size != 4 {
+        return Err(AbiError::Member {
+            strukt: "sock",
+            member: "sk_err",
+            size: m.size,
+        });
+    }
+    Ok(m.offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::btf::tests::{aarch64_pt_regs, x86_64_pt_regs};
@@ -283,5 +297,36 @@ mod tests {
         let btf = Btf::parse(&blob).expect("vmlinux BTF");
         reg_offsets(&btf, abi).expect("pt_regs offsets");
         cgroup_chain(&btf).expect("cgroup chain");
+        sock_err_offset(&btf).expect("sock.sk_err");
+    }
+
+    #[test]
+    fn sock_err_from_btf() {
+        use super::super::btf::tests::Builder;
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let u64_ = b.int("long long unsigned int", 8);
+        b.composite(
+            false,
+            "sock",
+            768,
+            &[("sk_lock", u64_, 0), ("sk_err", int, 372)],
+        );
+        let blob = b.finish();
+        let btf = Btf::parse(&blob).expect("parse");
+        assert_eq!(sock_err_offset(&btf), Ok(372));
+        // A member of another size is refused, not read as an int.
+        let mut b = Builder::new();
+        let u64_ = b.int("long long unsigned int", 8);
+        b.composite(false, "sock", 768, &[("sk_err", u64_, 372)]);
+        let blob = b.finish();
+        let btf = Btf::parse(&blob).expect("parse");
+        assert!(matches!(
+            sock_err_offset(&btf),
+            Err(AbiError::Member {
+                member: "sk_err",
+                ..
+            })
+        ));
     }
 }

@@ -81,6 +81,10 @@ fn kernel_config(layout: Config, btf: &BtfConfig, cfg: &SensorConfig, ring_bytes
         config.cgroup = chain;
         config.flags |= config_flags::CGROUP_BTF;
     }
+    if let Some(offset) = btf.sock_err {
+        config.sock_err = offset;
+        config.flags |= config_flags::SK_ERR_BTF;
+    }
     if let Ok((abi, regs)) = &btf.regs {
         config.regs = *regs;
         config.numbers = abi.numbers;

@@ -1,7 +1,8 @@
 //! What the running kernel's BTF (`/sys/kernel/btf/vmlinux`) gives the programs: the
-//! saved user registers' offsets for the data paths that read them, and the pointer chain
-//! to the current cgroup id. Without it the sensor falls back to the classic syscall
-//! tracepoints and the cgroup helper call.
+//! saved user registers' offsets for the data paths that read them, the pointer chain to
+//! the current cgroup id, and where a socket keeps its error. Without it the sensor falls
+//! back to the classic syscall tracepoints, the cgroup helper call, and connect failures
+//! matched to their error reports.
 
 use std::io;
 
@@ -81,12 +82,15 @@ pub(super) struct BtfConfig {
     pub(super) regs: Result<(&'static abi::SyscallAbi, abi::RegOffsets), RegsUnavailable>,
     /// For reading the current cgroup id without a helper call.
     pub(super) cgroup: Option<abi::CgroupChain>,
+    /// For classifying a failed connect from its socket alone.
+    pub(super) sock_err: Option<u32>,
 }
 
 pub(super) fn btf_config(hooks: DataHooks) -> BtfConfig {
     let unavailable = |e| BtfConfig {
         regs: Err(e),
         cgroup: None,
+        sock_err: None,
     };
     if hooks == DataHooks::Classic {
         return unavailable(RegsUnavailable::Configured);
@@ -102,6 +106,13 @@ pub(super) fn btf_config(hooks: DataHooks) -> BtfConfig {
     if let Err(e) = btf_helpers_supported() {
         return unavailable(e);
     }
+    let sock_err = match abi::sock_err_offset(&btf) {
+        Ok(offset) => Some(offset),
+        Err(error) => {
+            tracing::info!(%error, "connect failures classified by pairing error reports");
+            None
+        }
+    };
     let cgroup = match abi::cgroup_chain(&btf) {
         Ok(chain) => Some(chain),
         Err(error) => {
@@ -115,7 +126,11 @@ pub(super) fn btf_config(hooks: DataHooks) -> BtfConfig {
             .map(|r| (abi, r))
             .map_err(RegsUnavailable::from),
     };
-    BtfConfig { regs, cgroup }
+    BtfConfig {
+        regs,
+        cgroup,
+        sock_err,
+    }
 }
 
 #[cfg(test)]
@@ -127,5 +142,6 @@ mod tests {
         let c = btf_config(DataHooks::Classic);
         assert!(matches!(c.regs, Err(RegsUnavailable::Configured)));
         assert!(c.cgroup.is_none());
+        assert!(c.sock_err.is_none());
     }
 }
