@@ -169,6 +169,26 @@ impl Exchange {
 }
 
 impl Bench {
+    /// Puts the TLS uprobes on these processes' binaries and waits for their
+    /// resolution, which runs off the caller's thread.
+    pub(crate) fn set_tls_processes(
+        &mut self,
+        pids: &[u32],
+    ) -> Result<Vec<routeskew::sensor::gotls::TlsBinaryStatus>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.sensor.set_tls_processes(pids);
+            if self.sensor.pending_pids().is_empty() {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "resolution of {pids:?} never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The default sensor: socket tracepoints, upstream responses not reported.
     pub(crate) async fn new(tag: &str) -> Result<Self> {
         Self::with(tag, Capture::Sock, false).await

@@ -144,7 +144,7 @@ async fn go_tls_server_plaintext_is_captured() -> Result<()> {
         Some(&bench.cgroup.path),
     )?;
     let pid = server.child.pid();
-    let status = bench.sensor.set_tls_processes(&[pid]);
+    let status = bench.set_tls_processes(&[pid])?;
     ensure!(status.len() == 1, "{status:#?}");
     let version = status[0]
         .outcome
@@ -202,7 +202,7 @@ async fn tls_resolution_failure_keeps_plaintext_capture() -> Result<()> {
         &dir.path().join("sleep.log"),
         Some(&bench.cgroup.path),
     )?;
-    let status = bench.sensor.set_tls_processes(&[sleeper.pid()]);
+    let status = bench.set_tls_processes(&[sleeper.pid()])?;
     ensure!(status.len() == 1, "{status:#?}");
     let error = status[0]
         .outcome
@@ -219,7 +219,7 @@ async fn tls_resolution_failure_keeps_plaintext_capture() -> Result<()> {
         "{error}"
     );
     // Asked again, the failure is remembered, not retried.
-    ensure!(bench.sensor.set_tls_processes(&[sleeper.pid()]) == status);
+    ensure!(bench.set_tls_processes(&[sleeper.pid()])? == status);
     let run = bench.run_helper("http", Placement::InCgroup, false)?;
     let got = bench.drain().await;
     ensure!(

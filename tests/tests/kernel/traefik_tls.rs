@@ -80,7 +80,7 @@ fn start_traefik_websecure(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = bench.sensor.set_tls_processes(&[pid]);
+    let status = bench.set_tls_processes(&[pid])?;
     ensure!(status.len() == 1, "{status:#?}");
     let version = status[0]
         .outcome

@@ -5,7 +5,7 @@
 use prometheus_client::registry::Registry;
 
 use crate::discovery::metrics::DiscoveryMetrics;
-use crate::metrics::{self, BuildInfo, Contract};
+use crate::metrics::{self, BuildInfo, Contract, ServerMetrics};
 use crate::pipeline::metrics::PipelineMetrics;
 use crate::sensor::metrics::{SensorMetrics, SensorTotals};
 
@@ -17,6 +17,7 @@ pub struct AgentMetrics {
     pub sensor: SensorMetrics,
     pub pipeline: PipelineMetrics,
     pub discovery: DiscoveryMetrics,
+    pub server: ServerMetrics,
 }
 
 impl AgentMetrics {
@@ -26,12 +27,14 @@ impl AgentMetrics {
         let sensor = SensorMetrics::register(&mut registry);
         let pipeline = PipelineMetrics::register(&mut registry);
         let discovery = DiscoveryMetrics::register(&mut registry);
+        let server = ServerMetrics::register(&mut registry);
         AgentMetrics {
             registry,
             contract,
             sensor,
             pipeline,
             discovery,
+            server,
         }
     }
 

@@ -83,6 +83,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         sensor: mut sensor_metrics,
         pipeline: pipeline_metrics,
         discovery: discovery_metrics,
+        server: server_metrics,
     } = AgentMetrics::register(BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         kernel: kernel_release(),
@@ -95,10 +96,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             source,
         })?;
     let listen = listener.local_addr().unwrap_or(args.listen);
-    let exposition = Arc::new(Exposition {
-        registry,
-        readiness: readiness.clone(),
-    });
+    let exposition = Arc::new(Exposition::new(registry, readiness.clone(), server_metrics));
     tokio::spawn(
         async move {
             if let Err(e) = metrics::serve(listener, exposition).await {
@@ -203,6 +201,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             demoted: Default::default(),
             dirty: false,
         },
+        pending: 0,
     };
     tracing::info!(mode = args.sensor.as_str(), "sensor mode");
     if !watched.tls.enabled {
@@ -217,7 +216,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     );
     discovery.update_hosts(&mut pipeline, &hosts_tx);
     publish_hosts(&mut sensor, &pipeline);
-    discovery.report_readiness(&readiness);
+    report_readiness(&discovery, &watched, &readiness);
+    let resolved = sensor.resolved();
     if probing {
         // The span covers the prober's construction too (its TLS set-up logs).
         let span = tracing::info_span!("prober");
@@ -271,13 +271,21 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = probe_deadlines.tick(), if probing => {
                 pipeline.expire_probes(crate::event::monotonic_ns());
             }
+            () = resolved.notified() => {
+                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                report_readiness(&discovery, &watched, &readiness);
+            }
             _ = discovery.changed() => {
                 apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
                 discovery.update_hosts(&mut pipeline, &hosts_tx);
                 publish_hosts(&mut sensor, &pipeline);
             }
             _ = housekeeping.tick() => {
-                discovery.report_readiness(&readiness);
+                if watched.pending > 0 {
+                    // Catches a resolution that timed out (no answer wakes the loop).
+                    apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                }
+                report_readiness(&discovery, &watched, &readiness);
                 let now = crate::event::monotonic_ns();
                 if watched.semantic.enabled {
                     fold_responses(&mut sensor, &mut pipeline, now, &mut folded);
@@ -297,6 +305,22 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     readiness.set(false, "shutting down");
     drop(sensor);
     Ok(())
+}
+
+/// Not ready while a replica's binary is being resolved (its probes are not on, so its
+/// requests would go uncounted); otherwise discovery says.
+fn report_readiness(discovery: &Discovery, watched: &Watched, readiness: &Readiness) {
+    if watched.pending > 0 {
+        readiness.set(
+            false,
+            &format!(
+                "resolving the binaries of {} replica(s); their probes are not on yet",
+                watched.pending
+            ),
+        );
+    } else {
+        discovery.report_readiness(readiness);
+    }
 }
 
 /// The pipeline's known hosts, published to the semantic sensor's kernel map.

@@ -114,6 +114,9 @@ pub(super) struct Watched {
     pub(super) published: watch::Sender<TargetSet>,
     pub(super) tls: TlsState,
     pub(super) semantic: SemanticState,
+    /// Replicas whose binary is still being resolved (their probes are not on yet): the
+    /// agent is not ready while there are any, and each pass asks again.
+    pub(super) pending: usize,
 }
 
 /// Pushes a discovery result to the kernel filter, the TLS uprobes, the pipeline and the
@@ -131,6 +134,7 @@ pub(super) fn apply_scan(
         published,
         tls,
         semantic,
+        pending,
     } = state;
     for f in &scan.failures {
         if !failures.contains(f) {
@@ -139,7 +143,7 @@ pub(super) fn apply_scan(
     }
     *failures = scan.failures.clone();
     let failed = scan.failures.len() as i64;
-    if scan.targets == *current && !semantic.dirty {
+    if scan.targets == *current && !semantic.dirty && *pending == 0 {
         metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
         return;
     }
@@ -161,11 +165,15 @@ pub(super) fn apply_scan(
     let counted: BTreeSet<u64> = counted.difference(&semantic.demoted).copied().collect();
     semantic.counted = counted.clone();
     semantic.dirty = false;
+    // A replica whose semantic plan is not in yet waits for it rather than turning on
+    // the global byte capture for a moment.
+    let sem_pending: HashSet<u32> = sensor.semantic_pending_pids().iter().copied().collect();
     let captured: Vec<&Target> = scan
         .targets
         .targets()
         .iter()
         .filter(|t| !counted.contains(&t.cgroup_id))
+        .filter(|t| !t.pids.iter().any(|p| sem_pending.contains(p)))
         .collect();
     if semantic.enabled && !captured.is_empty() {
         for hook in sensor.ensure_byte_capture() {
@@ -177,6 +185,20 @@ pub(super) fn apply_scan(
     }
     if tls.enabled {
         tls.failed_replicas = sync_tls(&captured, sensor);
+    }
+    let all_pending = sensor.pending_pids();
+    let was_pending = *pending;
+    *pending = scan
+        .targets
+        .targets()
+        .iter()
+        .filter(|t| t.pids.iter().any(|p| all_pending.contains(p)))
+        .count();
+    if *pending != was_pending {
+        tracing::info!(
+            replicas = *pending,
+            "replica binaries being resolved (their probes go on when done)"
+        );
     }
     semantic.modes.set(scan.targets.targets().iter().map(|t| {
         ModeLabels {

@@ -198,7 +198,9 @@ impl Contract {
     }
 }
 
-pub use server::{encode, router, sample_names, serve, Exposition, Readiness};
+pub use server::{
+    encode, router, sample_names, serve, Exposition, Readiness, ServerMetrics, SCRAPE_CONCURRENCY,
+};
 
 #[cfg(test)]
 mod tests;

@@ -3,13 +3,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use super::OPENMETRICS_CONTENT_TYPE;
 
@@ -71,11 +74,52 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// Scrapes encoded at the same time, at most: a burst of scrapes waits its turn instead
+/// of taking every thread the agent has.
+pub const SCRAPE_CONCURRENCY: usize = 4;
+/// How long a scrape waits for its turn before it is refused (503, counted).
+const SCRAPE_WAIT: Duration = Duration::from_secs(2);
+
+/// The metrics endpoint's own metric: scrapes it refused.
+#[derive(Clone, Default)]
+pub struct ServerMetrics {
+    refused: Counter,
+}
+
+impl ServerMetrics {
+    pub fn register(reg: &mut Registry) -> Self {
+        let m = ServerMetrics::default();
+        reg.register(
+            "scrapes_refused",
+            "Scrapes of /metrics refused (503) because the agent was already encoding its limit of concurrent scrapes for longer than the wait",
+            m.refused.clone(),
+        );
+        m
+    }
+}
+
 /// What the HTTP endpoints serve: the registry, complete once every stage registered,
 /// and readiness.
 pub struct Exposition {
-    pub registry: Registry,
-    pub readiness: Readiness,
+    registry: Registry,
+    readiness: Readiness,
+    scrapes: Semaphore,
+    metrics: ServerMetrics,
+}
+
+impl Exposition {
+    pub fn new(registry: Registry, readiness: Readiness, metrics: ServerMetrics) -> Self {
+        Exposition {
+            registry,
+            readiness,
+            scrapes: Semaphore::new(SCRAPE_CONCURRENCY),
+            metrics,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
 }
 
 /// The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
@@ -87,11 +131,28 @@ pub fn router(exposition: Arc<Exposition>) -> Router {
         .with_state(exposition)
 }
 
-async fn metrics_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        encode(&e.registry),
-    )
+/// Encodes on the blocking pool, so that a large exposition does not hold up the run
+/// loop sharing the agent's runtime thread.
+async fn metrics_handler(State(e): State<Arc<Exposition>>) -> Response {
+    let Ok(Ok(permit)) = tokio::time::timeout(SCRAPE_WAIT, e.scrapes.acquire()).await else {
+        e.metrics.refused.inc();
+        tracing::debug!("scrape refused: too many concurrent scrapes");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent scrapes\n",
+        )
+            .into_response();
+    };
+    let exposition = Arc::clone(&e);
+    let body = tokio::task::spawn_blocking(move || encode(&exposition.registry)).await;
+    drop(permit);
+    match body {
+        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "encoding metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response()
+        }
+    }
 }
 
 async fn ready_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {

@@ -139,10 +139,11 @@ async fn serves_endpoints() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve(
         listener,
-        Arc::new(Exposition {
+        Arc::new(Exposition::new(
             registry,
             readiness,
-        }),
+            ServerMetrics::default(),
+        )),
     ));
 
     let (status, _, body) = get(addr, "/healthz").await;
@@ -210,4 +211,58 @@ fn sample_names_follow_the_type_lines() {
     .collect();
     assert_eq!(sample_names(text), want);
     assert!(sample_names("").is_empty());
+}
+
+/// A burst of 100 scrapes of a large exposition: each gets the whole exposition or a
+/// counted 503.
+#[tokio::test]
+async fn a_burst_of_scrapes_is_served_whole_or_refused_and_counted() {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Row {
+        row: u32,
+    }
+    let (mut registry, _m) = setup();
+    let server_metrics = ServerMetrics::register(&mut registry);
+    let big = Family::<Row, Gauge>::default();
+    registry.register("big", "Many series", big.clone());
+    for row in 0..20_000 {
+        big.get_or_create(&Row { row }).set(1);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(serve(
+        listener,
+        Arc::new(Exposition::new(
+            registry,
+            Readiness::new("starting"),
+            server_metrics,
+        )),
+    ));
+    let scrapes: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(async move { get(addr, "/metrics").await }))
+        .collect();
+    let (mut served, mut refused) = (0u64, 0u64);
+    for s in scrapes {
+        let (status, _, body) = s.await.unwrap();
+        match status {
+            200 => {
+                assert!(body.contains("big{row=\"19999\"} 1\n"));
+                assert!(body.ends_with("# EOF\n"));
+                served += 1;
+            }
+            503 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(served > 0);
+    let (_, _, body) = get(addr, "/metrics").await;
+    assert!(
+        body.contains(&format!("routeskew_scrapes_refused_total {refused}\n")),
+        "{refused} refused"
+    );
+    server.abort();
 }

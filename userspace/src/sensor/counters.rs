@@ -98,6 +98,7 @@ impl Sensor {
             metrics.set_totals(t.program, t.counts());
         }
         metrics.set_decode_errors(self.decode_errors());
+        metrics.set_drain_lag(self.reader.take_max_lag());
         for (program, misses) in self.program_misses() {
             metrics.set_program_misses(&program, misses);
         }

@@ -79,6 +79,7 @@ pub struct SensorMetrics {
     anomalies: Family<ProgramLabels, Counter>,
     program_misses: Family<ProgramLabels, Counter>,
     decode_errors: Counter,
+    drain_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     hooks: Family<HookLabels, Gauge>,
     /// 1 for the data path byte capture uses now (`off` while none is attached).
     data_path: Family<DataPathLabels, Gauge>,
@@ -100,6 +101,7 @@ impl SensorMetrics {
             anomalies: Family::default(),
             program_misses: Family::default(),
             decode_errors: Counter::default(),
+            drain_lag: Gauge::default(),
             hooks: Family::default(),
             data_path: Family::default(),
             modes: SensorModes::default(),
@@ -142,6 +144,11 @@ impl SensorMetrics {
             "decode_errors",
             "Kernel records the agent could not decode",
             m.decode_errors.clone(),
+        );
+        r.register(
+            "drain_lag_seconds",
+            "Age of the oldest kernel record the agent drained from the ring buffer, largest over the last second (0 when none arrived): how far the reader runs behind the kernel",
+            m.drain_lag.clone(),
         );
         r.register(
             "mode",
@@ -209,6 +216,11 @@ impl SensorMetrics {
         self.decode_errors
             .inc_by(total_delta(total, self.decode_errors_last));
         self.decode_errors_last = total;
+    }
+
+    /// The reader's largest drain lag over the last interval.
+    pub fn set_drain_lag(&self, lag: std::time::Duration) {
+        self.drain_lag.set(lag.as_secs_f64());
     }
 
     /// `path` at 1, every other data path at 0.

@@ -26,13 +26,14 @@ pub mod metrics;
 pub mod names;
 pub mod prog_info;
 mod reader;
+pub mod resolve;
 pub mod semantic;
 pub mod tracefs;
 pub mod uprobes;
 mod vmlinux;
 mod watched;
 
-use std::{io, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, io, path::PathBuf, time::Duration};
 
 use aya::{maps::MapError, Ebpf};
 use routeskew_common::DEFAULT_CAPTURE_LEN;
@@ -166,8 +167,6 @@ pub enum SensorError {
         #[source]
         source: tracefs::MountAttempts,
     },
-    #[error("the sensor must be started from inside a tokio runtime")]
-    NoRuntime,
     #[error("loading the eBPF object failed: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("no kernel hook could be attached:\n{}", hooks::summary(.hooks))]
@@ -206,16 +205,17 @@ pub struct Sensor {
     tls: gotls::TlsProbes,
     semantic: semantic::attach::SemanticProbes,
     counts: semantic::counts::SemanticCounts,
+    /// Woken when a binary resolution running off the run loop has its answer.
+    resolved: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Sensor {
     /// Loads, attaches every hook it can (a hook that fails is logged with tracing and
     /// reported in hooks(), others continue; Err only if nothing useful can run), and
-    /// spawns a tokio task that reads the ring buffer, decodes records and sends them on
+    /// starts the thread that reads the ring buffer, decodes records and sends them on
     /// `events` in batches of at most [`BATCH`] (awaiting send: back-pressure ends up as
-    /// counted kernel `lost` events). Must be called inside a tokio runtime.
+    /// counted kernel `lost` events).
     pub fn start(cfg: &SensorConfig, events: Sender<Vec<Event>>) -> Result<Sensor, SensorError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SensorError::NoRuntime)?;
         let load::Loaded {
             mut ebpf,
             layout,
@@ -227,7 +227,8 @@ impl Sensor {
         let (hooks, path) = hooks::attach_all(&mut ebpf, &layout, cfg.data_hooks, regs.clone());
         let hooks = hooks::require_capture(hooks, path)?;
         let watched = watched::Watched::new(&ebpf)?;
-        let reader = reader::Reader::spawn(&mut ebpf, &runtime, events, cfg.poll_interval)?;
+        let reader = reader::Reader::spawn(&mut ebpf, events, cfg.poll_interval)?;
+        let resolved = std::sync::Arc::new(tokio::sync::Notify::new());
         tracing::info!(
             data_path = ?path,
             attached = hooks.iter().filter(|h| h.attached).count(),
@@ -247,11 +248,13 @@ impl Sensor {
             reader,
             layout,
             regs,
-            tls: gotls::TlsProbes::default(),
+            tls: gotls::TlsProbes::new(std::sync::Arc::clone(&resolved)),
             semantic: semantic::attach::SemanticProbes::new(
                 cfg.semantic_offset,
                 cfg.semantic_kernel_offset,
+                std::sync::Arc::clone(&resolved),
             ),
+            resolved,
             counts: semantic::counts::SemanticCounts::default(),
         })
     }
@@ -296,6 +299,28 @@ impl Sensor {
         self.semantic.sync(&mut self.ebpf, pids)
     }
 
+    /// Processes whose binary is being resolved (TLS or semantic) as of the last
+    /// [`Self::set_tls_processes`] and [`Self::set_semantic_processes`]: their probes are
+    /// not on yet. Ask again (call those again) once [`Self::resolved`] wakes.
+    pub fn pending_pids(&self) -> BTreeSet<u32> {
+        self.tls
+            .pending_pids()
+            .iter()
+            .chain(self.semantic.pending_pids())
+            .copied()
+            .collect()
+    }
+
+    /// The semantic half of [`Self::pending_pids`].
+    pub fn semantic_pending_pids(&self) -> &[u32] {
+        self.semantic.pending_pids()
+    }
+
+    /// Woken (a stored permit) each time a binary resolution has its answer.
+    pub fn resolved(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.resolved)
+    }
+
     /// The semantic sensor's registry of the agent's own connections (turns the kernel's
     /// `RemoteAddr` lookup on; call once, when the prober starts).
     pub fn peer_tags(&mut self) -> Result<semantic::peers::KernelPeers, SensorError> {
@@ -334,14 +359,5 @@ mod tests {
     fn sensor_can_move_between_tasks() {
         fn assert_send<T: Send>() {}
         assert_send::<Sensor>();
-    }
-
-    #[test]
-    fn start_outside_runtime_is_an_error() {
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        assert!(matches!(
-            Sensor::start(&SensorConfig::default(), tx),
-            Err(SensorError::NoRuntime)
-        ));
     }
 }

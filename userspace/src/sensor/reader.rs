@@ -1,6 +1,10 @@
-//! The ring-buffer reader: a tokio task that waits for the kernel's wakeups or its own
-//! timer, drains the ring, decodes each record ([`decode`](super::decode)) and sends the
-//! events to the pipeline in batches.
+//! The ring-buffer reader: a thread of its own that waits for the kernel's wakeups or its
+//! own timer, drains the ring, decodes each record ([`decode`](super::decode)) and sends
+//! the events to the pipeline in batches.
+//!
+//! A thread, not a task on the agent's runtime: the run loop resolves binaries, scans
+//! `/proc` and encodes scrapes, and none of that may delay the drain (issue 16, item 6).
+//! It measures its own lag, the age of the oldest record of each drain.
 
 use std::{
     io,
@@ -8,6 +12,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -17,28 +22,34 @@ use aya::{
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
-    runtime::Handle,
-    sync::mpsc::Sender,
-    task::JoinHandle,
+    sync::{mpsc::Sender, Notify},
 };
 
 use super::{decode, map_err, names::MAP_EVENTS, SensorError};
-use crate::event::Event;
+use crate::event::{monotonic_ns, Event};
 
 /// Events the reader sends to the pipeline at once, at most.
 pub const BATCH: usize = 1024;
 
-/// The running reader task and what it counts.
+/// What the reader thread counts, read by the run loop.
+#[derive(Default)]
+struct Counts {
+    decode_errors: AtomicU64,
+    /// Largest drain lag (ns) since it was last taken.
+    max_lag_ns: AtomicU64,
+}
+
+/// The running reader thread and what it counts.
 pub(super) struct Reader {
-    task: JoinHandle<()>,
-    decode_errors: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<Notify>,
+    counts: Arc<Counts>,
 }
 
 impl Reader {
-    /// Takes the ring buffer out of `ebpf` and spawns the task reading it on `runtime`.
+    /// Takes the ring buffer out of `ebpf` and starts the thread reading it.
     pub(super) fn spawn(
         ebpf: &mut Ebpf,
-        runtime: &Handle,
         events: Sender<Vec<Event>>,
         poll_interval: Duration,
     ) -> Result<Reader, SensorError> {
@@ -46,6 +57,10 @@ impl Reader {
             .take_map(MAP_EVENTS)
             .ok_or(SensorError::MapMissing { name: MAP_EVENTS })?;
         let ring = RingBuf::try_from(ring).map_err(map_err(MAP_EVENTS))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(SensorError::Reader)?;
         let ring = {
             let _enter = runtime.enter();
             // SAFETY: the RingBuf owns its map fd and always reports that same fd; it is
@@ -53,34 +68,55 @@ impl Reader {
             unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
                 .map_err(|e| SensorError::Reader(io::Error::from(e)))?
         };
-        let decode_errors = Arc::new(AtomicU64::new(0));
-        let task = runtime.spawn(read_ring(
-            ring,
-            events,
-            Arc::clone(&decode_errors),
-            poll_interval,
-        ));
+        let counts = Arc::new(Counts::default());
+        let stop = Arc::new(Notify::new());
+        let thread = std::thread::Builder::new()
+            .name("routeskew-ring".into())
+            .spawn({
+                let (counts, stop) = (Arc::clone(&counts), Arc::clone(&stop));
+                move || {
+                    runtime.block_on(async {
+                        tokio::select! {
+                            () = read_ring(ring, events, &counts, poll_interval) => {}
+                            () = stop.notified() => {}
+                        }
+                    });
+                }
+            })
+            .map_err(SensorError::Reader)?;
         Ok(Reader {
-            task,
-            decode_errors,
+            thread: Some(thread),
+            stop,
+            counts,
         })
     }
 
     /// Records the reader could not decode so far.
     pub(super) fn decode_errors(&self) -> u64 {
-        self.decode_errors.load(Ordering::Relaxed)
+        self.counts.decode_errors.load(Ordering::Relaxed)
     }
 
-    /// Stops the task (which drops the ring buffer with it).
-    pub(super) fn stop(&self) {
-        self.task.abort();
+    /// The largest drain lag since the previous call (zero when nothing was drained).
+    pub(super) fn take_max_lag(&self) -> Duration {
+        Duration::from_nanos(self.counts.max_lag_ns.swap(0, Ordering::Relaxed))
+    }
+
+    /// Stops the thread (which drops the ring buffer with it) and waits for it.
+    pub(super) fn stop(&mut self) {
+        // A stored permit: the thread sees it even if it is not waiting right now.
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the ring-buffer reader thread panicked");
+            }
+        }
     }
 }
 
 async fn read_ring(
     mut ring: AsyncFd<RingBuf<MapData>>,
     events: Sender<Vec<Event>>,
-    decode_errors: Arc<AtomicU64>,
+    counts: &Counts,
     poll_interval: Duration,
 ) {
     // The kernel submits records without waking the reader until a backlog builds up, so
@@ -104,7 +140,7 @@ async fn read_ring(
         };
         match woken {
             Some(Ok(mut guard)) => {
-                if !drain(guard.get_inner_mut(), &mut decoder, &events, &decode_errors).await {
+                if !drain(guard.get_inner_mut(), &mut decoder, &events, counts).await {
                     return;
                 }
                 guard.clear_ready();
@@ -114,7 +150,7 @@ async fn read_ring(
                 return;
             }
             None => {
-                if !drain(ring.get_mut(), &mut decoder, &events, &decode_errors).await {
+                if !drain(ring.get_mut(), &mut decoder, &events, counts).await {
                     return;
                 }
             }
@@ -128,7 +164,7 @@ async fn drain(
     ring: &mut RingBuf<MapData>,
     decoder: &mut decode::Decoder,
     events: &Sender<Vec<Event>>,
-    decode_errors: &AtomicU64,
+    counts: &Counts,
 ) -> bool {
     loop {
         // Allocates only once a record arrives. Records borrow the ring; a batch is
@@ -139,10 +175,17 @@ async fn drain(
             match decoder.decode(&record) {
                 Ok(event) => batch.push(event),
                 Err(error) => {
-                    decode_errors.fetch_add(1, Ordering::Relaxed);
+                    counts.decode_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, "undecodable ring buffer record");
                 }
             }
+        }
+        // Records are submitted in time order per CPU: the batch's oldest stamp is close
+        // to the oldest record's; a stamp from the future (another CPU's clock read) is
+        // no lag at all.
+        if let Some(oldest) = batch.iter().map(|e| e.ts_ns).min() {
+            let lag = monotonic_ns().saturating_sub(oldest);
+            counts.max_lag_ns.fetch_max(lag, Ordering::Relaxed);
         }
         let more = batch.len() == BATCH;
         if !batch.is_empty() && events.send(batch).await.is_err() {

@@ -19,10 +19,7 @@ async fn api_outage_keeps_the_last_state_and_recovers() {
     let all = metrics();
     let discovery_metrics = all.discovery.clone();
     let readiness = Readiness::new("starting");
-    let m = Arc::new(Exposition {
-        registry: all.registry,
-        readiness: readiness.clone(),
-    });
+    let m = Arc::new(Exposition::new(all.registry, readiness.clone(), all.server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(routeskew::metrics::serve(listener, m.clone()));
@@ -42,18 +39,18 @@ async fn api_outage_keeps_the_last_state_and_recovers() {
     d.publish_readiness(&readiness);
     assert_eq!(http_get(addr, "/readyz").await, (200, "ready\n".into()));
     assert_eq!(
-        metric_line(&m.registry, "routeskew_discovery_api_up").as_deref(),
+        metric_line(m.registry(), "routeskew_discovery_api_up").as_deref(),
         Some("routeskew_discovery_api_up 1")
     );
 
     api.stop().await;
     until("api_up 0", || (!d.api_up()).then_some(())).await;
     assert_eq!(
-        metric_line(&m.registry, "routeskew_discovery_api_up").as_deref(),
+        metric_line(m.registry(), "routeskew_discovery_api_up").as_deref(),
         Some("routeskew_discovery_api_up 0")
     );
     let errors = metric_line(
-        &m.registry,
+        m.registry(),
         "routeskew_discovery_api_errors_total{resource=\"pods\"}",
     )
     .unwrap();

@@ -13,4 +13,6 @@ pub enum TlsError {
     },
     #[error(transparent)]
     Uprobe(#[from] UprobeError),
+    #[error(transparent)]
+    Resolution(#[from] crate::sensor::resolve::ResolveError),
 }

@@ -7,7 +7,9 @@
 //! A binary whose resolution or attachment fails is remembered with its error and tried
 //! again after a doubling wait (the same file rarely resolves differently, but a
 //! transient failure must not blind the agent for good); its replicas keep their
-//! plaintext capture meanwhile.
+//! plaintext capture meanwhile. Binaries are resolved off the run loop
+//! ([`crate::sensor::resolve`]); until the answer is in, a binary's processes are in
+//! [`TlsProbes::pending_pids`].
 
 mod error;
 mod uprobes;
@@ -21,9 +23,11 @@ use std::{
 };
 
 use aya::Ebpf;
+use tokio::sync::Notify;
 
+use crate::sensor::resolve::{Resolutions, RESOLVE_TIMEOUT};
 pub use error::TlsError;
-use uprobes::{attach_binary, detach, load_all, Links};
+use uprobes::{attach_points, attach_resolved, detach, load_all, Links, Points};
 pub use uprobes::{run_stats, RunStats};
 
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
@@ -108,19 +112,40 @@ const RETRY_FIRST: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// The uprobes' state across discovery scans.
-#[derive(Default)]
 pub struct TlsProbes {
     binaries: BTreeMap<BinaryId, Attached>,
+    resolving: Resolutions<Result<(String, Points), TlsError>>,
+    /// Processes (of the last sync) whose binary is being resolved.
+    pending_pids: Vec<u32>,
     /// The wait after the next failure of a binary that failed before.
     next_wait: BTreeMap<BinaryId, Duration>,
     loaded: Option<Result<(), Arc<TlsError>>>,
 }
 
 impl TlsProbes {
+    /// Nothing attached yet; `done` is woken when a binary is resolved.
+    pub fn new(done: Arc<Notify>) -> Self {
+        TlsProbes {
+            binaries: BTreeMap::new(),
+            resolving: Resolutions::new(done, RESOLVE_TIMEOUT),
+            pending_pids: Vec::new(),
+            next_wait: BTreeMap::new(),
+            loaded: None,
+        }
+    }
+
+    /// Processes (of the last [`Self::sync`]) whose binary is being resolved.
+    pub fn pending_pids(&self) -> &[u32] {
+        &self.pending_pids
+    }
+
     /// Puts the uprobes on the binaries these processes run and takes them off binaries
-    /// none of them runs any more. Returns one status per binary in use.
+    /// none of them runs any more. Returns one status per binary in use that is resolved;
+    /// the others are pending ([`Self::pending_pids`]).
     pub fn sync(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<TlsBinaryStatus> {
         let in_use = binary_ids(pids);
+        self.resolving.retain(|id| in_use.contains_key(id));
+        self.pending_pids.clear();
         let gone: BTreeSet<BinaryId> = self
             .binaries
             .keys()
@@ -159,7 +184,22 @@ impl TlsProbes {
                     .loaded
                     .get_or_insert_with(|| load_all(ebpf).map_err(Arc::new))
                     .clone();
-                let outcome = loaded.and_then(|()| attach_binary(ebpf, &exe).map_err(Arc::new));
+                let outcome = match loaded {
+                    Err(e) => Err(e),
+                    Ok(()) => match self.resolving.poll(id, &exe, |exe| attach_points(&exe)) {
+                        None => {
+                            self.pending_pids.extend(pids);
+                            continue;
+                        }
+                        Some(answer) => answer
+                            .map_err(TlsError::from)
+                            .and_then(|resolved| resolved)
+                            .and_then(|(version, points)| {
+                                attach_resolved(ebpf, &exe, version, points)
+                            })
+                            .map_err(Arc::new),
+                    },
+                };
                 match &outcome {
                     Ok((version, links)) => tracing::info!(
                         exe = %exe.display(),

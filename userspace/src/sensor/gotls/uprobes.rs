@@ -45,14 +45,15 @@ pub fn run_stats(ebpf: &mut Ebpf) -> Vec<RunStats> {
 }
 
 /// (program, file offset) pairs to attach.
-type Points = Vec<(&'static str, u64)>;
+pub(crate) type Points = Vec<(&'static str, u64)>;
 
 pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), TlsError> {
     Ok(uprobes::load_all(ebpf, &PROGRAMS)?)
 }
 
-/// Entry and RET-site offsets of the three methods, as (program, file offset) pairs.
-fn attach_points(exe: &Path) -> Result<(String, Points), TlsError> {
+/// Entry and RET-site offsets of the three methods, as (program, file offset) pairs
+/// (reads the file only: runs off the run loop).
+pub(super) fn attach_points(exe: &Path) -> Result<(String, Points), TlsError> {
     let bin = GoBinary::open(exe)?;
     let write = bin.function(WRITE)?;
     let read = bin.function(READ)?;
@@ -79,9 +80,13 @@ pub(super) fn detach(ebpf: &mut Ebpf, links: Links) {
     uprobes::detach(ebpf, links);
 }
 
-/// Resolves `exe` and attaches every program; all or none.
-pub(super) fn attach_binary(ebpf: &mut Ebpf, exe: &Path) -> Result<(String, Links), TlsError> {
-    let (version, points) = attach_points(exe)?;
+/// Attaches every program at the resolved points of `exe`; all or none.
+pub(super) fn attach_resolved(
+    ebpf: &mut Ebpf,
+    exe: &Path,
+    version: String,
+    points: Points,
+) -> Result<(String, Links), TlsError> {
     let mut links = Vec::with_capacity(points.len());
     for (program, offset) in points {
         match uprobes::attach(ebpf, program, exe, offset, None) {

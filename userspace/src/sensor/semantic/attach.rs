@@ -6,13 +6,17 @@
 //!
 //! A binary whose plan cannot be resolved is remembered with its error for as long as it
 //! is in use: the plan depends on the file's bytes only, and a new release is a new file
-//! (another inode), so trying again would only repeat the failure.
+//! (another inode), so trying again would only repeat the failure. Plans are resolved
+//! off the run loop ([`crate::sensor::resolve`]): a binary whose plan is not in yet is
+//! pending, and its processes are in [`SemanticProbes::pending_pids`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::Arc,
 };
+
+use tokio::sync::Notify;
 
 use aya::{
     maps::{Array, MapData},
@@ -24,6 +28,7 @@ use super::{plan_path_with, SemanticError, SemanticPlan};
 use crate::sensor::{
     gotls::{binary_ids, BinaryId},
     names,
+    resolve::{Resolutions, ResolveError, RESOLVE_TIMEOUT},
     uprobes::{self, Links, UprobeError},
 };
 
@@ -60,6 +65,8 @@ pub enum SemanticAttachError {
     Plan(#[from] SemanticError),
     #[error(transparent)]
     Uprobe(#[from] UprobeError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     #[error("the eBPF object has no map {name} (stale object?)")]
     MapMissing { name: &'static str },
     #[error("all {SEM_BINARY_SLOTS} binary slots are in use")]
@@ -91,9 +98,11 @@ struct Binary {
 }
 
 /// The semantic probes across discovery scans.
-#[derive(Default)]
 pub struct SemanticProbes {
     binaries: BTreeMap<BinaryId, Binary>,
+    resolving: Resolutions<Result<SemanticPlan, SemanticError>>,
+    /// Processes (of the last sync) whose binary's plan is not in yet.
+    pending_pids: Vec<u32>,
     /// `--semantic-offset`: replaces one table entry before verification.
     tweak: Option<super::OffsetOverride>,
     /// `--semantic-kernel-offset`: replaces one entry of what the kernel gets, after
@@ -155,22 +164,35 @@ fn attach(
 
 impl SemanticProbes {
     /// Nothing attached yet; `tweak` replaces one offset table entry before
-    /// verification, `kernel_tweak` one entry of what the kernel gets after it.
+    /// verification, `kernel_tweak` one entry of what the kernel gets after it; `done`
+    /// is woken when a plan is resolved.
     pub fn new(
         tweak: Option<super::OffsetOverride>,
         kernel_tweak: Option<super::OffsetOverride>,
+        done: Arc<Notify>,
     ) -> Self {
         SemanticProbes {
+            binaries: BTreeMap::new(),
+            resolving: Resolutions::new(done, RESOLVE_TIMEOUT),
+            pending_pids: Vec::new(),
             tweak,
             kernel_tweak,
-            ..Self::default()
+            loaded: None,
         }
     }
 
+    /// Processes (of the last [`Self::sync`]) whose binary's plan is being resolved.
+    pub fn pending_pids(&self) -> &[u32] {
+        &self.pending_pids
+    }
+
     /// Attaches the semantic sensor to the binaries these processes run and detaches it
-    /// from binaries none of them runs any more. One status per binary in use.
+    /// from binaries none of them runs any more. One status per binary in use whose plan
+    /// is resolved; the others are pending ([`Self::pending_pids`]).
     pub fn sync(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Vec<SemanticBinaryStatus> {
         let in_use = binary_ids(pids);
+        self.resolving.retain(|id| in_use.contains_key(id));
+        self.pending_pids.clear();
         let gone: BTreeSet<BinaryId> = self
             .binaries
             .keys()
@@ -190,7 +212,10 @@ impl SemanticProbes {
         let mut out = Vec::with_capacity(in_use.len());
         for (id, (exe, pids)) in in_use {
             if !self.binaries.contains_key(&id) {
-                let outcome = self.attach_new(ebpf, id, &exe);
+                let Some(outcome) = self.attach_new(ebpf, id, &exe) else {
+                    self.pending_pids.extend(pids);
+                    continue;
+                };
                 self.binaries.insert(
                     id,
                     Binary {
@@ -216,12 +241,13 @@ impl SemanticProbes {
         out
     }
 
+    /// `None` while the binary's plan is being resolved.
     fn attach_new(
         &mut self,
         ebpf: &mut Ebpf,
         id: BinaryId,
         exe: &std::path::Path,
-    ) -> Result<Attached, Arc<SemanticAttachError>> {
+    ) -> Option<Result<Attached, Arc<SemanticAttachError>>> {
         let log_failure = |error: &SemanticAttachError| {
             tracing::warn!(
                 exe = %exe.display(),
@@ -240,10 +266,15 @@ impl SemanticProbes {
             .clone();
         if let Err(e) = loaded {
             log_failure(&e);
-            return Err(e);
+            return Some(Err(e));
         }
-        let result = plan_path_with(exe, self.tweak)
+        let tweak = self.tweak;
+        let answer = self
+            .resolving
+            .poll(id, exe, move |exe| plan_path_with(&exe, tweak))?;
+        let result = answer
             .map_err(SemanticAttachError::from)
+            .and_then(|plan| plan.map_err(SemanticAttachError::from))
             .and_then(|mut plan| {
                 if let Some(t) = self.kernel_tweak {
                     tracing::warn!(field = ?t.field, value = t.value, "the kernel gets a semantic offset the binary was not verified with (testing only)");
@@ -266,7 +297,7 @@ impl SemanticProbes {
         if let Err(error) = &result {
             log_failure(error);
         }
-        result.map_err(Arc::new)
+        Some(result.map_err(Arc::new))
     }
 
     fn free_slot(&self) -> Option<u32> {
