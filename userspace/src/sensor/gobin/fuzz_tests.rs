@@ -89,7 +89,14 @@ fn open_and_resolve(bytes: &[u8]) {
         assert!(f.probe_offset >= f.entry_offset && f.probe_offset < end.max(1));
         for r in f.ret_offsets {
             assert!(r >= f.entry_offset && r < end);
-            assert_eq!(bytes[r as usize], 0xc3);
+            // The site is the RET's first byte, prefixes included (`rep ret`).
+            let mut d = iced_x86::Decoder::with_ip(
+                64,
+                &bytes[r as usize..end as usize],
+                0,
+                iced_x86::DecoderOptions::NONE,
+            );
+            assert_eq!(d.decode().mnemonic(), iced_x86::Mnemonic::Ret);
         }
     }
 }
