@@ -15,6 +15,8 @@ pub mod agent;
 pub mod config;
 pub mod discovery;
 pub mod event;
+#[cfg(test)]
+mod fuzz_support;
 pub mod hosts;
 pub mod metrics;
 pub mod pipeline;

@@ -1,6 +1,8 @@
 //! Which local processes are Traefik replicas, and how kernel events map back to them.
 
 pub mod endpoints;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod kubernetes;
 pub mod local;
 pub mod metrics;

@@ -15,6 +15,8 @@ pub mod check;
 pub mod client;
 mod config;
 mod endpoints;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod inventory;
 mod jobs;
 #[cfg(test)]

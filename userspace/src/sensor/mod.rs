@@ -18,6 +18,8 @@ pub mod abi;
 pub mod btf;
 mod counters;
 pub mod decode;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod gobin;
 pub mod gotls;
 mod hooks;

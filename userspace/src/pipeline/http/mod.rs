@@ -14,6 +14,8 @@
 //! agent's own User-Agent). Host names are normalised by [`crate::hosts`].
 
 mod fields;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod head;
 pub mod parse;
 pub mod probe_tag;

@@ -170,8 +170,9 @@ fn parse_inner(
             Message::Response(r) => match r.content_length {
                 // A response to HEAD carries the length of the body it does not send. The
                 // parser does not know the request, so it trusts what the bytes show: a
-                // new status line right after the head means no body was sent.
-                Some(_) if looks_like_response_start(&bytes[body_start..]) => Some(0),
+                // new status line right after the head means no body was sent. Only a
+                // whole "HTTP/1." counts: a body starting with "H" is not a status line.
+                Some(_) if bytes[body_start..].starts_with(b"HTTP/1.") => Some(0),
                 Some(n) => Some(n),
                 None => {
                     messages.push(msg);

@@ -27,6 +27,14 @@ impl Btf<'_> {
     }
 
     fn size_of(&self, id: u32) -> Result<u64, BtfError> {
+        self.size_at_depth(id, 0)
+    }
+
+    /// `depth`: arrays nested so far (a corrupt file's array may contain itself).
+    fn size_at_depth(&self, id: u32, depth: usize) -> Result<u64, BtfError> {
+        if depth > MAX_DEPTH {
+            return Err(BtfError::BadType(id));
+        }
         let id = self.resolve(id)?;
         let t = self.ty(id)?;
         match t.kind {
@@ -37,7 +45,9 @@ impl Btf<'_> {
             KIND_ARRAY => {
                 let elem = u32_at(self.data, t.extra).ok_or(BtfError::BadType(id))?;
                 let n = u32_at(self.data, t.extra + 8).ok_or(BtfError::BadType(id))?;
-                Ok(self.size_of(elem)? * u64::from(n))
+                self.size_at_depth(elem, depth + 1)?
+                    .checked_mul(u64::from(n))
+                    .ok_or(BtfError::BadType(id))
             }
             _ => Err(BtfError::BadType(id)),
         }

@@ -55,7 +55,8 @@ pub(super) fn decode_data(rec: &[u8], arena: &mut BytesMut) -> Result<EventKind,
     Ok(EventKind::Data {
         conn,
         direction,
-        total_len: total_len + u64::from(first.is_some()),
+        // Saturating: a corrupt record may claim a transfer of u64::MAX bytes.
+        total_len: total_len.saturating_add(u64::from(first.is_some())),
         bytes: take_bytes(arena, first, captured),
     })
 }

@@ -7,6 +7,8 @@
 
 mod close;
 mod data;
+#[cfg(test)]
+mod fuzz_tests;
 mod head;
 #[cfg(test)]
 mod tests;

@@ -62,13 +62,13 @@ fn events_share_the_arena_and_keep_their_bytes() {
     assert_eq!(&bytes(&b)[..], b"GET / HTTP/1.1");
 }
 
-fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+pub(super) fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
     // SAFETY: only used with the shared #[repr(C)] record types, which have no padding
     // (pinned by the size assertions in routeskew-common), so every byte is initialised.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
-fn header(kind: u32) -> EventHeader {
+pub(super) fn header(kind: u32) -> EventHeader {
     EventHeader {
         kind,
         tgid: 4242,
@@ -79,7 +79,7 @@ fn header(kind: u32) -> EventHeader {
     }
 }
 
-fn data_event(captured: u32, total: u64, dir: WireDirection) -> DataEvent {
+pub(super) fn data_event(captured: u32, total: u64, dir: WireDirection) -> DataEvent {
     let mut data = [0xAAu8; DATA_CAP];
     let msg = b"HTTP/1.1 404 Not Found\r\n";
     data[..msg.len()].copy_from_slice(msg);
@@ -264,7 +264,7 @@ fn close_record() {
     );
 }
 
-fn upstream(reason: u32, family: u16, daddr: [u8; 16]) -> UpstreamEvent {
+pub(super) fn upstream(reason: u32, family: u16, daddr: [u8; 16]) -> UpstreamEvent {
     UpstreamEvent {
         header: header(RecordKind::Upstream as u32),
         reason,
@@ -359,7 +359,7 @@ fn garbage() {
     assert!(matches!(decode(&rec), Err(DecodeError::Short { .. })));
 }
 
-fn head_record(len: u32, flags: u16) -> HeadEvent {
+pub(super) fn head_record(len: u32, flags: u16) -> HeadEvent {
     let mut head = [0u8; SEM_HEAD_CAP];
     head[..4].copy_from_slice(b"GET ");
     HeadEvent {

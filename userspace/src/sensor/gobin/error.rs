@@ -39,6 +39,8 @@ pub enum GoBinError {
     BadBuildInfo { defect: BuildInfoDefect },
     #[error("cannot tell where the text starts: the pcHeader has no textStart and neither runtime.moduledata nor a .text section was found")]
     NoTextStart,
+    #[error("implausible text start {text_start:#x}: the text would end past the address space")]
+    ImplausibleTextStart { text_start: u64 },
     #[error("function {name} is not in the binary")]
     FunctionMissing { name: String },
     #[error("function {name} at {address:#x} is not inside a loaded file segment")]

@@ -117,7 +117,7 @@ impl GoBinary {
             })
             .collect();
 
-        let (pcl_vaddr, pclntab) = find_pclntab(&file)?;
+        let (pcl_vaddr, pclntab) = find_pclntab(&file, data.len())?;
         let table = Pclntab::parse(&data[pclntab.0..pclntab.1])?;
 
         let moduledata = find_moduledata(&file, pcl_vaddr, &table);
@@ -138,6 +138,11 @@ impl GoBinary {
                 ".text section",
             ),
         };
+
+        // Entry addresses are text_start plus a u32 offset: refuse a base that would wrap.
+        if text_start.checked_add(u64::from(u32::MAX)).is_none() {
+            return Err(GoBinError::ImplausibleTextStart { text_start });
+        }
 
         let (go_version, module_info) = match build_info(&file, data, &segments) {
             Ok((v, m)) => (Some(v), m),
@@ -231,7 +236,8 @@ impl GoBinary {
     pub fn file_offset(&self, address: u64, len: u64) -> Option<u64> {
         self.segments.iter().find_map(|&(vaddr, off, size)| {
             let rel = address.checked_sub(vaddr)?;
-            (rel.checked_add(len)? <= size).then_some(off + rel)
+            // A damaged program header's offset may wrap.
+            (rel.checked_add(len)? <= size).then(|| off.checked_add(rel))?
         })
     }
 
@@ -277,12 +283,16 @@ impl GoBinary {
     }
 }
 
-fn find_pclntab(file: &object::File<'_>) -> Result<(u64, (usize, usize)), GoBinError> {
+/// `file_len`: a section header may claim bytes past the end of the file.
+fn find_pclntab(
+    file: &object::File<'_>,
+    file_len: usize,
+) -> Result<(u64, (usize, usize)), GoBinError> {
     let range = |s: &object::Section<'_, '_>, skip: u64| -> Option<(usize, usize)> {
         let (off, size) = s.file_range()?;
         let start = usize::try_from(off.checked_add(skip)?).ok()?;
         let end = usize::try_from(off.checked_add(size)?).ok()?;
-        (start < end).then_some((start, end))
+        (start < end && end <= file_len).then_some((start, end))
     };
     if let Some(s) = file.section_by_name(".gopclntab") {
         if let Some(r) = range(&s, 0) {
@@ -298,8 +308,10 @@ fn find_pclntab(file: &object::File<'_>) -> Result<(u64, (usize, usize)), GoBinE
         let mut at = 0usize;
         while at + 8 <= data.len() {
             if pclntab::looks_like_header(&data[at..]) && Pclntab::parse(&data[at..]).is_ok() {
-                if let Some(r) = range(&s, at as u64) {
-                    return Ok((s.address() + at as u64, r));
+                if let (Some(r), Some(vaddr)) =
+                    (range(&s, at as u64), s.address().checked_add(at as u64))
+                {
+                    return Ok((vaddr, r));
                 }
             }
             at += 16;
@@ -317,8 +329,9 @@ fn find_moduledata<'d>(
     pcl_vaddr: u64,
     table: &Pclntab<'_>,
 ) -> Option<&'d [u8]> {
-    let funcnametab = pcl_vaddr + table.funcname_offset() as u64;
-    let ftab = pcl_vaddr + table.ftab_offset() as u64;
+    // Addresses from section headers: a damaged one may wrap.
+    let funcnametab = pcl_vaddr.checked_add(table.funcname_offset() as u64)?;
+    let ftab = pcl_vaddr.checked_add(table.ftab_offset() as u64)?;
     for name in [".go.module", ".noptrdata", ".data"] {
         let Some(s) = file.section_by_name(name) else {
             continue;
@@ -360,7 +373,7 @@ fn build_info(
     let version = buildinfo::version(blob, |addr, len| {
         let off = segments.iter().find_map(|&(vaddr, off, size)| {
             let rel = addr.checked_sub(vaddr)?;
-            (rel.checked_add(len as u64)? <= size).then_some(off + rel)
+            (rel.checked_add(len as u64)? <= size).then(|| off.checked_add(rel))?
         })?;
         let off = usize::try_from(off).ok()?;
         data.get(off..off + len)
@@ -368,5 +381,9 @@ fn build_info(
     Ok((version, buildinfo::module_info(blob)))
 }
 
+#[cfg(test)]
+mod fuzz_build;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

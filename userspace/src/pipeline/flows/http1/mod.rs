@@ -189,6 +189,19 @@ impl Http1 {
         messages.clear();
         let parsed = match http::parse_into(rest, total_len - skip, &mut messages) {
             Ok(p) => p,
+            // A followed connection's next message whose first syscall ended before a
+            // whole start line: like a pipelined message cut there, it continues in the
+            // next syscall. (An untracked connection is not followed from such bytes.)
+            Err(http::ParseError::TooShort)
+                if rest.len() as u64 == total_len - skip
+                    && self.table.contains(&key)
+                    && self.table.stash_fits(rest.len()) =>
+            {
+                self.msg_buf = messages;
+                self.table.touch(key, ts);
+                self.table.stash(key, d, rest.to_vec());
+                return;
+            }
             Err(e) => {
                 self.msg_buf = messages;
                 self.metrics.parse_errors.inc(e);

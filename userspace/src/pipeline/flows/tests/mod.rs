@@ -241,3 +241,4 @@ fn eviction_and_expiry_bound_memory() {
 }
 
 mod framing;
+mod fuzz;

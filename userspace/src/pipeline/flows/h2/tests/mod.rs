@@ -228,4 +228,5 @@ fn captures_classify_through_the_pipeline() {
     assert_eq!(flows.metrics.unanswered_requests.get(Leg::Client), 0);
 }
 
+mod fuzz;
 mod synthetic;
