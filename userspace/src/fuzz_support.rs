@@ -135,6 +135,23 @@ pub(crate) fn raw(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..=max)
 }
 
+/// Checks each checked-in corpus file under `dir` against what its builder makes now
+/// (`ROUTESKEW_WRITE_CORPUS=1` rewrites them first).
+pub(crate) fn check_corpus(dir: &std::path::Path, corpus: Vec<(&str, Vec<u8>)>) {
+    let write = std::env::var_os("ROUTESKEW_WRITE_CORPUS").is_some();
+    for (name, bytes) in corpus {
+        let path = dir.join(name);
+        if write {
+            std::fs::write(&path, &bytes).expect("write corpus");
+        }
+        let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            on_disk, bytes,
+            "{name}: rebuild with ROUTESKEW_WRITE_CORPUS=1"
+        );
+    }
+}
+
 #[test]
 fn edits_and_cuts_do_what_they_say() {
     // n percent of the way through a collection.

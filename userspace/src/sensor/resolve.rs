@@ -14,8 +14,6 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::gotls::BinaryId;
-
 /// How long one binary's resolution may take before it is given up (and counted as
 /// failed). A Traefik release resolves in well under a second on an idle machine.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,15 +34,15 @@ struct Running<T> {
     started: Instant,
 }
 
-/// Resolutions in flight, one per binary, each on its own thread.
-pub struct Resolutions<T> {
-    running: BTreeMap<BinaryId, Running<T>>,
+/// Resolutions in flight, one per binary (`K` names it), each on its own thread.
+pub struct Resolutions<K, T> {
+    running: BTreeMap<K, Running<T>>,
     /// Woken when an answer arrives (the run loop then applies the scan again).
     done: Arc<Notify>,
     timeout: Duration,
 }
 
-impl<T: Send + 'static> Resolutions<T> {
+impl<K: Ord + Copy, T: Send + 'static> Resolutions<K, T> {
     pub fn new(done: Arc<Notify>, timeout: Duration) -> Self {
         Resolutions {
             running: BTreeMap::new(),
@@ -57,7 +55,7 @@ impl<T: Send + 'static> Resolutions<T> {
     /// it runs. The first call starts `resolve` on `exe` on a thread of its own.
     pub fn poll(
         &mut self,
-        id: BinaryId,
+        id: K,
         exe: &std::path::Path,
         resolve: impl FnOnce(PathBuf) -> T + Send + 'static,
     ) -> Option<Result<T, ResolveError>> {
@@ -100,12 +98,12 @@ impl<T: Send + 'static> Resolutions<T> {
     }
 
     /// Forgets resolutions of binaries not in `in_use` (their answers are dropped).
-    pub fn retain(&mut self, in_use: impl Fn(&BinaryId) -> bool) {
+    pub fn retain(&mut self, in_use: impl Fn(&K) -> bool) {
         self.running.retain(|id, _| in_use(id));
     }
 
     /// Binaries being resolved now.
-    pub fn pending(&self) -> impl Iterator<Item = &BinaryId> {
+    pub fn pending(&self) -> impl Iterator<Item = &K> {
         self.running.keys()
     }
 }
@@ -114,11 +112,11 @@ impl<T: Send + 'static> Resolutions<T> {
 mod tests {
     use super::*;
 
-    fn id(ino: u64) -> BinaryId {
-        BinaryId { dev: 1, ino }
+    fn id(ino: u64) -> u64 {
+        ino
     }
 
-    fn wait(r: &mut Resolutions<u32>, n: u64) -> Result<u32, ResolveError> {
+    fn wait(r: &mut Resolutions<u64, u32>, n: u64) -> Result<u32, ResolveError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(a) = r.poll(id(n), "/x".as_ref(), |_| unreachable!("started already")) {
@@ -189,7 +187,7 @@ mod tests {
             })
             .is_none());
         assert!(r.poll(id(2), "/x".as_ref(), |_| 2).is_none());
-        r.retain(|i| i.ino == 2);
+        r.retain(|&i| i == 2);
         assert_eq!(r.pending().copied().collect::<Vec<_>>(), vec![id(2)]);
     }
 }

@@ -221,18 +221,7 @@ fn corpus_dir() -> std::path::PathBuf {
 
 #[test]
 fn corpus_files_are_what_the_builder_makes() {
-    let write = std::env::var_os("ROUTESKEW_WRITE_CORPUS").is_some();
-    for (name, bytes) in corpus() {
-        let path = corpus_dir().join(name);
-        if write {
-            std::fs::write(&path, &bytes).expect("write corpus");
-        }
-        let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            on_disk, bytes,
-            "{name}: rebuild with ROUTESKEW_WRITE_CORPUS=1"
-        );
-    }
+    crate::fuzz_support::check_corpus(&corpus_dir(), corpus());
 }
 
 #[test]

@@ -114,7 +114,7 @@ const RETRY_MAX: Duration = Duration::from_secs(600);
 /// The uprobes' state across discovery scans.
 pub struct TlsProbes {
     binaries: BTreeMap<BinaryId, Attached>,
-    resolving: Resolutions<Result<(String, Points), TlsError>>,
+    resolving: Resolutions<BinaryId, Result<(String, Points), TlsError>>,
     /// Processes (of the last sync) whose binary is being resolved.
     pending_pids: Vec<u32>,
     /// The wait after the next failure of a binary that failed before.

@@ -100,7 +100,7 @@ struct Binary {
 /// The semantic probes across discovery scans.
 pub struct SemanticProbes {
     binaries: BTreeMap<BinaryId, Binary>,
-    resolving: Resolutions<Result<SemanticPlan, SemanticError>>,
+    resolving: Resolutions<BinaryId, Result<SemanticPlan, SemanticError>>,
     /// Processes (of the last sync) whose binary's plan is not in yet.
     pending_pids: Vec<u32>,
     /// `--semantic-offset`: replaces one table entry before verification.
