@@ -14,6 +14,8 @@ pub enum GoBinError {
     },
     #[error("not an ELF file: {} is empty", path.display())]
     Empty { path: PathBuf },
+    #[error("{} is {len} bytes, more than the {max} a binary may have here", path.display())]
+    TooLarge { path: PathBuf, len: u64, max: u64 },
     #[error("not an ELF file: {source}")]
     Unparsable {
         #[source]
@@ -92,8 +94,10 @@ pub enum PclntabDefect {
     },
     #[error("function {func} name is outside the table")]
     NameOutside { func: usize },
-    #[error("function {func} name is not terminated")]
+    #[error("function {func} name is not terminated (within 16 KiB)")]
     NameUnterminated { func: usize },
+    #[error("{nfunc} functions, more than the {max} a binary may have here")]
+    TooManyFunctions { nfunc: usize, max: usize },
     #[error("the table has no closing entry")]
     NoTableEnd,
     #[error("function {func} has no end entry")]

@@ -4,6 +4,10 @@ use std::{fs::File, io, os::fd::AsRawFd, path::Path, ptr::NonNull};
 
 use super::GoBinError;
 
+/// Largest binary resolved: a Traefik release is 185 MB; past this a file is refused
+/// before it is mapped (issue 16, item 2).
+pub(super) const MAX_FILE_LEN: u64 = 1 << 30;
+
 /// A read-only private mapping of a whole file. Binaries are mapped instead of read:
 /// Traefik is 185 MB, and resolution only touches its tables and a few functions.
 pub(super) struct Mapped {
@@ -23,6 +27,13 @@ impl Mapped {
         };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
+        if len > MAX_FILE_LEN {
+            return Err(GoBinError::TooLarge {
+                path: path.to_owned(),
+                len,
+                max: MAX_FILE_LEN,
+            });
+        }
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l > 0)

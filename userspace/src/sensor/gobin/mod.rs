@@ -386,4 +386,6 @@ mod fuzz_build;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;

@@ -30,6 +30,15 @@ const MAGIC_GO12: u32 = 0xffff_fffb;
 
 /// Size of the pcHeader on 64-bit targets: 8 bytes of magic and sizes, then 8 words.
 const HEADER_LEN: usize = 8 + 8 * 8;
+#[cfg(test)]
+pub(super) const HEADER_LEN_FOR_TESTS: usize = HEADER_LEN;
+
+/// Most functions a table may hold: Traefik 3.7.15 has 206,347; a crafted table of
+/// millions is refused before anything scans it (issue 16, item 2).
+pub const MAX_FUNCTIONS: usize = 2_000_000;
+/// Longest function name read: Go's longest (generic instantiations) are a few KiB; a name
+/// with no terminator within this is a defect, found after reading this much at most.
+pub const MAX_NAME_LEN: usize = 16 * 1024;
 
 /// The function table of one binary, borrowed from its bytes.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +123,13 @@ impl<'a> Pclntab<'a> {
             .checked_add(1)
             .and_then(|n| n.checked_mul(8))
             .ok_or(Defect::CountOverflows)?;
+        if nfunc > MAX_FUNCTIONS {
+            return Err(Defect::TooManyFunctions {
+                nfunc,
+                max: MAX_FUNCTIONS,
+            }
+            .into());
+        }
         if nfunc == 0 || pcln.saturating_add(ftab_len) > data.len() {
             return Err(Defect::FunctionsDoNotFit { nfunc }.into());
         }
@@ -166,8 +182,9 @@ impl<'a> Pclntab<'a> {
         Some((u32_at(self.data, at)?, u32_at(self.data, at + 4)?))
     }
 
-    /// The name of function `i`, or an error for a table that points outside itself.
-    pub fn name(&self, i: usize) -> Result<&'a [u8], GoBinError> {
+    /// Where function `i`'s name starts, or an error for a table that points outside
+    /// itself.
+    fn name_start(&self, i: usize) -> Result<usize, GoBinError> {
         let func = i;
         let (entry, funcoff) = self.ftab(i).ok_or(Defect::PastTable { func })?;
         let record = self.pcln.saturating_add(funcoff as usize);
@@ -182,16 +199,23 @@ impl<'a> Pclntab<'a> {
             }
             .into());
         }
-        let start = self
+        Ok(self
             .funcname
             .checked_add(name_off as usize)
             .filter(|&s| s < self.data.len())
-            .ok_or(Defect::NameOutside { func })?;
+            .ok_or(Defect::NameOutside { func })?)
+    }
+
+    /// The name of function `i` (reading [`MAX_NAME_LEN`] bytes at most), or an error
+    /// for a table that points outside itself.
+    pub fn name(&self, i: usize) -> Result<&'a [u8], GoBinError> {
+        let start = self.name_start(i)?;
         let rest = &self.data[start..];
+        let rest = &rest[..rest.len().min(MAX_NAME_LEN + 1)];
         let end = rest
             .iter()
             .position(|&b| b == 0)
-            .ok_or(Defect::NameUnterminated { func })?;
+            .ok_or(Defect::NameUnterminated { func: i })?;
         Ok(&rest[..end])
     }
 
@@ -212,9 +236,15 @@ impl<'a> Pclntab<'a> {
     /// The first function with exactly this name. (The table names an assembly
     /// function's ABI0 body and its ABIInternal wrapper alike; the Go methods resolved
     /// here have one entry each.)
+    ///
+    /// Each entry costs the length of `name` at most, whatever the table's names are:
+    /// a table whose entries all share one huge name is as quick to search as any.
     pub fn find(&self, name: &str) -> Result<Option<FuncRange>, GoBinError> {
+        let wanted = name.as_bytes();
         for i in 0..self.nfunc {
-            if self.name(i)? == name.as_bytes() {
+            let start = self.name_start(i)?;
+            let here = &self.data[start..];
+            if here.starts_with(wanted) && here.get(wanted.len()) == Some(&0) {
                 return self.range(i).map(Some);
             }
         }
