@@ -223,6 +223,20 @@ pub(super) fn apply_scan(
         }
     }
     pipeline.set_targets(scan.targets.clone());
-    published.send_replace(scan.targets.clone());
+    // Probes of a replica whose probes are not on yet would go unseen and count against
+    // the sensor (three in a row demote it to byte capture): it is probed once they are.
+    let probed = if *pending == 0 {
+        scan.targets.clone()
+    } else {
+        TargetSet::new(
+            scan.targets
+                .targets()
+                .iter()
+                .filter(|t| !t.pids.iter().any(|p| all_pending.contains(p)))
+                .cloned()
+                .collect(),
+        )
+    };
+    published.send_replace(probed);
     *current = scan.targets;
 }
