@@ -98,7 +98,9 @@ async fn agent_runs_with_kubernetes_discovery() {
     let ready = loop {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             let r = http_get(addr, "/readyz").await;
-            if r.0 == 200 {
+            // Ready may first carry a note (Ingress objects not listed yet): wait for the
+            // state with everything listed.
+            if r.0 == 200 && r.1 == "ready\n" {
                 break r;
             }
         }
