@@ -21,6 +21,11 @@ pub(super) struct TlsState {
     pub(super) failed_replicas: i64,
 }
 
+/// Whether one of the target's processes is in `pids`.
+fn runs_any(t: &Target, pids: &BTreeSet<u32>) -> bool {
+    t.pids.iter().any(|p| pids.contains(p))
+}
+
 fn pids_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> Vec<u32> {
     targets
         .into_iter()
@@ -167,13 +172,13 @@ pub(super) fn apply_scan(
     semantic.dirty = false;
     // A replica whose semantic plan is not in yet waits for it rather than turning on
     // the global byte capture for a moment.
-    let sem_pending: HashSet<u32> = sensor.semantic_pending_pids().iter().copied().collect();
+    let sem_pending: BTreeSet<u32> = sensor.semantic_pending_pids().iter().copied().collect();
     let captured: Vec<&Target> = scan
         .targets
         .targets()
         .iter()
         .filter(|t| !counted.contains(&t.cgroup_id))
-        .filter(|t| !t.pids.iter().any(|p| sem_pending.contains(p)))
+        .filter(|t| !runs_any(t, &sem_pending))
         .collect();
     if semantic.enabled && !captured.is_empty() {
         for hook in sensor.ensure_byte_capture() {
@@ -192,7 +197,7 @@ pub(super) fn apply_scan(
         .targets
         .targets()
         .iter()
-        .filter(|t| t.pids.iter().any(|p| all_pending.contains(p)))
+        .filter(|t| runs_any(t, &all_pending))
         .count();
     if *pending != was_pending {
         tracing::info!(
@@ -225,18 +230,13 @@ pub(super) fn apply_scan(
     pipeline.set_targets(scan.targets.clone());
     // Probes of a replica whose probes are not on yet would go unseen and count against
     // the sensor (three in a row demote it to byte capture): it is probed once they are.
-    let probed = if *pending == 0 {
-        scan.targets.clone()
-    } else {
-        TargetSet::new(
-            scan.targets
-                .targets()
-                .iter()
-                .filter(|t| !t.pids.iter().any(|p| all_pending.contains(p)))
-                .cloned()
-                .collect(),
-        )
-    };
-    published.send_replace(probed);
+    published.send_replace(TargetSet::new(
+        scan.targets
+            .targets()
+            .iter()
+            .filter(|t| !runs_any(t, &all_pending))
+            .cloned()
+            .collect(),
+    ));
     *current = scan.targets;
 }

@@ -103,7 +103,8 @@ impl<K: Ord + Copy, T: Send + 'static> Resolutions<K, T> {
     }
 
     /// Binaries being resolved now.
-    pub fn pending(&self) -> impl Iterator<Item = &K> {
+    #[cfg(test)]
+    fn pending(&self) -> impl Iterator<Item = &K> {
         self.running.keys()
     }
 }
@@ -112,14 +113,10 @@ impl<K: Ord + Copy, T: Send + 'static> Resolutions<K, T> {
 mod tests {
     use super::*;
 
-    fn id(ino: u64) -> u64 {
-        ino
-    }
-
     fn wait(r: &mut Resolutions<u64, u32>, n: u64) -> Result<u32, ResolveError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(a) = r.poll(id(n), "/x".as_ref(), |_| unreachable!("started already")) {
+            if let Some(a) = r.poll(n, "/x".as_ref(), |_| unreachable!("started already")) {
                 return a;
             }
             assert!(Instant::now() < deadline, "no answer");
@@ -133,13 +130,13 @@ mod tests {
         let mut r = Resolutions::new(Arc::clone(&done), Duration::from_secs(10));
         let gate = Arc::new(std::sync::Barrier::new(2));
         let g = Arc::clone(&gate);
-        let started = r.poll(id(1), "/bin/x".as_ref(), move |exe| {
+        let started = r.poll(1, "/bin/x".as_ref(), move |exe| {
             g.wait();
             u32::try_from(exe.as_os_str().len()).unwrap_or(0)
         });
         assert!(started.is_none(), "the first poll only starts it");
         assert_eq!(r.pending().count(), 1);
-        assert!(r.poll(id(1), "/bin/x".as_ref(), |_| 0).is_none());
+        assert!(r.poll(1, "/bin/x".as_ref(), |_| 0).is_none());
         gate.wait();
         assert_eq!(wait(&mut r, 1).unwrap(), 6);
         assert_eq!(r.pending().count(), 0);
@@ -159,7 +156,7 @@ mod tests {
         let mut r = Resolutions::new(Arc::new(Notify::new()), Duration::from_millis(50));
         let (hold, held) = mpsc::channel::<()>();
         assert!(r
-            .poll(id(1), "/x".as_ref(), move |_| {
+            .poll(1, "/x".as_ref(), move |_| {
                 let _ = held.recv();
                 1
             })
@@ -169,9 +166,7 @@ mod tests {
         // Unwinding (and printing the panic) may take longer than the short limit above.
         let mut r = Resolutions::new(Arc::new(Notify::new()), Duration::from_secs(10));
         assert!(r
-            .poll(id(2), "/x".as_ref(), |_| -> u32 {
-                panic!("crafted binary")
-            })
+            .poll(2, "/x".as_ref(), |_| -> u32 { panic!("crafted binary") })
             .is_none());
         assert!(matches!(wait(&mut r, 2), Err(ResolveError::Panicked)));
     }
@@ -181,13 +176,13 @@ mod tests {
         let mut r = Resolutions::new(Arc::new(Notify::new()), Duration::from_secs(10));
         let (_hold, held) = mpsc::channel::<()>();
         assert!(r
-            .poll(id(1), "/x".as_ref(), move |_| {
+            .poll(1, "/x".as_ref(), move |_| {
                 let _ = held.recv();
                 1
             })
             .is_none());
-        assert!(r.poll(id(2), "/x".as_ref(), |_| 2).is_none());
+        assert!(r.poll(2, "/x".as_ref(), |_| 2).is_none());
         r.retain(|&i| i == 2);
-        assert_eq!(r.pending().copied().collect::<Vec<_>>(), vec![id(2)]);
+        assert_eq!(r.pending().copied().collect::<Vec<_>>(), vec![2]);
     }
 }
