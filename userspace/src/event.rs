@@ -207,14 +207,26 @@ pub enum PeerRole {
     Housekeeping,
 }
 
+/// The outcome of [`PeerTags::tag`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tagging {
+    Tagged,
+    /// The address is the agent's under the other role right now (Linux shares a local
+    /// port among connections to different destinations): connect again.
+    Conflict,
+    /// The sensor could not take it: the responses count as passive (the failure is the
+    /// sensor's to count and log).
+    Refused,
+}
+
 /// Tells the sensor which of a replica's peers are the agent's own connections, by the
 /// connection's local address (the replica's `RemoteAddr` of it). The semantic sensor
 /// marks their responses; the byte-capture sensor recognises them by User-Agent and
 /// needs none of this.
 pub trait PeerTags: Send + Sync {
-    /// Until [`PeerTags::untag`]. False when the sensor could not take it (the
-    /// responses then count as passive; the failure is the sensor's to count and log).
-    fn tag(&self, peer: SocketAddr, role: PeerRole) -> bool;
+    /// Until [`PeerTags::untag`] (once per successful tag: a local address can carry
+    /// several of the agent's connections at once, to different replicas).
+    fn tag(&self, peer: SocketAddr, role: PeerRole) -> Tagging;
     fn untag(&self, peer: SocketAddr);
     /// The connection was given up before its answer (a timeout): the replica may still
     /// write one, which is the agent's, so the tag may stay a while.

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::check::{Answer, BODY_PREFIX};
-use crate::event::{PeerRole, PeerTags, ProbeAnswer};
+use crate::event::{PeerRole, PeerTags, ProbeAnswer, Tagging};
 
 /// Why a probe request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -232,23 +232,61 @@ impl Drop for Tagged {
     }
 }
 
-/// Tags the connection before anything is sent on it.
-fn tag(caller: &Caller, tcp: &TcpStream) -> Option<Tagged> {
-    let tags = caller.tags.as_ref()?;
-    let local = tcp.local_addr().ok()?;
-    tags.tag(local, caller.role).then(|| Tagged {
-        tags: Arc::clone(tags),
-        local,
-        answered: false,
-    })
+/// Connections made at most to find a local address free of the agent's other role.
+const TAG_ATTEMPTS: usize = 4;
+
+/// Tags the connection before anything is sent on it. `Err` when its local address is
+/// held by another of the agent's connections in the other role (connect again).
+fn tag(caller: &Caller, tcp: &TcpStream) -> Result<Option<Tagged>, ()> {
+    let Some(tags) = caller.tags.as_ref() else {
+        return Ok(None);
+    };
+    let Ok(local) = tcp.local_addr() else {
+        return Ok(None);
+    };
+    match tags.tag(local, caller.role) {
+        Tagging::Tagged => Ok(Some(Tagged {
+            tags: Arc::clone(tags),
+            local,
+            answered: false,
+        })),
+        Tagging::Conflict => Err(()),
+        Tagging::Refused => Ok(None),
+    }
+}
+
+/// A connection to `addr`, tagged when the caller tags: a local address the agent holds
+/// in the other role is given up and another connection made (a few times, then the
+/// connection goes untagged and its answer counts as passive).
+async fn tagged_tcp(r: &Request<'_>) -> Result<(TcpStream, Option<Tagged>), ClientError> {
+    // Refused connections stay open until the end so that the next connect cannot be
+    // given the same local port again.
+    let mut held = Vec::new();
+    loop {
+        let attempt = held.len() + 1;
+        let tcp = TcpStream::connect(r.addr)
+            .await
+            .map_err(|source| ClientError::Connect { source })?;
+        let _ = tcp.set_nodelay(true);
+        match tag(r.caller, &tcp) {
+            Ok(tagged) => return Ok((tcp, tagged)),
+            Err(()) if attempt < TAG_ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "local address held by another role; connecting again"
+                );
+                held.push(tcp);
+            }
+            Err(()) => {
+                tracing::warn!(attempts = attempt, "no local address free of the agent's other role; this answer counts as passive");
+                return Ok((tcp, None));
+            }
+        }
+    }
 }
 
 async fn connect(r: &Request<'_>) -> Result<(Stream, Option<Tagged>), ClientError> {
-    let tcp = TcpStream::connect(r.addr)
-        .await
-        .map_err(|source| ClientError::Connect { source })?;
-    let _ = tcp.set_nodelay(true);
-    let tagged = tag(r.caller, &tcp);
+    let (tcp, tagged) = tagged_tcp(r).await?;
     let Some(tls) = r.tls else {
         return Ok((Box::pin(tcp), tagged));
     };

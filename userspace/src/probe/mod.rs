@@ -22,6 +22,8 @@ mod jobs;
 #[cfg(test)]
 mod stall_tests;
 #[cfg(test)]
+mod tag_tests;
+#[cfg(test)]
 mod test_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -22,7 +22,7 @@ pub(super) struct Linger {
 }
 
 impl Linger {
-    /// Tags whose time is up at `now`, or that exceed [`CAP`]: to remove from the kernel.
+    /// References whose time is up at `now`, or that exceed [`CAP`]: to release.
     pub(super) fn due(&mut self, now: Instant) -> Vec<SocketAddr> {
         let mut out = Vec::new();
         while let Some(&(at, peer)) = self.queue.front() {
@@ -35,16 +35,10 @@ impl Linger {
         out
     }
 
-    /// `peer` was abandoned at `now`.
+    /// A connection on `peer` was abandoned at `now` (each one holds its own reference
+    /// to the tag, [`super::book`]: a reused address is queued once per connection).
     pub(super) fn abandoned(&mut self, peer: SocketAddr, now: Instant) {
-        self.queue.retain(|&(_, p)| p != peer);
         self.queue.push_back((now, peer));
-    }
-
-    /// `peer` is tagged again (a new connection on the same address) or untagged now:
-    /// its earlier abandonment no longer applies.
-    pub(super) fn forget(&mut self, peer: SocketAddr) {
-        self.queue.retain(|&(_, p)| p != peer);
     }
 
     #[cfg(test)]
@@ -69,17 +63,15 @@ mod tests {
         l.abandoned(addr(2), t0 + Duration::from_secs(1));
         assert!(l.due(t0 + LINGER - Duration::from_millis(1)).is_empty());
         assert_eq!(l.due(t0 + LINGER), vec![addr(1)]);
-        // Tagged again before its time: never removed under the new connection.
-        l.forget(addr(2));
-        assert!(l.due(t0 + 10 * LINGER).is_empty());
+        assert_eq!(l.due(t0 + LINGER + Duration::from_secs(1)), vec![addr(2)]);
         for p in 0..=CAP as u16 {
             l.abandoned(addr(100 + p), t0);
         }
         assert_eq!(l.due(t0), vec![addr(100)]);
         assert_eq!(l.len(), CAP);
-        // Abandoned twice: one entry, the later time.
+        // Two abandoned connections on one address: two references, released in turn.
         l.abandoned(addr(101), t0 + LINGER);
-        assert_eq!(l.len(), CAP);
-        assert!(!l.due(t0 + LINGER).contains(&addr(101)));
+        assert_eq!(l.len(), CAP + 1);
+        assert_eq!(l.due(t0), vec![addr(101)]);
     }
 }

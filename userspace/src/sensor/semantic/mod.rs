@@ -15,6 +15,7 @@
 //!   are told apart from passive traffic.
 
 pub mod attach;
+mod book;
 mod callers;
 mod code;
 pub mod counts;

@@ -1,7 +1,8 @@
 //! The agent's own connections to replicas, published to the kernel (`SEM_PEERS`) so that
 //! the semantic sensor can tell probe and housekeeping responses from passive traffic by
 //! the request's `RemoteAddr`. The map is taken out of the object and shared with the
-//! prober's tasks behind a mutex (one update per probe connection).
+//! prober's tasks behind a mutex (one update per probe connection, none when another
+//! live connection shares the address).
 
 use std::{
     net::SocketAddr,
@@ -18,9 +19,9 @@ use aya::{
 };
 use routeskew_common::{peer_key_of, sem_peer};
 
-use super::linger::Linger;
+use super::book::{Book, Take};
 use crate::{
-    event::{PeerRole, PeerTags},
+    event::{PeerRole, PeerTags, Tagging},
     sensor::{map_err, names, SensorError},
 };
 
@@ -38,10 +39,12 @@ enum TagError {
 /// `SEM_PEERS`, owned by the prober's side once probing starts.
 pub struct KernelPeers {
     map: Mutex<HashMap<MapData, u64, u32>>,
-    /// Abandoned connections whose tag stays a while ([`super::linger`]).
-    linger: Mutex<Linger>,
+    /// Who holds which tag ([`super::book`]); locked before `map` when both are.
+    book: Mutex<Book>,
     /// Tags the kernel map refused (full, or an address too long to key).
     pub refused: AtomicU64,
+    /// Connections that found their local address held under the other role.
+    pub conflicts: AtomicU64,
 }
 
 /// Go's `RemoteAddr` spelling of a socket address: `net.JoinHostPort(ip.String(),
@@ -77,64 +80,77 @@ impl KernelPeers {
             .map_err(map_err(on))?;
         Ok(KernelPeers {
             map: Mutex::new(map),
-            linger: Mutex::new(Linger::default()),
+            book: Mutex::new(Book::default()),
             refused: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
         })
     }
 }
 
 impl PeerTags for KernelPeers {
-    fn tag(&self, peer: SocketAddr, role: PeerRole) -> bool {
+    fn tag(&self, peer: SocketAddr, role: PeerRole) -> Tagging {
         let value = match role {
             PeerRole::Probe => sem_peer::PROBE,
             PeerRole::Housekeeping => sem_peer::HOUSEKEEPING,
         };
-        self.sweep(Some(peer));
-        let result = match (key(peer), self.map.lock()) {
-            (Some(k), Ok(mut map)) => map.insert(k, value, 0).map_err(TagError::from),
-            (None, _) => Err(TagError::TooLong),
-            (_, Err(_)) => Err(TagError::Poisoned),
+        let Ok(mut book) = self.book.lock() else {
+            return self.refused(peer, &TagError::Poisoned);
         };
-        match result {
-            Ok(()) => true,
+        self.sweep(&mut book);
+        let Some(k) = key(peer) else {
+            return self.refused(peer, &TagError::TooLong);
+        };
+        match book.take(peer, role) {
+            Take::Shared => return Tagging::Tagged,
+            Take::Conflict => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Tagging::Conflict;
+            }
+            Take::Insert => {}
+        }
+        let inserted = match self.map.lock() {
+            Ok(mut map) => map.insert(k, value, 0).map_err(TagError::from),
+            Err(_) => Err(TagError::Poisoned),
+        };
+        match inserted {
+            Ok(()) => Tagging::Tagged,
             Err(error) => {
-                if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(%peer, %error, "the kernel did not take an agent connection's address; its responses count as passive");
-                }
-                false
+                book.release(peer);
+                self.refused(peer, &error)
             }
         }
     }
 
     fn untag(&self, peer: SocketAddr) {
-        self.sweep(Some(peer));
-        self.remove(peer);
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        self.sweep(&mut book);
+        if book.release(peer) {
+            self.remove(peer);
+        }
     }
 
     fn untag_abandoned(&self, peer: SocketAddr) {
-        self.sweep(None);
-        if let Ok(mut l) = self.linger.lock() {
-            l.abandoned(peer, Instant::now());
-        } else {
-            self.remove(peer);
-        }
+        let Ok(mut book) = self.book.lock() else {
+            return;
+        };
+        self.sweep(&mut book);
+        book.abandon(peer, Instant::now());
     }
 }
 
 impl KernelPeers {
-    /// Removes lingering tags whose time is up; `live`'s own lingering entry no longer
-    /// applies (it is tagged or untagged now).
-    fn sweep(&self, live: Option<SocketAddr>) {
-        let due = match self.linger.lock() {
-            Ok(mut l) => {
-                if let Some(p) = live {
-                    l.forget(p);
-                }
-                l.due(Instant::now())
-            }
-            Err(_) => return,
-        };
-        for peer in due {
+    fn refused(&self, peer: SocketAddr, error: &TagError) -> Tagging {
+        if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(%peer, %error, "the kernel did not take an agent connection's address; its responses count as passive");
+        }
+        Tagging::Refused
+    }
+
+    /// Removes lingering tags whose time is up and that no live connection shares.
+    fn sweep(&self, book: &mut Book) {
+        for peer in book.sweep(Instant::now()) {
             self.remove(peer);
         }
     }
