@@ -16,6 +16,10 @@ pub enum GoBinError {
     Empty { path: PathBuf },
     #[error("{} is {len} bytes, more than the {max} a binary may have here", path.display())]
     TooLarge { path: PathBuf, len: u64, max: u64 },
+    #[error("{} shrank while it was being read (the process exited and its file changed)", path.display())]
+    Shrank { path: PathBuf },
+    #[error("cannot guard the mapping of {} against the file shrinking: {max} binaries are being read already", path.display())]
+    Unguarded { path: PathBuf, max: usize },
     #[error("not an ELF file: {source}")]
     Unparsable {
         #[source]
@@ -51,6 +55,8 @@ pub enum GoBinError {
     Undecodable { address: u64 },
     #[error("function {name} has no RET instruction")]
     NoReturn { name: String },
+    #[error("function {name} is {size} bytes long, more than the {max} decoded here")]
+    FunctionTooLarge { name: String, size: u64, max: u64 },
 }
 
 impl From<PclntabDefect> for GoBinError {

@@ -55,6 +55,23 @@ pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), TlsError> {
 /// (reads the file only: runs off the run loop).
 pub(super) fn attach_points(exe: &Path) -> Result<(String, Points), TlsError> {
     let bin = GoBinary::open(exe)?;
+    let points = points_of(&bin);
+    // Whatever was read is void when the file shrank meanwhile (its errors too).
+    bin.intact()?;
+    let points = points?;
+    let version = bin.go_version.clone().unwrap_or_else(|| "unknown".into());
+    tracing::debug!(
+        exe = %exe.display(),
+        go_version = %version,
+        text_start = bin.text_start(),
+        text_start_source = bin.text_start_source,
+        points = points.len(),
+        "Go TLS functions resolved"
+    );
+    Ok((version, points))
+}
+
+fn points_of(bin: &GoBinary) -> Result<Points, TlsError> {
     let write = bin.function(WRITE)?;
     let read = bin.function(READ)?;
     let close = bin.function(CLOSE)?;
@@ -64,16 +81,7 @@ pub(super) fn attach_points(exe: &Path) -> Result<(String, Points), TlsError> {
         (PROG_CLOSE, close.probe_offset),
     ];
     points.extend(read.ret_offsets.iter().map(|&o| (PROG_READ_RET, o)));
-    let version = bin.go_version.clone().unwrap_or_else(|| "unknown".into());
-    tracing::debug!(
-        exe = %exe.display(),
-        go_version = %version,
-        text_start = bin.text_start(),
-        text_start_source = bin.text_start_source,
-        read_ret_sites = read.ret_offsets.len(),
-        "Go TLS functions resolved"
-    );
-    Ok((version, points))
+    Ok(points)
 }
 
 pub(super) fn detach(ebpf: &mut Ebpf, links: Links) {

@@ -122,16 +122,18 @@ pub fn plan_path_with(
         path: path.display().to_string(),
         source,
     })?;
-    plan_with(&bin, tweak)
+    let plan = plan_with(&bin, tweak);
+    // Whatever was read is void when the file shrank meanwhile (its errors too).
+    bin.intact().map_err(|source| SemanticError::Binary {
+        path: path.display().to_string(),
+        source,
+    })?;
+    plan
 }
 
 /// [`plan`] for the binary at `path`.
 pub fn plan_path(path: &Path) -> Result<SemanticPlan, SemanticError> {
-    let bin = GoBinary::open(path).map_err(|source| SemanticError::Binary {
-        path: path.display().to_string(),
-        source,
-    })?;
-    plan(&bin)
+    plan_path_with(path, None)
 }
 
 /// Resolves and verifies the semantic probe plan of `bin`. Nothing is guessed: any
