@@ -77,6 +77,11 @@ impl Backend {
         Self::spawn(Command::new(bin), log, None)
     }
 
+    /// The same server inside the cgroup v2 directory `cgroup`.
+    pub fn start_in(bin: &Path, log: &Path, cgroup: &Path) -> Result<Self> {
+        Self::spawn(Command::new(bin), log, Some(cgroup))
+    }
+
     /// The same server speaking HTTPS (Go's crypto/tls) with `cert`, inside `cgroup`
     /// when given.
     pub fn start_tls(

@@ -20,7 +20,7 @@ use crate::discovery::local::DiscoveryError;
 use crate::discovery::TargetSet;
 use crate::event::Event;
 use crate::hosts::KnownHosts;
-use crate::metrics::{self, BuildInfo, Exposition, Readiness};
+use crate::metrics::{self, BuildInfo, Contract, Exposition, Readiness};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::probe::{ProbeConfig, Prober};
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
@@ -193,6 +193,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tls: TlsState {
             enabled: !args.no_tls,
             failed_replicas: 0,
+            pids: Default::default(),
         },
         semantic: SemanticState {
             enabled: args.sensor == SensorArg::Semantic,
@@ -263,7 +264,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 pipeline.handle_batch(&batch);
             }
             _ = rescan.tick() => {
-                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                discovery_pass(&discovery, &mut watched, &mut sensor, &mut pipeline, &contract);
             }
             Some(ev) = probe_rx.recv(), if probing => {
                 pipeline.handle(&ev);
@@ -272,18 +273,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 pipeline.expire_probes(crate::event::monotonic_ns());
             }
             () = resolved.notified() => {
-                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                discovery_pass(&discovery, &mut watched, &mut sensor, &mut pipeline, &contract);
                 report_readiness(&discovery, &watched, &readiness);
             }
             _ = discovery.changed() => {
-                apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                discovery_pass(&discovery, &mut watched, &mut sensor, &mut pipeline, &contract);
                 discovery.update_hosts(&mut pipeline, &hosts_tx);
                 publish_hosts(&mut sensor, &pipeline);
             }
             _ = housekeeping.tick() => {
                 if watched.pending > 0 {
                     // Catches a resolution that timed out (no answer wakes the loop).
-                    apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                    discovery_pass(&discovery, &mut watched, &mut sensor, &mut pipeline, &contract);
                 }
                 report_readiness(&discovery, &watched, &readiness);
                 let now = crate::event::monotonic_ns();
@@ -292,7 +293,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                 }
                 pipeline.tick(now);
                 if scan::demote_blind(&mut watched, &mut pipeline) {
-                    apply_scan(discovery.scan(), &mut watched, &mut sensor, &mut pipeline, &contract);
+                    discovery_pass(&discovery, &mut watched, &mut sensor, &mut pipeline, &contract);
                 }
                 if let Err(e) = sensor.publish_counters(&mut sensor_metrics) {
                     tracing::warn!(error = %e, "reading kernel counters failed");
@@ -306,6 +307,34 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     drop(sensor);
     Ok(())
 }
+
+/// A discovery pass applied; a slow one is logged with where its time went (the
+/// pipeline waits meanwhile, and with it the ring-buffer reader once its queue is full).
+fn discovery_pass(
+    discovery: &Discovery,
+    watched: &mut Watched,
+    sensor: &mut Sensor,
+    pipeline: &mut Pipeline,
+    contract: &Contract,
+) {
+    let t0 = std::time::Instant::now();
+    let scan = discovery.scan();
+    let scanned = t0.elapsed();
+    apply_scan(scan, watched, sensor, pipeline, contract);
+    let took = t0.elapsed();
+    if took > SLOW_PASS {
+        tracing::warn!(
+            scan_ms = scanned.as_millis() as u64,
+            apply_ms = (took - scanned).as_millis() as u64,
+            "a discovery pass was slow; events waited meanwhile"
+        );
+    } else {
+        tracing::trace!(took_us = took.as_micros() as u64, "discovery pass");
+    }
+}
+
+/// A discovery pass longer than this is logged.
+const SLOW_PASS: Duration = Duration::from_millis(50);
 
 /// Not ready while a replica's binary is being resolved (its probes are not on, so its
 /// requests would go uncounted); otherwise discovery says.

@@ -19,6 +19,8 @@ pub(super) struct TlsState {
     /// Replicas whose binary the uprobes could not be put on (they stay watched in
     /// plaintext, and count as failed targets too).
     pub(super) failed_replicas: i64,
+    /// The processes the uprobes were last asked for.
+    pub(super) pids: BTreeSet<u32>,
 }
 
 /// Whether one of the target's processes is in `pids`.
@@ -33,11 +35,12 @@ fn pids_of<'a>(targets: impl IntoIterator<Item = &'a Target>) -> Vec<u32> {
         .collect()
 }
 
-/// Puts the TLS uprobes on these targets' binaries (and takes them off every other);
-/// returns how many of them run a binary where that failed.
-fn sync_tls(targets: &[&Target], sensor: &mut Sensor) -> i64 {
+/// Puts the TLS uprobes on the binaries of `pids` (and takes them off every other);
+/// returns how many of `targets` run a binary where that failed.
+fn sync_tls(targets: &[&Target], pids: &BTreeSet<u32>, sensor: &mut Sensor) -> i64 {
+    let pids: Vec<u32> = pids.iter().copied().collect();
     let failed_pids: HashSet<u32> = sensor
-        .set_tls_processes(&pids_of(targets.iter().copied()))
+        .set_tls_processes(&pids)
         .into_iter()
         .filter(|b| b.outcome.is_err())
         .flat_map(|b| b.pids)
@@ -124,6 +127,31 @@ pub(super) struct Watched {
     pub(super) pending: usize,
 }
 
+/// The same replica in both sets: same name, namespace and cgroup.
+fn same_replica(a: &Target, b: &Target) -> bool {
+    a.replica == b.replica && a.cgroup_id == b.cgroup_id
+}
+
+/// Logs replicas that came, went, or whose processes changed.
+fn log_changes(before: &TargetSet, after: &TargetSet) {
+    for t in after.targets() {
+        match before.targets().iter().find(|b| same_replica(b, t)) {
+            None => {
+                tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, cgroup_id = t.cgroup_id, pids = ?t.pids, "watching replica");
+            }
+            Some(b) if b.pids != t.pids => {
+                tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, pids = ?t.pids, "replica's processes changed");
+            }
+            Some(_) => {}
+        }
+    }
+    for t in before.targets() {
+        if !after.targets().iter().any(|a| same_replica(a, t)) {
+            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, "replica gone");
+        }
+    }
+}
+
 /// Pushes a discovery result to the kernel filter, the TLS uprobes, the pipeline and the
 /// target gauges; logs only what changed (failures too: a persistent one is logged once).
 pub(super) fn apply_scan(
@@ -152,16 +180,7 @@ pub(super) fn apply_scan(
         metrics.set_targets(current.replica_count() as i64, failed + tls.failed_replicas);
         return;
     }
-    for t in scan.targets.targets() {
-        if !current.targets().contains(t) {
-            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, cgroup_id = t.cgroup_id, pids = ?t.pids, "watching replica");
-        }
-    }
-    for t in current.targets() {
-        if !scan.targets.targets().contains(t) {
-            tracing::info!(replica = %t.replica.name, namespace = %t.replica.namespace, "replica gone");
-        }
-    }
+    log_changes(current, &scan.targets);
     let counted = if semantic.enabled {
         sync_semantic(&scan.targets, sensor)
     } else {
@@ -189,7 +208,21 @@ pub(super) fn apply_scan(
         }
     }
     if tls.enabled {
-        tls.failed_replicas = sync_tls(&captured, sensor);
+        // A replica waiting for a semantic plan (a new process in it) keeps the TLS
+        // uprobes its other processes have, since it may stay on byte capture: taking
+        // them off and putting them back would leave its TLS traffic unseen meanwhile.
+        // It gets no new ones until the plan is in.
+        let mut pids: BTreeSet<u32> = pids_of(captured.iter().copied()).into_iter().collect();
+        pids.extend(
+            scan.targets
+                .targets()
+                .iter()
+                .filter(|t| !counted.contains(&t.cgroup_id) && runs_any(t, &sem_pending))
+                .flat_map(|t| t.pids.iter().copied())
+                .filter(|p| tls.pids.contains(p)),
+        );
+        tls.failed_replicas = sync_tls(&captured, &pids, sensor);
+        tls.pids = pids;
     }
     let all_pending = sensor.pending_pids();
     let was_pending = *pending;

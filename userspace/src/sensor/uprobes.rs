@@ -2,7 +2,7 @@
 //! semantic sensor's): finding a program in the object, loading it, attaching it at a
 //! file offset, detaching links, and why any of it failed.
 
-use std::path::Path;
+use std::{path::Path, sync::Mutex, thread::JoinHandle};
 
 use aya::{
     programs::{
@@ -76,6 +76,7 @@ pub(super) fn attach(
         location: UProbeAttachLocation::AbsoluteOffset(offset),
         cookie,
     };
+    wait_for_closing();
     uprobe(ebpf, program)?
         .attach(point, exe, UProbeScope::AllProcesses)
         .map_err(|source| UprobeError::Attach {
@@ -85,14 +86,52 @@ pub(super) fn attach(
         })
 }
 
-/// Detaches every link (a failure is logged at debug: the link goes with the program).
+/// Takes the links off their programs and closes them on a thread of their own: closing
+/// a uprobe's perf event waits for the kernel's RCU grace periods (measured: 975 ms for
+/// ten uprobes on a loaded 2-CPU machine), which must not hold up the run loop, and
+/// with it the pipeline and the ring-buffer reader behind it.
 pub(super) fn detach(ebpf: &mut Ebpf, links: Links) {
+    let mut owned = Vec::with_capacity(links.len());
     for (program, link) in links {
-        let result = uprobe(ebpf, program).map(|p| p.detach(link));
-        if let Ok(Err(error)) = result {
-            tracing::debug!(program, %error, "detaching a uprobe failed");
-        } else if let Err(error) = result {
-            tracing::debug!(program, %error, "detaching a uprobe failed");
+        // A link that cannot be taken (a failure is logged at debug) goes with the program.
+        match uprobe(ebpf, program).map(|p| p.take_link(link)) {
+            Ok(Ok(l)) => owned.push(l),
+            Ok(Err(error)) => tracing::debug!(program, %error, "detaching a uprobe failed"),
+            Err(error) => tracing::debug!(program, %error, "detaching a uprobe failed"),
+        }
+    }
+    if owned.is_empty() {
+        return;
+    }
+    let Ok(mut closing) = CLOSING.lock() else {
+        // Poisoned: close here (dropped links detach).
+        return;
+    };
+    closing.retain(|h| !h.is_finished());
+    match std::thread::Builder::new()
+        .name("routeskew-detach".into())
+        .spawn(move || drop(owned))
+    {
+        Ok(handle) => closing.push(handle),
+        // The closure, links and all, was dropped: they are closed already.
+        Err(error) => tracing::debug!(%error, "no thread to close uprobes on; closed in place"),
+    }
+}
+
+/// Waits for links still being closed: a probe attached while an old one at the same
+/// place is still open would count each hit twice. Rare (a binary detached and attached
+/// again within a grace period), so the wait is too.
+fn wait_for_closing() {
+    let handles: Vec<_> = match CLOSING.lock() {
+        Ok(mut closing) => closing.drain(..).collect(),
+        Err(_) => return,
+    };
+    for h in handles {
+        if h.join().is_err() {
+            tracing::warn!("closing uprobes panicked");
         }
     }
 }
+
+/// Threads closing detached links.
+static CLOSING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
