@@ -40,6 +40,8 @@ pub enum DiscoveryError {
     },
     #[error("reading {path}: no cgroup v2 (0::) line")]
     NoUnifiedCgroup { path: PathBuf },
+    #[error("{path} is not a cgroup v2 directory: it is outside the cgroup2 mount {root}")]
+    NotCgroup2 { path: PathBuf, root: PathBuf },
 }
 
 #[derive(Debug, Clone)]

@@ -77,6 +77,19 @@ impl LocalDiscovery {
         } else {
             self.cgroup2_root.join(cg)
         };
+        // A directory elsewhere (a typo for the v1 hierarchy, `/sys/fs/cgroup/x` on a
+        // hybrid host) has an inode and maybe a `cgroup.procs` file, but no process is in
+        // it as the kernel filter sees cgroups: watching it would count nothing, silently.
+        let canonical = |p: &Path| {
+            fs::canonicalize(p).map_err(|source| DiscoveryError::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let root = canonical(&self.cgroup2_root)?;
+        if !canonical(&dir)?.starts_with(&root) {
+            return Err(DiscoveryError::NotCgroup2 { path: dir, root });
+        }
         let cgroup_id = cgroup_id(&dir)?;
         let procs_file = dir.join("cgroup.procs");
         let pids: Vec<u32> = fs::read_to_string(&procs_file)

@@ -180,11 +180,19 @@ fn explicit_pids_and_cgroups_and_failures() {
     fx.cgroup("apps/edge", &[500, 501]);
     fx.cgroup("apps/other", &[600]);
     fx.process(600, "my-proxy", "apps/other", &[]);
+    fs::create_dir_all(fx.root.join("elsewhere")).expect("mkdir");
+    fs::write(fx.root.join("elsewhere/cgroup.procs"), "500\n").expect("write");
     let scan = fx
         .discovery(|c| {
             c.process_name = None;
             c.pids = vec![600, 999];
-            c.cgroups = vec![PathBuf::from("apps/edge"), PathBuf::from("apps/gone")];
+            c.cgroups = vec![
+                PathBuf::from("apps/edge"),
+                PathBuf::from("apps/gone"),
+                // Outside the cgroup2 mount, though it has a `cgroup.procs` file.
+                fx.root.join("elsewhere"),
+                PathBuf::from("apps/../../elsewhere"),
+            ];
         })
         .scan();
     assert_eq!(names(&scan), vec!["edge", "other"]);
@@ -192,7 +200,11 @@ fn explicit_pids_and_cgroups_and_failures() {
     assert_eq!(edge.attribution, Attribution::Cgroup);
     assert_eq!(edge.pids, vec![500, 501]);
     let what: Vec<&str> = scan.failures.iter().map(|f| f.what.as_str()).collect();
-    assert_eq!(what, vec!["pid 999", "cgroup apps/gone"]);
+    assert_eq!(what.len(), 4, "{:?}", scan.failures);
+    assert_eq!(what[..2], ["pid 999", "cgroup apps/gone"]);
+    for f in &scan.failures[2..] {
+        assert!(f.reason.contains("not a cgroup v2 directory"), "{f:?}");
+    }
 }
 
 #[test]
