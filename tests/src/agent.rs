@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub ready_timeout: Duration,
     /// Where the agent's output goes; defaults to a file in the test bed directory.
     pub log_file: Option<PathBuf>,
+    /// A seccomp profile (deny list, Kubernetes format) the agent runs under.
+    pub seccomp_profile: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -74,6 +76,7 @@ impl AgentConfig {
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
             log_file: Some(bed.dir().join("agent.log")),
+            seccomp_profile: None,
         }
     }
 }
@@ -140,6 +143,9 @@ impl Agent {
         cmd.args(&args);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        if let Some(profile) = &config.seccomp_profile {
+            crate::seccomp::install(&mut cmd, crate::seccomp::filter(profile)?);
         }
         let child = ManagedChild::spawn("routeskew", cmd, &log_file, None)?;
         let mut agent = Agent {

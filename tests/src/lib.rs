@@ -29,6 +29,7 @@ pub mod plans;
 pub mod process;
 pub mod prometheus;
 pub mod scenario;
+pub mod seccomp;
 pub mod tally;
 mod testbed;
 pub mod tls;

@@ -174,6 +174,7 @@ async fn the_ring_drains_on_time_under_load_resolutions_and_scrape_bursts() {
         extra_args: vec!["--rescan-interval".into(), "250ms".into()],
         ready_timeout: Duration::from_secs(60),
         log_file: Some(dir.path().join("agent.log")),
+        seccomp_profile: None,
     })
     .await
     .unwrap();

@@ -3,13 +3,14 @@
 //! rules`, and checks what neither tool can: that the PrometheusRule carries exactly the
 //! rules file, that the dashboard and the rules only name metrics the agent exposes (the
 //! list `routeskew metrics-list` prints), that the DaemonSet keeps its documented security
-//! posture, that RBAC stays read-only, and that every alert has a runbook entry and a
-//! unit test.
+//! posture, that RBAC stays read-only, that the least-privilege overlay and seccomp
+//! profile keep theirs, and that every alert has a runbook entry and a unit test.
 //!
 //! No Kubernetes API server is available, so manifests are not validated against the API
 //! schemas; `kubectl kustomize` only proves they render.
 
 mod dashboard;
+mod hardened;
 mod kustomize;
 mod manifests;
 mod metric_names;
@@ -31,6 +32,7 @@ const PROMETHEUS_RULE: &str = "deploy/kustomize/components/prometheus-operator/p
 const DASHBOARD: &str = "deploy/kustomize/base/dashboards/routeskew.json";
 const BASE: &str = "deploy/kustomize/base";
 const OPERATOR_OVERLAY: &str = "deploy/kustomize/overlays/prometheus-operator";
+const LEAST_PRIVILEGE_OVERLAY: &str = "deploy/kustomize/overlays/least-privilege";
 const README: &str = "README.md";
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,11 @@ pub(crate) fn check_all() -> Outcome {
     run(
         &format!("kubectl kustomize {OPERATOR_OVERLAY}"),
         overlay.as_ref().map(|_| ()).map_err(clone_err),
+    );
+    let least = kustomize::render(LEAST_PRIVILEGE_OVERLAY);
+    run(
+        &format!("kubectl kustomize {LEAST_PRIVILEGE_OVERLAY}"),
+        least.as_ref().map(|_| ()).map_err(clone_err),
     );
     run(
         "promtool check rules",
@@ -183,6 +190,18 @@ pub(crate) fn check_all() -> Outcome {
         "PodMonitor scrapes the metrics port with honorLabels and a node label",
         rendered(&overlay)
             .and_then(|docs| manifests::check_podmonitor(find(&docs, "PodMonitor", "routeskew")?)),
+    );
+    run(
+        "least privilege: NetworkPolicy, /metrics behind kube-rbac-proxy, Localhost seccomp",
+        (|| hardened::check_overlay(&rendered(&least)?, &rendered(&base)?))(),
+    );
+    run(
+        "seccomp profile denies ptrace and friends, allows what the agent calls",
+        read(hardened::PROFILE).and_then(|text| {
+            let profile: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", hardened::PROFILE))?;
+            hardened::check_profile(&profile)
+        }),
     );
     out
 }
