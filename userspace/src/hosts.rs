@@ -150,15 +150,19 @@ impl KnownHosts {
         let mut index = foldhash::HashMap::default();
         let (mut invalid, mut over) = (0usize, 0usize);
         for h in hosts {
+            if labels.len() >= MAX_KNOWN_HOSTS {
+                // Past the bound a host is dropped either way, invalid or over; it is not
+                // normalised (tens of thousands of tenant hosts, on every update), so a
+                // spelling of a known host (`a.test:80` beside `a.test`) counts as dropped
+                // too. Discovery's hosts come lowercased and deduplicated.
+                over += 1;
+                continue;
+            }
             let Host::Name(n) = normalize_host(h.as_ref().as_bytes()) else {
                 invalid += 1;
                 continue;
             };
             if index.contains_key(n.as_bytes()) {
-                continue;
-            }
-            if labels.len() >= MAX_KNOWN_HOSTS {
-                over += 1;
                 continue;
             }
             index.insert(n.as_bytes().into(), labels.len());

@@ -134,7 +134,17 @@ async fn expired_resource_version_forces_a_relist() {
         .count();
     assert!(lists_after > lists_before, "{reqs:#?}");
 
-    // A live watch told 410 relists as well.
+    // A live watch told 410 relists as well. The watch after the relist must be live
+    // first: a compaction before it arrives leaves nothing to tell (it would then start
+    // at the compacted version itself and see the deletion as a plain event).
+    until("watching again after the relist", || {
+        api.requests()
+            .iter()
+            .rfind(|r| r.starts_with("/api/v1/pods?"))
+            .is_some_and(|r| r.contains("watch=true"))
+            .then_some(())
+    })
+    .await;
     let lists_before = lists_after;
     api.compact();
     api.delete(Kind::Pod, "traefik", "traefik-b");

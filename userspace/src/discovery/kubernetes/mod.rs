@@ -1,12 +1,13 @@
 //! Kubernetes discovery: the Traefik pods on this node are the replicas, and Ingress /
 //! IngressRoute objects name the hosts. The only module that talks to the API server.
 //!
-//! Every resource is followed by a `kube::runtime` watcher feeding a reflector store
-//! (list, then watch from the list's resourceVersion, relist on `410 Gone`, the runtime's
-//! exponential backoff on failures). The stores keep the last known state through an API
-//! outage; [`KubeDiscovery::scan`] turns the pod store into targets through
-//! [`super::pod_cgroup`], and [`KubeDiscovery::hosts`] the Ingress and IngressRoute
-//! stores into `host` label values.
+//! Every resource is followed by a `kube::runtime` watcher (list, then watch from the
+//! list's resourceVersion, relist on `410 Gone`, the runtime's exponential backoff on
+//! failures). Pods feed a reflector store, Ingresses and IngressRoutes a [`HostIndex`]
+//! that keeps only the hosts each object names; both keep the last known state through
+//! an API outage. [`KubeDiscovery::scan`] turns the pod store into targets through
+//! [`super::pod_cgroup`], and [`KubeDiscovery::hosts`] the indexes into `host` label
+//! values.
 //!
 //! IngressRoutes are read as `DynamicObject`s rather than a derived CustomResource: the
 //! same code then serves both API groups (`traefik.io` and the older
@@ -17,10 +18,10 @@
 //! plain types), `health` (API server reachability from every request's outcome).
 
 mod health;
+pub mod host_index;
 mod objects;
 mod watch;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::Api;
@@ -40,7 +40,8 @@ use super::pod_cgroup::{CgroupLayout, CgroupLayoutError, PodResolver, PodScan};
 use crate::discovery::metrics::DiscoveryMetrics;
 use crate::hosts::KnownHosts;
 use health::{ApiHealth, ObserveLayer};
-use watch::{spawn_watch, watch_ingress_route_groups};
+use host_index::HostIndex;
+use watch::{spawn_index_watch, spawn_watch, watch_ingress_route_groups};
 
 pub use objects::CLASS_ANNOTATION;
 
@@ -130,15 +131,15 @@ pub struct HostSet {
     pub unparsable_rules: usize,
 }
 
-/// IngressRoute stores by API group, grown as groups are discovered.
-type RouteStores = Arc<Mutex<Vec<(&'static str, Store<DynamicObject>)>>>;
+/// IngressRoute host indexes by API group, grown as groups are discovered.
+type RouteIndexes = Arc<Mutex<Vec<(&'static str, Arc<Mutex<HostIndex>>)>>>;
 
 pub struct KubeDiscovery {
     cfg: KubeConfig,
     resolver: PodResolver,
     pods: Store<Pod>,
-    ingresses: Store<Ingress>,
-    routes: RouteStores,
+    ingresses: Arc<Mutex<HostIndex>>,
+    routes: RouteIndexes,
     shared: Arc<Shared>,
     health: Arc<ApiHealth>,
     tasks: Vec<JoinHandle<()>>,
@@ -192,21 +193,34 @@ impl KubeDiscovery {
             .fields(&format!("spec.nodeName={}", cfg.node_name))
             .labels(&cfg.label_selector);
         let (pods, w) = reflector::store();
-        tasks.push(spawn_watch("pods", pod_api, pod_watch, w, shared.clone()));
-
-        let (ingresses, w) = reflector::store();
         tasks.push(spawn_watch(
+            "pods",
+            pod_api,
+            pod_watch,
+            w,
+            objects::slim_pod,
+            shared.clone(),
+        ));
+
+        let ingresses = Arc::new(Mutex::new(HostIndex::default()));
+        tasks.push(spawn_index_watch(
             "ingresses",
             Api::<Ingress>::all(client.clone()),
-            watcher::Config::default(),
-            w,
+            ingresses.clone(),
+            cfg.ingress_class.clone(),
             shared.clone(),
         ));
 
         let routes = Arc::new(Mutex::new(Vec::new()));
         tasks.push(tokio::spawn(
-            watch_ingress_route_groups(client, routes.clone(), shared.clone(), cfg.crd_recheck)
-                .instrument(tracing::info_span!("ingress_route_groups")),
+            watch_ingress_route_groups(
+                client,
+                routes.clone(),
+                cfg.ingress_class.clone(),
+                shared.clone(),
+                cfg.crd_recheck,
+            )
+            .instrument(tracing::info_span!("ingress_route_groups")),
         ));
 
         Ok(KubeDiscovery {
@@ -240,28 +254,39 @@ impl KubeDiscovery {
 
     /// `host` label values: `--host` entries, then Ingress and IngressRoute hosts.
     pub fn hosts(&self) -> HostSet {
-        let mut discovered = BTreeSet::new();
-        for ing in self.ingresses.state() {
-            discovered.extend(objects::ingress_hosts(&ing, &self.cfg.ingress_class));
-        }
-        let mut unparsable = 0;
-        let stores: Vec<Store<DynamicObject>> = self
+        // `--host` entries first, then every discovered host in order, read straight
+        // from the Ingress index (no copy of tens of thousands of names per update) and
+        // merged with the IngressRoutes' (fewer). Wildcards (`*.example.com`) cannot be a
+        // label (requests carry concrete names): they are dropped with the invalid names.
+        let ingresses = self
+            .ingresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let routes: Vec<Arc<Mutex<HostIndex>>> = self
             .routes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .map(|(_, s)| s.clone())
+            .map(|(_, i)| i.clone())
             .collect();
-        for store in stores {
-            for route in store.state() {
-                let r = objects::ingress_route_hosts(&route, &self.cfg.ingress_class);
-                unparsable += r.unparsable;
-                discovered.extend(r.hosts);
-            }
+        let mut unparsable = 0;
+        let mut route_hosts = Vec::new();
+        for index in &routes {
+            let i = index
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            unparsable += i.unparsable();
+            route_hosts.extend(i.hosts().cloned());
         }
-        // Wildcards (`*.example.com`) cannot be a label (requests carry concrete names):
-        // they are dropped with the invalid names.
-        let hosts = KnownHosts::new(self.cfg.static_hosts.iter().chain(discovered.iter()));
+        route_hosts.sort_unstable();
+        route_hosts.dedup();
+        let hosts = KnownHosts::new(
+            self.cfg
+                .static_hosts
+                .iter()
+                .chain(merge_sorted(ingresses.hosts(), route_hosts.iter())),
+        );
+        drop(ingresses);
         let set = HostSet {
             dropped: hosts.dropped(),
             hosts,
@@ -327,5 +352,39 @@ impl KubeDiscovery {
             .iter()
             .map(|(g, _)| *g)
             .collect()
+    }
+}
+
+/// Two ascending sequences as one, each value once.
+fn merge_sorted<'a>(
+    a: impl Iterator<Item = &'a String>,
+    b: impl Iterator<Item = &'a String>,
+) -> impl Iterator<Item = &'a String> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x < y => a.next(),
+        (Some(x), Some(y)) if y < x => b.next(),
+        (Some(_), Some(_)) => {
+            b.next();
+            a.next()
+        }
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::merge_sorted;
+
+    #[test]
+    fn merged_hosts_are_ascending_and_unique() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (a, b) = (s(&["a", "c", "d"]), s(&["b", "c", "e"]));
+        let got: Vec<&String> = merge_sorted(a.iter(), b.iter()).collect();
+        assert_eq!(got, ["a", "b", "c", "d", "e"]);
+        let empty: Vec<String> = Vec::new();
+        assert_eq!(merge_sorted(empty.iter(), b.iter()).count(), 3);
+        assert_eq!(merge_sorted(a.iter(), empty.iter()).count(), 3);
     }
 }

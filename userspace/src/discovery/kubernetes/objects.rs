@@ -8,11 +8,22 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
+use super::host_index::RouteHosts;
 use crate::discovery::pod_cgroup::{ContainerId, ContainerInfo, PodInfo, PodPort, QosClass};
 use crate::discovery::traefik_rule;
 
 /// The legacy class annotation both Traefik providers honour.
 pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+
+/// What the pod store keeps: this node's Traefik pods are few and read widely, so only the
+/// API server's bookkeeping goes (`managedFields`, `last-applied-configuration`).
+/// Ingresses and IngressRoutes are not kept at all ([`super::host_index`]).
+pub(super) fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
 
 /// A watched pod as resolution needs it; `None` for pods with nothing to watch (finished,
 /// or on another node despite the field selector).
@@ -115,12 +126,6 @@ pub(super) fn ingress_hosts(ing: &Ingress, class: &str) -> Vec<String> {
 }
 
 /// Hosts of an IngressRoute's `spec.routes[].match` rules, and how many rules did not parse.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct RouteHosts {
-    pub hosts: Vec<String>,
-    pub unparsable: usize,
-}
-
 pub(super) fn ingress_route_hosts(obj: &DynamicObject, class: &str) -> RouteHosts {
     let mut out = RouteHosts::default();
     if !class_matches(
