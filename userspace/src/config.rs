@@ -240,6 +240,12 @@ pub struct KubeArgs {
     #[arg(long, env = "ROUTESKEW_INGRESS_CLASS", default_value = "traefik")]
     pub ingress_class: String,
 
+    /// Hosts labelled per namespace for objects that name no ingress class, outside the
+    /// watched Traefik's namespaces (so that no tenant crowds others out of the bounded
+    /// `host` label); the rest count as `other` and in routeskew_discovery_dropped_hosts.
+    #[arg(long, env = "ROUTESKEW_HOSTS_PER_NAMESPACE", default_value_t = 50)]
+    pub hosts_per_namespace: usize,
+
     /// The host's cgroup filesystem (a hostPath mount in the DaemonSet): pure v2, hybrid
     /// (v2 at `unified/`) or v1.
     #[arg(

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::watcher;
 use routeskew::discovery::kubernetes::host_index::HostIndex;
-use routeskew::hosts::{KnownHosts, MAX_KNOWN_HOSTS};
+use routeskew::discovery::kubernetes::label_hosts;
+use routeskew::hosts::MAX_KNOWN_HOSTS;
 
 const INGRESSES: usize = 20_000;
 const BLOAT: usize = 20_000;
@@ -74,15 +75,15 @@ fn twenty_thousand_fat_ingresses_cost_little_memory_and_an_update_is_cheap() {
         "the cache holds {retained} bytes, over {BUDGET}"
     );
 
-    // One update (a host renamed): the event, then the hosts as discovery reads them and
-    // the bounded label set built from them. The object arrives decoded, as from the
+    // One update (a host renamed): the event, then the bounded label set discovery builds
+    // from the index. The object arrives decoded, as from the
     // watcher: its decoding is the client's.
     let mut samples = Vec::new();
     for round in 0..5 {
         let ing = fat_ingress(round, 2 + round as u32);
         let t = Instant::now();
         index.event(&watcher::Event::Apply(ing), "traefik");
-        let labels = KnownHosts::new(index.hosts());
+        let (labels, _) = label_hosts(&[], &[&index], &Default::default(), 50);
         samples.push(t.elapsed());
         assert_eq!(labels.hosts().len(), MAX_KNOWN_HOSTS);
         let hosts: Vec<&String> = index.hosts().collect();

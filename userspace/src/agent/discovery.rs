@@ -51,6 +51,7 @@ impl Discovery {
                 pod_namespace: k.watch_namespace.clone(),
                 containers: k.containers.clone(),
                 ingress_class: k.ingress_class.clone(),
+                hosts_per_namespace: k.hosts_per_namespace,
                 static_hosts: hosts.to_vec(),
                 host_cgroup_root: k.host_cgroup_root.clone(),
                 host_proc: k.host_proc.clone(),

@@ -72,6 +72,7 @@ pub(crate) fn config(cgroups: &Path, static_hosts: &[&str]) -> KubeConfig {
         pod_namespace: None,
         containers: vec![],
         ingress_class: "traefik".into(),
+        hosts_per_namespace: 50,
         static_hosts: static_hosts.iter().map(|s| s.to_string()).collect(),
         host_cgroup_root: cgroups.to_path_buf(),
         host_proc: cgroups.join("no-proc"),

@@ -11,7 +11,7 @@ use kube::api::DynamicObject;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use super::objects::{ingress_hosts, ingress_route_hosts};
+use super::objects::{ingress_class, ingress_hosts, ingress_route_hosts, CLASS_ANNOTATION};
 
 /// The hosts one object names, and how many of its rules did not parse.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,10 +20,20 @@ pub struct RouteHosts {
     pub unparsable: usize,
 }
 
+/// An object's hosts, and whether it names our ingress class (rather than none).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Entry {
+    namespace: String,
+    named_ours: bool,
+    hosts: RouteHosts,
+}
+
 /// An object that names hosts.
 pub trait Hosted: ResourceExt {
     /// Its hosts when served by ingress class `class`, and its rules that did not parse.
     fn hosts(&self, class: &str) -> RouteHosts;
+    /// The ingress class it names, if any.
+    fn class(&self) -> Option<&str>;
 }
 
 impl Hosted for Ingress {
@@ -33,25 +43,43 @@ impl Hosted for Ingress {
             unparsable: 0,
         }
     }
+
+    fn class(&self) -> Option<&str> {
+        ingress_class(self)
+    }
 }
 
 impl Hosted for DynamicObject {
     fn hosts(&self, class: &str) -> RouteHosts {
         ingress_route_hosts(self, class)
     }
+
+    fn class(&self) -> Option<&str> {
+        self.annotations().get(CLASS_ANNOTATION).map(String::as_str)
+    }
+}
+
+fn entry<K: Hosted>(o: &K, class: &str) -> Entry {
+    Entry {
+        namespace: o.namespace().unwrap_or_default(),
+        named_ours: o.class() == Some(class),
+        hosts: o.hosts(class),
+    }
 }
 
 /// Namespace and name.
 type Key = (String, String);
 
-/// Per-object hosts, and how many objects name each host.
+/// Per-object hosts, and how many objects name each host: those of objects that name our
+/// ingress class apart, the others by namespace (tenants' objects often name no class).
 #[derive(Debug, Default)]
 pub struct HostIndex {
-    objects: HashMap<Key, RouteHosts>,
-    counts: BTreeMap<String, usize>,
+    objects: HashMap<Key, Entry>,
+    named_ours: BTreeMap<String, usize>,
+    by_namespace: BTreeMap<String, BTreeMap<String, usize>>,
     unparsable: usize,
     /// Objects of a relist in progress.
-    relist: Option<HashMap<Key, RouteHosts>>,
+    relist: Option<HashMap<Key, Entry>>,
 }
 
 impl HostIndex {
@@ -59,15 +87,15 @@ impl HostIndex {
     pub fn event<K: Hosted>(&mut self, event: &watcher::Event<K>, class: &str) {
         match event {
             watcher::Event::Apply(o) => {
-                let entry = o.hosts(class);
+                let e = entry(o, class);
                 self.remove(&key(o));
-                self.insert(key(o), entry);
+                self.insert(key(o), e);
             }
             watcher::Event::Delete(o) => self.remove(&key(o)),
             watcher::Event::Init => self.relist = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
                 if let Some(r) = self.relist.as_mut() {
-                    r.insert(key(o), o.hosts(class));
+                    r.insert(key(o), entry(o, class));
                 }
             }
             watcher::Event::InitDone => {
@@ -81,32 +109,63 @@ impl HostIndex {
         }
     }
 
-    fn insert(&mut self, k: Key, entry: RouteHosts) {
-        for h in &entry.hosts {
-            *self.counts.entry(h.clone()).or_default() += 1;
+    fn counts_for(&mut self, e: &Entry) -> &mut BTreeMap<String, usize> {
+        if e.named_ours {
+            &mut self.named_ours
+        } else {
+            self.by_namespace.entry(e.namespace.clone()).or_default()
         }
-        self.unparsable += entry.unparsable;
-        self.objects.insert(k, entry);
+    }
+
+    fn insert(&mut self, k: Key, e: Entry) {
+        let counts = self.counts_for(&e);
+        for h in &e.hosts.hosts {
+            *counts.entry(h.clone()).or_default() += 1;
+        }
+        self.unparsable += e.hosts.unparsable;
+        self.objects.insert(k, e);
     }
 
     fn remove(&mut self, k: &Key) {
         let Some(old) = self.objects.remove(k) else {
             return;
         };
-        self.unparsable -= old.unparsable;
-        for h in &old.hosts {
-            if let Some(n) = self.counts.get_mut(h) {
+        self.unparsable -= old.hosts.unparsable;
+        let counts = self.counts_for(&old);
+        for h in &old.hosts.hosts {
+            if let Some(n) = counts.get_mut(h) {
                 *n -= 1;
                 if *n == 0 {
-                    self.counts.remove(h);
+                    counts.remove(h);
                 }
             }
         }
+        if !old.named_ours
+            && self
+                .by_namespace
+                .get(&old.namespace)
+                .is_some_and(BTreeMap::is_empty)
+        {
+            self.by_namespace.remove(&old.namespace);
+        }
     }
 
-    /// Every host some object names, once, in order.
+    /// Hosts of objects that name our ingress class, in order.
+    pub fn named_ours(&self) -> impl Iterator<Item = &String> {
+        self.named_ours.keys()
+    }
+
+    /// Hosts of objects that name no class, by namespace, each in order.
+    pub fn by_namespace(&self) -> impl Iterator<Item = (&String, impl Iterator<Item = &String>)> {
+        self.by_namespace.iter().map(|(ns, h)| (ns, h.keys()))
+    }
+
+    /// Every host some object names (a host named in two tiers or namespaces comes
+    /// once per tier or namespace).
     pub fn hosts(&self) -> impl Iterator<Item = &String> {
-        self.counts.keys()
+        self.named_ours
+            .keys()
+            .chain(self.by_namespace.values().flat_map(BTreeMap::keys))
     }
 
     /// Rules that did not parse, over every object.
@@ -142,7 +201,10 @@ mod tests {
     }
 
     fn hosts(i: &HostIndex) -> Vec<&str> {
-        i.hosts().map(String::as_str).collect()
+        let mut v: Vec<&str> = i.hosts().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     #[test]
@@ -164,6 +226,34 @@ mod tests {
         i.event(&watcher::Event::Delete(ingress("b", &[], None)), "traefik");
         assert_eq!(hosts(&i), ["y.test"]);
         assert_eq!(i.len(), 2);
+    }
+
+    #[test]
+    fn objects_naming_our_class_are_apart_from_the_namespaces() {
+        let mut i = HostIndex::default();
+        let ev = watcher::Event::Apply;
+        i.event(
+            &ev(ingress("a", &["ours.test"], Some("traefik"))),
+            "traefik",
+        );
+        i.event(&ev(ingress("b", &["tenant.test"], None)), "traefik");
+        let ours: Vec<&String> = i.named_ours().collect();
+        assert_eq!(ours, ["ours.test"]);
+        let by_ns: Vec<(String, Vec<String>)> = i
+            .by_namespace()
+            .map(|(ns, h)| (ns.clone(), h.cloned().collect()))
+            .collect();
+        assert_eq!(
+            by_ns,
+            [("apps".to_string(), vec!["tenant.test".to_string()])]
+        );
+        // The class-less object names the class now: it moves tiers.
+        i.event(
+            &ev(ingress("b", &["tenant.test"], Some("traefik"))),
+            "traefik",
+        );
+        assert_eq!(i.named_ours().count(), 2);
+        assert_eq!(i.by_namespace().count(), 0, "an emptied namespace goes");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod host_index;
 mod objects;
 mod watch;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,8 @@ pub struct KubeConfig {
     /// Only these containers of a pod (empty: all).
     pub containers: Vec<String>,
     pub ingress_class: String,
+    /// Hosts per namespace of objects that name no class, outside Traefik's namespaces.
+    pub hosts_per_namespace: usize,
     /// Hosts from `--host`, always labelled.
     pub static_hosts: Vec<String>,
     pub host_cgroup_root: PathBuf,
@@ -252,43 +255,41 @@ impl KubeDiscovery {
         self.resolver.resolve(&pods)
     }
 
-    /// `host` label values: `--host` entries, then Ingress and IngressRoute hosts.
+    /// `host` label values, most trusted first (the label is bounded, and tenants must not
+    /// push the watched Traefik's own hosts out of it): `--host` entries; hosts of objects
+    /// that name our ingress class or live in the namespace of a watched Traefik pod;
+    /// then, namespace by namespace, at most `hosts_per_namespace` hosts of each other
+    /// namespace's class-less objects. Within a tier, in order.
     pub fn hosts(&self) -> HostSet {
-        // `--host` entries first, then every discovered host in order, read straight
-        // from the Ingress index (no copy of tens of thousands of names per update) and
-        // merged with the IngressRoutes' (fewer). Wildcards (`*.example.com`) cannot be a
-        // label (requests carry concrete names): they are dropped with the invalid names.
-        let ingresses = self
-            .ingresses
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let routes: Vec<Arc<Mutex<HostIndex>>> = self
-            .routes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let traefik_namespaces: BTreeSet<String> = self
+            .pods
+            .state()
             .iter()
-            .map(|(_, i)| i.clone())
+            .filter_map(|p| p.metadata.namespace.clone())
             .collect();
-        let mut unparsable = 0;
-        let mut route_hosts = Vec::new();
-        for index in &routes {
-            let i = index
+        let mut indexes = vec![self.ingresses.clone()];
+        indexes.extend(
+            self.routes
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            unparsable += i.unparsable();
-            route_hosts.extend(i.hosts().cloned());
-        }
-        route_hosts.sort_unstable();
-        route_hosts.dedup();
-        let hosts = KnownHosts::new(
-            self.cfg
-                .static_hosts
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
-                .chain(merge_sorted(ingresses.hosts(), route_hosts.iter())),
+                .map(|(_, i)| i.clone()),
         );
-        drop(ingresses);
+        let guards: Vec<_> = indexes
+            .iter()
+            .map(|i| i.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .collect();
+        let unparsable = guards.iter().map(|g| g.unparsable()).sum();
+        let indexes: Vec<&HostIndex> = guards.iter().map(|g| &**g).collect();
+        let (hosts, over_quota) = label_hosts(
+            &self.cfg.static_hosts,
+            &indexes,
+            &traefik_namespaces,
+            self.cfg.hosts_per_namespace,
+        );
+        drop(guards);
         let set = HostSet {
-            dropped: hosts.dropped(),
+            dropped: hosts.dropped() + over_quota,
             hosts,
             unparsable_rules: unparsable,
         };
@@ -355,36 +356,40 @@ impl KubeDiscovery {
     }
 }
 
-/// Two ascending sequences as one, each value once.
-fn merge_sorted<'a>(
-    a: impl Iterator<Item = &'a String>,
-    b: impl Iterator<Item = &'a String>,
-) -> impl Iterator<Item = &'a String> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(x), Some(y)) if x < y => a.next(),
-        (Some(x), Some(y)) if y < x => b.next(),
-        (Some(_), Some(_)) => {
-            b.next();
-            a.next()
+/// The bounded `host` label set from `--host` entries and the host indexes, most trusted
+/// first (see [`KubeDiscovery::hosts`]); and how many tenant hosts the per-namespace quota
+/// left out.
+pub fn label_hosts(
+    static_hosts: &[String],
+    indexes: &[&HostIndex],
+    traefik_namespaces: &BTreeSet<String>,
+    per_namespace: usize,
+) -> (KnownHosts, usize) {
+    let mut ours: Vec<&String> = Vec::new();
+    let mut tenants: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
+    for index in indexes {
+        ours.extend(index.named_ours());
+        for (ns, hosts) in index.by_namespace() {
+            if traefik_namespaces.contains(ns) {
+                ours.extend(hosts);
+            } else {
+                tenants.entry(ns).or_default().extend(hosts);
+            }
         }
-        (Some(_), None) => a.next(),
-        (None, _) => b.next(),
-    })
-}
-
-#[cfg(test)]
-mod merge_tests {
-    use super::merge_sorted;
-
-    #[test]
-    fn merged_hosts_are_ascending_and_unique() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let (a, b) = (s(&["a", "c", "d"]), s(&["b", "c", "e"]));
-        let got: Vec<&String> = merge_sorted(a.iter(), b.iter()).collect();
-        assert_eq!(got, ["a", "b", "c", "d", "e"]);
-        let empty: Vec<String> = Vec::new();
-        assert_eq!(merge_sorted(empty.iter(), b.iter()).count(), 3);
-        assert_eq!(merge_sorted(a.iter(), empty.iter()).count(), 3);
     }
+    // A sort of references: no name is copied, however many the cluster has.
+    ours.sort_unstable();
+    ours.dedup();
+    let mut over_quota = 0;
+    let mut tenant_hosts: Vec<&String> = Vec::new();
+    for hosts in tenants.values() {
+        over_quota += hosts.len().saturating_sub(per_namespace);
+        tenant_hosts.extend(hosts.iter().take(per_namespace));
+    }
+    tenant_hosts.sort_unstable();
+    tenant_hosts.dedup();
+    // Wildcards (`*.example.com`) cannot be a label (requests carry concrete names): they
+    // are dropped with the invalid names.
+    let hosts = KnownHosts::new(static_hosts.iter().chain(ours).chain(tenant_hosts));
+    (hosts, over_quota)
 }

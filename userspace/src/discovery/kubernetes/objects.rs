@@ -105,15 +105,20 @@ fn class_matches(named: Option<&str>, ours: &str) -> bool {
     named.is_none_or(|c| c.is_empty() || c == ours)
 }
 
+/// The ingress class an Ingress names, by field or by the legacy annotation.
+pub(super) fn ingress_class(ing: &Ingress) -> Option<&str> {
+    ing.spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref())
+        .or_else(|| ing.annotations().get(CLASS_ANNOTATION).map(String::as_str))
+}
+
 /// Rule hosts of an Ingress served by our class.
 pub(super) fn ingress_hosts(ing: &Ingress, class: &str) -> Vec<String> {
     let Some(spec) = ing.spec.as_ref() else {
         return Vec::new();
     };
-    let named = spec
-        .ingress_class_name
-        .as_deref()
-        .or_else(|| ing.annotations().get(CLASS_ANNOTATION).map(String::as_str));
+    let named = ingress_class(ing);
     if !class_matches(named, class) {
         return Vec::new();
     }
