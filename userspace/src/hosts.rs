@@ -168,13 +168,8 @@ impl KnownHosts {
             index.insert(n.as_bytes().into(), labels.len());
             labels.push(n.as_str().to_string());
         }
-        if over > 0 {
-            tracing::warn!(
-                over,
-                limit = MAX_KNOWN_HOSTS,
-                "too many known hosts; the rest count as other"
-            );
-        }
+        // Not logged here: the set is rebuilt on every discovery update, and whoever
+        // publishes it logs a change of `dropped` (and exports it).
         labels.push(OTHER_HOST.to_string());
         KnownHosts {
             labels,

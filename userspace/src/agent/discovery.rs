@@ -88,6 +88,14 @@ impl Discovery {
         if let Discovery::Kubernetes(d) = self {
             let hosts = d.hosts().hosts;
             if **published.borrow() != hosts {
+                let before = published.borrow().dropped();
+                if hosts.dropped() != before {
+                    tracing::warn!(
+                        dropped = hosts.dropped(),
+                        limit = crate::hosts::MAX_KNOWN_HOSTS,
+                        "hosts left out of the host label changed (invalid, over the limit or over a namespace's quota: they count as other)"
+                    );
+                }
                 tracing::info!(hosts = hosts.len(), "known hosts changed");
                 let hosts = Arc::new(hosts);
                 pipeline.set_known_hosts(hosts.clone());

@@ -146,7 +146,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         interval: args.probe_interval,
         timeout: args.probe_timeout,
         concurrency: args.probe_concurrency as usize,
-        hosts: hosts.clone(),
+        // The agent's one set is published to the prober below.
+        hosts: Vec::new(),
         http_path: args.probe_path.clone(),
         ws_paths: args.probe_ws_paths.clone(),
         ws_accept: args.probe_ws_accept.clone(),
@@ -159,7 +160,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 
     let mut pipeline = Pipeline::new(
         PipelineConfig {
-            known_hosts: hosts.clone(),
+            // The agent's one set replaces it below (built once, published to both).
+            known_hosts: Vec::new(),
             ws_early_close: args.ws_early_close,
             series_grace: args.series_grace,
             upstream_responses: args.upstream_responses,

@@ -144,7 +144,12 @@ async fn metrics_handler(State(e): State<Arc<Exposition>>) -> Response {
             .into_response();
     };
     let exposition = Arc::clone(&e);
-    let body = tokio::task::spawn_blocking(move || encode(&exposition.registry)).await;
+    let span = tracing::Span::current();
+    let body = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        encode(&exposition.registry)
+    })
+    .await;
     drop(permit);
     match body {
         Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body).into_response(),

@@ -44,7 +44,8 @@ use endpoints::{Backoff, EndpointState};
 
 pub use config::ProbeConfig;
 
-/// Per replica: inventory, logging memory, series to remove when it leaves.
+/// Per replica: inventory, endpoint backoff, what was logged, and when it left (its state
+/// goes a series grace later; its series are the pipeline's).
 #[derive(Debug)]
 struct ReplicaState {
     api_backoff: Backoff,
@@ -169,7 +170,9 @@ impl Prober {
         self
     }
 
-    pub fn with_host_updates(mut self, hosts: watch::Receiver<Arc<KnownHosts>>) -> Self {
+    /// Probes the hosts `hosts` holds now, then follows it.
+    pub fn with_host_updates(mut self, mut hosts: watch::Receiver<Arc<KnownHosts>>) -> Self {
+        self.hosts = hosts.borrow_and_update().clone();
         self.host_updates = Some(hosts);
         self
     }
@@ -336,13 +339,15 @@ mod tests {
     }
 
     #[test]
-    fn published_hosts_replace_the_configured_ones() {
-        let (tx, rx) = watch::channel(Arc::new(KnownHosts::default()));
-        let mut p = prober(cfg(1000)).with_host_updates(rx);
-        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
-        // Unchanged channel: configured hosts stay.
+    fn the_published_hosts_are_probed_and_followed() {
+        let (tx, rx) = watch::channel(Arc::new(KnownHosts::new(["x.test"])));
+        let mut p = prober(cfg(1000));
+        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"], "configured");
+        // The agent's one set, as published when the prober starts, replaces them.
+        p = p.with_host_updates(rx);
+        assert_eq!(p.hosts.hosts(), ["x.test"]);
         p.follow_hosts();
-        assert_eq!(p.hosts.hosts(), ["a.test", "b.test"]);
+        assert_eq!(p.hosts.hosts(), ["x.test"], "unchanged channel");
         tx.send_replace(Arc::new(KnownHosts::new(["B.test", "c.test"])));
         p.follow_hosts();
         assert_eq!(p.hosts.hosts(), ["b.test", "c.test"]);

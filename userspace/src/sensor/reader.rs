@@ -70,11 +70,13 @@ impl Reader {
         };
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(Notify::new());
+        let span = tracing::info_span!("ring");
         let thread = std::thread::Builder::new()
             .name("routeskew-ring".into())
             .spawn({
                 let (counts, stop) = (Arc::clone(&counts), Arc::clone(&stop));
                 move || {
+                    let _entered = span.enter();
                     runtime.block_on(async {
                         tokio::select! {
                             () = read_ring(ring, events, &counts, poll_interval) => {}

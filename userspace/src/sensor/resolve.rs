@@ -63,9 +63,11 @@ impl<K: Ord + Copy, T: Send + 'static> Resolutions<K, T> {
             let (tx, rx) = mpsc::sync_channel(1);
             let done = Arc::clone(&self.done);
             let exe = exe.to_path_buf();
+            let span = tracing::info_span!("resolve", exe = %exe.display());
             let spawned = std::thread::Builder::new()
                 .name("routeskew-resolve".into())
                 .spawn(move || {
+                    let _entered = span.enter();
                     // The receiver may be gone (binary no longer in use, timed out).
                     let _ = tx.send(resolve(exe));
                     done.notify_one();

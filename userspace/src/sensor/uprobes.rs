@@ -108,10 +108,13 @@ pub(super) fn detach(ebpf: &mut Ebpf, links: Links) {
         return;
     };
     closing.retain(|h| !h.is_finished());
+    let span = tracing::info_span!("detach", links = owned.len());
     match std::thread::Builder::new()
         .name("routeskew-detach".into())
-        .spawn(move || drop(owned))
-    {
+        .spawn(move || {
+            let _entered = span.enter();
+            drop(owned);
+        }) {
         Ok(handle) => closing.push(handle),
         // The closure, links and all, was dropped: they are closed already.
         Err(error) => tracing::debug!(%error, "no thread to close uprobes on; closed in place"),

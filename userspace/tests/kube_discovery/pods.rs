@@ -127,7 +127,8 @@ async fn pod_whose_cgroup_is_missing_is_a_failure_until_it_appears() {
     );
     let f = until("a failure", || d.scan().scan.failures.first().cloned()).await;
     assert_eq!(f.what, "pod traefik/traefik-a container traefik");
-    assert!(f.reason.contains("no cgroup for pod uid"), "{}", f.reason);
+    let reason = f.reason.to_string();
+    assert!(reason.contains("no cgroup for pod uid"), "{reason}");
     // The runtime creates the cgroup a moment later; the next scan finds it.
     let id = cg.add(UID_A, ID_A1, 1);
     assert_eq!(targets(&d), vec![("traefik-a".to_string(), id)]);

@@ -16,7 +16,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::endpoints;
@@ -65,10 +65,42 @@ pub struct LocalConfig {
 pub const ENDPOINT_REFRESH: Duration = Duration::from_secs(30);
 
 /// A replica that was asked for but could not be resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScanFailure {
     pub what: String,
-    pub reason: String,
+    pub reason: ScanFailureReason,
+}
+
+/// Why a replica could not be resolved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ScanFailureReason {
+    #[error(transparent)]
+    Discovery(#[from] Arc<DiscoveryError>),
+    #[error(transparent)]
+    ContainerId(#[from] crate::discovery::pod_cgroup::ContainerIdError),
+    #[error("container cgroup exists only in cgroup v1 ({}): the kernel filter needs cgroup v2 (a unified or hybrid host)", dir.display())]
+    OnlyCgroupV1 { dir: PathBuf },
+    #[error("no cgroup for pod uid {uid} container {container_id} under {under} ({layout})")]
+    NoCgroup {
+        uid: String,
+        container_id: String,
+        under: String,
+        layout: String,
+    },
+}
+
+impl From<DiscoveryError> for ScanFailureReason {
+    fn from(e: DiscoveryError) -> Self {
+        ScanFailureReason::Discovery(Arc::new(e))
+    }
+}
+
+/// The same failure as last time (logged once): same kind and same words.
+impl PartialEq for ScanFailureReason {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -168,7 +200,7 @@ impl LocalDiscovery {
                 Ok(f) => found.push(f),
                 Err(e) => failures.push(ScanFailure {
                     what: format!("pid {pid}"),
-                    reason: e.to_string(),
+                    reason: e.into(),
                 }),
             }
         }
@@ -178,7 +210,7 @@ impl LocalDiscovery {
                 Ok(t) => cgroup_targets.push(t),
                 Err(e) => failures.push(ScanFailure {
                     what: format!("cgroup {}", cg.display()),
-                    reason: e.to_string(),
+                    reason: e.into(),
                 }),
             }
         }

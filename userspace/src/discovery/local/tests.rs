@@ -203,7 +203,10 @@ fn explicit_pids_and_cgroups_and_failures() {
     assert_eq!(what.len(), 4, "{:?}", scan.failures);
     assert_eq!(what[..2], ["pid 999", "cgroup apps/gone"]);
     for f in &scan.failures[2..] {
-        assert!(f.reason.contains("not a cgroup v2 directory"), "{f:?}");
+        assert!(
+            f.reason.to_string().contains("not a cgroup v2 directory"),
+            "{f:?}"
+        );
     }
 }
 

@@ -29,7 +29,7 @@ mod tests;
 use std::fs;
 use std::path::PathBuf;
 
-use super::local::{cgroup_id, Scan, ScanFailure};
+use super::local::{cgroup_id, Scan, ScanFailure, ScanFailureReason};
 use super::{Attribution, Replica, Target, TargetSet};
 use layout::V1_HIERARCHIES;
 use search::{container_cgroups, container_dir, kubepods_dirs, read_procs};
@@ -86,7 +86,7 @@ impl PodResolver {
             let endpoints = pod.endpoints();
             let mut procs = Vec::new();
             for (container, reason) in &pod.unusable {
-                failures.push(failure(pod, container, reason.to_string()));
+                failures.push(failure(pod, container, reason.clone().into()));
             }
             for c in &pod.containers {
                 let found = v2_bases
@@ -97,21 +97,16 @@ impl PodResolver {
                         .iter()
                         .find_map(|base| container_dir(base, pod, &c.id))
                     {
-                        Some(v1_dir) => format!(
-                            "container cgroup exists only in cgroup v1 ({}): the kernel filter needs cgroup v2 \
-                             (a unified or hybrid host)",
-                            v1_dir.display()
-                        ),
-                        None => format!(
-                            "no cgroup for pod uid {} container {} under {} ({})",
-                            pod.uid,
-                            c.id.id,
-                            self.layout.v2().map_or_else(
+                        Some(dir) => ScanFailureReason::OnlyCgroupV1 { dir },
+                        None => ScanFailureReason::NoCgroup {
+                            uid: pod.uid.clone(),
+                            container_id: c.id.id.clone(),
+                            under: self.layout.v2().map_or_else(
                                 || "the v1 hierarchies".to_string(),
-                                |p| p.display().to_string()
+                                |p| p.display().to_string(),
                             ),
-                            self.layout.describe()
-                        ),
+                            layout: self.layout.describe(),
+                        },
                     };
                     failures.push(failure(pod, &c.name, reason));
                     continue;
@@ -121,7 +116,7 @@ impl PodResolver {
                         Ok(id) => id,
                         Err(e) => {
                             // The container stopped between lookup and stat.
-                            failures.push(failure(pod, &c.name, e.to_string()));
+                            failures.push(failure(pod, &c.name, e.into()));
                             continue;
                         }
                     };
@@ -167,7 +162,7 @@ impl PodResolver {
     }
 }
 
-fn failure(pod: &PodInfo, container: &str, reason: String) -> ScanFailure {
+fn failure(pod: &PodInfo, container: &str, reason: ScanFailureReason) -> ScanFailure {
     ScanFailure {
         what: format!("pod {}/{} container {}", pod.namespace, pod.name, container),
         reason,

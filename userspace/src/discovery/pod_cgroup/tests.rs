@@ -217,8 +217,9 @@ fn hybrid_uses_unified_and_v1_only_fails_clearly() {
     assert_eq!(s.scan.failures.len(), 1);
     let f = &s.scan.failures[0];
     assert_eq!(f.what, "pod traefik/traefik-7d9f-abcde container other");
-    assert!(f.reason.contains("only in cgroup v1"), "{}", f.reason);
-    assert!(f.reason.contains("needs cgroup v2"), "{}", f.reason);
+    let reason = f.reason.to_string();
+    assert!(reason.contains("only in cgroup v1"), "{reason}");
+    assert!(reason.contains("needs cgroup v2"), "{reason}");
 }
 
 #[test]
@@ -232,7 +233,10 @@ fn legacy_host_and_missing_cgroups_are_failures() {
         &[("traefik", &format!("containerd://{ID}"))],
     )]);
     assert!(s.scan.targets.targets().is_empty());
-    assert!(s.scan.failures[0].reason.contains("needs cgroup v2"));
+    assert!(s.scan.failures[0]
+        .reason
+        .to_string()
+        .contains("needs cgroup v2"));
 
     let t = Tree::new("missing");
     t.v2_mount("");
@@ -247,7 +251,12 @@ fn legacy_host_and_missing_cgroups_are_failures() {
     )];
     let s = t.resolver().resolve(&[p]);
     assert!(s.scan.targets.targets().is_empty());
-    let reasons: Vec<&str> = s.scan.failures.iter().map(|f| f.reason.as_str()).collect();
+    let reasons: Vec<String> = s
+        .scan
+        .failures
+        .iter()
+        .map(|f| f.reason.to_string())
+        .collect();
     assert_eq!(reasons.len(), 2);
     assert_eq!(reasons[0], "container id \"containerd://zz\" is not an id");
     assert!(

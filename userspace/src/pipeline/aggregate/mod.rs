@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, ProbeCheck, ProbeVerdict};
-use crate::hosts::{normalize_host, Host, KnownHosts};
+use crate::hosts::{normalize_host, KnownHosts};
 use crate::metrics::Contract;
 use crate::pipeline::classify::Observation;
 use slot::Slot;
@@ -135,7 +135,8 @@ impl Aggregator {
     }
 
     /// The `host` label value for a request's Host.
-    pub fn host_label<'a>(&'a self, host: &'a Host) -> &'a str {
+    #[cfg(test)]
+    pub(crate) fn host_label<'a>(&'a self, host: &'a crate::hosts::Host) -> &'a str {
         self.hosts.label_of(host)
     }
 

@@ -2,7 +2,7 @@ use super::slot::{class_index, outcome_index, reason_index, source_index};
 use super::*;
 use crate::discovery::{Attribution, Target};
 use crate::event::UpstreamFailureReason;
-use crate::hosts::{MAX_KNOWN_HOSTS, OTHER_HOST};
+use crate::hosts::{Host, MAX_KNOWN_HOSTS, OTHER_HOST};
 use crate::metrics::{encode, BuildInfo};
 use crate::pipeline::classify::{HttpClass, Source, WsOutcome};
 use prometheus_client::registry::Registry;

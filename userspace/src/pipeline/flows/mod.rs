@@ -44,7 +44,7 @@ pub use exchange::{ClientRequest, ConnKey, FlowEvent, Traffic};
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin};
 use crate::pipeline::metrics::{Anomaly, InputKind, Leg, PipelineMetrics};
-use h2::{H2Conns, H2Event, H2Traffic};
+use h2::{H2Conns, H2Event};
 use http1::{Http1, Sink};
 use upstream_log::UpstreamLog;
 
@@ -83,7 +83,8 @@ impl Flows {
     }
 
     /// The HTTP/2 tracker's own tallies.
-    pub fn h2_traffic(&self) -> &H2Traffic {
+    #[cfg(test)]
+    pub(crate) fn h2_traffic(&self) -> &h2::H2Traffic {
         self.h2.traffic()
     }
 

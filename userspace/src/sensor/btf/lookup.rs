@@ -59,7 +59,9 @@ impl Btf<'_> {
             .iter()
             .position(|t| t.kind == KIND_STRUCT && self.name(t.name_off) == name)
             .map(|i| i as u32)
-            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+            .ok_or_else(|| BtfError::NoStruct {
+                name: name.to_owned(),
+            })
     }
 
     /// Size in bytes of the struct called `name`.

@@ -49,8 +49,8 @@ pub enum BtfError {
     UnknownKind { id: u32, kind: u32 },
     #[error("BTF type data is truncated at type {id}")]
     Truncated { id: u32 },
-    #[error("no struct {0} in BTF")]
-    NoStruct(String),
+    #[error("no struct {name} in BTF")]
+    NoStruct { name: String },
     #[error("struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
     #[error("struct {strukt} member {member} is a bitfield")]

@@ -165,7 +165,7 @@ fn finds_x86_64_registers() {
     ));
     assert!(matches!(
         btf.member("task_struct", "pid"),
-        Err(BtfError::NoStruct(_))
+        Err(BtfError::NoStruct { .. })
     ));
 }
 

@@ -179,7 +179,8 @@ impl GoBinary {
     }
 
     /// Number of functions in the table.
-    pub fn function_count(&self) -> Result<usize, GoBinError> {
+    #[cfg(test)]
+    pub(crate) fn function_count(&self) -> Result<usize, GoBinError> {
         Ok(self.table()?.len())
     }
 
