@@ -11,14 +11,8 @@ use kube::api::DynamicObject;
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
+pub use super::objects::RouteHosts;
 use super::objects::{ingress_class, ingress_hosts, ingress_route_hosts, CLASS_ANNOTATION};
-
-/// The hosts one object names, and how many of its rules did not parse.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RouteHosts {
-    pub hosts: Vec<String>,
-    pub unparsable: usize,
-}
 
 /// An object's hosts, and whether it names our ingress class (rather than none).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
-use super::host_index::RouteHosts;
 use crate::discovery::pod_cgroup::{ContainerId, ContainerInfo, PodInfo, PodPort, QosClass};
 use crate::discovery::traefik_rule;
 
@@ -128,6 +127,13 @@ pub(super) fn ingress_hosts(ing: &Ingress, class: &str) -> Vec<String> {
         .filter_map(|r| r.host.as_deref())
         .map(str::to_ascii_lowercase)
         .collect()
+}
+
+/// The hosts one object names, and how many of its rules did not parse.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteHosts {
+    pub hosts: Vec<String>,
+    pub unparsable: usize,
 }
 
 /// Hosts of an IngressRoute's `spec.routes[].match` rules, and how many rules did not parse.

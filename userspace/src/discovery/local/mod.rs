@@ -76,8 +76,12 @@ pub struct ScanFailure {
 pub enum ScanFailureReason {
     #[error(transparent)]
     Discovery(#[from] Arc<DiscoveryError>),
-    #[error(transparent)]
-    ContainerId(#[from] crate::discovery::pod_cgroup::ContainerIdError),
+    /// A container the pod status names by an unusable id.
+    #[error("{source}")]
+    Container {
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     #[error("container cgroup exists only in cgroup v1 ({}): the kernel filter needs cgroup v2 (a unified or hybrid host)", dir.display())]
     OnlyCgroupV1 { dir: PathBuf },
     #[error("no cgroup for pod uid {uid} container {container_id} under {under} ({layout})")]

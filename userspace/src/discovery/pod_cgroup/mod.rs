@@ -28,6 +28,7 @@ mod tests;
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::local::{cgroup_id, Scan, ScanFailure, ScanFailureReason};
 use super::{Attribution, Replica, Target, TargetSet};
@@ -86,7 +87,12 @@ impl PodResolver {
             let endpoints = pod.endpoints();
             let mut procs = Vec::new();
             for (container, reason) in &pod.unusable {
-                failures.push(failure(pod, container, reason.clone().into()));
+                let source = Arc::new(reason.clone());
+                failures.push(failure(
+                    pod,
+                    container,
+                    ScanFailureReason::Container { source },
+                ));
             }
             for c in &pod.containers {
                 let found = v2_bases
