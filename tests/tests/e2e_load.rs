@@ -40,7 +40,7 @@ const HOST: &str = "load.test";
 const LOAD: Duration = Duration::from_secs(10);
 const CONNECTIONS: usize = 96;
 /// Each connection waits this long before each request: at most 96,000 requests/s, and in
-/// practice latency-bound (about 25,000/s on 2 CPUs, also when the machine is busy).
+/// practice latency-bound (25,000 to 28,000/s on an idle 2-CPU machine).
 const PACE_MS: u32 = 1;
 /// The rate the test is about (reached on an idle 2-CPU machine: 25,848 and 28,238/s).
 const MIN_RATE: f64 = 20_000.0;
