@@ -171,6 +171,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub probe_concurrency: u32,
 
+    /// Hosts probed per round (on every replica); with more known hosts, rounds rotate
+    /// through them, so that a round's cost stays bounded however many hosts tenants add.
+    #[arg(long, env = "ROUTESKEW_PROBE_HOSTS_PER_ROUND", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub probe_hosts_per_round: u32,
+
     /// Path of the HTTP probe.
     #[arg(long, env = "ROUTESKEW_PROBE_PATH", default_value = "/")]
     pub probe_path: String,

@@ -146,6 +146,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         interval: args.probe_interval,
         timeout: args.probe_timeout,
         concurrency: args.probe_concurrency as usize,
+        hosts_per_round: args.probe_hosts_per_round as usize,
         // The agent's one set is published to the prober below.
         hosts: Vec::new(),
         http_path: args.probe_path.clone(),

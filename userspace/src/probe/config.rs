@@ -10,6 +10,9 @@ pub struct ProbeConfig {
     pub interval: Duration,
     pub timeout: Duration,
     pub concurrency: usize,
+    /// Hosts probed per round, every replica the same ones; past it, rounds rotate through
+    /// the known hosts (each host is probed every `ceil(hosts / this)` rounds).
+    pub hosts_per_round: usize,
     /// Hosts to probe (the agent's known hosts).
     pub hosts: Vec<String>,
     pub http_path: String,

@@ -79,8 +79,28 @@ impl ProbeFailure {
 }
 
 impl Prober {
+    /// This round's hosts: all of them, or a window of [`ProbeConfig::hosts_per_round`]
+    /// that moves on each round (wrapping), the same for every replica so that their
+    /// answers compare.
+    pub(super) fn round_hosts(&mut self) -> Vec<String> {
+        let all = self.hosts.hosts();
+        let per_round = self.cfg.hosts_per_round.max(1);
+        if all.len() <= per_round {
+            return all.to_vec();
+        }
+        let start = self.host_cursor % all.len();
+        self.host_cursor = (start + per_round) % all.len();
+        all.iter()
+            .cycle()
+            .skip(start)
+            .take(per_round)
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn jobs(&mut self, targets: &TargetSet) -> Vec<Job> {
         let mut jobs = Vec::new();
+        let hosts = self.round_hosts();
         for t in targets.targets() {
             let endpoints = self.probe_endpoints(t);
             if let Some(st) = self.replicas.get_mut(&t.replica) {
@@ -96,7 +116,7 @@ impl Prober {
                 if tls && self.tls.is_none() {
                     continue;
                 }
-                for host in self.hosts.hosts() {
+                for host in &hosts {
                     let mut checks = vec![(ProbeCheck::Http, self.cfg.http_path.clone())];
                     for w in &self.cfg.ws_paths {
                         if w.host.as_ref().is_none_or(|h| h == host) {

@@ -96,6 +96,8 @@ pub struct Prober {
     endpoints: HashMap<SocketAddr, EndpointState>,
     replicas: HashMap<Replica, ReplicaState>,
     next_id: u64,
+    /// Where the next round's window of hosts starts ([`ProbeConfig::hosts_per_round`]).
+    host_cursor: usize,
     /// The router inventory's and endpoint checks' caller (its tags are the probes' too).
     housekeeping: Caller,
 }
@@ -159,6 +161,7 @@ impl Prober {
             endpoints: HashMap::new(),
             replicas: HashMap::new(),
             next_id: fastrand::u64(..),
+            host_cursor: 0,
         }
     }
 
@@ -191,7 +194,13 @@ impl Prober {
         }
         // The verdicts of dropped hosts stay for the pipeline's grace period, like every
         // other series of a host no longer known.
-        tracing::info!(hosts = hosts.len(), "probed hosts changed");
+        let per_round = self.cfg.hosts_per_round.max(1);
+        tracing::info!(
+            hosts = hosts.len(),
+            per_round,
+            rounds_to_cover = hosts.len().div_ceil(per_round),
+            "probed hosts changed"
+        );
         self.hosts = hosts;
     }
 
@@ -336,6 +345,30 @@ mod tests {
         assert!(p.replicas.contains_key(&r));
         p.track_replicas(&TargetSet::default());
         assert!(p.replicas.is_empty());
+    }
+
+    #[test]
+    fn rounds_rotate_through_more_hosts_than_a_round_probes() {
+        let mut c = cfg(1000);
+        c.hosts_per_round = 2;
+        let (_tx, rx) = watch::channel(Arc::new(KnownHosts::new([
+            "a.test", "b.test", "c.test", "d.test", "e.test",
+        ])));
+        let mut p = prober(c).with_host_updates(rx);
+        let rounds: Vec<Vec<String>> = (0..4).map(|_| p.round_hosts()).collect();
+        assert_eq!(
+            rounds,
+            [
+                ["a.test", "b.test"],
+                ["c.test", "d.test"],
+                ["e.test", "a.test"],
+                ["b.test", "c.test"],
+            ]
+        );
+        // Within the bound, every round probes every host.
+        p.cfg.hosts_per_round = 5;
+        assert_eq!(p.round_hosts().len(), 5);
+        assert_eq!(p.round_hosts().len(), 5);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub(super) fn cfg(interval_ms: u64) -> ProbeConfig {
         interval: Duration::from_millis(interval_ms),
         timeout: Duration::from_secs(1),
         concurrency: 4,
+        hosts_per_round: 100,
         hosts: vec![
             "A.test".into(),
             "a.test:80".into(),

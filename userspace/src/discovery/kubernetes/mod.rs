@@ -366,20 +366,28 @@ pub fn label_hosts(
     per_namespace: usize,
 ) -> (KnownHosts, usize) {
     let mut ours: Vec<&String> = Vec::new();
+    // Sorted runs appended to `ours`: one needs no sort (the usual case: Ingresses only).
+    let mut runs = 0;
     let mut tenants: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
     for index in indexes {
+        let before = ours.len();
         ours.extend(index.named_ours());
+        runs += usize::from(ours.len() > before);
         for (ns, hosts) in index.by_namespace() {
             if traefik_namespaces.contains(ns) {
+                let before = ours.len();
                 ours.extend(hosts);
+                runs += usize::from(ours.len() > before);
             } else {
                 tenants.entry(ns).or_default().extend(hosts);
             }
         }
     }
-    // A sort of references: no name is copied, however many the cluster has.
-    ours.sort_unstable();
-    ours.dedup();
+    if runs > 1 {
+        // A sort of references: no name is copied, however many the cluster has.
+        ours.sort_unstable();
+        ours.dedup();
+    }
     let mut over_quota = 0;
     let mut tenant_hosts: Vec<&String> = Vec::new();
     for hosts in tenants.values() {
