@@ -152,6 +152,9 @@ pub struct PipelineMetrics {
     pub connections: Gauge,
     /// Replicas whose series were removed after they left the target set.
     pub removed_replicas: Counter,
+    /// Hosts no longer known whose series went before their grace period ended, because
+    /// more hosts were lingering than are known (host churn).
+    pub evicted_hosts: Counter,
     /// Request heads the semantic sensor copied, by what they were.
     pub request_heads: CounterFamily<HeadResult>,
     /// Exchanges whose User-Agent looked like a probe's but carried no tag this agent
@@ -243,6 +246,11 @@ impl PipelineMetrics {
             "removed_replicas",
             "Replicas whose series were removed after leaving the target set",
             m.removed_replicas.clone(),
+        );
+        r.register(
+            "evicted_hosts",
+            "Hosts no longer known whose series were removed before their grace period, as more were lingering than are known",
+            m.evicted_hosts.clone(),
         );
         r.register(
             "forged_probe_tags",

@@ -106,6 +106,7 @@ impl Pipeline {
                 cfg.series_grace,
                 contract,
                 metrics.removed_replicas.clone(),
+                metrics.evicted_hosts.clone(),
             ),
             metrics,
             flow_buf: Vec::new(),

@@ -37,6 +37,8 @@ pub struct Aggregator {
     contract: Contract,
     /// `routeskew_pipeline_removed_replicas_total`.
     removed_replicas: Counter,
+    /// `routeskew_pipeline_evicted_hosts_total`.
+    evicted_hosts: Counter,
     /// `host` label values and the lookup of a request's Host among them.
     hosts: Arc<KnownHosts>,
     targets: TargetSet,
@@ -60,10 +62,12 @@ impl Aggregator {
         series_grace: Duration,
         contract: Contract,
         removed_replicas: Counter,
+        evicted_hosts: Counter,
     ) -> Self {
         Aggregator {
             contract,
             removed_replicas,
+            evicted_hosts,
             hosts,
             targets: TargetSet::default(),
             slots: Vec::new(),
@@ -93,6 +97,7 @@ impl Aggregator {
         }
         self.leaving_hosts.retain(|h, _| !now.contains(h.as_str()));
         self.hosts = hosts;
+        self.evict_lingering_hosts();
         let hosts = self.hosts.labels().len();
         let replicas: Vec<Replica> = self
             .slots
@@ -314,7 +319,53 @@ impl Aggregator {
     }
 }
 
+/// Departed hosts that always keep their series for the whole grace period.
+const LINGER_FLOOR: usize = 100;
+
 impl Aggregator {
+    /// Hosts whose series linger after they left are at most as many as the known ones
+    /// (or [`LINGER_FLOOR`]):
+    /// under churn (tenants replacing their hosts) the oldest go before their grace
+    /// period ends, so that the series count stays within twice the steady state.
+    fn evict_lingering_hosts(&mut self) {
+        // A few always get their whole grace (a discovery hiccup that empties the set for
+        // a moment must not wipe every series).
+        let cap = self.hosts.hosts().len().max(LINGER_FLOOR);
+        if self.leaving_hosts.len() <= cap {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self
+            .leaving_hosts
+            .iter()
+            // Not yet ticked: left just now, the youngest.
+            .map(|(h, since)| (since.unwrap_or(u64::MAX), h.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let evicted: HashSet<String> = by_age
+            .into_iter()
+            .take(self.leaving_hosts.len() - cap)
+            .map(|(_, h)| h)
+            .collect();
+        for h in &evicted {
+            self.leaving_hosts.remove(h);
+        }
+        for s in self.slots.iter_mut().flatten() {
+            s.remove_hosts(|host| evicted.contains(host), &self.contract);
+        }
+        self.evicted_hosts.inc_by(evicted.len() as u64);
+        tracing::info!(
+            evicted = evicted.len(),
+            lingering = self.leaving_hosts.len(),
+            "removed series of departed hosts early: more were lingering than are known"
+        );
+    }
+
+    /// Host-labelled series held over every replica (for tests of their bound).
+    #[cfg(test)]
+    pub(crate) fn host_series(&self) -> usize {
+        self.slots.iter().flatten().map(Slot::host_series).sum()
+    }
+
     /// Remove every replica's series of hosts dropped longer than the grace period ago.
     fn expire_hosts(&mut self, now_ns: u64) {
         let mut expired: Vec<String> = Vec::new();

@@ -265,6 +265,12 @@ impl Slot {
         }
     }
 
+    /// Host-labelled series held (for tests of their bound).
+    #[cfg(test)]
+    pub(super) fn host_series(&self) -> usize {
+        self.series.http.len() + self.series.ws.len() + self.series.early.len()
+    }
+
     /// Removes the series of hosts for which `gone` holds.
     pub(super) fn remove_hosts(&mut self, gone: impl Fn(&str) -> bool, m: &Contract) {
         let s = &mut self.series;

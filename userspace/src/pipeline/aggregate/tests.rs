@@ -36,11 +36,13 @@ fn setup() -> (Aggregator, Registry) {
             kernel: "k".into(),
         },
     );
+    let metrics = crate::pipeline::metrics::PipelineMetrics::register(&mut m);
     let mut a = Aggregator::new(
         KnownHosts::new(["App.Example.test.", "bad host"]).into(),
         Duration::from_secs(60),
         contract,
-        crate::pipeline::metrics::PipelineMetrics::register(&mut m).removed_replicas,
+        metrics.removed_replicas,
+        metrics.evicted_hosts,
     );
     a.set_targets(TargetSet::new(vec![target("r1", 10), target("r2", 20)]));
     (a, m)
@@ -257,4 +259,62 @@ fn probe_series_share_the_replica_and_host_lifetimes() {
         "{t}"
     );
     assert!(!t.contains("check=\"websocket\""), "{t}");
+}
+
+/// Tenants replacing their hosts cannot grow the series without bound (issue 16, item 7):
+/// 1,000 hosts replaced every 10 s for 5 minutes, each new host counted on both replicas,
+/// against a 5-minute grace period: the host-labelled series stay within twice the steady
+/// state, and what went early is counted.
+#[test]
+fn host_churn_keeps_the_series_within_twice_the_steady_state() {
+    let mut m = Registry::with_prefix("routeskew");
+    let contract = Contract::register(
+        &mut m,
+        BuildInfo {
+            version: "t".into(),
+            kernel: "k".into(),
+        },
+    );
+    let metrics = crate::pipeline::metrics::PipelineMetrics::register(&mut m);
+    let mut a = Aggregator::new(
+        KnownHosts::default().into(),
+        Duration::from_secs(300),
+        contract,
+        metrics.removed_replicas,
+        metrics.evicted_hosts.clone(),
+    );
+    a.set_targets(TargetSet::new(vec![target("r1", 10), target("r2", 20)]));
+    const S: u64 = 1_000_000_000;
+    let generation =
+        |g: usize| -> Vec<String> { (0..1000).map(|i| format!("g{g}-h{i}.test")).collect() };
+    let mut steady = 0;
+    let mut most = 0;
+    for g in 0..31 {
+        let hosts = generation(g);
+        a.set_known_hosts(KnownHosts::new(&hosts).into());
+        for h in hosts.iter().step_by(10) {
+            for cg in [10, 20] {
+                assert!(a.record(&Observation::Http {
+                    origin: origin(cg),
+                    host: Host::Name(h.as_str().into()),
+                    class: HttpClass::Ok,
+                    source: Source::Passive,
+                }));
+            }
+        }
+        a.tick(g as u64 * 10 * S);
+        let n = a.host_series();
+        if g == 0 {
+            steady = n;
+        }
+        most = most.max(n);
+    }
+    assert!(steady > 0);
+    assert!(
+        most <= 2 * steady,
+        "{most} host series at most, steady state {steady}"
+    );
+    let evicted = metrics.evicted_hosts.get();
+    assert!(evicted > 0, "hosts went early and were counted");
+    eprintln!("steady {steady}, most {most}, evicted {evicted}");
 }
