@@ -28,6 +28,22 @@ fn origin(cg: u64) -> Origin {
 }
 
 fn setup() -> (Aggregator, Registry) {
+    let (a, m, _) = setup_with(
+        KnownHosts::new(["App.Example.test.", "bad host"]),
+        Duration::from_secs(60),
+    );
+    (a, m)
+}
+
+/// An aggregator over replicas r1 and r2, its registry, and its pipeline metrics.
+fn setup_with(
+    hosts: KnownHosts,
+    grace: Duration,
+) -> (
+    Aggregator,
+    Registry,
+    crate::pipeline::metrics::PipelineMetrics,
+) {
     let mut m = Registry::with_prefix("routeskew");
     let contract = Contract::register(
         &mut m,
@@ -38,14 +54,14 @@ fn setup() -> (Aggregator, Registry) {
     );
     let metrics = crate::pipeline::metrics::PipelineMetrics::register(&mut m);
     let mut a = Aggregator::new(
-        KnownHosts::new(["App.Example.test.", "bad host"]).into(),
-        Duration::from_secs(60),
+        hosts.into(),
+        grace,
         contract,
-        metrics.removed_replicas,
-        metrics.evicted_hosts,
+        metrics.removed_replicas.clone(),
+        metrics.evicted_hosts.clone(),
     );
     a.set_targets(TargetSet::new(vec![target("r1", 10), target("r2", 20)]));
-    (a, m)
+    (a, m, metrics)
 }
 
 fn http(cg: u64, host: Host) -> Observation {
@@ -267,23 +283,7 @@ fn probe_series_share_the_replica_and_host_lifetimes() {
 /// state, and what went early is counted.
 #[test]
 fn host_churn_keeps_the_series_within_twice_the_steady_state() {
-    let mut m = Registry::with_prefix("routeskew");
-    let contract = Contract::register(
-        &mut m,
-        BuildInfo {
-            version: "t".into(),
-            kernel: "k".into(),
-        },
-    );
-    let metrics = crate::pipeline::metrics::PipelineMetrics::register(&mut m);
-    let mut a = Aggregator::new(
-        KnownHosts::default().into(),
-        Duration::from_secs(300),
-        contract,
-        metrics.removed_replicas,
-        metrics.evicted_hosts.clone(),
-    );
-    a.set_targets(TargetSet::new(vec![target("r1", 10), target("r2", 20)]));
+    let (mut a, _m, metrics) = setup_with(KnownHosts::default(), Duration::from_secs(300));
     const S: u64 = 1_000_000_000;
     let generation =
         |g: usize| -> Vec<String> { (0..1000).map(|i| format!("g{g}-h{i}.test")).collect() };
