@@ -346,12 +346,7 @@ impl Aggregator {
             .take(self.leaving_hosts.len() - cap)
             .map(|(_, h)| h)
             .collect();
-        for h in &evicted {
-            self.leaving_hosts.remove(h);
-        }
-        for s in self.slots.iter_mut().flatten() {
-            s.remove_hosts(|host| evicted.contains(host), &self.contract);
-        }
+        self.remove_host_series(&evicted);
         self.evicted_hosts.inc_by(evicted.len() as u64);
         tracing::info!(
             evicted = evicted.len(),
@@ -368,22 +363,27 @@ impl Aggregator {
 
     /// Remove every replica's series of hosts dropped longer than the grace period ago.
     fn expire_hosts(&mut self, now_ns: u64) {
-        let mut expired: Vec<String> = Vec::new();
+        let mut expired: HashSet<String> = HashSet::new();
         for (h, since) in self.leaving_hosts.iter_mut() {
             let start = *since.get_or_insert(now_ns);
             if now_ns.saturating_sub(start) >= self.grace_ns {
-                expired.push(h.clone());
+                expired.insert(h.clone());
             }
         }
         if expired.is_empty() {
             return;
         }
-        for h in &expired {
+        self.remove_host_series(&expired);
+        tracing::info!(hosts = ?expired, "removed series of hosts no longer known");
+    }
+
+    /// Forgets that `hosts` left and removes their series from every replica.
+    fn remove_host_series(&mut self, hosts: &HashSet<String>) {
+        for h in hosts {
             self.leaving_hosts.remove(h);
         }
         for s in self.slots.iter_mut().flatten() {
-            s.remove_hosts(|host| expired.iter().any(|h| h == host), &self.contract);
+            s.remove_hosts(|host| hosts.contains(host), &self.contract);
         }
-        tracing::info!(hosts = ?expired, "removed series of hosts no longer known");
     }
 }
