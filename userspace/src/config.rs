@@ -149,6 +149,18 @@ pub struct RunArgs {
     #[arg(long, env = "ROUTESKEW_WS_EARLY_CLOSE", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ws_early_close: Duration,
 
+    /// Bytes of pipeline state allowed: followed connections, requests waiting for
+    /// their responses, buffers and series. What does not fit is shed and counted in
+    /// `routeskew_pipeline_shed_total`. Keep it well under the container's memory limit.
+    #[arg(long, env = "ROUTESKEW_MEMORY_BUDGET_BYTES", default_value_t = crate::pipeline::budget::DEFAULT_BUDGET,
+          value_parser = clap::value_parser!(u64).range(1 << 20..))]
+    pub memory_budget_bytes: u64,
+
+    /// A request still waiting for its response after this long (behind a response that
+    /// never ends, say) is shed and counted.
+    #[arg(long, env = "ROUTESKEW_MAX_REQUEST_AGE", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub max_request_age: Duration,
+
     /// Series of a replica that vanished are removed after this long.
     #[arg(long, env = "ROUTESKEW_SERIES_GRACE", value_parser = humantime::parse_duration, default_value = "5m")]
     pub series_grace: Duration,

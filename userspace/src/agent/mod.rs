@@ -165,6 +165,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             known_hosts: Vec::new(),
             ws_early_close: args.ws_early_close,
             series_grace: args.series_grace,
+            memory_budget: args.memory_budget_bytes,
+            max_request_age: args.max_request_age,
             upstream_responses: args.upstream_responses,
             probe_deadline: match args.sensor {
                 SensorArg::Bytes => probe_cfg.sensor_deadline(),

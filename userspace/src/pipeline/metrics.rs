@@ -15,7 +15,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::http::ParseError;
@@ -24,7 +24,9 @@ mod labels;
 #[cfg(test)]
 mod tests;
 
-pub use labels::{Anomaly, DropReason, Eviction, HeadResult, InputKind, Leg, Skip, Unclassified};
+pub use labels::{
+    Anomaly, DropReason, Eviction, HeadResult, InputKind, Leg, MemoryPart, Shed, Skip, Unclassified,
+};
 
 /// The values of one label of a counter family, as a fieldless enum.
 pub trait LabelValue: Copy + fmt::Debug + Send + Sync + 'static {
@@ -39,19 +41,25 @@ pub trait LabelValue: Copy + fmt::Debug + Send + Sync + 'static {
     fn index(self) -> usize;
 }
 
-/// The label set of a [`CounterFamily`]: one `key="value"` pair.
+/// The label set of a [`Labelled`] family: one `key="value"` pair.
 type OneLabel = [(&'static str, &'static str); 1];
 
-/// A counter family with one series per value of `L`, all created at zero (so that rates
-/// work from the first increment) and resolved once.
-pub struct CounterFamily<L: LabelValue> {
-    family: Family<OneLabel, Counter>,
+/// A family with one series per value of `L`, all created at zero (so that rates work
+/// from the first increment) and resolved once: counters ([`CounterFamily`]) or gauges
+/// ([`GaugeFamily`]).
+pub struct Labelled<L: LabelValue, M> {
+    family: Family<OneLabel, M>,
     /// The series of `L::ALL[i]` at `i`.
-    by_value: Box<[Counter]>,
+    by_value: Box<[M]>,
     label: PhantomData<L>,
 }
 
-impl<L: LabelValue> CounterFamily<L> {
+/// Counters, one per value of `L`.
+pub type CounterFamily<L> = Labelled<L, Counter>;
+/// Gauges, one per value of `L`.
+pub type GaugeFamily<L> = Labelled<L, Gauge>;
+
+impl<L: LabelValue> Labelled<L, Counter> {
     #[inline]
     pub fn inc(&self, value: L) {
         self.by_value[value.index()].inc();
@@ -70,14 +78,21 @@ impl<L: LabelValue> CounterFamily<L> {
     }
 }
 
-impl<L: LabelValue> Default for CounterFamily<L> {
+impl<L: LabelValue> Labelled<L, Gauge> {
+    /// The gauge of `value` itself (an `Arc` inside: clones share it).
+    pub fn gauge(&self, value: L) -> &Gauge {
+        &self.by_value[value.index()]
+    }
+}
+
+impl<L: LabelValue, M: Clone + Default> Default for Labelled<L, M> {
     fn default() -> Self {
-        let family = Family::<OneLabel, Counter>::default();
+        let family = Family::<OneLabel, M>::default();
         let by_value = L::ALL
             .iter()
-            .map(|v| Counter::clone(&family.get_or_create(&[(L::KEY, v.as_str())])))
+            .map(|v| M::clone(&family.get_or_create(&[(L::KEY, v.as_str())])))
             .collect();
-        CounterFamily {
+        Labelled {
             family,
             by_value,
             label: PhantomData,
@@ -86,9 +101,9 @@ impl<L: LabelValue> Default for CounterFamily<L> {
 }
 
 // Clones share the series, like a `Family` clone.
-impl<L: LabelValue> Clone for CounterFamily<L> {
+impl<L: LabelValue, M: Clone> Clone for Labelled<L, M> {
     fn clone(&self) -> Self {
-        CounterFamily {
+        Labelled {
             family: self.family.clone(),
             by_value: self.by_value.clone(),
             label: PhantomData,
@@ -96,21 +111,42 @@ impl<L: LabelValue> Clone for CounterFamily<L> {
     }
 }
 
-impl<L: LabelValue> fmt::Debug for CounterFamily<L> {
+/// A series' current value, for logs and tests.
+pub trait SeriesValue {
+    fn value(&self) -> i64;
+}
+
+impl SeriesValue for Counter {
+    fn value(&self) -> i64 {
+        i64::try_from(self.get()).unwrap_or(i64::MAX)
+    }
+}
+
+impl SeriesValue for Gauge {
+    fn value(&self) -> i64 {
+        self.get()
+    }
+}
+
+impl<L: LabelValue, M: SeriesValue> fmt::Debug for Labelled<L, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(L::ALL.iter().map(|v| (v.as_str(), self.get(*v))))
+            .entries(
+                L::ALL
+                    .iter()
+                    .map(|v| (v.as_str(), self.by_value[v.index()].value())),
+            )
             .finish()
     }
 }
 
-impl<L: LabelValue> EncodeMetric for CounterFamily<L> {
+impl<L: LabelValue, M: EncodeMetric + TypedMetric> EncodeMetric for Labelled<L, M> {
     fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
         self.family.encode(encoder)
     }
 
     fn metric_type(&self) -> MetricType {
-        MetricType::Counter
+        M::TYPE
     }
 }
 
@@ -160,6 +196,12 @@ pub struct PipelineMetrics {
     /// Exchanges whose User-Agent looked like a probe's but carried no tag this agent
     /// signed (counted as passive traffic).
     pub forged_probe_tags: Counter,
+    /// Bytes of pipeline state accounted against the memory budget, by part.
+    pub memory: GaugeFamily<MemoryPart>,
+    /// The memory budget itself.
+    pub memory_budget: Gauge,
+    /// State dropped to stay within the budget or its age limit.
+    pub shed: CounterFamily<Shed>,
 }
 
 impl PipelineMetrics {
@@ -261,6 +303,21 @@ impl PipelineMetrics {
             "request_heads",
             "Request heads the semantic sensor copied for answers of 300 or more, by what they were",
             m.request_heads.clone(),
+        );
+        r.register(
+            "memory_bytes",
+            "Bytes of pipeline state (connections, waiting requests, buffers, series) accounted against the memory budget, by part",
+            m.memory.clone(),
+        );
+        r.register(
+            "memory_budget_bytes",
+            "The pipeline's memory budget (--memory-budget)",
+            m.memory_budget.clone(),
+        );
+        r.register(
+            "shed",
+            "Connections and waiting requests dropped to stay within the memory budget or the request age limit",
+            m.shed.clone(),
         );
         m
     }

@@ -8,6 +8,7 @@
 //! CLOCK_MONOTONIC nanoseconds, the clock of the kernel's event timestamps.
 
 pub mod aggregate;
+pub mod budget;
 pub mod classify;
 pub mod flows;
 pub mod http;
@@ -25,6 +26,7 @@ use crate::event::{Event, EventKind, Origin, ProbeReport, ResponseCount};
 use crate::hosts::KnownHosts;
 use crate::metrics::Contract;
 use crate::pipeline::aggregate::Aggregator;
+use crate::pipeline::budget::Budget;
 use crate::pipeline::classify::{Classifier, Observation};
 use crate::pipeline::flows::{FlowConfig, FlowEvent, Flows, Traffic};
 use crate::pipeline::http::ProbeRef;
@@ -42,6 +44,10 @@ pub struct PipelineConfig {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_pending_per_conn: usize,
+    /// A request waiting longer than this for its response is shed (counted).
+    pub max_request_age: Duration,
+    /// Bytes of pipeline state allowed (see [`budget`]).
+    pub memory_budget: u64,
     /// How long a replica's series stay after it left the target set.
     pub series_grace: Duration,
     /// Whether the sensor reports upstream responses (Traefik reading a backend's answer).
@@ -62,6 +68,8 @@ impl Default for PipelineConfig {
             idle_timeout: flows.idle_timeout,
             max_connections: flows.max_connections,
             max_pending_per_conn: flows.max_pending_per_conn,
+            max_request_age: flows.max_request_age,
+            memory_budget: budget::DEFAULT_BUDGET,
             series_grace: Duration::from_secs(600),
             upstream_responses: flows.upstream_responses,
             probe_deadline: Duration::from_secs(1),
@@ -88,15 +96,22 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(cfg: PipelineConfig, contract: Contract, metrics: PipelineMetrics) -> Self {
+        let budget = Budget::new(
+            cfg.memory_budget,
+            metrics.memory.clone(),
+            &metrics.memory_budget,
+        );
         let flows = Flows::new(
             FlowConfig {
                 ws_early_close: cfg.ws_early_close,
                 idle_timeout: cfg.idle_timeout,
                 max_connections: cfg.max_connections,
                 max_pending_per_conn: cfg.max_pending_per_conn,
+                max_request_age: cfg.max_request_age,
                 upstream_responses: cfg.upstream_responses,
             },
             metrics.clone(),
+            budget.clone(),
         );
         Pipeline {
             flows,
@@ -107,7 +122,8 @@ impl Pipeline {
                 contract,
                 metrics.removed_replicas.clone(),
                 metrics.evicted_hosts.clone(),
-            ),
+            )
+            .with_budget(budget),
             metrics,
             flow_buf: Vec::new(),
             obs_buf: Vec::new(),

@@ -22,7 +22,9 @@ use crate::discovery::{Replica, TargetSet};
 use crate::event::{Origin, ProbeCheck, ProbeVerdict};
 use crate::hosts::{normalize_host, KnownHosts};
 use crate::metrics::Contract;
+use crate::pipeline::budget::Budget;
 use crate::pipeline::classify::Observation;
+use crate::pipeline::metrics::MemoryPart;
 use slot::Slot;
 
 mod slot;
@@ -54,6 +56,8 @@ pub struct Aggregator {
     /// Hosts no longer known whose series go after the grace period, like `leaving`.
     leaving_hosts: HashMap<String, Option<u64>>,
     grace_ns: u64,
+    /// Where the series are charged, recounted every tick.
+    budget: Budget,
 }
 
 impl Aggregator {
@@ -77,7 +81,14 @@ impl Aggregator {
             leaving: HashMap::new(),
             leaving_hosts: HashMap::new(),
             grace_ns: u64::try_from(series_grace.as_nanos()).unwrap_or(u64::MAX),
+            budget: Budget::unlimited(),
         }
+    }
+
+    /// Charges the series to `budget` (recounted every tick).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Replace the hosts that get their own label (discovery learns them at run time).
@@ -294,6 +305,8 @@ impl Aggregator {
     /// ago.
     pub fn tick(&mut self, now_ns: u64) {
         self.expire_hosts(now_ns);
+        let series = self.slots.iter().flatten().map(Slot::bytes).sum();
+        self.budget.set(MemoryPart::Series, series);
         let mut expired = Vec::new();
         for (r, since) in self.leaving.iter_mut() {
             let start = *since.get_or_insert(now_ns);

@@ -44,6 +44,10 @@ fn ws_index(host: usize, outcome: WsOutcome, source: Source) -> usize {
     (host * OUTCOMES + outcome_index(outcome)) * SOURCES + source_index(source)
 }
 
+/// What one series is charged to the memory budget: its label set, kept here and in the
+/// registry's family with its strings, and its counter.
+const SERIES_COST: usize = 512;
+
 /// Every label set created for one replica, so that all of them can be removed.
 #[derive(Debug, Default)]
 struct ReplicaSeries {
@@ -134,6 +138,19 @@ fn upstream_labels(
 }
 
 impl Slot {
+    /// Bytes charged to the memory budget for this replica's series and handles.
+    pub(super) fn bytes(&self) -> usize {
+        let handles = (self.http.capacity() + self.ws.capacity() + self.early.capacity())
+            * std::mem::size_of::<Option<Counter>>();
+        let s = &self.series;
+        let series = s.http.len()
+            + s.ws.len()
+            + s.early.len()
+            + s.upstream.len()
+            + usize::from(s.blind.is_some());
+        handles + series * SERIES_COST
+    }
+
     pub(super) fn new(replica: Replica, hosts: usize) -> Self {
         let mut s = Slot {
             replica,

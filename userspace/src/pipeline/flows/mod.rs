@@ -19,8 +19,10 @@
 //! requests do, and the unmatched/unanswered counts of the upstream leg are kept.
 //!
 //! Memory is bounded: at most `max_connections` connections (the least recently active one
-//! is evicted), `max_pending_per_conn` requests in flight per connection, and a bounded log
-//! of upstream requests per process. Everything dropped on the way is counted in the
+//! is evicted), `max_pending_per_conn` requests in flight per connection, requests no
+//! older than `max_request_age`, and a bounded log of upstream requests per process; and
+//! all connections, waiting requests and buffers are charged to the pipeline's memory
+//! budget ([`crate::pipeline::budget`]). Everything dropped on the way is counted in the
 //! pipeline's health counters ([`PipelineMetrics`]), where it happens.
 //!
 //! This runs for every kernel event, so the common path allocates nothing: connections live
@@ -43,6 +45,7 @@ pub use config::FlowConfig;
 pub use exchange::{ClientRequest, ConnKey, FlowEvent, Traffic};
 
 use crate::event::{ConnId, Direction, Event, EventKind, Origin};
+use crate::pipeline::budget::Budget;
 use crate::pipeline::metrics::{Anomaly, InputKind, Leg, PipelineMetrics};
 use h2::{H2Conns, H2Event};
 use http1::{Http1, Sink};
@@ -55,20 +58,25 @@ pub struct Flows {
     /// Output of the h2 tracker for the record at hand; kept to reuse its allocation.
     h2_buf: Vec<H2Event>,
     upstream: UpstreamLog,
+    /// What the connections of both kinds are charged to.
+    budget: Budget,
     /// The pipeline's health counters, incremented where the event happens.
     metrics: PipelineMetrics,
     traffic: Traffic,
 }
 
 impl Flows {
-    /// `metrics`: the pipeline's health counters, which the tracker increments.
-    pub fn new(cfg: FlowConfig, metrics: PipelineMetrics) -> Self {
+    /// `metrics`: the pipeline's health counters, which the tracker increments;
+    /// `budget`: what its connections and waiting requests are charged to.
+    pub fn new(cfg: FlowConfig, metrics: PipelineMetrics, budget: Budget) -> Self {
         Flows {
-            http1: Http1::new(cfg.clone(), metrics.clone()),
+            http1: Http1::new(cfg.clone(), metrics.clone(), budget.clone()),
             h2: H2Conns::new(
                 h2::MAX_CONNECTIONS.min(cfg.max_connections),
                 metrics.clone(),
+                budget.clone(),
             ),
+            budget,
             h2_buf: Vec::new(),
             upstream: UpstreamLog::default(),
             metrics,
@@ -149,12 +157,14 @@ impl Flows {
         }
     }
 
-    /// Expire idle connections and old upstream-log entries. `now_ns` is CLOCK_MONOTONIC,
-    /// like event timestamps.
+    /// Expire idle connections, requests waiting longer than the age limit and old
+    /// upstream-log entries. `now_ns` is CLOCK_MONOTONIC, like event timestamps.
     pub fn tick(&mut self, now_ns: u64) {
-        let idle = u64::try_from(self.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let horizon = now_ns.saturating_sub(idle);
-        self.http1.expire(horizon);
+        let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let horizon = now_ns.saturating_sub(nanos(self.cfg.idle_timeout));
+        let cutoff = now_ns.saturating_sub(nanos(self.cfg.max_request_age));
+        self.http1.expire(horizon, cutoff);
+        self.h2.shed_aged(cutoff);
         let mut h2_out = std::mem::take(&mut self.h2_buf);
         h2_out.clear();
         if !self.h2.is_empty() {
@@ -204,6 +214,7 @@ impl Flows {
                     .unanswered_requests
                     .inc_by(Leg::Client, pending as u64);
             }
+            self.make_room(h2::conn_cost::<ConnKey>());
             self.h2.open(key, ts, &mut h2_out);
         }
         let d = match dir {
@@ -216,6 +227,24 @@ impl Flows {
         }
         self.h2_buf = h2_out;
         tracked
+    }
+
+    /// Evicts the least recently active connections, HTTP/1 or HTTP/2, until `bytes` fit
+    /// in the budget or none is left.
+    fn make_room(&mut self, bytes: usize) {
+        while !self.budget.fits(bytes) {
+            let h1 = self.http1.oldest();
+            let h2 = self.h2.oldest().map(|(_, t)| t);
+            let evicted = match (h1, h2) {
+                (Some(a), Some(b)) if b < a => self.h2.evict_oldest(true),
+                (Some(_), _) => self.http1.evict_oldest(),
+                (None, Some(_)) => self.h2.evict_oldest(true),
+                (None, None) => false,
+            };
+            if !evicted {
+                return;
+            }
+        }
     }
 
     /// Turns what the h2 tracker ended into flow events, as for HTTP/1.

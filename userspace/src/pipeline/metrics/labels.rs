@@ -61,6 +61,8 @@ label_values! {
         Capacity => "capacity",
         /// No event for the idle timeout.
         Idle => "idle",
+        /// The memory budget had no room for a new connection.
+        Budget => "budget",
     }
 }
 
@@ -150,5 +152,40 @@ label_values! {
         OtherRequest => "other_request",
         /// Not an HTTP/1.x request head.
         Unparsed => "unparsed",
+    }
+}
+
+label_values! {
+    /// What the pipeline's accounted memory holds (`routeskew_pipeline_memory_bytes`),
+    /// all of it charged against one budget (see [`crate::pipeline::budget`]).
+    pub enum MemoryPart("part") {
+        /// Followed connections, HTTP/1 and HTTP/2 (HPACK tables included).
+        Connections => "connections",
+        /// Requests waiting for their responses: HTTP/1 queues and HTTP/2 streams.
+        Requests => "requests",
+        /// Heads kept across syscalls and HTTP/2 frames and header blocks in progress.
+        Buffers => "buffers",
+        /// Series of the replicas and hosts being counted.
+        Series => "series",
+    }
+}
+
+label_values! {
+    /// State dropped to stay within the memory budget or its age limit
+    /// (`routeskew_pipeline_shed_total`): one count per connection or request.
+    pub enum Shed("what") {
+        /// A followed HTTP/1 connection evicted to make room (least recently active).
+        Connection => "connection",
+        /// A followed HTTP/2 connection evicted to make room (least recently active).
+        H2Connection => "h2_connection",
+        /// A waiting request refused: the budget had no room for it. Its connection's
+        /// older waiting requests go with it, so that later responses still pair with
+        /// the right requests.
+        RequestRefused => "request_refused",
+        /// A request that waited longer than the maximum age (behind a streaming
+        /// response, or never answered).
+        RequestAged => "request_aged",
+        /// A waiting request whose connection was evicted or expired.
+        RequestEvicted => "request_evicted",
     }
 }

@@ -18,6 +18,8 @@ fn label_indexes_follow_the_all_tables() {
     indexes_follow::<Anomaly>();
     indexes_follow::<DropReason>();
     indexes_follow::<Unclassified>();
+    indexes_follow::<MemoryPart>();
+    indexes_follow::<Shed>();
 }
 
 #[test]
@@ -36,6 +38,9 @@ fn every_series_exists_at_zero_and_counts_in_place() {
         "routeskew_pipeline_h2_unclassified_total{reason=\"connection_limit\"} 0\n",
         "routeskew_pipeline_truncated_heads_total 0\n",
         "routeskew_pipeline_connections 0\n",
+        "routeskew_pipeline_memory_bytes{part=\"series\"} 0\n",
+        "routeskew_pipeline_shed_total{what=\"request_aged\"} 0\n",
+        "routeskew_pipeline_memory_budget_bytes 0\n",
     ] {
         assert!(text.contains(line), "{line}{text}");
     }

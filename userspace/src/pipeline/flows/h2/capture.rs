@@ -7,6 +7,7 @@
 
 use crate::event::Direction;
 use crate::hosts::{normalize_host, Host};
+use crate::pipeline::budget::Budget;
 use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::{self, ResponseHead};
 
@@ -117,7 +118,7 @@ pub struct Replay {
 /// tracker, as the flow tracker would.
 pub fn replay(records: &[Record]) -> Replay {
     let metrics = PipelineMetrics::default();
-    let mut conns = H2Conns::new(1, metrics.clone());
+    let mut conns = H2Conns::new(1, metrics.clone(), Budget::unlimited());
     let mut events = Vec::new();
     let mut replay = Replay::default();
     let mut opened = false;

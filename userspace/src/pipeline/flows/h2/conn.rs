@@ -3,13 +3,15 @@
 
 use loona_hpack::Decoder;
 
+mod shed;
+
 use super::fields::Fields;
 use super::frames::{flag, kind, FeedError, Frame, FrameError, FrameReader};
 use super::{H2Counters, H2Event};
 use crate::hosts::{self, Host};
 use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::{self, Method, ProbeRef, ResponseHead, Version};
-use crate::pipeline::metrics::{Anomaly, LabelValue, Leg, Skip, Unclassified};
+use crate::pipeline::metrics::{Anomaly, LabelValue, Leg, Shed, Skip, Unclassified};
 
 /// The client connection preface (RFC 9113 §3.4), which opens the read direction.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -42,8 +44,9 @@ struct Block {
 struct Stream {
     id: u32,
     request: ClientRequest,
-    /// A 404 waiting for its body (the router-miss signature needs it).
-    response: Option<ResponseHead>,
+    /// A 404 waiting for its body (the router-miss signature needs it); boxed, as only
+    /// those wait.
+    response: Option<Box<ResponseHead>>,
 }
 
 struct Inner {
@@ -53,6 +56,10 @@ struct Inner {
     desync: [Option<Unclassified>; 2],
     /// Bytes of the client preface still to check at the start of the read direction.
     preface_left: usize,
+    /// Bytes of `streams` charged to the budget.
+    charged: usize,
+    /// No stream waiting is older than this (`u64::MAX`: none waits).
+    oldest: u64,
 }
 
 pub struct H2Conn {
@@ -86,6 +93,8 @@ impl H2Conn {
                 streams: Vec::new(),
                 desync: [None, None],
                 preface_left: PREFACE.len(),
+                charged: 0,
+                oldest: u64::MAX,
             },
             last_seen: ts,
         }
@@ -190,10 +199,12 @@ impl H2Conn {
 
     /// Ended by eviction: the streams in flight are counted, not guessed.
     pub fn evict(self, counts: &mut H2Counters) {
+        let waiting = self.inner.streams.len() as u64;
         counts
             .metrics
             .h2_unclassified
-            .inc_by(Unclassified::ConnLimit, self.inner.streams.len() as u64);
+            .inc_by(Unclassified::ConnLimit, waiting);
+        counts.metrics.shed.inc_by(Shed::RequestEvicted, waiting);
     }
 }
 
@@ -202,7 +213,7 @@ impl Stream {
         match self.response {
             Some(response) => H2Event::Exchange {
                 request: self.request,
-                response,
+                response: *response,
                 ts_ns: ts,
             },
             None => H2Event::Unanswered {
@@ -351,6 +362,10 @@ impl Inner {
                 .inc(Unclassified::StreamLimit);
             return;
         }
+        if !self.room_for_stream(counts) {
+            return;
+        }
+        let capacity = self.streams.capacity();
         let host = match (&f.authority, &f.host) {
             (Some(a), _) => hosts::normalize_host(a),
             (None, Some(h)) => hosts::normalize_host(h),
@@ -390,6 +405,10 @@ impl Inner {
             },
             response: None,
         });
+        self.oldest = self.oldest.min(ts);
+        if self.streams.capacity() != capacity {
+            self.recharge(&counts.budget);
+        }
     }
 
     fn on_response(
@@ -436,11 +455,16 @@ impl Inner {
             body_prefix: Default::default(),
             truncated: f.too_many_headers,
         };
-        let s = &mut self.streams[i];
-        s.response = Some(response);
         // Only a 404's body matters; anything else is classified on its headers.
         if status != 404 || end_stream {
-            out.push(self.streams.swap_remove(i).finish(ts));
+            let s = self.streams.swap_remove(i);
+            out.push(H2Event::Exchange {
+                request: s.request,
+                response,
+                ts_ns: ts,
+            });
+        } else {
+            self.streams[i].response = Some(Box::new(response));
         }
     }
 }

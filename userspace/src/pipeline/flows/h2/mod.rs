@@ -48,9 +48,12 @@ pub mod frames;
 #[cfg(test)]
 mod tests;
 
+use std::mem::size_of;
+
+use crate::pipeline::budget::Budget;
 use crate::pipeline::flows::exchange::ClientRequest;
 use crate::pipeline::http::ResponseHead;
-use crate::pipeline::metrics::{PipelineMetrics, Unclassified};
+use crate::pipeline::metrics::{MemoryPart, PipelineMetrics, Shed, Unclassified};
 
 pub use conn::{H2Conn, PREFACE, READ, WRITE};
 
@@ -68,11 +71,12 @@ pub struct H2Traffic {
 }
 
 /// Where the h2 tracker counts: the pipeline's health counters, incremented in place,
-/// and its own tallies.
+/// its own tallies, and the memory budget its state is charged to.
 #[derive(Debug, Clone, Default)]
 pub struct H2Counters {
     pub metrics: PipelineMetrics,
     pub traffic: H2Traffic,
+    pub budget: Budget,
 }
 
 /// What a connection yields, in order.
@@ -98,6 +102,18 @@ pub enum H2Event {
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Frame and header block buffers of all connections together.
 pub const MAX_BUFFERED: usize = 8 << 20;
+/// What an HPACK decoder is charged: full at Go's default table size of 4 KiB (counted as
+/// RFC 7541 does, 32 bytes per entry beyond its name and value, which covers what the
+/// decoder allocates per entry: `tests/memory_budget.rs` measures it). Go's server
+/// refuses a larger table from a client, and its encoder stays at 4 KiB unless Traefik
+/// is configured otherwise.
+const HPACK_CHARGE: usize = 4 << 10;
+
+/// What a connection with h2 state costs before its streams and buffers: its hash table
+/// slot (twice: tables double) and its two HPACK decoders.
+pub fn conn_cost<K>() -> usize {
+    2 * (size_of::<(K, H2Conn)>() + 1) + 2 * HPACK_CHARGE
+}
 
 /// The h2 state of every connection, keyed like the flow tracker's connections.
 pub struct H2Conns<K> {
@@ -109,7 +125,7 @@ pub struct H2Conns<K> {
 
 impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
     /// `metrics`: the pipeline's health counters, which this tracker increments.
-    pub fn new(max_connections: usize, metrics: PipelineMetrics) -> Self {
+    pub fn new(max_connections: usize, metrics: PipelineMetrics, budget: Budget) -> Self {
         H2Conns {
             conns: foldhash::HashMap::default(),
             buffered: 0,
@@ -117,8 +133,42 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
             counts: H2Counters {
                 metrics,
                 traffic: H2Traffic::default(),
+                budget,
             },
         }
+    }
+
+    /// The least recently active connection and when it was last active. A scan: only
+    /// needed when the budget or the connection cap is reached.
+    pub fn oldest(&self) -> Option<(K, u64)> {
+        self.conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_seen)
+            .map(|(k, c)| (*k, c.last_seen))
+    }
+
+    /// Drops the least recently active connection, its streams counted; `budget`: to
+    /// make room in the memory budget (counted as shed), not for the connection cap.
+    /// False when none is tracked.
+    pub fn evict_oldest(&mut self, budget: bool) -> bool {
+        let Some(c) = self.oldest().and_then(|(k, _)| self.conns.remove(&k)) else {
+            return false;
+        };
+        self.released(&c);
+        if budget {
+            self.counts.metrics.shed.inc(Shed::H2Connection);
+        }
+        c.evict(&mut self.counts);
+        true
+    }
+
+    /// Releases what a connection leaving the table held.
+    fn released(&mut self, c: &H2Conn) {
+        self.buffered = self.buffered.saturating_sub(c.buffered());
+        let budget = &self.counts.budget;
+        budget.release(MemoryPart::Buffers, c.buffered());
+        budget.release(MemoryPart::Requests, c.charged());
+        budget.release(MemoryPart::Connections, conn_cost::<K>());
     }
 
     pub fn traffic(&self) -> &H2Traffic {
@@ -142,20 +192,13 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
     pub fn open(&mut self, key: K, ts: u64, out: &mut Vec<H2Event>) {
         self.close(key, ts, out);
         while self.conns.len() >= self.max_connections {
-            // Rare (at capacity only): a scan is cheaper than keeping an order.
-            let Some(oldest) = self
-                .conns
-                .iter()
-                .min_by_key(|(_, c)| c.last_seen)
-                .map(|(k, _)| *k)
-            else {
+            if !self.evict_oldest(false) {
                 break;
-            };
-            if let Some(c) = self.conns.remove(&oldest) {
-                self.buffered = self.buffered.saturating_sub(c.buffered());
-                c.evict(&mut self.counts);
             }
         }
+        self.counts
+            .budget
+            .charge(MemoryPart::Connections, conn_cost::<K>());
         self.counts.traffic.connections += 1;
         self.conns.insert(key, H2Conn::new(ts));
     }
@@ -178,13 +221,25 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
         c.feed(dir, ts, bytes, total_len, counts, out);
         let after = c.buffered();
         self.buffered = (self.buffered + after).saturating_sub(before);
-        if self.buffered > MAX_BUFFERED {
+        let over_budget = after > before && !counts.budget.fits(after - before);
+        if self.buffered > MAX_BUFFERED || over_budget {
+            if over_budget {
+                // The streams it drops were shed for the budget's sake.
+                counts
+                    .metrics
+                    .shed
+                    .inc_by(Shed::RequestEvicted, c.waiting() as u64);
+            }
             let held = c.buffered();
             c.lose(dir, Unclassified::BufferLimit, counts);
             self.buffered = self
                 .buffered
                 .saturating_sub(held.saturating_sub(c.buffered()));
         }
+        counts
+            .budget
+            .adjust(MemoryPart::Buffers, before, c.buffered());
+        c.settle(&counts.budget);
         true
     }
 
@@ -193,9 +248,21 @@ impl<K: std::hash::Hash + Eq + Copy> H2Conns<K> {
         let Some(c) = self.conns.remove(&key) else {
             return false;
         };
-        self.buffered = self.buffered.saturating_sub(c.buffered());
+        self.released(&c);
         c.end(ts, out);
         true
+    }
+
+    /// Sheds streams opened before `cutoff` that still wait. Returns how many.
+    pub fn shed_aged(&mut self, cutoff: u64) -> u64 {
+        let budget = &self.counts.budget;
+        let shed: u64 = self
+            .conns
+            .values_mut()
+            .map(|c| c.shed_aged(cutoff, budget))
+            .sum();
+        self.counts.metrics.shed.inc_by(Shed::RequestAged, shed);
+        shed
     }
 
     /// Ends connections idle since before `horizon`.

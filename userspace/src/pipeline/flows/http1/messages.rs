@@ -7,12 +7,12 @@
 //! | Write     | request  | Traefik's request to an upstream      |
 //! | Read      | response | the upstream's answer                 |
 
-use super::conn::Upgraded;
+use super::conn::{Admit, Upgraded};
 use super::{Http1, Sink};
 use crate::hosts::Host;
 use crate::pipeline::flows::exchange::{ClientRequest, ConnKey, FlowEvent};
 use crate::pipeline::http::{Method, RequestHead, ResponseHead};
-use crate::pipeline::metrics::{Anomaly, Leg};
+use crate::pipeline::metrics::{Anomaly, Leg, Shed};
 
 impl Http1 {
     /// Counts a truncated head, and an interim (1xx but 101) response, which answers no
@@ -45,15 +45,19 @@ impl Http1 {
             self.metrics.invalid_hosts.inc();
         }
         let max = self.cfg.max_pending_per_conn.max(1);
-        let Some(c) = self.table.get_mut(&key) else {
-            return;
-        };
-        if c.pending.len() >= max {
+        match self
+            .table
+            .push_pending(key, ClientRequest::from_head(ts, r), max)
+        {
+            Admit::Waiting | Admit::Untracked => {}
             // Dropping the newest keeps the older requests paired with the right responses.
-            self.metrics.pending_overflow.inc();
-            return;
+            Admit::Overflow => {
+                self.metrics.pending_overflow.inc();
+            }
+            Admit::Refused(n) => {
+                self.metrics.shed.inc_by(Shed::RequestRefused, n);
+            }
         }
-        c.pending.push_back(ClientRequest::from_head(ts, r));
     }
 
     /// Returns (connection upgraded, response to a HEAD request).
@@ -72,6 +76,19 @@ impl Http1 {
             return (false, false);
         };
         let origin = c.origin;
+        if c.shed_responses > 0 {
+            // The answer to a request shed while it waited (counted then).
+            c.shed_responses -= 1;
+            let upgraded = r.status == 101;
+            if upgraded {
+                c.upgraded = Some(Box::new(Upgraded {
+                    at_ns: ts,
+                    request: None,
+                }));
+                c.pending.clear();
+            }
+            return (upgraded, false);
+        }
         let Some(request) = c.pending.pop_front() else {
             self.metrics.unmatched_responses.inc(Leg::Client);
             return (false, false);
@@ -116,12 +133,10 @@ impl Http1 {
         if let Some(c) = self.table.get_mut(&key) {
             c.upstream_last_head = r.method == Method::Head;
             c.upstream_last_ws = r.websocket;
-            if self.cfg.upstream_responses {
-                if c.upstream_pending.len() >= max {
-                    self.metrics.pending_overflow.inc();
-                } else {
-                    c.upstream_pending.push_back(r.method == Method::Head);
-                }
+            if self.cfg.upstream_responses
+                && !self.table.push_upstream(key, r.method == Method::Head, max)
+            {
+                self.metrics.pending_overflow.inc();
             }
         }
         if !sink.upstream.record(key.0, ts, r) {

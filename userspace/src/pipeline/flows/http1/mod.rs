@@ -10,14 +10,15 @@ mod conn;
 mod messages;
 
 use crate::event::{Direction, Origin};
+use crate::pipeline::budget::Budget;
 use crate::pipeline::flows::config::FlowConfig;
 use crate::pipeline::flows::exchange::{ConnKey, FlowEvent, Traffic};
 use crate::pipeline::flows::upstream_log::UpstreamLog;
 use crate::pipeline::http::{self, Message, Tail};
-use crate::pipeline::metrics::{Anomaly, Eviction, Leg, PipelineMetrics, Skip};
+use crate::pipeline::metrics::{Anomaly, Eviction, Leg, PipelineMetrics, Shed, Skip};
+use conn::{ConnTable, Evicted, Expect, Upgraded, MAX_STASH};
 #[cfg(test)]
-pub(super) use conn::AGE_SLACK;
-use conn::{ConnTable, Expect, Upgraded, MAX_STASH};
+pub(super) use conn::{AGE_SLACK, CONN_COST as CONN_COST_FOR_TESTS};
 
 /// Where the HTTP/1 tracker's results go, shared with the HTTP/2 side of the flow
 /// tracker: flow events, the upstream-request log and the message tallies.
@@ -44,10 +45,10 @@ fn dir_index(d: Direction) -> usize {
 }
 
 impl Http1 {
-    pub(super) fn new(cfg: FlowConfig, metrics: PipelineMetrics) -> Self {
+    pub(super) fn new(cfg: FlowConfig, metrics: PipelineMetrics, budget: Budget) -> Self {
         Http1 {
             cfg,
-            table: ConnTable::default(),
+            table: ConnTable::new(budget),
             msg_buf: Vec::new(),
             metrics,
         }
@@ -81,12 +82,44 @@ impl Http1 {
         self.table.queue_len()
     }
 
-    /// Forgets connections idle since before `horizon`.
-    pub(super) fn expire(&mut self, horizon: u64) {
-        let expired = self.table.expire(horizon);
+    /// Forgets connections idle since before `horizon`, and sheds requests that have
+    /// waited since before `cutoff`.
+    pub(super) fn expire(&mut self, horizon: u64, cutoff: u64) {
+        let (expired, requests) = self.table.expire(horizon);
         self.metrics
             .evicted_connections
             .inc_by(Eviction::Idle, expired);
+        self.metrics.shed.inc_by(Shed::RequestEvicted, requests);
+        let aged = self.table.shed_aged(cutoff);
+        self.metrics.shed.inc_by(Shed::RequestAged, aged);
+    }
+
+    fn count_evicted(&self, e: Evicted) {
+        let m = &self.metrics;
+        m.evicted_connections.inc_by(Eviction::Capacity, e.capacity);
+        m.evicted_connections.inc_by(Eviction::Budget, e.budget);
+        m.shed
+            .inc_by(Shed::Connection, e.budget + u64::from(e.refused));
+        m.shed.inc_by(Shed::RequestEvicted, e.requests);
+    }
+
+    /// When the least recently active connection was last active.
+    pub(super) fn oldest(&mut self) -> Option<u64> {
+        self.table.oldest()
+    }
+
+    /// Drops the least recently active connection to make room for another kind of
+    /// state (counted as shed). False when none is followed.
+    pub(super) fn evict_oldest(&mut self) -> bool {
+        let Some(requests) = self.table.evict_oldest() else {
+            return false;
+        };
+        self.count_evicted(Evicted {
+            budget: 1,
+            requests,
+            ..Evicted::default()
+        });
+        true
     }
 
     /// One syscall's capture: `bytes` of the `total_len` transferred in direction `dir`.
@@ -220,9 +253,11 @@ impl Http1 {
             self.table.touch(key, ts);
         } else {
             let evicted = self.table.insert(key, origin, ts, self.cfg.max_connections);
-            self.metrics
-                .evicted_connections
-                .inc_by(Eviction::Capacity, evicted);
+            self.count_evicted(evicted);
+            if evicted.refused {
+                self.msg_buf = messages;
+                return;
+            }
         }
 
         // Keep an incomplete last head aside until the next syscall completes it.

@@ -9,7 +9,11 @@ fn pending_is_bounded() {
         max_pending_per_conn: 2,
         ..FlowConfig::default()
     };
-    let mut f = Flows::new(cfg, PipelineMetrics::default());
+    let mut f = Flows::new(
+        cfg,
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut three = req("a.test", "/1");
     three.extend(req("b.test", "/2"));
     three.extend(req("c.test", "/3"));
@@ -30,7 +34,11 @@ fn pending_is_bounded() {
 
 #[test]
 fn bodies_and_continuations_are_skipped() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let post = b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n0123";
     let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
     let out = run(
@@ -65,7 +73,11 @@ fn bodies_and_continuations_are_skipped() {
 
 #[test]
 fn heads_split_over_syscalls_are_joined() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let ws =
         b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let out = run(
@@ -102,7 +114,11 @@ fn heads_split_over_syscalls_are_joined() {
 
 #[test]
 fn pipelined_request_split_in_its_first_bytes() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut first = req("a.test", "/1");
     let second = req("b.test", "/2");
     first.extend_from_slice(&second[..2]);
@@ -132,7 +148,11 @@ fn pipelined_request_split_in_its_first_bytes() {
 
 #[test]
 fn responses_to_head_have_no_body() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let out = run(
         &mut f,
         &[
@@ -161,7 +181,11 @@ fn responses_to_head_have_no_body() {
 
 #[test]
 fn garbage_is_counted_and_not_tracked() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     run(
         &mut f,
         &[
@@ -176,7 +200,11 @@ fn garbage_is_counted_and_not_tracked() {
 
 #[test]
 fn interim_responses_do_not_consume_requests() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let out = run(
         &mut f,
         &[
@@ -194,7 +222,11 @@ fn interim_responses_do_not_consume_requests() {
 
 #[test]
 fn upstream_failures_pass_through() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let out = run(
         &mut f,
         &[Event {
@@ -218,7 +250,11 @@ fn upstream_failures_pass_through() {
 
 #[test]
 fn a_body_written_to_a_client_is_not_an_upstream_request() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     // A response whose 12-byte body is written on its own and starts like a request.
     let head = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
     run(
@@ -241,7 +277,11 @@ fn upstream_requests_are_not_pending_without_responses() {
         .map(|i| data(S + i, 9, Direction::Write, upstream))
         .chain(std::iter::once(close(2 * S, 9, false)))
         .collect();
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     assert!(run(&mut f, &traffic).is_empty());
     assert_eq!(f.traffic().upstream_requests, 200);
     assert_eq!(f.metrics.pending_overflow.get(), 0);
@@ -258,6 +298,7 @@ fn upstream_requests_are_not_pending_without_responses() {
             ..FlowConfig::default()
         },
         PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
     );
     run(&mut f, &traffic);
     assert_eq!(f.metrics.pending_overflow.get(), 200 - 64);
@@ -270,7 +311,11 @@ fn recency_queue_stays_compact_and_ordered() {
         max_connections: 4,
         ..FlowConfig::default()
     };
-    let mut f = Flows::new(cfg, PipelineMetrics::default());
+    let mut f = Flows::new(
+        cfg,
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut ts = S;
     for round in 0..20_000u32 {
         // fds 1..=4 in turn, fd 1 twice as often.

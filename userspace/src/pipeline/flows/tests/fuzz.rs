@@ -99,7 +99,7 @@ proptest! {
             ts += 1;
         }
         evs.push(close(ts, 5, false));
-        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default(), crate::pipeline::budget::Budget::unlimited());
         let got = exchanges(&run(&mut f, &evs));
         let mut want = vec![("w.test".to_string(), Method::Get, 200)];
         want.extend(turns.iter().map(|t| {
@@ -128,6 +128,7 @@ proptest! {
         let mut f = Flows::new(
             FlowConfig { max_connections: 2, max_pending_per_conn: 2, ..FlowConfig::default() },
             PipelineMetrics::default(),
+            crate::pipeline::budget::Budget::unlimited(),
         );
         let mut out = Vec::new();
         for (i, (fd, read, bytes, extra, op)) in evs.into_iter().enumerate() {
@@ -161,7 +162,11 @@ proptest! {
 #[test]
 fn a_start_line_split_on_a_followed_connection_is_joined() {
     for cut in 1..12 {
-        let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+        let mut f = Flows::new(
+            FlowConfig::default(),
+            PipelineMetrics::default(),
+            crate::pipeline::budget::Budget::unlimited(),
+        );
         let mut evs = warm_up();
         let r = req("a.test", "/x");
         evs.push(data(2 * S, 5, Direction::Read, &r[..cut.min(r.len())]));

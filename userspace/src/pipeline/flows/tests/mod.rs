@@ -57,7 +57,11 @@ fn req(host: &str, path: &str) -> Vec<u8> {
 
 #[test]
 fn pairs_pipelined_requests_fifo() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut both = req("a.test", "/1");
     both.extend(req("b.test", "/2"));
     let out = run(
@@ -79,7 +83,11 @@ fn pairs_pipelined_requests_fifo() {
 
 #[test]
 fn corroborates_with_upstream_requests_of_the_same_process() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let upstream = b"GET /x HTTP/1.1\r\nHost: 10.0.0.5:8080\r\nX-Forwarded-Host: a.test\r\n\r\n";
     let out = run(
         &mut f,
@@ -133,7 +141,11 @@ fn websocket_lifecycle() {
     let ws =
         b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let r101 = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x02hi";
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let out = run(
         &mut f,
         &[
@@ -170,7 +182,11 @@ fn websocket_lifecycle() {
 
 #[test]
 fn fd_reuse() {
-    let mut f = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut f = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let ws =
         b"GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let out = run(
@@ -213,7 +229,11 @@ fn eviction_and_expiry_bound_memory() {
         idle_timeout: Duration::from_secs(60),
         ..FlowConfig::default()
     };
-    let mut f = Flows::new(cfg, PipelineMetrics::default());
+    let mut f = Flows::new(
+        cfg,
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     for fd in 0..10u32 {
         run(
             &mut f,
@@ -240,5 +260,6 @@ fn eviction_and_expiry_bound_memory() {
     assert_eq!(f.connections(), 0);
 }
 
+mod budget;
 mod framing;
 mod fuzz;

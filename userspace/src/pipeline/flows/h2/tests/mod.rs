@@ -193,7 +193,11 @@ fn captures_classify_through_the_pipeline() {
     let routed = tls_events(&capture::decode(ROUTED).unwrap(), 0xc000_2000, 100);
     let mut events: Vec<Event> = miss.into_iter().chain(routed).collect();
     events.sort_by_key(|e| e.ts_ns);
-    let mut flows = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut flows = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut classifier = Classifier::new();
     let mut fe = Vec::new();
     for e in &events {

@@ -241,7 +241,11 @@ fn websocket_over_h2_and_its_reset() {
     let mut w = frame(kind::HEADERS, flag::END_HEADERS, 1, &peer.ok());
     w.extend(frame(kind::RST_STREAM, 0, 3, &[0, 0, 0, 2]));
     let events = tls_events(&[preface(), read(&reads), write(&w)], 0xc000_3000, 10);
-    let mut flows = Flows::new(FlowConfig::default(), PipelineMetrics::default());
+    let mut flows = Flows::new(
+        FlowConfig::default(),
+        PipelineMetrics::default(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut out = Vec::new();
     for e in &events {
         flows.handle(e, &mut out);
@@ -342,7 +346,11 @@ fn limits_are_counted() {
 
     // Connections with h2 state: the oldest is evicted, its stream counted.
     let metrics = PipelineMetrics::default();
-    let mut conns: H2Conns<u32> = H2Conns::new(2, metrics.clone());
+    let mut conns: H2Conns<u32> = H2Conns::new(
+        2,
+        metrics.clone(),
+        crate::pipeline::budget::Budget::unlimited(),
+    );
     let mut out = Vec::new();
     for k in 0..3u32 {
         conns.open(k, u64::from(k), &mut out);
