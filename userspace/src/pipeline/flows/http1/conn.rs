@@ -12,7 +12,7 @@ use std::mem::size_of;
 use crate::event::Origin;
 use crate::pipeline::budget::{growth_bytes, queue_bytes, Budget};
 use crate::pipeline::flows::exchange::{ClientRequest, ConnKey};
-use crate::pipeline::http::Tail;
+use crate::pipeline::http::{RequestHead, Tail};
 use crate::pipeline::metrics::MemoryPart;
 
 /// Largest head kept across syscalls (the sensor captures about 1 KiB per syscall).
@@ -313,10 +313,12 @@ impl ConnTable {
     /// Queues a client request on `key`, unless `max` already wait or the budget has no
     /// room for the queue to grow: then the request and every one waiting before it are
     /// shed, and their responses will be passed over.
+    #[inline]
     pub(super) fn push_pending(
         &mut self,
         key: ConnKey,
-        request: ClientRequest,
+        ts: u64,
+        head: &RequestHead,
         max: usize,
     ) -> Admit {
         let Some(c) = self.conns.get_mut(&key) else {
@@ -335,8 +337,9 @@ impl ConnTable {
             c.charged = now;
             return Admit::Refused(shed);
         }
-        self.oldest_waiting = self.oldest_waiting.min(request.ts_ns);
-        c.pending.push_back(request);
+        self.oldest_waiting = self.oldest_waiting.min(ts);
+        // Built in place: the request is large enough for a move to cost a copy.
+        c.pending.push_back(ClientRequest::from_head(ts, head));
         if growth > 0 {
             let now = c.queue_bytes();
             self.budget.adjust(MemoryPart::Requests, c.charged, now);
@@ -357,9 +360,11 @@ impl ConnTable {
             return false;
         }
         c.upstream_pending.push_back(head);
-        let now = c.queue_bytes();
-        self.budget.adjust(MemoryPart::Requests, c.charged, now);
-        c.charged = now;
+        if growth > 0 {
+            let now = c.queue_bytes();
+            self.budget.adjust(MemoryPart::Requests, c.charged, now);
+            c.charged = now;
+        }
         true
     }
 
@@ -396,6 +401,7 @@ impl ConnTable {
     }
 
     /// The head stashed in direction `d` of `key`, taken out.
+    #[inline]
     pub(super) fn take_stash(&mut self, key: ConnKey, d: usize) -> Option<Vec<u8>> {
         let head = self.conns.get_mut(&key)?.stash[d].take()?;
         self.stash_bytes = self.stash_bytes.saturating_sub(head.len());

@@ -10,7 +10,7 @@
 use super::conn::{Admit, Upgraded};
 use super::{Http1, Sink};
 use crate::hosts::Host;
-use crate::pipeline::flows::exchange::{ClientRequest, ConnKey, FlowEvent};
+use crate::pipeline::flows::exchange::{ConnKey, FlowEvent};
 use crate::pipeline::http::{Method, RequestHead, ResponseHead};
 use crate::pipeline::metrics::{Anomaly, Leg, Shed};
 
@@ -45,10 +45,7 @@ impl Http1 {
             self.metrics.invalid_hosts.inc();
         }
         let max = self.cfg.max_pending_per_conn.max(1);
-        match self
-            .table
-            .push_pending(key, ClientRequest::from_head(ts, r), max)
-        {
+        match self.table.push_pending(key, ts, r, max) {
             Admit::Waiting | Admit::Untracked => {}
             // Dropping the newest keeps the older requests paired with the right responses.
             Admit::Overflow => {
