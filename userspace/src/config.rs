@@ -43,6 +43,25 @@ pub enum Command {
     /// Print every sample name the agent's /metrics can contain, one per line, sorted (the
     /// deploy checks hold the dashboard and the alert rules to this list).
     MetricsList,
+    /// Print a running agent's verdicts per replica and host (its `/api/v1/replicas`).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The agent's HTTP address (where it serves /metrics).
+    #[arg(
+        long,
+        env = "ROUTESKEW_STATUS_URL",
+        default_value = "http://127.0.0.1:9477"
+    )]
+    pub url: String,
+    /// Print the JSON document as served instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,6 +179,16 @@ pub struct RunArgs {
     /// never ends, say) is shed and counted.
     #[arg(long, env = "ROUTESKEW_MAX_REQUEST_AGE", value_parser = humantime::parse_duration, default_value = "5m")]
     pub max_request_age: Duration,
+
+    /// A replica is routeless for a host when its probes of the host have been Traefik's
+    /// router-miss 404 for this long while its siblings route it (see `/api/v1/replicas`).
+    #[arg(long, env = "ROUTESKEW_VERDICT_CONFIRM", value_parser = humantime::parse_duration, default_value = "3m")]
+    pub verdict_confirm: Duration,
+
+    /// A replica ready for less than this is never routeless (it may still be loading
+    /// its routes).
+    #[arg(long, env = "ROUTESKEW_VERDICT_MIN_READY", value_parser = humantime::parse_duration, default_value = "1m")]
+    pub verdict_min_ready: Duration,
 
     /// Series of a replica that vanished are removed after this long.
     #[arg(long, env = "ROUTESKEW_SERIES_GRACE", value_parser = humantime::parse_duration, default_value = "5m")]

@@ -122,7 +122,14 @@ pub struct ProbeVerdict {
     pub host: String,
     pub check: ProbeCheck,
     pub success: bool,
+    /// At least one endpoint answered.
+    pub answered: bool,
+    /// At least one endpoint answered with Traefik's router-miss 404.
+    pub router_miss: bool,
 }
+
+/// Names of lacking routers an inventory event carries; the verdict shows a few.
+pub const MAX_LACKS_REPORTED: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
@@ -151,7 +158,12 @@ pub enum EventKind {
     /// The prober's verdict on a host and check of the replica, once per round.
     ProbeVerdict(Box<ProbeVerdict>),
     /// Enabled routers the replica's API listed (the prober's router inventory).
-    RouterInventory { enabled: u64 },
+    RouterInventory {
+        enabled: u64,
+        /// Routers the replica's local siblings list and it lacks (at most
+        /// [`MAX_LACKS_REPORTED`] names).
+        lacks: Vec<String>,
+    },
     /// Responses the semantic sensor counted in the kernel since its previous fold.
     Responses(ResponseCount),
     /// The request head the semantic sensor copied for one of those responses (an

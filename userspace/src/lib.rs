@@ -3,7 +3,7 @@
 //!
 //! Stages, in data-flow order: [`discovery`] → [`sensor`] → [`event`] → [`pipeline`]
 //! (flows, with the HTTP/1 parser and the HTTP/2 decoder → classify → aggregate) →
-//! [`metrics`]. Only `sensor` touches aya; everything after it is driven by plain
+//! [`metrics`], and [`verdict`] (which replica is routeless, from the prober's answers). Only `sensor` touches aya; everything after it is driven by plain
 //! [`event::Event`] values and tested with canned events. [`hosts`] normalises host names
 //! and bounds the hosts that get their own label; [`agent`] runs it all.
 
@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod probe;
 pub mod sensor;
+pub mod verdict;

@@ -32,6 +32,29 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(routeskew::agent::run(args))?;
         }
+        Command::Status(args) => {
+            use std::io::Write;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let (report, raw) =
+                runtime.block_on(routeskew::verdict::status::fetch(&args.url, args.timeout))?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                out.write_all(&raw).context("writing the verdicts")?;
+                writeln!(out).context("writing the verdicts")?;
+            } else if report.replicas.is_empty() {
+                writeln!(
+                    out,
+                    "no verdicts yet: the agent has probed no replica (is the prober on?)"
+                )
+                .context("writing the verdicts")?;
+            } else {
+                out.write_all(report.table().as_bytes())
+                    .context("writing the verdicts")?;
+            }
+        }
         Command::MetricsList => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

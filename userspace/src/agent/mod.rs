@@ -7,6 +7,7 @@
 mod discovery;
 mod metrics_list;
 mod scan;
+mod verdicts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::metrics::{self, BuildInfo, Contract, Exposition, Readiness};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::probe::{ProbeConfig, Prober};
 use crate::sensor::{DataHooks, Sensor, SensorConfig, SensorError};
+use crate::verdict::VerdictConfig;
 use discovery::Discovery;
 pub use metrics_list::{metric_names, AgentMetrics};
 use scan::{apply_scan, SemanticState, TlsState, Watched};
@@ -97,6 +99,13 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         })?;
     let listen = listener.local_addr().unwrap_or(args.listen);
     let exposition = Arc::new(Exposition::new(registry, readiness.clone(), server_metrics));
+    let mut verdicts = verdicts::VerdictStage::new(
+        VerdictConfig {
+            confirm: args.verdict_confirm,
+            min_ready: args.verdict_min_ready,
+        },
+        Arc::clone(&exposition),
+    );
     tokio::spawn(
         async move {
             if let Err(e) = metrics::serve(listener, exposition).await {
@@ -273,6 +282,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
             Some(ev) = probe_rx.recv(), if probing => {
                 pipeline.handle(&ev);
+                verdicts.observe(&pipeline, &ev);
             }
             _ = probe_deadlines.tick(), if probing => {
                 pipeline.expire_probes(crate::event::monotonic_ns());
@@ -297,6 +307,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
                     fold_responses(&mut sensor, &mut pipeline, now, &mut folded);
                 }
                 pipeline.tick(now);
+                verdicts.publish(&pipeline, now);
                 if scan::demote_blind(&mut watched, &mut pipeline) {
                     discovery_pass(&discovery, &mut watched, &mut sensor, &mut pipeline, &contract);
                 }

@@ -90,7 +90,9 @@ fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
     let cli = Cli::try_parse_from(std::iter::once("routeskew").chain(args.iter().copied()))?;
     match cli.command {
         Command::Run(r) => Ok(r),
-        Command::MetricsList => Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand)),
+        Command::MetricsList | Command::Status(_) => {
+            Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+        }
     }
 }
 

@@ -43,6 +43,11 @@ pub struct Target {
     pub attribution: Attribution,
     /// Addresses the replica serves on, reachable from the agent: probes go straight there.
     pub endpoints: Vec<Endpoint>,
+    /// Replicas of one group are siblings: the owning controller in Kubernetes
+    /// (`ReplicaSet/name`), the namespace in local mode.
+    pub group: String,
+    /// When the replica last turned ready, where known (a pod's Ready condition).
+    pub ready_since: Option<std::time::SystemTime>,
 }
 
 /// One address a replica listens on.
@@ -130,6 +135,8 @@ mod tests {
             pids: pids.to_vec(),
             attribution,
             endpoints: Vec::new(),
+            group: "local".into(),
+            ready_since: None,
         }
     }
 

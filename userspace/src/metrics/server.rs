@@ -105,6 +105,8 @@ pub struct Exposition {
     readiness: Readiness,
     scrapes: Semaphore,
     metrics: ServerMetrics,
+    /// The verdicts' JSON document, as last published.
+    verdicts: Mutex<String>,
 }
 
 impl Exposition {
@@ -114,7 +116,13 @@ impl Exposition {
             readiness,
             scrapes: Semaphore::new(SCRAPE_CONCURRENCY),
             metrics,
+            verdicts: Mutex::new(r#"{"generated_at":0,"replicas":[]}"#.to_string()),
         }
+    }
+
+    /// Replaces the document `/api/v1/replicas` serves.
+    pub fn set_verdicts(&self, json: String) {
+        write(&self.verdicts, &json);
     }
 
     pub fn registry(&self) -> &Registry {
@@ -122,10 +130,11 @@ impl Exposition {
     }
 }
 
-/// The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+/// The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/api/v1/replicas`.
 pub fn router(exposition: Arc<Exposition>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/api/v1/replicas", get(verdicts_handler))
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(ready_handler))
         .with_state(exposition)
@@ -158,6 +167,12 @@ async fn metrics_handler(State(e): State<Arc<Exposition>>) -> Response {
             (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response()
         }
     }
+}
+
+/// The routeless verdicts of the replicas this agent watches (see [`crate::verdict`]).
+async fn verdicts_handler(State(e): State<Arc<Exposition>>) -> Response {
+    let body = read(&e.verdicts);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn ready_handler(State(e): State<Arc<Exposition>>) -> impl IntoResponse {

@@ -140,6 +140,16 @@ impl Pipeline {
         self.ledger.retain_streaks(|o| aggregator.is_known(o));
     }
 
+    /// The targets events are attributed to.
+    pub fn targets(&self) -> &TargetSet {
+        self.aggregator.targets()
+    }
+
+    /// The replica an origin belongs to.
+    pub fn resolve(&self, origin: Origin) -> Option<&crate::discovery::Replica> {
+        self.aggregator.resolve(origin)
+    }
+
     /// Replicas whose sensor missed their last `min` answered probes or more, none
     /// confirmed in between (see [`ledger`]).
     pub fn blind_replicas(&self, min: u32) -> Vec<Origin> {
@@ -196,7 +206,7 @@ impl Pipeline {
                 self.count_unknown(known);
                 return;
             }
-            EventKind::RouterInventory { enabled } => {
+            EventKind::RouterInventory { enabled, .. } => {
                 let known = self.aggregator.record_routers(event.origin, *enabled);
                 self.count_unknown(known);
                 return;

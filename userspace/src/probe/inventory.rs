@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::client::{self, Caller, ClientError, Request, Tls};
 use super::Prober;
 use crate::discovery::TargetSet;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, MAX_LACKS_REPORTED};
 
 /// Largest router-list page read (a page of 100 routers is a few tens of KiB).
 pub(super) const API_BODY_CAP: usize = 4 << 20;
@@ -292,7 +292,11 @@ impl Prober {
                     }
                     st.api_missing_logged = false;
                     st.api_retry_at = None;
-                    counts.push((super::replica_origin(t), page.enabled.len() as u64));
+                    counts.push((
+                        super::replica_origin(t),
+                        t.replica.name.clone(),
+                        page.enabled.len() as u64,
+                    ));
                     if st.routers.as_ref() != Some(&page.enabled) {
                         changed = true;
                     }
@@ -312,14 +316,19 @@ impl Prober {
                 }
             }
         }
+        let missing = self.missing(targets);
         if changed {
-            self.log_missing(targets);
+            self.log_missing(targets, &missing);
         }
-        for (origin, enabled) in counts {
+        for (origin, replica, enabled) in counts {
+            let lacks = missing
+                .get(&replica)
+                .map(|l| l.iter().take(MAX_LACKS_REPORTED).cloned().collect())
+                .unwrap_or_default();
             let ev = Event {
                 ts_ns: crate::event::monotonic_ns(),
                 origin,
-                kind: EventKind::RouterInventory { enabled },
+                kind: EventKind::RouterInventory { enabled, lacks },
             };
             if self.events.send(ev).await.is_err() {
                 return;
@@ -327,8 +336,9 @@ impl Prober {
         }
     }
 
-    /// Logs, once per change, which routers a replica lacks next to its local siblings.
-    fn log_missing(&mut self, targets: &TargetSet) {
+    /// For each replica whose API answered, the routers its local siblings list and it
+    /// lacks.
+    fn missing(&self, targets: &TargetSet) -> BTreeMap<String, BTreeSet<String>> {
         let mut inv: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for t in targets.targets() {
             if let Some(r) = self
@@ -339,7 +349,11 @@ impl Prober {
                 inv.insert(t.replica.name.clone(), r.clone());
             }
         }
-        let missing = missing_routers(&inv);
+        missing_routers(&inv)
+    }
+
+    /// Logs, once per change, which routers a replica lacks next to its local siblings.
+    fn log_missing(&mut self, targets: &TargetSet, missing: &BTreeMap<String, BTreeSet<String>>) {
         for t in targets.targets() {
             let Some(lacks) = missing.get(&t.replica.name) else {
                 continue;

@@ -13,6 +13,7 @@ use super::client::{self, Caller, ClientError, Request, Tls};
 use super::{replica_origin, Prober};
 use crate::discovery::{Replica, TargetSet};
 use crate::event::{Event, EventKind, Origin, PeerRole, ProbeCheck, ProbeReport, ProbeVerdict};
+use crate::pipeline::classify::HttpClass;
 use crate::pipeline::http;
 
 /// One probe check to run.
@@ -28,29 +29,50 @@ pub(super) struct Job {
     pub(super) id: u64,
 }
 
-/// Jobs still running per (replica, host, check), and whether all that ended succeeded.
+/// What the jobs of one (replica, host, check) that ended so far found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Outcome {
+    /// Every one succeeded.
+    pub(super) success: bool,
+    /// At least one got an answer.
+    pub(super) answered: bool,
+    /// At least one was answered with Traefik's router-miss 404.
+    pub(super) router_miss: bool,
+}
+
+/// Jobs still running per (replica, host, check), and what those that ended found.
 #[derive(Debug, Default)]
-pub(super) struct Groups(BTreeMap<(Replica, String, ProbeCheck), (usize, bool)>);
+pub(super) struct Groups(BTreeMap<(Replica, String, ProbeCheck), (usize, Outcome)>);
 
 impl Groups {
     /// One more job of its group is running.
     pub(super) fn expect(&mut self, job: &Job) {
         self.0
             .entry((job.replica.clone(), job.host.clone(), job.check))
-            .or_insert((0, true))
+            .or_insert((
+                0,
+                Outcome {
+                    success: true,
+                    answered: false,
+                    router_miss: false,
+                },
+            ))
             .0 += 1;
     }
 
-    /// `job` ended with `success`: the group's verdict when it was the last one.
-    fn ended(&mut self, job: &Job, success: bool) -> Option<bool> {
+    /// `job` ended with verdict `v` (`answered`: an answer came): the group's outcome
+    /// when it was the last one.
+    fn ended(&mut self, job: &Job, v: &check::Verdict, answered: bool) -> Option<Outcome> {
         let key = (job.replica.clone(), job.host.clone(), job.check);
-        let (left, ok) = self.0.get_mut(&key)?;
+        let (left, o) = self.0.get_mut(&key)?;
         *left = left.saturating_sub(1);
-        *ok &= success;
+        o.success &= v.success;
+        o.answered |= answered;
+        o.router_miss |= v.class == Some(HttpClass::RouterMiss);
         if *left > 0 {
             return None;
         }
-        self.0.remove(&key).map(|(_, ok)| ok)
+        self.0.remove(&key).map(|(_, o)| o)
     }
 }
 
@@ -205,20 +227,22 @@ impl Prober {
         if let Err(e) = &r.answer {
             tracing::debug!(replica = %job.replica.name, host = %job.host, addr = %job.addr, check = job.check.as_str(), reason = e.kind(), "probe got no answer");
         }
-        let done = groups.ended(job, verdict.success);
+        let done = groups.ended(job, &verdict, report.response.is_some());
         if !self
             .send(job.origin, EventKind::Probe(Box::new(report)))
             .await
         {
             return false;
         }
-        let Some(success) = done else {
+        let Some(outcome) = done else {
             return true;
         };
         let verdict = ProbeVerdict {
             host: job.host.clone(),
             check: job.check,
-            success,
+            success: outcome.success,
+            answered: outcome.answered,
+            router_miss: outcome.router_miss,
         };
         self.send(job.origin, EventKind::ProbeVerdict(Box::new(verdict)))
             .await

@@ -58,6 +58,8 @@ fn target(name: &str, cgroup_id: u64, addr: SocketAddr) -> Target {
         cgroup_id,
         pids: vec![cgroup_id as u32],
         attribution: Attribution::Pids,
+        group: "traefik".into(),
+        ready_since: None,
         endpoints: vec![Endpoint {
             addr,
             port_name: None,

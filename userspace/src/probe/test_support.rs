@@ -37,6 +37,8 @@ pub(super) fn target(name: &str, endpoints: &[(&str, Option<&str>)]) -> Target {
         cgroup_id: 5,
         pids: vec![50],
         attribution: crate::discovery::Attribution::Pids,
+        group: "ns".into(),
+        ready_since: None,
         endpoints: endpoints
             .iter()
             .map(|(a, n)| Endpoint {

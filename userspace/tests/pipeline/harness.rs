@@ -39,6 +39,8 @@ pub(crate) fn target(i: u32) -> Target {
         cgroup_id: 10 + u64::from(i),
         pids: vec![100 + i],
         attribution: Attribution::Cgroup,
+        group: "traefik".into(),
+        ready_since: None,
         endpoints: Vec::new(),
     }
 }

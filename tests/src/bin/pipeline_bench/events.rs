@@ -180,6 +180,8 @@ pub(crate) fn targets() -> TargetSet {
                 cgroup_id: origin(i).cgroup_id,
                 pids: vec![origin(i).tgid],
                 attribution: Attribution::Cgroup,
+                group: "traefik".into(),
+                ready_since: None,
                 endpoints: Vec::new(),
             })
             .collect(),

@@ -96,6 +96,19 @@ pub(super) fn pod_info(pod: &Pod, node: &str, only_containers: &[String]) -> Opt
         ports,
         containers,
         unusable,
+        owner: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| format!("{}/{}", o.kind, o.name)),
+        ready_since: status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .and_then(|t| u64::try_from(t.0.as_second()).ok())
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
     })
 }
 

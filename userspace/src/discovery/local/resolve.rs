@@ -115,6 +115,8 @@ impl LocalDiscovery {
             pids,
             attribution: Attribution::Cgroup,
             endpoints,
+            group: self.cfg.namespace.clone(),
+            ready_since: None,
         })
     }
 
@@ -151,6 +153,8 @@ impl LocalDiscovery {
                     pids: vec![pid],
                     attribution: Attribution::Pids,
                     endpoints: self.endpoints_of(pid),
+                    group: self.cfg.namespace.clone(),
+                    ready_since: None,
                 }
             })
             .collect()

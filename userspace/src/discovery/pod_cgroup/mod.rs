@@ -134,6 +134,8 @@ impl PodResolver {
                         pids,
                         attribution: Attribution::Cgroup,
                         endpoints: endpoints.clone(),
+                        group: pod.owner.clone().unwrap_or_else(|| pod.namespace.clone()),
+                        ready_since: pod.ready_since,
                     });
                 }
             }

@@ -117,6 +117,10 @@ pub struct PodInfo {
     pub containers: Vec<ContainerInfo>,
     /// Containers whose status could not be used, with the reason.
     pub unusable: Vec<(String, ContainerIdError)>,
+    /// The controller that owns it (`ReplicaSet/traefik-6d9f…`): its siblings share it.
+    pub owner: Option<String>,
+    /// When its Ready condition last turned True (`None`: not ready, or unknown).
+    pub ready_since: Option<std::time::SystemTime>,
 }
 
 impl PodInfo {

@@ -79,6 +79,8 @@ fn pod(qos: Option<QosClass>, ids: &[(&str, &str)]) -> PodInfo {
             })
             .collect(),
         unusable: vec![],
+        owner: Some("ReplicaSet/traefik-7d9f".into()),
+        ready_since: None,
     }
 }
 

@@ -16,6 +16,8 @@ fn target(name: &str, cg: u64) -> Target {
         cgroup_id: cg,
         pids: vec![],
         attribution: Attribution::Cgroup,
+        group: "traefik".into(),
+        ready_since: None,
         endpoints: Vec::new(),
     }
 }
@@ -241,6 +243,8 @@ fn probe_series_share_the_replica_and_host_lifetimes() {
         host: host.into(),
         check: ProbeCheck::Http,
         success,
+        answered: true,
+        router_miss: !success,
     };
     assert!(a.record_probe_verdict(origin(10), &verdict("App.Example.test", false)));
     assert!(a.record_probe_verdict(origin(20), &verdict("app.example.test", true)));
