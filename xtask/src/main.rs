@@ -89,6 +89,10 @@ enum Task {
         /// Seconds between comparisons (one row of the report each).
         #[arg(long, default_value_t = 60)]
         report_every: u64,
+        /// A restarted replica rejoins the traffic as soon as Traefik serves, before the
+        /// agent watches its new process (as behind a Service).
+        #[arg(long)]
+        rejoin_at_once: bool,
         /// An extra argument for the agent (repeatable), e.g. `--agent-arg=--sensor=bytes`.
         #[arg(long = "agent-arg", allow_hyphen_values = true)]
         agent_args: Vec<String>,
@@ -136,8 +140,9 @@ fn main() -> Result<()> {
         Task::Soak {
             minutes,
             report_every,
+            rejoin_at_once,
             agent_args,
-        } => run::soak(minutes, report_every, &agent_args),
+        } => run::soak(minutes, report_every, rejoin_at_once, &agent_args),
         Task::Lint => run::lint(),
         Task::DeployCheck => run::deploy_check(),
         Task::GenRules => deploy::gen_rules(),

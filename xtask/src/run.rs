@@ -365,7 +365,12 @@ pub(crate) fn bench(
     )
 }
 
-pub(crate) fn soak(minutes: u64, report_every: u64, agent_args: &[String]) -> Result<()> {
+pub(crate) fn soak(
+    minutes: u64,
+    report_every: u64,
+    rejoin_at_once: bool,
+    agent_args: &[String],
+) -> Result<()> {
     require_root("soak")?;
     let built = build(true, true)?;
     let mut args = vec![
@@ -374,6 +379,9 @@ pub(crate) fn soak(minutes: u64, report_every: u64, agent_args: &[String]) -> Re
         "--report-every".to_string(),
         report_every.to_string(),
     ];
+    if rejoin_at_once {
+        args.push("--rejoin-at-once".to_string());
+    }
     args.extend(agent_args.iter().map(|v| format!("--agent-arg={v}")));
     run(
         testbed_program("soak", true, &args, &built),

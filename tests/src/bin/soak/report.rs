@@ -13,7 +13,8 @@ pub(crate) struct Row {
     pub(crate) hwm_mib: f64,
     /// Agent CPU over the window, % of one CPU.
     pub(crate) cpu_pct: f64,
-    /// Answered mixed-traffic requests so far.
+    /// Answered requests the agent must count so far: the mixed traffic's and the hostile
+    /// ones Traefik's handlers answered (the ground truth's responses).
     pub(crate) sent: u64,
     /// Responses the agent counted so far (its passive `routeskew_http_responses_total`).
     pub(crate) counted: u64,

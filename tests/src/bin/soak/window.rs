@@ -98,7 +98,7 @@ impl Windows {
             rss_mib: proc.rss_kib as f64 / 1024.0,
             hwm_mib: proc.hwm_kib as f64 / 1024.0,
             cpu_pct,
-            sent: truth.counts.sent,
+            sent: truth.http.values().sum(),
             counted: got.responses(),
             mismatches: mismatches.len(),
             lost: sample::lost_events(&m),
