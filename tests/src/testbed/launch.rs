@@ -213,12 +213,15 @@ impl Testbed {
         Ok(())
     }
 
-    /// One replica serves exactly its routers on every entrypoint, by `deadline`.
+    /// One replica serves exactly its routers on every entrypoint, by `deadline`. Returns
+    /// the status of every answer its API gave meanwhile: they are responses of the
+    /// replica's process too (an agent that already watches it counts them).
     pub(super) async fn wait_replica_ready(
         &mut self,
         r: &Replica,
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<Vec<u16>> {
+        let mut api_answers = Vec::new();
         let scenario = self.config.scenario.clone();
         let mut expected =
             traefik::all_router_names(&scenario.routes_for(r.broken), self.config.tls);
@@ -234,7 +237,14 @@ impl Testbed {
                     );
                 }
             }
-            let last = match self.routers_of(r).await {
+            let routers = match http::get_local(r.api_addr, "/api/http/routers").await {
+                Ok(resp) => {
+                    api_answers.push(resp.status);
+                    routers_in(r, &resp)
+                }
+                Err(e) => Err(e),
+            };
+            let last = match routers {
                 Ok(routers) if routers == expected => {
                     let mut listening = Vec::new();
                     for addr in std::iter::once(r.web_addr).chain(r.websecure_addr) {
@@ -261,12 +271,19 @@ impl Testbed {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
+        Ok(api_answers)
     }
 
     /// Enabled `@file` routers the replica's API reports, sorted.
     pub async fn routers_of(&self, r: &Replica) -> Result<Vec<String>> {
         let resp = http::get_local(r.api_addr, "/api/http/routers").await?;
+        routers_in(r, &resp)
+    }
+}
+
+/// The enabled `@file` routers of an API answer to `/api/http/routers`, sorted.
+fn routers_in(r: &Replica, resp: &http::Response) -> Result<Vec<String>> {
+    {
         if resp.status != 200 {
             bail!("{} API answered {}", r.name, resp.status);
         }

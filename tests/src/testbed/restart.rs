@@ -29,11 +29,13 @@ impl Testbed {
 
     /// Starts replica `index` again after [`Testbed::stop_replica`]: a new Traefik
     /// process from the same configuration, in the same cgroup, and waits until it
-    /// serves exactly its routers on every entrypoint. Returns the new pid.
+    /// serves exactly its routers on every entrypoint. Returns the new pid and the status
+    /// of every answer the replica's API gave to the readiness checks (responses of the
+    /// new process, which an agent that already watches it counts).
     ///
     /// The child dies with the thread that spawned it (`PR_SET_PDEATHSIG`): call this
     /// from a thread that lives as long as the test bed (a current-thread runtime's).
-    pub async fn start_replica(&mut self, index: usize) -> Result<u32> {
+    pub async fn start_replica(&mut self, index: usize) -> Result<(u32, Vec<u16>)> {
         if self.stopped {
             bail!("the test bed is stopped");
         }
@@ -53,8 +55,8 @@ impl Testbed {
         let deadline = Instant::now() + self.config.ready_timeout;
         let mut ready = r.clone();
         ready.pid = pid;
-        self.wait_replica_ready(&ready, deadline).await?;
-        Ok(pid)
+        let api_answers = self.wait_replica_ready(&ready, deadline).await?;
+        Ok((pid, api_answers))
     }
 
     /// Whether replica `index`'s Traefik process runs (false between stop and start).

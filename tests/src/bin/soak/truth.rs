@@ -15,10 +15,12 @@ pub(crate) struct Truth {
     pub(crate) early: Table,
     /// `routeskew_upstream_connect_failures_total` by (replica, reason, `-`).
     pub(crate) upstream: Table,
-    /// Hostile requests Go's HTTP server answered itself (a malformed head: 400, 505),
-    /// before any Traefik handler ran, by (replica, `other`, class). The agent may count
-    /// each of them or not (the semantic sensor sees handlers' answers only): they widen
-    /// the accepted range of that key of `http`, never of another.
+    /// Answers the agent may count or not, by (replica, `other`, class): hostile requests
+    /// Go's HTTP server answered itself (a malformed head: 400, 505) before any Traefik
+    /// handler ran (the semantic sensor sees handlers' answers only), and a restarted
+    /// replica's API answers to the test bed's readiness checks (counted when the agent
+    /// already watched the new process). They widen the accepted range of that key of
+    /// `http`, never of another.
     pub(crate) tolerated: Table,
     pub(crate) counts: Counts,
 }
@@ -38,6 +40,8 @@ pub(crate) struct Counts {
     pub(crate) hostile_routed: u64,
     /// Hostile requests Go's server answered itself (in `tolerated`).
     pub(crate) hostile_rejected: u64,
+    /// A restarted replica's API answers to the readiness checks (in `tolerated`).
+    pub(crate) api_answers: u64,
     /// Answers of the mixed traffic that were not what the test bed's configuration
     /// says they must be (still counted as seen).
     pub(crate) unexpected: u64,
