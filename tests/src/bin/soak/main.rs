@@ -3,8 +3,8 @@
 //!
 //! Three Traefik replicas (the second missing the router of one host), each with a
 //! plaintext `web` and a TLS `websecure` entrypoint, in front of the Go backend, and the
-//! agent watching them with its default settings (`--agent-arg` adds to them). For the
-//! whole run, concurrently:
+//! agent watching their cgroups with its default settings (`--agent-arg` adds to them).
+//! For the whole run, concurrently:
 //!
 //! - mixed traffic with ground truth (`traffic`): plaintext HTTP/1.1 keep-alive and
 //!   close, WebSocket upgrades, HTTP/1.1, HTTP/2 and `wss` over TLS, router misses,
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use routeskew_testbed::agent::Discovery;
 use routeskew_testbed::{paths, Agent, AgentConfig, Metrics, Testbed, TestbedConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -212,8 +213,17 @@ async fn main() -> Result<()> {
     })
     .await?;
     println!("starting the agent ...");
+    // Pinned to the test bed's cgroups: a Traefik another test starts on this machine
+    // during a long run would otherwise join the watched set (the first 30-minute run
+    // met one: three foreign replicas named like ours for 8 s).
+    let cgroups = bed
+        .replicas()
+        .iter()
+        .map(|r| r.cgroup_path.clone())
+        .collect();
     let mut agent = Agent::start(AgentConfig {
         binary: Some(agent_bin),
+        discovery: Discovery::Cgroups(cgroups),
         extra_args: a.agent_args.clone(),
         ..AgentConfig::for_testbed(&bed)
     })
