@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Replica, Testbed, TestbedConfig};
 use crate::process::{self, ManagedChild};
-use crate::{backend, cgroup, http, net, paths, tls, traefik};
+use crate::{backend, cgroup, expect, http, net, paths, tls, traefik};
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
@@ -214,13 +214,14 @@ impl Testbed {
     }
 
     /// One replica serves exactly its routers on every entrypoint, by `deadline`. Returns
-    /// the status of every answer its API gave meanwhile: they are responses of the
-    /// replica's process too (an agent that already watches it counts them).
+    /// every answer its API entrypoint gave meanwhile, as (status, Traefik's router-miss
+    /// 404): they are responses of the replica's process too (an agent that already
+    /// watches it counts them).
     pub(super) async fn wait_replica_ready(
         &mut self,
         r: &Replica,
         deadline: Instant,
-    ) -> Result<Vec<u16>> {
+    ) -> Result<Vec<(u16, bool)>> {
         let mut api_answers = Vec::new();
         let scenario = self.config.scenario.clone();
         let mut expected =
@@ -239,7 +240,9 @@ impl Testbed {
             }
             let routers = match http::get_local(r.api_addr, "/api/http/routers").await {
                 Ok(resp) => {
-                    api_answers.push(resp.status);
+                    // Before its API router is up, the entrypoint answers with
+                    // Traefik's own no-router 404.
+                    api_answers.push((resp.status, expect::is_traefik_router_miss(&resp)));
                     routers_in(r, &resp)
                 }
                 Err(e) => Err(e),

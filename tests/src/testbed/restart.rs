@@ -29,13 +29,14 @@ impl Testbed {
 
     /// Starts replica `index` again after [`Testbed::stop_replica`]: a new Traefik
     /// process from the same configuration, in the same cgroup, and waits until it
-    /// serves exactly its routers on every entrypoint. Returns the new pid and the status
-    /// of every answer the replica's API gave to the readiness checks (responses of the
-    /// new process, which an agent that already watches it counts).
+    /// serves exactly its routers on every entrypoint. Returns the new pid and every
+    /// answer the replica's API entrypoint gave to the readiness checks, as (status,
+    /// Traefik's router-miss 404): responses of the new process, which an agent that
+    /// already watches it counts.
     ///
     /// The child dies with the thread that spawned it (`PR_SET_PDEATHSIG`): call this
     /// from a thread that lives as long as the test bed (a current-thread runtime's).
-    pub async fn start_replica(&mut self, index: usize) -> Result<(u32, Vec<u16>)> {
+    pub async fn start_replica(&mut self, index: usize) -> Result<(u32, Vec<(u16, bool)>)> {
         if self.stopped {
             bail!("the test bed is stopped");
         }

@@ -102,12 +102,12 @@ pub(crate) async fn restart(
     let (new_pid, api_answers) = bed.start_replica(index).await?;
     {
         // The readiness checks asked the new process's API (Host `127.0.0.1:<port>`,
-        // labelled `other`): the agent counts those answers if it watched the process
-        // already, and not otherwise.
+        // labelled `other`; a router miss while its API router is not up yet): the agent
+        // counts those answers if it watched the process already, and not otherwise.
         let mut truth = s.truth();
-        for status in api_answers {
+        for (status, router_miss) in api_answers {
             truth.counts.api_answers += 1;
-            truth.tolerate(&target.name, class_of_status(status, false));
+            truth.tolerate(&target.name, class_of_status(status, router_miss));
         }
     }
     let serving = Instant::now();
