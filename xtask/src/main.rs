@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "routeskew build, test, demo and benchmark tasks"
+    about = "routeskew build, test, demo, benchmark and soak tasks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -79,6 +79,24 @@ enum Task {
         #[arg(long = "versus-arg", allow_hyphen_values = true)]
         versus_args: Vec<String>,
     },
+    /// A long run (not in CI): real Traefik under mixed traffic, replica restarts and
+    /// hostile requests; the agent's RSS, CPU, lost events and every counter against the
+    /// load generator's ground truth, compared at quiescent points (see BENCHMARKS.md).
+    Soak {
+        /// How long traffic runs.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Seconds between comparisons (one row of the report each).
+        #[arg(long, default_value_t = 60)]
+        report_every: u64,
+        /// A restarted replica rejoins the traffic as soon as Traefik serves, before the
+        /// agent watches its new process (as behind a Service).
+        #[arg(long)]
+        rejoin_at_once: bool,
+        /// An extra argument for the agent (repeatable), e.g. `--agent-arg=--sensor=bytes`.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
     /// cargo fmt --check and clippy -D warnings on the workspace.
     Lint,
     /// The deploy tier alone: render the kustomizations, promtool check/test the rules,
@@ -119,6 +137,12 @@ fn main() -> Result<()> {
             &agent_args,
             &versus_args,
         ),
+        Task::Soak {
+            minutes,
+            report_every,
+            rejoin_at_once,
+            agent_args,
+        } => run::soak(minutes, report_every, rejoin_at_once, &agent_args),
         Task::Lint => run::lint(),
         Task::DeployCheck => run::deploy_check(),
         Task::GenRules => deploy::gen_rules(),

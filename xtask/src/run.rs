@@ -1,4 +1,4 @@
-//! The composite tasks: build, test, demo, bench, lint.
+//! The composite tasks: build, test, demo, bench, soak, lint.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -362,6 +362,30 @@ pub(crate) fn bench(
     run(
         testbed_program("pipeline_bench", true, &[], &built),
         "pipeline_bench: userspace cost per event (canned events from the golden fixtures)",
+    )
+}
+
+pub(crate) fn soak(
+    minutes: u64,
+    report_every: u64,
+    rejoin_at_once: bool,
+    agent_args: &[String],
+) -> Result<()> {
+    require_root("soak")?;
+    let built = build(true, true)?;
+    let mut args = vec![
+        "--minutes".to_string(),
+        minutes.to_string(),
+        "--report-every".to_string(),
+        report_every.to_string(),
+    ];
+    if rejoin_at_once {
+        args.push("--rejoin-at-once".to_string());
+    }
+    args.extend(agent_args.iter().map(|v| format!("--agent-arg={v}")));
+    run(
+        testbed_program("soak", true, &args, &built),
+        "soak: three Traefik replicas under mixed traffic, restarts and hostile requests, with the agent",
     )
 }
 

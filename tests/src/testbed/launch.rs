@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Replica, Testbed, TestbedConfig};
 use crate::process::{self, ManagedChild};
-use crate::{backend, cgroup, http, net, paths, tls, traefik};
+use crate::{backend, cgroup, expect, http, net, paths, tls, traefik};
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
@@ -36,6 +36,30 @@ fn sweep_stale_dirs() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Starts replica `name`'s Traefik from the static configuration in `config_dir`, inside
+/// its cgroup. The child gets `PR_SET_PDEATHSIG`, which fires when the *thread* that
+/// spawned it ends: call this from a thread that lives as long as the test bed.
+pub(super) fn spawn_traefik(
+    traefik_bin: &Path,
+    name: &str,
+    config_dir: &Path,
+    cgroup_path: &Path,
+) -> Result<ManagedChild> {
+    let mut cmd = Command::new(traefik_bin);
+    // A clean environment: Traefik also reads TRAEFIK_* variables as static
+    // configuration, and the host's must not leak in.
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", config_dir)
+        .env("ROUTESKEW_REPLICA", name)
+        .current_dir(config_dir)
+        .arg(format!(
+            "--configfile={}",
+            config_dir.join("traefik.yml").display()
+        ));
+    ManagedChild::spawn(name, cmd, &config_dir.join("stdout.log"), Some(cgroup_path))
 }
 
 impl Testbed {
@@ -76,6 +100,7 @@ impl Testbed {
             dir: None,
             certificate: None,
             stopped: false,
+            traefik_bin: traefik_bin.clone(),
         };
         let dir_path = dir.path().to_path_buf();
         bed.dir = Some(dir);
@@ -155,21 +180,7 @@ impl Testbed {
             let cgroup_id = cgroup::create(&cgroup_path)?;
             self.cgroups.push(cgroup_path.clone());
 
-            let mut cmd = Command::new(traefik_bin);
-            // A clean environment: Traefik also reads TRAEFIK_* variables as static
-            // configuration, and the host's must not leak in.
-            cmd.env_clear()
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .env("HOME", &config_dir)
-                .env("ROUTESKEW_REPLICA", &name)
-                .current_dir(&config_dir)
-                .arg(format!("--configfile={}", static_file.display()));
-            let child = ManagedChild::spawn(
-                &name,
-                cmd,
-                &config_dir.join("stdout.log"),
-                Some(&cgroup_path),
-            )?;
+            let child = spawn_traefik(traefik_bin, &name, &config_dir, &cgroup_path)?;
             let pid = child.pid();
             self.children.push(child);
             self.replicas.push(Replica {
@@ -196,56 +207,86 @@ impl Testbed {
     /// agent's counters start from zero.
     async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.config.ready_timeout;
-        let scenario = self.config.scenario.clone();
         for r in self.replicas.clone() {
-            let mut expected =
-                traefik::all_router_names(&scenario.routes_for(r.broken), self.config.tls);
-            expected.sort();
-            loop {
-                if let Some(child) = self.children.iter_mut().find(|c| c.name() == r.name) {
-                    if let Some(status) = child.try_exited() {
-                        bail!(
-                            "{} exited during start-up ({status}); its log:\n{}\n{}",
-                            r.name,
-                            child.log_tail(4096),
-                            process::tail_file(&r.log_file, 4096)
-                        );
-                    }
-                }
-                let last = match self.routers_of(&r).await {
-                    Ok(routers) if routers == expected => {
-                        let mut listening = Vec::new();
-                        for addr in std::iter::once(r.web_addr).chain(r.websecure_addr) {
-                            listening.push(tokio::net::TcpStream::connect(addr).await.is_ok());
-                        }
-                        if listening.iter().all(|&l| l) {
-                            break;
-                        }
-                        format!(
-                            "entrypoints {} / {:?} not accepting yet",
-                            r.web_addr, r.websecure_addr
-                        )
-                    }
-                    Ok(routers) => format!("routers {routers:?}, want {expected:?}"),
-                    Err(e) => format!("{e:#}"),
-                };
-                if Instant::now() > deadline {
+            self.wait_replica_ready(&r, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// One replica serves exactly its routers on every entrypoint, by `deadline`. Returns
+    /// every answer its API entrypoint gave meanwhile, as (status, Traefik's router-miss
+    /// 404): they are responses of the replica's process too (an agent that already
+    /// watches it counts them).
+    pub(super) async fn wait_replica_ready(
+        &mut self,
+        r: &Replica,
+        deadline: Instant,
+    ) -> Result<Vec<(u16, bool)>> {
+        let mut api_answers = Vec::new();
+        let scenario = self.config.scenario.clone();
+        let mut expected =
+            traefik::all_router_names(&scenario.routes_for(r.broken), self.config.tls);
+        expected.sort();
+        loop {
+            if let Some(child) = self.children.iter_mut().find(|c| c.name() == r.name) {
+                if let Some(status) = child.try_exited() {
                     bail!(
-                        "{} not ready within {:?}: {last}; its log:\n{}",
+                        "{} exited during start-up ({status}); its log:\n{}\n{}",
                         r.name,
-                        self.config.ready_timeout,
+                        child.log_tail(4096),
                         process::tail_file(&r.log_file, 4096)
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let routers = match http::get_local(r.api_addr, "/api/http/routers").await {
+                Ok(resp) => {
+                    // Before its API router is up, the entrypoint answers with
+                    // Traefik's own no-router 404.
+                    api_answers.push((resp.status, expect::is_traefik_router_miss(&resp)));
+                    routers_in(r, &resp)
+                }
+                Err(e) => Err(e),
+            };
+            let last = match routers {
+                Ok(routers) if routers == expected => {
+                    let mut listening = Vec::new();
+                    for addr in std::iter::once(r.web_addr).chain(r.websecure_addr) {
+                        listening.push(tokio::net::TcpStream::connect(addr).await.is_ok());
+                    }
+                    if listening.iter().all(|&l| l) {
+                        break;
+                    }
+                    format!(
+                        "entrypoints {} / {:?} not accepting yet",
+                        r.web_addr, r.websecure_addr
+                    )
+                }
+                Ok(routers) => format!("routers {routers:?}, want {expected:?}"),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready within {:?}: {last}; its log:\n{}",
+                    r.name,
+                    self.config.ready_timeout,
+                    process::tail_file(&r.log_file, 4096)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
+        Ok(api_answers)
     }
 
     /// Enabled `@file` routers the replica's API reports, sorted.
     pub async fn routers_of(&self, r: &Replica) -> Result<Vec<String>> {
         let resp = http::get_local(r.api_addr, "/api/http/routers").await?;
+        routers_in(r, &resp)
+    }
+}
+
+/// The enabled `@file` routers of an API answer to `/api/http/routers`, sorted.
+fn routers_in(r: &Replica, resp: &http::Response) -> Result<Vec<String>> {
+    {
         if resp.status != 200 {
             bail!("{} API answered {}", r.name, resp.status);
         }

@@ -4,6 +4,7 @@
 
 mod config;
 mod launch;
+mod restart;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ pub struct Testbed {
     /// The replicas' certificate, with [`TestbedConfig::tls`].
     certificate: Option<tls::Certificate>,
     stopped: bool,
+    /// The Traefik binary every replica runs (a restarted replica runs it again).
+    traefik_bin: PathBuf,
 }
 
 impl Testbed {
